@@ -1,0 +1,257 @@
+//! What the API returns and what the store keeps: database records, instances, tasks,
+//! task log entries and hosts.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::model::DatabaseSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseState {
+    Creating,
+    Modifying,
+    Available,
+    Failed,
+    Deleting,
+}
+
+/// A database as the API shows it: the spec with secrets removed, plus what runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Database {
+    pub id: String,
+    pub state: DatabaseState,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub spec: DatabaseSpec,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+    #[serde(default)]
+    pub service_instances: Vec<ServiceInstance>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Creating,
+    Available,
+    Failed,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceRole {
+    Primary,
+    Replica,
+}
+
+/// One Postgres container of a database node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub id: String,
+    pub database_id: String,
+    pub node_name: String,
+    pub host_id: String,
+    pub role: InstanceRole,
+    pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_info: Option<ConnectionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConnectionInfo {
+    pub addresses: Vec<String>,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceInstanceState {
+    Creating,
+    Running,
+    Failed,
+    Deleting,
+    Unknown,
+}
+
+/// One container of a service, on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceInstance {
+    /// `{database_id}-{service_id}-{host_id}`.
+    pub service_instance_id: String,
+    pub service_id: String,
+    pub database_id: String,
+    pub host_id: String,
+    pub state: ServiceInstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceInstanceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceInstanceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_health_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PortMapping {
+    pub name: String,
+    pub container_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Canceling,
+    Canceled,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled)
+    }
+}
+
+/// One asynchronous operation on a database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Task {
+    pub task_id: String,
+    pub database_id: String,
+    /// Always `database` for now; kept for compatibility with the reference API.
+    pub scope: String,
+    pub entity_id: String,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    pub status: TaskStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskLogEntry {
+    pub id: String,
+    pub timestamp: DateTime<Utc>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+}
+
+/// A page of a task's log, read with an exclusive cursor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskLog {
+    pub database_id: String,
+    pub task_id: String,
+    pub task_status: TaskStatus,
+    /// The id of the last entry returned, or the cursor the caller sent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_entry_id: Option<String>,
+    pub entries: Vec<TaskLogEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    Healthy,
+    Degraded,
+    Unreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostStatus {
+    pub state: HostState,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A host of the fleet, as its agent registered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Host {
+    pub id: String,
+    /// Where the control plane reaches the host's agent (`host:port`).
+    pub agent_address: String,
+    /// Addresses other hosts and clients use to reach published ports.
+    pub addresses: Vec<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub agent_version: String,
+    pub registered_at: DateTime<Utc>,
+    pub status: HostStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateDatabaseResponse {
+    pub task: Task,
+    pub database: Database,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListDatabasesResponse {
+    pub databases: Vec<Database>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListTasksResponse {
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListHostsResponse {
+    pub hosts: Vec<Host>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionResponse {
+    pub version: String,
+    pub api_version: String,
+}
+
+/// The one error body of the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiErrorBody {
+    /// `invalid_input`, `not_found`, `database_already_exists`, `database_not_modifiable`, ...
+    pub name: String,
+    pub message: String,
+    /// Every offending field, for `invalid_input`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<crate::FieldError>,
+}

@@ -1,0 +1,122 @@
+//! The desired state an operator submits: a database spec and its services.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The full, declarative spec of one database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatabaseSpec {
+    pub database_name: String,
+    /// Postgres major version, resolved through the version manifest; absent = the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<String>,
+    /// Host port publishing every Postgres instance; `0` = a free port chosen once; absent = not published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeSpec {
+    /// `n<digits>`.
+    pub name: String,
+    /// The first host runs the node's primary, the others its streaming replicas.
+    pub host_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    Mcp,
+    Rag,
+    Postgrest,
+}
+
+impl ServiceType {
+    pub const ALL: [ServiceType; 3] = [ServiceType::Mcp, ServiceType::Rag, ServiceType::Postgrest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::Mcp => "mcp",
+            ServiceType::Rag => "rag",
+            ServiceType::Postgrest => "postgrest",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One element of `services`: a supporting service with one instance per host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceSpec {
+    pub service_id: String,
+    pub service_type: ServiceType,
+    /// Semver (`1.0`, `1.0.0`) or `latest`, as the user wrote it.
+    pub version: String,
+    pub host_ids: Vec<String>,
+    #[schema(value_type = Object)]
+    pub config: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `"0.5"`, `"2"` or `"500m"`, echoed back as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    /// SI or IEC (`"512M"`, `"1GiB"`), echoed back as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_connection: Option<DatabaseConnection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatabaseConnection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_nodes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_session_attrs: Option<TargetSessionAttrs>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    Primary,
+    PreferStandby,
+    Standby,
+    ReadWrite,
+    Any,
+}
+
+impl TargetSessionAttrs {
+    pub const ALL: [TargetSessionAttrs; 5] = [
+        TargetSessionAttrs::Primary,
+        TargetSessionAttrs::PreferStandby,
+        TargetSessionAttrs::Standby,
+        TargetSessionAttrs::ReadWrite,
+        TargetSessionAttrs::Any,
+    ];
+
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::Any => "any",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
