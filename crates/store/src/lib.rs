@@ -1,1 +1,537 @@
-//! Placeholder: filled in by its issue.
+//! Desired and observed state in etcd.
+//!
+//! Typed reads and writes over the key layout in [`keys`]. Every write that must not race
+//! another (create, update of a spec, task transitions) is one etcd transaction with a
+//! revision compare, so two writers cannot both win: the loser gets [`StoreError::Conflict`].
+
+pub mod keys;
+pub mod sealed;
+
+use chrono::{DateTime, Utc};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
+use spec::{DatabaseSpec, DatabaseState, Host, Task, TaskLogEntry};
+
+pub use keys::Keys;
+pub use sealed::{SealError, SecretBox};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("stored value at {key} does not decode: {source}")]
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("changed concurrently")]
+    Conflict,
+    #[error("not found")]
+    NotFound,
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (etcd down or a leader change), as opposed to
+    /// a verdict about the request itself.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Etcd(_))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The bookkeeping of a database beside its spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseRecord {
+    pub id: String,
+    pub state: DatabaseState,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped by every accepted spec; the reconciler reports which generation it reached.
+    pub generation: u64,
+    /// The task that carries the newest accepted change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_task_id: Option<String>,
+}
+
+/// A database as stored: its record and its spec with secrets opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDatabase {
+    pub record: DatabaseRecord,
+    pub spec: DatabaseSpec,
+    /// The spec key's mod revision: what an update must compare against.
+    pub spec_revision: i64,
+}
+
+/// A value and the revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_revision: i64,
+}
+
+/// What a host's agent last said about itself, kept under the host's lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostLiveness {
+    pub docker_ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    keys: Keys,
+    secrets: SecretBox,
+    is_secret_key: fn(&str) -> bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store types serialize to JSON")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+impl Store {
+    /// Connects lazily: the first request dials, and later requests redial after etcd restarts.
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        secrets: SecretBox,
+        is_secret_key: fn(&str) -> bool,
+    ) -> Result<Self> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(3))
+            .with_timeout(std::time::Duration::from_secs(10))
+            .with_keep_alive(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(5),
+            )
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Store {
+            client,
+            keys: Keys::new(prefix),
+            secrets,
+            is_secret_key,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The raw etcd client, for leases, watches and elections built on top of the store.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    fn sealed_spec(&self, spec: &DatabaseSpec) -> DatabaseSpec {
+        let mut sealed = spec.clone();
+        for service in &mut sealed.services {
+            self.secrets.seal(&mut service.config, &self.is_secret_key);
+        }
+        sealed
+    }
+
+    fn opened_spec(&self, mut spec: DatabaseSpec) -> Result<DatabaseSpec> {
+        for service in &mut spec.services {
+            self.secrets.open(&mut service.config)?;
+        }
+        Ok(spec)
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(Versioned {
+                value: decode(kv.key(), kv.value())?,
+                mod_revision: kv.mod_revision(),
+            })),
+        }
+    }
+
+    async fn range_json<T: DeserializeOwned>(
+        &self,
+        start: &str,
+        options: GetOptions,
+    ) -> Result<Vec<T>> {
+        let resp = self.client.kv_client().get(start, Some(options)).await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| decode(kv.key(), kv.value()))
+            .collect()
+    }
+
+    // ---- databases ----
+
+    /// Writes a new database's spec, record and first task in one transaction.
+    /// Fails with [`StoreError::AlreadyExists`] when the id is taken.
+    pub async fn create_database(
+        &self,
+        record: &DatabaseRecord,
+        spec: &DatabaseSpec,
+        task: &Task,
+    ) -> Result<()> {
+        let k = &self.keys;
+        let spec_key = k.database_spec(&record.id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                spec_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(spec_key, encode(&self.sealed_spec(spec)), None),
+                TxnOp::put(k.database_record(&record.id), encode(record), None),
+                TxnOp::put(k.task(&task.database_id, &task.task_id), encode(task), None),
+            ]);
+        if self.client.kv_client().txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::AlreadyExists)
+        }
+    }
+
+    pub async fn get_database(&self, id: &str) -> Result<Option<StoredDatabase>> {
+        let prefix = format!("{}{id}/", self.keys.databases());
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        self.assemble_databases(resp.kvs()).map(|mut v| v.pop())
+    }
+
+    pub async fn list_databases(&self) -> Result<Vec<StoredDatabase>> {
+        let prefix = self.keys.databases();
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        self.assemble_databases(resp.kvs())
+    }
+
+    /// Pairs each database's `spec` and `record` keys (adjacent in key order).
+    fn assemble_databases(&self, kvs: &[etcd_client::KeyValue]) -> Result<Vec<StoredDatabase>> {
+        let mut records: std::collections::BTreeMap<
+            String,
+            (Option<DatabaseRecord>, Option<(DatabaseSpec, i64)>),
+        > = Default::default();
+        let base = self.keys.databases();
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(rest) = key.strip_prefix(&base) else {
+                continue;
+            };
+            let Some((id, leaf)) = rest.split_once('/') else {
+                continue;
+            };
+            let entry = records.entry(id.to_string()).or_default();
+            match leaf {
+                "record" => entry.0 = Some(decode(kv.key(), kv.value())?),
+                "spec" => entry.1 = Some((decode(kv.key(), kv.value())?, kv.mod_revision())),
+                _ => {}
+            }
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for (_, (record, spec)) in records {
+            if let (Some(record), Some((spec, spec_revision))) = (record, spec) {
+                out.push(StoredDatabase {
+                    record,
+                    spec: self.opened_spec(spec)?,
+                    spec_revision,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces a database's spec and record and adds its task, only if the spec is still at
+    /// `expected_spec_revision`. A concurrent writer that got there first makes this a
+    /// [`StoreError::Conflict`].
+    pub async fn update_database(
+        &self,
+        expected_spec_revision: i64,
+        record: &DatabaseRecord,
+        spec: &DatabaseSpec,
+        task: &Task,
+    ) -> Result<()> {
+        let k = &self.keys;
+        let spec_key = k.database_spec(&record.id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                spec_key.clone(),
+                CompareOp::Equal,
+                expected_spec_revision,
+            )])
+            .and_then([
+                TxnOp::put(spec_key, encode(&self.sealed_spec(spec)), None),
+                TxnOp::put(k.database_record(&record.id), encode(record), None),
+                TxnOp::put(k.task(&task.database_id, &task.task_id), encode(task), None),
+            ]);
+        if self.client.kv_client().txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    /// Writes a record alone (state changes), only if the spec has not moved since it was read.
+    pub async fn put_database_record(
+        &self,
+        expected_spec_revision: i64,
+        record: &DatabaseRecord,
+    ) -> Result<()> {
+        let spec_key = self.keys.database_spec(&record.id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                spec_key,
+                CompareOp::Equal,
+                expected_spec_revision,
+            )])
+            .and_then([TxnOp::put(
+                self.keys.database_record(&record.id),
+                encode(record),
+                None,
+            )]);
+        if self.client.kv_client().txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    /// Removes a database's spec and record; its tasks and logs stay readable.
+    pub async fn remove_database(&self, id: &str) -> Result<()> {
+        let prefix = format!("{}{id}/", self.keys.databases());
+        self.client
+            .kv_client()
+            .delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ---- tasks ----
+
+    pub async fn get_task(&self, db: &str, task_id: &str) -> Result<Option<Versioned<Task>>> {
+        self.get_json(&self.keys.task(db, task_id)).await
+    }
+
+    /// A database's tasks, newest first, strictly older than `before_task_id` when given.
+    pub async fn list_tasks(
+        &self,
+        db: &str,
+        before_task_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Task>> {
+        let start = self.keys.tasks(db);
+        let end = match before_task_id {
+            Some(id) => self.keys.task(db, id).into_bytes(),
+            None => keys::prefix_end(&start),
+        };
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit);
+        self.range_json(&start, options).await
+    }
+
+    /// Every task of every database that has not reached a terminal status.
+    pub async fn unfinished_tasks(&self) -> Result<Vec<Task>> {
+        let tasks: Vec<Task> = self
+            .range_json(&self.keys.all_tasks(), GetOptions::new().with_prefix())
+            .await?;
+        Ok(tasks
+            .into_iter()
+            .filter(|t| !t.status.is_terminal())
+            .collect())
+    }
+
+    /// Read-modify-write of one task with a revision compare, retried on conflict.
+    /// `change` returns false to leave the task as it is.
+    pub async fn update_task(
+        &self,
+        db: &str,
+        task_id: &str,
+        mut change: impl FnMut(&mut Task) -> bool,
+    ) -> Result<Task> {
+        let key = self.keys.task(db, task_id);
+        loop {
+            let Some(Versioned {
+                mut value,
+                mod_revision,
+            }) = self.get_json::<Task>(&key).await?
+            else {
+                return Err(StoreError::NotFound);
+            };
+            if !change(&mut value) {
+                return Ok(value);
+            }
+            value.updated_at = Utc::now();
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    mod_revision,
+                )])
+                .and_then([TxnOp::put(key.clone(), encode(&value), None)]);
+            if self.client.kv_client().txn(txn).await?.succeeded() {
+                return Ok(value);
+            }
+        }
+    }
+
+    // ---- task logs ----
+
+    /// Appends one line to a task's log. Entry ids are UUIDv7, monotonic within this process,
+    /// so key order is the order lines were written.
+    pub async fn append_log(
+        &self,
+        db: &str,
+        task_id: &str,
+        message: impl Into<String>,
+        fields: Map<String, Value>,
+    ) -> Result<TaskLogEntry> {
+        let entry = TaskLogEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            timestamp: Utc::now(),
+            message: message.into(),
+            fields,
+        };
+        self.client
+            .kv_client()
+            .put(
+                self.keys.task_log_entry(db, task_id, &entry.id),
+                encode(&entry),
+                None,
+            )
+            .await?;
+        Ok(entry)
+    }
+
+    /// Up to `limit` entries strictly after `after_entry_id`, oldest first.
+    pub async fn read_log(
+        &self,
+        db: &str,
+        task_id: &str,
+        after_entry_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<TaskLogEntry>> {
+        let prefix = self.keys.task_logs(db, task_id);
+        let start = match after_entry_id {
+            Some(id) => keys::key_after(&self.keys.task_log_entry(db, task_id, id)),
+            None => prefix.clone().into_bytes(),
+        };
+        let options = GetOptions::new()
+            .with_range(keys::prefix_end(&prefix))
+            .with_sort(SortTarget::Key, SortOrder::Ascend)
+            .with_limit(limit);
+        let resp = self.client.kv_client().get(start, Some(options)).await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| decode(kv.key(), kv.value()))
+            .collect()
+    }
+
+    // ---- hosts ----
+
+    pub async fn put_host(&self, host: &Host) -> Result<()> {
+        self.client
+            .kv_client()
+            .put(self.keys.host(&host.id), encode(host), None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_host(&self, id: &str) -> Result<Option<Host>> {
+        Ok(self.get_json(&self.keys.host(id)).await?.map(|v| v.value))
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<Host>> {
+        self.range_json(&self.keys.hosts(), GetOptions::new().with_prefix())
+            .await
+    }
+
+    /// Liveness of every host whose lease is alive, by host id.
+    pub async fn host_liveness(&self) -> Result<std::collections::BTreeMap<String, HostLiveness>> {
+        let prefix = self.keys.host_alive_prefix();
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            if let Some(id) = key.strip_prefix(&prefix) {
+                out.insert(id.to_string(), decode(kv.key(), kv.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts a host's liveness under `lease`: when the lease expires, etcd deletes the key and
+    /// the host reads as unreachable without anyone having to notice.
+    pub async fn put_host_liveness(
+        &self,
+        host_id: &str,
+        liveness: &HostLiveness,
+        lease: i64,
+    ) -> Result<()> {
+        let options = etcd_client::PutOptions::new().with_lease(lease);
+        self.client
+            .kv_client()
+            .put(
+                self.keys.host_alive(host_id),
+                encode(liveness),
+                Some(options),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every key and value under the prefix, for audits such as "no secret is stored in plain text".
+    pub async fn dump(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let root = self.keys.root();
+        let resp = self
+            .client
+            .kv_client()
+            .get(root.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    }
+}

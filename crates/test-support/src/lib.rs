@@ -1,1 +1,165 @@
-//! Placeholder: filled in by its issue.
+//! Real dependencies for tests, started on free ports and torn down on drop.
+//!
+//! Tests talk to a real etcd, never an in-memory imitation, so they exercise the same
+//! transactions, leases and watches production does.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now. The kernel hands out ephemeral ports in sequence,
+/// so a port freed here is unlikely to be taken again before the caller binds it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// Path of the etcd binary, or a panic that tells the reader how to get one.
+pub fn etcd_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("ETCD_BIN") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let candidate = Path::new(dir).join("etcd");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "etcd is not installed: these tests need a real etcd server. Install Debian's \
+         etcd-server (`apt-get install -y etcd-server`), run `.ci/run` which installs it, \
+         or point ETCD_BIN at an etcd binary"
+    );
+}
+
+/// One etcd member in a temp dir. Killed, and its data removed, on drop.
+pub struct EtcdServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl EtcdServer {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-etcd-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = EtcdServer {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`, for etcd clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Kill -9 the member, keeping its data dir, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same ports and data, after [`EtcdServer::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log_path = self.dir.path().join("etcd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("etcd log file");
+        let child = Command::new(etcd_binary())
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            // Tests churn many small keys; a short snapshot interval keeps restarts fast.
+            .arg("--snapshot-count=10000")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+        self.wait_ready(&log_path);
+    }
+
+    fn wait_ready(&mut self, log_path: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let health = format!("127.0.0.1:{}", self.client_port);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "etcd exited with {status} at start; its log:\n{}",
+                    tail(log_path)
+                );
+            }
+            if TcpStream::connect(&health).is_ok() && http_health_ok(&health) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd did not become healthy within 20s; its log:\n{}",
+            tail(log_path)
+        );
+    }
+}
+
+fn http_health_ok(addr: &str) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    for line in BufReader::new(s).lines().map_while(Result::ok) {
+        body.push_str(&line);
+    }
+    body.contains("\"health\":\"true\"")
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,86 @@
+//! The etcd key layout. Every key lives under one prefix (default `/berth`), so several
+//! deployments can share an etcd cluster and a test can use a fresh prefix.
+//!
+//! | key | value | notes |
+//! |---|---|---|
+//! | `{p}/databases/{db}/spec` | [`crate::StoredSpec`] | desired state; secret config values sealed |
+//! | `{p}/databases/{db}/record` | [`crate::DatabaseRecord`] | state, timestamps, the current task |
+//! | `{p}/tasks/{db}/{task}` | [`spec::Task`] | task ids are UUIDv7, so key order is creation order |
+//! | `{p}/task-logs/{db}/{task}/{entry}` | [`spec::TaskLogEntry`] | one key per line; entry ids are UUIDv7 |
+//! | `{p}/hosts/{host}` | [`spec::Host`] | written at registration, kept while the host is unreachable |
+//! | `{p}/host-alive/{host}` | liveness | attached to the host's lease: gone = unreachable |
+//!
+//! The spec, the record and the task of one request are written in one transaction.
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Every key of this deployment starts with this.
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+    pub fn all_tasks(&self) -> String {
+        format!("{}/tasks/", self.prefix)
+    }
+    pub fn databases(&self) -> String {
+        format!("{}/databases/", self.prefix)
+    }
+    pub fn database_spec(&self, db: &str) -> String {
+        format!("{}/databases/{db}/spec", self.prefix)
+    }
+    pub fn database_record(&self, db: &str) -> String {
+        format!("{}/databases/{db}/record", self.prefix)
+    }
+    pub fn tasks(&self, db: &str) -> String {
+        format!("{}/tasks/{db}/", self.prefix)
+    }
+    pub fn task(&self, db: &str, task: &str) -> String {
+        format!("{}/tasks/{db}/{task}", self.prefix)
+    }
+    pub fn task_logs(&self, db: &str, task: &str) -> String {
+        format!("{}/task-logs/{db}/{task}/", self.prefix)
+    }
+    pub fn task_log_entry(&self, db: &str, task: &str, entry: &str) -> String {
+        format!("{}/task-logs/{db}/{task}/{entry}", self.prefix)
+    }
+    pub fn hosts(&self) -> String {
+        format!("{}/hosts/", self.prefix)
+    }
+    pub fn host(&self, host: &str) -> String {
+        format!("{}/hosts/{host}", self.prefix)
+    }
+    pub fn host_alive_prefix(&self) -> String {
+        format!("{}/host-alive/", self.prefix)
+    }
+    pub fn host_alive(&self, host: &str) -> String {
+        format!("{}/host-alive/{host}", self.prefix)
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (etcd's range end for a prefix).
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The smallest key strictly greater than `key`.
+pub fn key_after(key: &str) -> Vec<u8> {
+    let mut k = key.as_bytes().to_vec();
+    k.push(0);
+    k
+}
