@@ -9,7 +9,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -31,7 +34,9 @@ pub struct InvalidInput {
 
 impl InvalidInput {
     pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { errors: vec![FieldError::new(path, message)] }
+        Self {
+            errors: vec![FieldError::new(path, message)],
+        }
     }
 }
 

@@ -2,11 +2,34 @@
 //!
 //! Nothing here touches the network or the disk (the manifest is parsed from text the
 //! caller read), so every rule is cheap to test.
+//!
+//! Where each rule lives:
+//! - [`parse`]: the entry point for request bodies; structure of the body, spec, nodes,
+//!   services and `database_connection`, unknown keys, uniqueness, host placement, ports,
+//!   and the cross-field rules. It calls everything below.
+//! - [`ident`]: what an id, a node name and a Postgres identifier may look like.
+//! - [`quantity`]: `cpus` and `memory` strings.
+//! - [`manifest`]: version syntax and resolution of versions to images.
+//! - [`catalog`]: each service type's `config` keys, rules and defaults (one module per
+//!   type), and which keys hold secrets.
+//! - [`secrets`]: redacting, splitting and carrying over secret config values.
 
 pub mod api;
+pub mod catalog;
+mod check;
 pub mod error;
+pub mod ident;
+pub mod manifest;
 pub mod model;
+pub mod parse;
+pub mod quantity;
+pub mod secrets;
 
 pub use api::*;
 pub use error::{FieldError, InvalidInput};
+pub use manifest::{BUILTIN_MANIFEST, LOCAL_MANIFEST, Manifest, ManifestError, ResolvedImage};
 pub use model::*;
+pub use parse::{
+    CreateRequest, ValidationContext, parse_create_request, parse_update_request,
+    validate_database_id,
+};
