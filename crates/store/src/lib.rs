@@ -68,6 +68,16 @@ pub struct StoredDatabase {
     pub spec_revision: i64,
 }
 
+/// A database's keys as they are met in a range read: record, and spec with its revision.
+type PartialDatabase = (Option<DatabaseRecord>, Option<(DatabaseSpec, i64)>);
+
+/// The order of a listing by time-ordered id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListOrder {
+    NewestFirst,
+    OldestFirst,
+}
+
 /// A value and the revision it was read at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -235,10 +245,7 @@ impl Store {
 
     /// Pairs each database's `spec` and `record` keys (adjacent in key order).
     fn assemble_databases(&self, kvs: &[etcd_client::KeyValue]) -> Result<Vec<StoredDatabase>> {
-        let mut records: std::collections::BTreeMap<
-            String,
-            (Option<DatabaseRecord>, Option<(DatabaseSpec, i64)>),
-        > = Default::default();
+        let mut records: std::collections::BTreeMap<String, PartialDatabase> = Default::default();
         let base = self.keys.databases();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key());
@@ -342,23 +349,40 @@ impl Store {
         self.get_json(&self.keys.task(db, task_id)).await
     }
 
-    /// A database's tasks, newest first, strictly older than `before_task_id` when given.
+    /// A page of a database's tasks in `order`, starting after `after_task_id` (exclusive) when given.
     pub async fn list_tasks(
         &self,
         db: &str,
-        before_task_id: Option<&str>,
+        after_task_id: Option<&str>,
         limit: i64,
+        order: ListOrder,
     ) -> Result<Vec<Task>> {
-        let start = self.keys.tasks(db);
-        let end = match before_task_id {
-            Some(id) => self.keys.task(db, id).into_bytes(),
-            None => keys::prefix_end(&start),
+        let prefix = self.keys.tasks(db);
+        let (start, end, sort) = match (order, after_task_id) {
+            (ListOrder::NewestFirst, after) => {
+                let end = after.map_or_else(
+                    || keys::prefix_end(&prefix),
+                    |id| self.keys.task(db, id).into_bytes(),
+                );
+                (prefix.into_bytes(), end, SortOrder::Descend)
+            }
+            (ListOrder::OldestFirst, after) => {
+                let start = after.map_or_else(
+                    || prefix.clone().into_bytes(),
+                    |id| keys::key_after(&self.keys.task(db, id)),
+                );
+                (start, keys::prefix_end(&prefix), SortOrder::Ascend)
+            }
         };
         let options = GetOptions::new()
             .with_range(end)
-            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_sort(SortTarget::Key, sort)
             .with_limit(limit);
-        self.range_json(&start, options).await
+        let resp = self.client.kv_client().get(start, Some(options)).await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| decode(kv.key(), kv.value()))
+            .collect()
     }
 
     /// Every task of every database that has not reached a terminal status.
@@ -513,6 +537,35 @@ impl Store {
             )
             .await?;
         Ok(())
+    }
+
+    /// A host's liveness and the lease it lives under, if the lease is alive.
+    pub async fn host_liveness_of(&self, host_id: &str) -> Result<Option<(HostLiveness, i64)>> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.keys.host_alive(host_id), None)
+            .await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some((decode(kv.key(), kv.value())?, kv.lease()))),
+        }
+    }
+
+    pub async fn grant_lease(&self, ttl_seconds: i64) -> Result<i64> {
+        Ok(self
+            .client
+            .lease_client()
+            .grant(ttl_seconds, None)
+            .await?
+            .id())
+    }
+
+    /// Renews a lease once. Returns false when the lease has already expired.
+    pub async fn keep_alive_once(&self, lease: i64) -> Result<bool> {
+        let (mut keeper, mut responses) = self.client.lease_client().keep_alive(lease).await?;
+        keeper.keep_alive().await?;
+        Ok(responses.message().await?.is_some_and(|r| r.ttl() > 0))
     }
 
     /// Every key and value under the prefix, for audits such as "no secret is stored in plain text".

@@ -3,7 +3,7 @@
 use chrono::Utc;
 use serde_json::{Map, json};
 use spec::{DatabaseSpec, DatabaseState, Task, TaskStatus, TaskType};
-use store::{DatabaseRecord, SecretBox, Store, StoreError};
+use store::{DatabaseRecord, ListOrder, SecretBox, Store, StoreError};
 use test_support::EtcdServer;
 
 fn is_secret(k: &str) -> bool {
@@ -138,7 +138,7 @@ async fn tasks_list_newest_first_and_logs_page_with_an_exclusive_cursor() {
     }
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
     let all: Vec<String> = s
-        .list_tasks("db1", None, 100)
+        .list_tasks("db1", None, 100, ListOrder::NewestFirst)
         .await
         .unwrap()
         .into_iter()
@@ -146,13 +146,21 @@ async fn tasks_list_newest_first_and_logs_page_with_an_exclusive_cursor() {
         .collect();
     assert_eq!(all, newest_first);
     let page: Vec<String> = s
-        .list_tasks("db1", Some(&newest_first[1]), 2)
+        .list_tasks("db1", Some(&newest_first[1]), 2, ListOrder::NewestFirst)
         .await
         .unwrap()
         .into_iter()
         .map(|t| t.task_id)
         .collect();
     assert_eq!(page, newest_first[2..4].to_vec());
+    let oldest: Vec<String> = s
+        .list_tasks("db1", Some(&ids[0]), 2, ListOrder::OldestFirst)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert_eq!(oldest, ids[1..3].to_vec());
 
     for i in 0..7 {
         let mut fields = Map::new();

@@ -1,0 +1,231 @@
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use chrono::Utc;
+use spec::parse::{ValidationContext, parse_create_request, parse_update_request};
+use spec::{
+    CreateDatabaseResponse, Database, DatabaseSpec, DatabaseState, ListDatabasesResponse, Task,
+    TaskType,
+};
+use store::{DatabaseRecord, StoreError, StoredDatabase};
+
+use super::{ApiError, json_body};
+use crate::state::AppState;
+use crate::tasks::new_task;
+
+/// The API's view of a stored database: secrets removed.
+pub(crate) fn database_view(record: &DatabaseRecord, spec: &DatabaseSpec) -> Database {
+    let mut spec = spec.clone();
+    for service in &mut spec.services {
+        service.config = spec::secrets::redact(&service.config);
+    }
+    Database {
+        id: record.id.clone(),
+        state: record.state,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        spec,
+        instances: Vec::new(),
+        service_instances: Vec::new(),
+    }
+}
+
+async fn registered_hosts(app: &AppState) -> Result<BTreeSet<String>, ApiError> {
+    Ok(app
+        .store
+        .list_hosts()
+        .await?
+        .into_iter()
+        .map(|h| h.id)
+        .collect())
+}
+
+async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
+    app.store
+        .get_database(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("database {id:?} not found")))
+}
+
+#[utoipa::path(post, path = "/v1/databases", tag = "databases",
+    request_body(content = serde_json::Value, description = "`{id?, spec}`"),
+    responses((status = 200, body = CreateDatabaseResponse), (status = 400, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody)))]
+#[tracing::instrument(skip_all, fields(database_id))]
+pub(crate) async fn create(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Result<Json<CreateDatabaseResponse>, ApiError> {
+    let body = json_body(&body)?;
+    let hosts = registered_hosts(&app).await?;
+    let ctx = ValidationContext {
+        manifest: &app.manifest,
+        known_hosts: Some(&hosts),
+        previous: None,
+    };
+    let request = parse_create_request(&body, &ctx).map_err(ApiError::InvalidInput)?;
+    let id = request
+        .id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    tracing::Span::current().record("database_id", id.as_str());
+
+    let now = Utc::now();
+    let task = new_task(&id, TaskType::Create);
+    let record = DatabaseRecord {
+        id: id.clone(),
+        state: DatabaseState::Creating,
+        created_at: now,
+        updated_at: now,
+        generation: 1,
+        current_task_id: Some(task.task_id.clone()),
+    };
+    match app
+        .store
+        .create_database(&record, &request.spec, &task)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::AlreadyExists) => return Err(ApiError::DatabaseAlreadyExists(id)),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(task_id = %task.task_id, "database accepted");
+    app.reconcile.notify_one();
+    Ok(Json(CreateDatabaseResponse {
+        task,
+        database: database_view(&record, &request.spec),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/databases", tag = "databases",
+    responses((status = 200, body = ListDatabasesResponse)))]
+pub(crate) async fn list(
+    State(app): State<AppState>,
+) -> Result<Json<ListDatabasesResponse>, ApiError> {
+    let databases = app
+        .store
+        .list_databases()
+        .await?
+        .iter()
+        .map(|d| database_view(&d.record, &d.spec))
+        .collect();
+    Ok(Json(ListDatabasesResponse { databases }))
+}
+
+#[utoipa::path(get, path = "/v1/databases/{id}", tag = "databases",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Database), (status = 404, body = spec::ApiErrorBody)))]
+pub(crate) async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Database>, ApiError> {
+    let d = stored(&app, &id).await?;
+    Ok(Json(database_view(&d.record, &d.spec)))
+}
+
+/// Accepts a new generation of a database's spec with its task, unless another writer
+/// changed the spec since it was read here.
+async fn write_generation(
+    app: &AppState,
+    current: &StoredDatabase,
+    spec: &DatabaseSpec,
+    state: DatabaseState,
+    task_type: TaskType,
+) -> Result<(DatabaseRecord, Task), ApiError> {
+    let task = new_task(&current.record.id, task_type);
+    let record = DatabaseRecord {
+        state,
+        updated_at: Utc::now(),
+        generation: current.record.generation + 1,
+        current_task_id: Some(task.task_id.clone()),
+        ..current.record.clone()
+    };
+    match app
+        .store
+        .update_database(current.spec_revision, &record, spec, &task)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            return Err(ApiError::Conflict(format!(
+                "database {:?} was modified by another request; read it again and resubmit",
+                record.id
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(task_id = %task.task_id, generation = record.generation, "database change accepted");
+    app.reconcile.notify_one();
+    Ok((record, task))
+}
+
+#[utoipa::path(post, path = "/v1/databases/{id}", tag = "databases",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, description = "`{spec}`: a declarative full replace"),
+    responses((status = 200, body = CreateDatabaseResponse), (status = 400, body = spec::ApiErrorBody),
+              (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
+#[tracing::instrument(skip_all, fields(database_id = %id))]
+pub(crate) async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<CreateDatabaseResponse>, ApiError> {
+    let body = json_body(&body)?;
+    let current = stored(&app, &id).await?;
+    if current.record.state == DatabaseState::Deleting {
+        return Err(ApiError::DatabaseNotModifiable(format!(
+            "database {id:?} is being deleted"
+        )));
+    }
+    let hosts = registered_hosts(&app).await?;
+    let ctx = ValidationContext {
+        manifest: &app.manifest,
+        known_hosts: Some(&hosts),
+        previous: Some(&current.spec),
+    };
+    let spec = parse_update_request(&body, &ctx).map_err(ApiError::InvalidInput)?;
+    let (record, task) = write_generation(
+        &app,
+        &current,
+        &spec,
+        DatabaseState::Modifying,
+        TaskType::Update,
+    )
+    .await?;
+    Ok(Json(CreateDatabaseResponse {
+        task,
+        database: database_view(&record, &spec),
+    }))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DeleteDatabaseResponse {
+    task: Task,
+}
+
+#[utoipa::path(delete, path = "/v1/databases/{id}", tag = "databases",
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeleteDatabaseResponse), (status = 404, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody)))]
+#[tracing::instrument(skip_all, fields(database_id = %id))]
+pub(crate) async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeleteDatabaseResponse>, ApiError> {
+    let current = stored(&app, &id).await?;
+    if current.record.state == DatabaseState::Deleting {
+        return Err(ApiError::DatabaseNotModifiable(format!(
+            "database {id:?} is already being deleted"
+        )));
+    }
+    let (_, task) = write_generation(
+        &app,
+        &current,
+        &current.spec,
+        DatabaseState::Deleting,
+        TaskType::Delete,
+    )
+    .await?;
+    Ok(Json(DeleteDatabaseResponse { task }))
+}

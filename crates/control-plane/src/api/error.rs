@@ -1,0 +1,72 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spec::{ApiErrorBody, FieldError, InvalidInput};
+
+/// Every error the API answers with, rendered as the one error body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidInput(InvalidInput),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("database {0:?} already exists")]
+    DatabaseAlreadyExists(String),
+    #[error("{0}")]
+    DatabaseNotModifiable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TaskNotCancelable(String),
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(path: &str, message: impl Into<String>) -> Self {
+        ApiError::InvalidInput(InvalidInput::one(path, message))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::DatabaseAlreadyExists(_) => (StatusCode::CONFLICT, "database_already_exists"),
+            ApiError::DatabaseNotModifiable(_) => (StatusCode::CONFLICT, "database_not_modifiable"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TaskNotCancelable(_) => (StatusCode::CONFLICT, "task_not_cancelable"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, name) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let errors: Vec<FieldError> = match &self {
+            ApiError::InvalidInput(e) => e.errors.clone(),
+            _ => Vec::new(),
+        };
+        let body = ApiErrorBody {
+            name: name.to_string(),
+            message: self.to_string(),
+            errors,
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,102 @@
+//! Task bookkeeping: creating tasks, moving them through their statuses, and cancel.
+
+use chrono::Utc;
+use spec::{Task, TaskStatus, TaskType};
+use store::{Store, StoreError};
+
+pub fn new_task(database_id: &str, task_type: TaskType) -> Task {
+    let now = Utc::now();
+    Task {
+        // UUIDv7: key order in etcd is creation order, which is what listings page by.
+        task_id: uuid::Uuid::now_v7().to_string(),
+        database_id: database_id.to_string(),
+        scope: "database".into(),
+        entity_id: database_id.to_string(),
+        task_type,
+        status: TaskStatus::Pending,
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+        error: None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("task {0:?} not found")]
+    NotFound(String),
+    #[error("task {task_id:?} already ended as {status:?}")]
+    AlreadyEnded { task_id: String, status: TaskStatus },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Asks a task to stop. A pending task is canceled at once; a running one is marked
+/// `canceling` and its runner stops it between two steps.
+pub async fn cancel(store: &Store, database_id: &str, task_id: &str) -> Result<Task, CancelError> {
+    let mut ended = None;
+    let result = store
+        .update_task(database_id, task_id, |task| match task.status {
+            TaskStatus::Pending => {
+                task.status = TaskStatus::Canceled;
+                task.completed_at = Some(Utc::now());
+                task.error = Some("canceled before it started".into());
+                true
+            }
+            TaskStatus::Running => {
+                task.status = TaskStatus::Canceling;
+                true
+            }
+            TaskStatus::Canceling => false,
+            status => {
+                ended = Some(status);
+                false
+            }
+        })
+        .await;
+    match result {
+        Err(StoreError::NotFound) => Err(CancelError::NotFound(task_id.to_string())),
+        Err(e) => Err(CancelError::Store(e)),
+        Ok(task) => match ended {
+            Some(status) => Err(CancelError::AlreadyEnded {
+                task_id: task_id.to_string(),
+                status,
+            }),
+            None => {
+                let _ = store
+                    .append_log(
+                        database_id,
+                        task_id,
+                        format!("cancel requested; task is {:?}", task.status),
+                        Default::default(),
+                    )
+                    .await;
+                Ok(task)
+            }
+        },
+    }
+}
+
+/// Moves a task to `status`, with completion time and error for terminal ones.
+/// Returns the task as stored; a task that already ended is left as it is.
+pub async fn transition(
+    store: &Store,
+    database_id: &str,
+    task_id: &str,
+    status: TaskStatus,
+    error: Option<String>,
+) -> Result<Task, StoreError> {
+    store
+        .update_task(database_id, task_id, |task| {
+            if task.status.is_terminal() || task.status == status {
+                return false;
+            }
+            task.status = status;
+            if status.is_terminal() {
+                task.completed_at = Some(Utc::now());
+                task.error = error.clone();
+            }
+            true
+        })
+        .await
+}
