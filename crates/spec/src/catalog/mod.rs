@@ -196,6 +196,13 @@ mod tests {
     }
 
     #[test]
+    fn every_type_has_its_own_rules() {
+        for t in ServiceType::ALL {
+            assert_eq!(rules(t).service_type(), t);
+        }
+    }
+
+    #[test]
     fn strip_nulls_is_recursive() {
         let mut config =
             map(json!({"a": null, "b": {"c": null, "d": 1}, "e": [{"f": null}, null]}));
