@@ -288,7 +288,7 @@ proptest! {
     ) {
         let c = creds(&user, &password);
         let target = ConnectionTarget {
-            hosts: hosts.into_iter().map(|(h, p)| (h, p)).collect(),
+            hosts,
             dbname,
             target_session_attrs: "prefer-standby".into(),
         };

@@ -1,0 +1,118 @@
+//! The fixture's HTTP side without a database: nothing answers on the configured hosts, so
+//! /health must say 503 and /config must show the connection without its password.
+
+use std::time::Duration;
+
+use fixture_service::probe::probe;
+use service_config::{ConnectionTarget, Credentials, ParsedConnection};
+use spec::ServiceType;
+
+/// A port on which nothing listens: bound, then released.
+async fn dead_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+async fn start(
+    conn: ParsedConnection,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        fixture_service::run(ServiceType::Mcp, conn, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (port, stop, task)
+}
+
+#[tokio::test]
+async fn health_is_503_while_no_host_answers_and_config_hides_the_password() {
+    let db_port = dead_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Credentials {
+        username: "svc_x_ro".into(),
+        password: "hunter2-secret".into(),
+    };
+    let target = ConnectionTarget {
+        hosts: vec![("127.0.0.1".into(), db_port)],
+        dbname: "app".into(),
+        target_session_attrs: "standby".into(),
+    };
+    for f in service_config::render(
+        ServiceType::Mcp,
+        &Default::default(),
+        &creds,
+        &creds,
+        &target,
+        0,
+    ) {
+        std::fs::write(dir.path().join(&f.path), &f.content).unwrap();
+    }
+    let conn = fixture_service::load_config(ServiceType::Mcp, dir.path()).unwrap();
+    let (port, stop, task) = start(conn).await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Give the connection manager time to try (and fail) at least once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = probe(&format!("{base}/health")).await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "unavailable");
+    assert_eq!(health["error"], "disconnected");
+    assert_eq!(health["type"], "mcp");
+    assert_eq!(health["user"], "svc_x_ro");
+    assert_eq!(health["target_session_attrs"], "standby");
+    assert!(health["connected_host"].is_null());
+
+    let (code, body) = probe(&format!("{base}/config")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.contains("hunter2"), "{body}");
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        config["hosts"],
+        serde_json::json!([{"host": "127.0.0.1", "port": db_port}])
+    );
+    assert_eq!(config["username"], "svc_x_ro");
+    assert_eq!(config["dbname"], "app");
+    assert!(config.get("password").is_none());
+
+    let (code, _) = probe(&format!("{base}/nope")).await.unwrap();
+    assert_eq!(code, 404);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn load_config_names_the_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fixture_service::load_config(ServiceType::Postgrest, dir.path()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "reading {}",
+            dir.path().join("postgrest.conf").display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn probe_of_a_dead_port_is_an_error() {
+    let port = dead_port().await;
+    assert!(
+        probe(&format!("http://127.0.0.1:{port}/health"))
+            .await
+            .is_err()
+    );
+}
