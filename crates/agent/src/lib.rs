@@ -1,1 +1,217 @@
-//! Placeholder: filled in by its issue.
+//! The berth host agent: serves `agent.v1.Agent` over gRPC, runs instances as containers through the Docker
+//! Engine API, watches them through the engine's event stream, and registers with the control plane.
+//!
+//! Ownership: every container it creates is named `berth-<host_id>-<instance_id>` and labelled
+//! `berth.host-id=<host_id>`; it never lists, watches or touches a container without its own host id, so several
+//! agents can share one engine.
+
+pub mod instance;
+pub mod ops;
+pub mod registration;
+pub mod runtime;
+pub mod service;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent_proto::v1::agent_server::AgentServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::Ops;
+use crate::registration::{Registration, RegistrationError};
+use crate::runtime::{DockerRuntime, RuntimeError};
+use crate::service::AgentService;
+use crate::state::StateHub;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Command line and environment (`BERTH_AGENT_*`) configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "berth host agent: runs database and service containers on this host for the berth control plane",
+    long_about = "berth host agent: serves the agent.v1.Agent gRPC API, runs Postgres and service instances as \
+                  Docker containers it owns (named berth-<host-id>-<instance-id>), pushes their state to \
+                  WatchInstances subscribers from the engine's event stream, and registers with the control \
+                  plane's Registry when --control-plane is given. On SIGTERM/SIGINT it stops serving but leaves \
+                  its containers running."
+)]
+pub struct AgentConfig {
+    /// This host's id, unique in the fleet; part of every container name and ownership label.
+    #[arg(long, env = "BERTH_AGENT_HOST_ID")]
+    pub host_id: String,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "BERTH_AGENT_LISTEN", default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// Address the control plane dials to reach this agent (host:port or URL); defaults to the listen address.
+    #[arg(long, env = "BERTH_AGENT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// gRPC URL of the control plane's Registry, e.g. http://127.0.0.1:3001; without it the agent runs standalone.
+    #[arg(long, env = "BERTH_AGENT_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// Where instance directories live; defaults to /var/lib/berth/agent/<host-id>.
+    #[arg(long, env = "BERTH_AGENT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Docker endpoint (unix:///var/run/docker.sock, tcp://host:2375); defaults to DOCKER_HOST or the local socket.
+    #[arg(long, env = "BERTH_AGENT_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Addresses at which clients reach ports published on this host, comma-separated.
+    #[arg(
+        long,
+        env = "BERTH_AGENT_ADDRESSES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    pub addresses: Vec<String>,
+}
+
+impl AgentConfig {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/berth/agent").join(&self.host_id))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid host id: {0}")]
+    InvalidHostId(#[from] instance::SpecError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the container engine client: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn advertised_url(config: &AgentConfig, local: SocketAddr) -> String {
+    let addr = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    if addr.contains("://") {
+        addr
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Binds `config.listen` and serves until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener until `shutdown` resolves. Containers are left running on the way out:
+/// an agent restart must not take databases down.
+pub async fn serve(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    instance::validate_instance_id(&config.host_id)?;
+    let data_dir = config.data_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(instance::instances_root(&data_dir))
+        .map_err(|source| AgentError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let runtime = Arc::new(DockerRuntime::connect(config.docker_host.as_deref())?);
+    if let Err(e) = runtime.negotiate().await {
+        // Not fatal: the engine may come up after the agent; every ping retries the negotiation.
+        tracing::warn!(error = %e, "container engine not reachable at start");
+    }
+    let stop = CancellationToken::new();
+    let hub = StateHub::new(runtime.clone(), config.host_id.clone(), data_dir.clone());
+    let watcher = tokio::spawn(hub.clone().run(stop.clone()));
+    let ops = Arc::new(Ops::new(
+        runtime,
+        hub.clone(),
+        config.host_id.clone(),
+        data_dir,
+        config.addresses.clone(),
+    ));
+    let registration = match &config.control_plane {
+        Some(url) => {
+            let reg = Registration::new(ops.clone(), url, advertised_url(&config, local))?;
+            Some(tokio::spawn(reg.run(stop.clone())))
+        }
+        None => None,
+    };
+
+    tracing::info!(host_id = %config.host_id, listen = %local, "agent serving");
+    let closing = CancellationToken::new();
+    let signal = {
+        let closing = closing.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing watch streams, finishing operations in flight");
+            closing.cancel();
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(AgentServer::new(AgentService::new(ops, hub, closing)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+    stop.cancel();
+    let _ = watcher.await;
+    if let Some(r) = registration {
+        let _ = r.await;
+    }
+    tracing::info!(host_id = %config.host_id, "agent stopped; containers left running");
+    Ok(served?)
+}
+
+/// Installs the tracing subscriber: JSON lines when BERTH_LOG_FORMAT=json, human-readable otherwise;
+/// RUST_LOG filters (default info).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("BERTH_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}

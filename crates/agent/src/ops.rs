@@ -1,0 +1,620 @@
+//! The agent's operations (apply, remove, resize, exec, host info), independent of gRPC plumbing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use agent_proto::v1::{
+    ApplyAction, ApplyEvent, ApplyResult, HostInfo, InstanceSpec, LogLine, RemoveResult,
+    apply_event, instance_event,
+};
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use crate::instance::{
+    self, ChosenPorts, InstanceDir, LABEL_HOST_ID, LABEL_MANAGED, LABEL_SPEC_HASH, SpecError,
+    StoredSpec, container_name, port_names,
+};
+use crate::runtime::{
+    ContainerInfo, ContainerRuntime, ContainerStatus, ExecOutput, HealthStatus, RuntimeError,
+};
+use crate::state::{StateHub, exit_reason, published_ports, unhealthy_reason};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("invalid spec: {0}")]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("instance directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("instance {0} has no container")]
+    NotFound(String),
+    #[error("instance {0} is not running")]
+    NotRunning(String),
+    #[error("instance {instance_id} failed to start: {reason}")]
+    StartFailed { instance_id: String, reason: String },
+    #[error("instance {instance_id} not ready after {waited:?}: {reason}")]
+    ReadyTimeout {
+        instance_id: String,
+        waited: Duration,
+        reason: String,
+    },
+}
+
+impl From<OpError> for Status {
+    fn from(e: OpError) -> Self {
+        let message = e.to_string();
+        match e {
+            OpError::Spec(_) => Status::invalid_argument(message),
+            OpError::Runtime(RuntimeError::Unavailable(_)) => Status::unavailable(message),
+            OpError::Runtime(RuntimeError::NotFound(_)) => Status::failed_precondition(message),
+            OpError::Runtime(RuntimeError::Timeout(_)) => Status::deadline_exceeded(message),
+            OpError::Runtime(_) | OpError::Io(_) => Status::internal(message),
+            OpError::NotFound(_) => Status::not_found(message),
+            OpError::NotRunning(_) => Status::failed_precondition(message),
+            OpError::StartFailed { .. } => Status::aborted(message),
+            OpError::ReadyTimeout { .. } => Status::deadline_exceeded(message),
+        }
+    }
+}
+
+/// Where an operation's log lines go: the gRPC stream (best effort: a client that went away does not stop the
+/// operation half-way) and the agent's own log.
+#[derive(Clone)]
+pub struct Progress {
+    tx: Option<mpsc::Sender<Result<ApplyEvent, Status>>>,
+}
+
+impl Progress {
+    pub fn new(tx: mpsc::Sender<Result<ApplyEvent, Status>>) -> Self {
+        Self { tx: Some(tx) }
+    }
+
+    /// Progress that only goes to the agent's log.
+    pub fn silent() -> Self {
+        Self { tx: None }
+    }
+
+    pub async fn log(&self, message: impl Into<String>, fields: &[(&str, String)]) {
+        let message = message.into();
+        let field_text: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::info!(fields = %field_text.join(" "), "{message}");
+        if let Some(tx) = &self.tx {
+            let line = LogLine {
+                timestamp: Some(SystemTime::now().into()),
+                message,
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            };
+            let _ = tx
+                .send(Ok(ApplyEvent {
+                    event: Some(apply_event::Event::Log(line)),
+                }))
+                .await;
+        }
+    }
+}
+
+pub struct Ops<R> {
+    runtime: Arc<R>,
+    hub: Arc<StateHub<R>>,
+    host_id: String,
+    data_dir: PathBuf,
+    addresses: Vec<String>,
+    // One operation at a time per instance: a remove racing an apply must not leave a container behind.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Docker's defaults for a health check's zero fields.
+fn or_default(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+fn ready_deadline(spec: &InstanceSpec) -> Duration {
+    match &spec.health_check {
+        Some(h) => {
+            let interval = or_default(h.interval_ms, Duration::from_secs(30));
+            let timeout = or_default(h.timeout_ms, Duration::from_secs(30));
+            let retries = if h.retries == 0 { 3 } else { h.retries };
+            Duration::from_millis(h.start_period_ms)
+                + (interval + timeout) * (retries + 1)
+                + Duration::from_secs(30)
+        }
+        None => Duration::from_secs(30),
+    }
+}
+
+/// The engine cannot lift a limit in place (a zero in its update API means "leave as is"), so going back to
+/// "unlimited" needs a new container.
+fn resizable_in_place(current: &ContainerInfo, nano_cpus: i64, memory_bytes: i64) -> bool {
+    let lifts_cpu_limit = current.nano_cpus > 0 && nano_cpus == 0;
+    let lifts_memory_limit = current.memory_bytes > 0 && memory_bytes == 0;
+    !lifts_cpu_limit && !lifts_memory_limit
+}
+
+impl<R: ContainerRuntime> Ops<R> {
+    pub fn new(
+        runtime: Arc<R>,
+        hub: Arc<StateHub<R>>,
+        host_id: String,
+        data_dir: PathBuf,
+        addresses: Vec<String>,
+    ) -> Self {
+        Self {
+            runtime,
+            hub,
+            host_id,
+            data_dir,
+            addresses,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    async fn lock_instance(&self, instance_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(instance_id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Our container for the instance, if any. A container of that name owned by another host id is not ours
+    /// and is treated as absent (the create will then fail loudly on the name clash).
+    async fn our_container(&self, instance_id: &str) -> Result<Option<ContainerInfo>, OpError> {
+        let info = self
+            .runtime
+            .inspect(&container_name(&self.host_id, instance_id))
+            .await?;
+        Ok(info.filter(|i| i.labels.get(LABEL_HOST_ID) == Some(&self.host_id)))
+    }
+
+    fn result(
+        &self,
+        info: &ContainerInfo,
+        action: ApplyAction,
+        resize_applied: bool,
+    ) -> ApplyResult {
+        ApplyResult {
+            container_id: info.id.clone(),
+            image: info.image.clone(),
+            ports: published_ports(info, &port_names(&info.labels)),
+            action: action as i32,
+            resize_applied,
+            spec_hash: info
+                .labels
+                .get(LABEL_SPEC_HASH)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub async fn apply(
+        &self,
+        spec: InstanceSpec,
+        progress: &Progress,
+    ) -> Result<ApplyResult, OpError> {
+        instance::validate(&spec)?;
+        let hash = instance::spec_hash(&spec);
+        let _guard = self.lock_instance(&spec.instance_id).await;
+        let dir = InstanceDir::new(&self.data_dir, &spec.instance_id);
+        progress
+            .log(
+                "applying instance",
+                &[("spec_hash", hash.clone()), ("image", spec.image.clone())],
+            )
+            .await;
+
+        let existing = self.our_container(&spec.instance_id).await?;
+        let mut replace_reason = None;
+        if let Some(current) = &existing {
+            let same_spec = current.labels.get(LABEL_SPEC_HASH) == Some(&hash);
+            let running = current.status == ContainerStatus::Running;
+            if !same_spec {
+                replace_reason = Some("spec changed".to_string());
+            } else if !running {
+                replace_reason = Some(format!(
+                    "container is not running ({})",
+                    exit_reason(current)
+                ));
+            } else if current.health == HealthStatus::Unhealthy {
+                replace_reason = Some(unhealthy_reason(current));
+            } else if current.nano_cpus == spec.nano_cpus
+                && current.memory_bytes == spec.memory_bytes
+            {
+                self.store_spec(&dir, &spec, &hash)?;
+                progress
+                    .log(
+                        "container already matches the spec",
+                        &[("container_id", current.id.clone())],
+                    )
+                    .await;
+                return Ok(self.result(current, ApplyAction::Unchanged, false));
+            } else if resizable_in_place(current, spec.nano_cpus, spec.memory_bytes) {
+                progress
+                    .log(
+                        "changing cpu and memory limits in place",
+                        &[
+                            ("nano_cpus", spec.nano_cpus.to_string()),
+                            ("memory_bytes", spec.memory_bytes.to_string()),
+                        ],
+                    )
+                    .await;
+                self.runtime
+                    .update_resources(&current.id, spec.nano_cpus, spec.memory_bytes)
+                    .await?;
+                self.store_spec(&dir, &spec, &hash)?;
+                let info = self
+                    .our_container(&spec.instance_id)
+                    .await?
+                    .ok_or_else(|| OpError::NotFound(spec.instance_id.clone()))?;
+                self.refresh_quietly(&spec.instance_id).await;
+                return Ok(self.result(&info, ApplyAction::Resized, true));
+            } else {
+                replace_reason =
+                    Some("removing a cpu or memory limit needs a new container".to_string());
+            }
+        }
+
+        dir.ensure()?;
+        progress
+            .log(
+                "writing config files",
+                &[("count", spec.files.len().to_string())],
+            )
+            .await;
+        dir.write_config(&spec)?;
+        if spec.data_mount_path.is_some() {
+            let data = dir.ensure_data_dir(&spec.user)?;
+            progress
+                .log(
+                    "data directory ready",
+                    &[("path", data.display().to_string())],
+                )
+                .await;
+        }
+        if let Some(net) = spec.network.as_ref().filter(|n| !n.name.is_empty()) {
+            let labels = BTreeMap::from([(LABEL_MANAGED.to_string(), "true".to_string())]);
+            self.runtime.ensure_network(&net.name, &labels).await?;
+            progress
+                .log("network ready", &[("network", net.name.clone())])
+                .await;
+        }
+        let action = match (&existing, &replace_reason) {
+            (Some(current), Some(reason)) => {
+                progress
+                    .log(
+                        "replacing container",
+                        &[
+                            ("container_id", current.id.clone()),
+                            ("reason", reason.clone()),
+                        ],
+                    )
+                    .await;
+                self.runtime.stop(&current.id, None).await?;
+                self.runtime.remove(&current.id).await?;
+                ApplyAction::Recreated
+            }
+            _ => ApplyAction::Created,
+        };
+
+        let mut chosen = dir.read_ports()?;
+        let config = instance::container_config(&self.host_id, &spec, &hash, &dir, &chosen);
+        // Subscribe before starting so that no state change between start and wait is missed.
+        let (_, changes) = self.hub.subscribe();
+        let id = self.runtime.create(&config).await?;
+        self.store_spec(&dir, &spec, &hash)?;
+        progress
+            .log("container created", &[("container_id", id.clone())])
+            .await;
+        if let Err(e) = self.runtime.start(&id).await {
+            // A container that never started would sit in "created" forever and look like progress.
+            let _ = self.runtime.remove(&id).await;
+            self.refresh_quietly(&spec.instance_id).await;
+            return Err(OpError::StartFailed {
+                instance_id: spec.instance_id.clone(),
+                reason: e.to_string(),
+            });
+        }
+        progress
+            .log("container started", &[("container_id", id.clone())])
+            .await;
+
+        let info = self
+            .runtime
+            .inspect(&id)
+            .await?
+            .ok_or_else(|| OpError::NotFound(spec.instance_id.clone()))?;
+        if self.remember_chosen_ports(&spec, &info, &mut chosen) {
+            dir.write_ports(&chosen)?;
+            let list: Vec<String> = chosen.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            progress
+                .log("host ports chosen", &[("ports", list.join(","))])
+                .await;
+        }
+        self.refresh_quietly(&spec.instance_id).await;
+        let info = self.wait_ready(&spec, &id, changes, progress).await?;
+        progress
+            .log("instance ready", &[("container_id", id.clone())])
+            .await;
+        Ok(self.result(&info, action, false))
+    }
+
+    fn store_spec(
+        &self,
+        dir: &InstanceDir,
+        spec: &InstanceSpec,
+        hash: &str,
+    ) -> std::io::Result<()> {
+        dir.ensure()?;
+        dir.write_spec(&StoredSpec {
+            instance_id: spec.instance_id.clone(),
+            spec_hash: hash.to_string(),
+            labels: instance::container_labels(&self.host_id, spec, hash),
+        })
+    }
+
+    /// Records the host ports the engine picked for `host_port: 0`; true when something new was learned.
+    fn remember_chosen_ports(
+        &self,
+        spec: &InstanceSpec,
+        info: &ContainerInfo,
+        chosen: &mut ChosenPorts,
+    ) -> bool {
+        let mut changed = false;
+        for p in spec.ports.iter().filter(|p| p.host_port == Some(0)) {
+            if chosen.0.contains_key(&p.name) {
+                continue;
+            }
+            let bound = info
+                .ports
+                .iter()
+                .find(|(c, h)| u32::from(*c) == p.container_port && *h != 0);
+            if let Some((_, host)) = bound {
+                chosen.0.insert(p.name.clone(), *host);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    async fn refresh_quietly(&self, instance_id: &str) {
+        if let Err(e) = self.hub.refresh(instance_id).await {
+            tracing::warn!(instance_id, error = %e, "cannot refresh instance state");
+        }
+    }
+
+    /// Waits, driven by the state watcher's events, until the container is healthy (or merely running when it
+    /// has no health check); a container that exits or turns unhealthy ends the wait with the reason.
+    async fn wait_ready(
+        &self,
+        spec: &InstanceSpec,
+        container_id: &str,
+        mut changes: broadcast::Receiver<agent_proto::v1::InstanceEvent>,
+        progress: &Progress,
+    ) -> Result<ContainerInfo, OpError> {
+        let limit = ready_deadline(spec);
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        ticker.tick().await;
+        let mut last_reason;
+        loop {
+            let info =
+                self.runtime
+                    .inspect(container_id)
+                    .await?
+                    .ok_or_else(|| OpError::StartFailed {
+                        instance_id: spec.instance_id.clone(),
+                        reason: "container disappeared while starting".into(),
+                    })?;
+            match (info.status, info.health) {
+                (ContainerStatus::Exited | ContainerStatus::Dead, _) => {
+                    return Err(OpError::StartFailed {
+                        instance_id: spec.instance_id.clone(),
+                        reason: exit_reason(&info),
+                    });
+                }
+                (ContainerStatus::Running, HealthStatus::Healthy) => return Ok(info),
+                (ContainerStatus::Running, HealthStatus::None) if spec.health_check.is_none() => {
+                    return Ok(info);
+                }
+                (ContainerStatus::Running, HealthStatus::Unhealthy) => {
+                    return Err(OpError::StartFailed {
+                        instance_id: spec.instance_id.clone(),
+                        reason: unhealthy_reason(&info),
+                    });
+                }
+                _ => {
+                    last_reason = match &info.last_health_output {
+                        Some(out) if !out.trim().is_empty() => {
+                            format!("last health check: {}", out.trim())
+                        }
+                        _ => format!("status {:?}, health {:?}", info.status, info.health),
+                    };
+                }
+            }
+            loop {
+                tokio::select! {
+                    ev = changes.recv() => match ev {
+                        Ok(agent_proto::v1::InstanceEvent { event: Some(instance_event::Event::Changed(s)) })
+                            if s.instance_id == spec.instance_id => break,
+                        Ok(agent_proto::v1::InstanceEvent { event: Some(instance_event::Event::Snapshot(_)) }) => break,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            break;
+                        }
+                    },
+                    _ = ticker.tick() => {
+                        progress.log("waiting for the instance to become ready", &[("detail", last_reason.clone())]).await;
+                        break;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(OpError::ReadyTimeout {
+                            instance_id: spec.instance_id.clone(),
+                            waited: limit,
+                            reason: last_reason,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn remove(
+        &self,
+        instance_id: &str,
+        delete_data: bool,
+        progress: &Progress,
+    ) -> Result<RemoveResult, OpError> {
+        instance::validate_instance_id(instance_id)?;
+        let _guard = self.lock_instance(instance_id).await;
+        let mut container_removed = false;
+        if let Some(current) = self.our_container(instance_id).await? {
+            progress
+                .log(
+                    "stopping container",
+                    &[("container_id", current.id.clone())],
+                )
+                .await;
+            self.runtime.stop(&current.id, None).await?;
+            self.runtime.remove(&current.id).await?;
+            container_removed = true;
+            progress
+                .log("container removed", &[("container_id", current.id.clone())])
+                .await;
+        } else {
+            progress.log("no container to remove", &[]).await;
+        }
+        let dir = InstanceDir::new(&self.data_dir, instance_id);
+        let data_deleted = dir.remove(delete_data)?;
+        progress
+            .log(
+                if delete_data {
+                    "instance directory deleted"
+                } else {
+                    "config deleted, data kept"
+                },
+                &[("path", dir.root().display().to_string())],
+            )
+            .await;
+        self.hub.forget(instance_id);
+        Ok(RemoveResult {
+            container_removed,
+            data_deleted,
+        })
+    }
+
+    pub async fn resize(
+        &self,
+        instance_id: &str,
+        nano_cpus: i64,
+        memory_bytes: i64,
+    ) -> Result<bool, OpError> {
+        instance::validate_instance_id(instance_id)?;
+        if nano_cpus < 0 || memory_bytes < 0 {
+            return Err(SpecError::Invalid {
+                field: "nano_cpus/memory_bytes".into(),
+                message: "must not be negative".into(),
+            }
+            .into());
+        }
+        let _guard = self.lock_instance(instance_id).await;
+        let current = self
+            .our_container(instance_id)
+            .await?
+            .ok_or_else(|| OpError::NotFound(instance_id.into()))?;
+        if !resizable_in_place(&current, nano_cpus, memory_bytes) {
+            return Ok(false);
+        }
+        self.runtime
+            .update_resources(&current.id, nano_cpus, memory_bytes)
+            .await?;
+        tracing::info!(instance_id, nano_cpus, memory_bytes, "resized in place");
+        self.refresh_quietly(instance_id).await;
+        Ok(true)
+    }
+
+    pub async fn exec(
+        &self,
+        instance_id: &str,
+        argv: &[String],
+        stdin: &[u8],
+        user: Option<&str>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, OpError> {
+        instance::validate_instance_id(instance_id)?;
+        if argv.is_empty() {
+            return Err(SpecError::Invalid {
+                field: "argv".into(),
+                message: "must not be empty".into(),
+            }
+            .into());
+        }
+        let current = self
+            .our_container(instance_id)
+            .await?
+            .ok_or_else(|| OpError::NotFound(instance_id.into()))?;
+        if current.status != ContainerStatus::Running {
+            return Err(OpError::NotRunning(instance_id.into()));
+        }
+        Ok(self
+            .runtime
+            .exec(&current.id, argv, stdin, user, timeout)
+            .await?)
+    }
+
+    pub async fn host_info(&self) -> HostInfo {
+        let (docker_ok, docker_error) = match self.runtime.ping().await {
+            Ok(()) => (true, String::new()),
+            Err(e) => (false, e.to_string()),
+        };
+        let resources = if docker_ok {
+            self.runtime.host_resources().await.ok()
+        } else {
+            None
+        };
+        let (cpus, memory_bytes) = match resources {
+            Some(r) => (r.cpus, r.memory_bytes),
+            None => local_resources(),
+        };
+        HostInfo {
+            host_id: self.host_id.clone(),
+            cpus,
+            memory_bytes,
+            agent_version: crate::VERSION.to_string(),
+            docker_ok,
+            docker_error,
+            addresses: self.addresses.clone(),
+        }
+    }
+}
+
+/// What this machine has, for when the engine cannot tell us.
+pub fn local_resources() -> (u32, u64) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    (cpus, memory)
+}

@@ -1,0 +1,117 @@
+//! Registration with the control plane's `agent.v1.Registry`: register (retrying until it works), then
+//! heartbeat every lease_ttl / 3, registering again whenever the control plane no longer knows this host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_proto::v1::registry_client::RegistryClient;
+use agent_proto::v1::{HeartbeatRequest, RegisterRequest};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ops::Ops;
+use crate::runtime::ContainerRuntime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    #[error("invalid control plane URL {url}: {source}")]
+    InvalidUrl {
+        url: String,
+        source: tonic::transport::Error,
+    },
+}
+
+pub struct Registration<R> {
+    ops: Arc<Ops<R>>,
+    client: RegistryClient<Channel>,
+    agent_address: String,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl<R: ContainerRuntime> Registration<R> {
+    pub fn new(
+        ops: Arc<Ops<R>>,
+        control_plane: &str,
+        agent_address: String,
+    ) -> Result<Self, RegistrationError> {
+        let endpoint = Endpoint::from_shared(control_plane.to_string())
+            .map_err(|source| RegistrationError::InvalidUrl {
+                url: control_plane.into(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10));
+        Ok(Self {
+            ops,
+            client: RegistryClient::new(endpoint.connect_lazy()),
+            agent_address,
+        })
+    }
+
+    /// Registers, retrying with backoff; returns the lease TTL, or None when cancelled.
+    async fn register(&mut self, stop: &CancellationToken) -> Option<Duration> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let info = self.ops.host_info().await;
+            let request = RegisterRequest {
+                host_id: info.host_id,
+                agent_address: self.agent_address.clone(),
+                addresses: info.addresses,
+                cpus: info.cpus,
+                memory_bytes: info.memory_bytes,
+                agent_version: info.agent_version,
+                docker_ok: info.docker_ok,
+                docker_error: info.docker_error,
+            };
+            match self.client.register(request).await {
+                Ok(resp) => {
+                    let ttl = resp.into_inner().lease_ttl_seconds.max(3);
+                    tracing::info!(lease_ttl_seconds = ttl, "registered with the control plane");
+                    return Some(Duration::from_secs(u64::from(ttl)));
+                }
+                Err(status) => {
+                    tracing::warn!(error = %status, retry_in = ?backoff, "registration failed");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return None,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        let Some(mut ttl) = self.register(&stop).await else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ttl / 3) => {}
+                _ = stop.cancelled() => return,
+            }
+            let info = self.ops.host_info().await;
+            let request = HeartbeatRequest {
+                host_id: info.host_id,
+                docker_ok: info.docker_ok,
+                docker_error: info.docker_error,
+            };
+            match self.client.heartbeat(request).await {
+                Ok(resp) if resp.get_ref().known => {}
+                Ok(_) => {
+                    tracing::warn!(
+                        "control plane does not know this host any more; registering again"
+                    );
+                    match self.register(&stop).await {
+                        Some(new_ttl) => ttl = new_ttl,
+                        None => return,
+                    }
+                }
+                // Keep heartbeating on the same schedule: if the lease runs out meanwhile, the control plane
+                // answers known=false and we register again.
+                Err(status) => tracing::warn!(error = %status, "heartbeat failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! The container runtime boundary: everything the agent asks of the engine, in types free of bollard's,
+//! so that the apply and state logic never depends on the engine client's model structs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+use bollard::Docker;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
+    EndpointSettings, EventMessage, EventMessageTypeEnum, ExecConfig,
+    HealthConfig as DockerHealthConfig, HealthStatusEnum, HostConfig, Mount as DockerMount,
+    MountType, NetworkCreateRequest, NetworkingConfig, PortBinding as DockerPortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    InspectNetworkOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder,
+};
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncWriteExt;
+
+/// Errors from the engine, classified by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("container engine unreachable: {0}")]
+    Unavailable(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("engine rejected the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    #[error("engine error: {0}")]
+    Other(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<bollard::errors::Error> for RuntimeError {
+    fn from(e: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => RuntimeError::NotFound(message),
+            E::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => RuntimeError::Conflict(message),
+            E::DockerResponseServerError {
+                status_code,
+                message,
+            } => RuntimeError::Rejected {
+                status: status_code,
+                message,
+            },
+            E::HyperResponseError { .. }
+            | E::IOError { .. }
+            | E::RequestTimeoutError
+            | E::SocketNotFoundError(_)
+            | E::HyperLegacyError { .. } => RuntimeError::Unavailable(e.to_string()),
+            other => RuntimeError::Other(other.to_string()),
+        }
+    }
+}
+
+pub type RuntimeResult<T> = Result<T, RuntimeError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPublish {
+    pub container_port: u16,
+    /// None: the engine picks a free host port.
+    pub host_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub test: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: Vec<BindMount>,
+    pub ports: Vec<PortPublish>,
+    pub network: Option<(String, Vec<String>)>,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    pub health_check: Option<HealthCheckConfig>,
+    pub user: Option<String>,
+    pub stop_timeout_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerStatus {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: ContainerStatus,
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub error: String,
+    pub restart_count: u32,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    pub health: HealthStatus,
+    pub last_health_output: Option<String>,
+    pub last_health_at: Option<SystemTime>,
+    /// (container port, host port) for every published tcp port; host port 0 when not bound right now.
+    pub ports: Vec<(u16, u16)>,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostResources {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// One container event from the engine.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub container_id: String,
+    pub action: String,
+    pub attributes: HashMap<String, String>,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = RuntimeResult<ContainerEvent>> + Send>>;
+
+/// What the agent needs from a container engine.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    fn ping(&self) -> impl Future<Output = RuntimeResult<()>> + Send;
+    fn host_resources(&self) -> impl Future<Output = RuntimeResult<HostResources>> + Send;
+    /// Every container (running or not) carrying all of the given labels.
+    fn list(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> impl Future<Output = RuntimeResult<Vec<ContainerInfo>>> + Send;
+    /// None when there is no such container.
+    fn inspect(
+        &self,
+        name_or_id: &str,
+    ) -> impl Future<Output = RuntimeResult<Option<ContainerInfo>>> + Send;
+    fn create(
+        &self,
+        config: &ContainerConfig,
+    ) -> impl Future<Output = RuntimeResult<String>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = RuntimeResult<()>> + Send;
+    /// `timeout` None: the container's own stop timeout.
+    fn stop(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = RuntimeResult<()>> + Send;
+    /// Force-removes the container and its anonymous volumes; a missing container is not an error.
+    fn remove(&self, id: &str) -> impl Future<Output = RuntimeResult<()>> + Send;
+    fn update_resources(
+        &self,
+        id: &str,
+        nano_cpus: i64,
+        memory_bytes: i64,
+    ) -> impl Future<Output = RuntimeResult<()>> + Send;
+    fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = RuntimeResult<()>> + Send;
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdin: &[u8],
+        user: Option<&str>,
+        timeout: Duration,
+    ) -> impl Future<Output = RuntimeResult<ExecOutput>> + Send;
+    /// Container events for containers carrying the label, from `since` (unix seconds) on.
+    fn events(&self, label: (&str, &str), since: i64) -> EventStream;
+}
+
+/// The engine API version this agent is written against. bollard 0.21 defaults to a newer one than the
+/// engines we run on, so the client version is negotiated down at start.
+const FALLBACK_API_VERSION: &bollard::ClientVersion = &bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+/// [`ContainerRuntime`] over the Docker Engine API.
+pub struct DockerRuntime {
+    // Replaced once negotiation succeeds; the engine may be down when the agent starts.
+    docker: RwLock<Docker>,
+    negotiated: std::sync::atomic::AtomicBool,
+}
+
+impl DockerRuntime {
+    /// Connects (lazily) to `docker_host`, or to the local default socket / DOCKER_HOST when None.
+    pub fn connect(docker_host: Option<&str>) -> RuntimeResult<Self> {
+        let docker = match docker_host {
+            Some(host) if host.starts_with("unix://") => {
+                Docker::connect_with_unix(host, 120, FALLBACK_API_VERSION)?
+            }
+            Some(host) if host.starts_with('/') => {
+                Docker::connect_with_unix(host, 120, FALLBACK_API_VERSION)?
+            }
+            Some(host) => Docker::connect_with_http(host, 120, FALLBACK_API_VERSION)?,
+            None => Docker::connect_with_local_defaults()?,
+        };
+        Ok(Self {
+            docker: RwLock::new(docker),
+            negotiated: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Negotiates the API version with the engine; harmless to call again once it succeeded.
+    pub async fn negotiate(&self) -> RuntimeResult<()> {
+        use std::sync::atomic::Ordering;
+        if self.negotiated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let docker = self.client();
+        let negotiated = docker.negotiate_version().await?;
+        tracing::info!(api_version = %negotiated.client_version(), "negotiated engine API version");
+        *self.docker.write().unwrap_or_else(|e| e.into_inner()) = negotiated;
+        self.negotiated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn client(&self) -> Docker {
+        self.docker
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn parse_time(s: Option<&str>) -> Option<SystemTime> {
+    let s = s?;
+    // The engine reports "0001-01-01T00:00:00Z" for "never".
+    if s.is_empty() || s.starts_with("0001-") {
+        return None;
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(SystemTime::from)
+}
+
+fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
+    let state = resp.state.unwrap_or_default();
+    let config = resp.config.unwrap_or_default();
+    let host_config = resp.host_config.unwrap_or_default();
+    let status = match state.status {
+        Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
+        Some(ContainerStateStatusEnum::RUNNING) => ContainerStatus::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => ContainerStatus::Paused,
+        Some(ContainerStateStatusEnum::RESTARTING) => ContainerStatus::Restarting,
+        Some(ContainerStateStatusEnum::REMOVING) => ContainerStatus::Removing,
+        Some(ContainerStateStatusEnum::DEAD) => ContainerStatus::Dead,
+        Some(ContainerStateStatusEnum::STOPPING) => ContainerStatus::Running,
+        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::EMPTY) | None => {
+            ContainerStatus::Exited
+        }
+    };
+    let (health, last_health_output, last_health_at) = match state.health {
+        Some(h) => {
+            let status = match h.status {
+                Some(HealthStatusEnum::STARTING) => HealthStatus::Starting,
+                Some(HealthStatusEnum::HEALTHY) => HealthStatus::Healthy,
+                Some(HealthStatusEnum::UNHEALTHY) => HealthStatus::Unhealthy,
+                _ => HealthStatus::None,
+            };
+            let last = h.log.and_then(|l| l.into_iter().last());
+            let output = last.as_ref().and_then(|r| r.output.clone());
+            let at = last.as_ref().and_then(|r| parse_time(r.end.as_deref()));
+            (status, output, at)
+        }
+        None => (HealthStatus::None, None, None),
+    };
+    let mut ports: Vec<(u16, u16)> = Vec::new();
+    let live = resp
+        .network_settings
+        .and_then(|n| n.ports)
+        .unwrap_or_default();
+    let configured = host_config.port_bindings.clone().unwrap_or_default();
+    for (key, bindings) in configured.iter() {
+        let Some(container_port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        let host_port_of = |b: &Option<Vec<DockerPortBinding>>| {
+            b.as_ref()
+                .and_then(|v| {
+                    v.iter()
+                        .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
+                })
+                .filter(|p| *p != 0)
+        };
+        let host_port = live
+            .get(key)
+            .and_then(host_port_of)
+            .or_else(|| host_port_of(bindings))
+            .unwrap_or(0);
+        ports.push((container_port, host_port));
+    }
+    ports.sort_unstable();
+    ContainerInfo {
+        id: resp.id.unwrap_or_default(),
+        name: resp
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        image: config.image.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        status,
+        exit_code: state.exit_code.unwrap_or(0),
+        oom_killed: state.oom_killed.unwrap_or(false),
+        error: state.error.unwrap_or_default(),
+        restart_count: resp.restart_count.unwrap_or(0).try_into().unwrap_or(0),
+        started_at: parse_time(state.started_at.as_deref()),
+        finished_at: parse_time(state.finished_at.as_deref()),
+        health,
+        last_health_output,
+        last_health_at,
+        ports,
+        nano_cpus: host_config.nano_cpus.unwrap_or(0),
+        memory_bytes: host_config.memory.unwrap_or(0),
+    }
+}
+
+fn millis_to_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// No swap beyond the memory limit: a database that swaps is slower than one that is told it is out of memory,
+/// and keeping MemorySwap equal to Memory means a later in-place resize never trips over the engine's
+/// "memory must be below memory+swap" check.
+fn memory_swap_for(memory_bytes: i64) -> Option<i64> {
+    (memory_bytes > 0).then_some(memory_bytes)
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn ping(&self) -> RuntimeResult<()> {
+        self.negotiate().await?;
+        self.client().ping().await?;
+        Ok(())
+    }
+
+    async fn host_resources(&self) -> RuntimeResult<HostResources> {
+        let info = self.client().info().await?;
+        Ok(HostResources {
+            cpus: info.ncpu.unwrap_or(0).try_into().unwrap_or(0),
+            memory_bytes: info.mem_total.unwrap_or(0).try_into().unwrap_or(0),
+        })
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> RuntimeResult<Vec<ContainerInfo>> {
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([(
+            "label",
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self.client().list_containers(Some(options)).await?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            // A container can vanish between list and inspect; that is not an error here.
+            if let Some(info) = self.inspect(&id).await? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inspect(&self, name_or_id: &str) -> RuntimeResult<Option<ContainerInfo>> {
+        match self
+            .client()
+            .inspect_container(name_or_id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(resp) => Ok(Some(container_info(resp))),
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn create(&self, config: &ContainerConfig) -> RuntimeResult<String> {
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for p in &config.ports {
+            let key = format!("{}/tcp", p.container_port);
+            exposed.push(key.clone());
+            port_bindings.insert(
+                key,
+                Some(vec![DockerPortBinding {
+                    host_ip: None,
+                    // An empty host port asks the engine to pick a free one.
+                    host_port: Some(p.host_port.map(|p| p.to_string()).unwrap_or_default()),
+                }]),
+            );
+        }
+        let mounts = config
+            .mounts
+            .iter()
+            .map(|m| DockerMount {
+                source: Some(m.source.clone()),
+                target: Some(m.target.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let healthcheck = config.health_check.as_ref().map(|h| DockerHealthConfig {
+            test: Some(h.test.clone()),
+            interval: Some(millis_to_nanos(h.interval)),
+            timeout: Some(millis_to_nanos(h.timeout)),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(millis_to_nanos(h.start_period)),
+            start_interval: None,
+        });
+        let networking_config = config
+            .network
+            .as_ref()
+            .map(|(name, aliases)| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    name.clone(),
+                    EndpointSettings {
+                        aliases: Some(aliases.clone()),
+                        ..Default::default()
+                    },
+                )])),
+            });
+        let body = ContainerCreateBody {
+            image: Some(config.image.clone()),
+            cmd: (!config.command.is_empty()).then(|| config.command.clone()),
+            env: Some(config.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(config.labels.clone().into_iter().collect()),
+            exposed_ports: Some(exposed),
+            healthcheck,
+            user: config.user.clone(),
+            stop_timeout: config.stop_timeout_seconds.map(i64::from),
+            networking_config,
+            host_config: Some(HostConfig {
+                mounts: Some(mounts),
+                port_bindings: Some(port_bindings),
+                network_mode: config.network.as_ref().map(|(name, _)| name.clone()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                nano_cpus: (config.nano_cpus > 0).then_some(config.nano_cpus),
+                memory: (config.memory_bytes > 0).then_some(config.memory_bytes),
+                memory_swap: memory_swap_for(config.memory_bytes),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&config.name)
+            .build();
+        let resp = self.client().create_container(Some(options), body).await?;
+        Ok(resp.id)
+    }
+
+    async fn start(&self, id: &str) -> RuntimeResult<()> {
+        self.client()
+            .start_container(id, None::<StartContainerOptions>)
+            .await?;
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, timeout: Option<Duration>) -> RuntimeResult<()> {
+        let options = timeout.map(|t| {
+            StopContainerOptionsBuilder::new()
+                .t(i32::try_from(t.as_secs()).unwrap_or(i32::MAX))
+                .build()
+        });
+        match self.client().stop_container(id, options).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn remove(&self, id: &str) -> RuntimeResult<()> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.client().remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::NotFound(_) => Ok(()),
+                // "removal already in progress": someone else is removing it, which is what we want.
+                RuntimeError::Conflict(m) if m.contains("already in progress") => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn update_resources(
+        &self,
+        id: &str,
+        nano_cpus: i64,
+        memory_bytes: i64,
+    ) -> RuntimeResult<()> {
+        let body = ContainerUpdateBody {
+            nano_cpus: (nano_cpus > 0).then_some(nano_cpus),
+            memory: (memory_bytes > 0).then_some(memory_bytes),
+            memory_swap: memory_swap_for(memory_bytes),
+            ..Default::default()
+        };
+        self.client().update_container(id, body).await?;
+        Ok(())
+    }
+
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> RuntimeResult<()> {
+        let docker = self.client();
+        match docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Another agent on the same engine created it at the same moment.
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::Conflict(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdin: &[u8],
+        user: Option<&str>,
+        timeout: Duration,
+    ) -> RuntimeResult<ExecOutput> {
+        let docker = self.client();
+        let exec = docker
+            .create_exec(
+                id,
+                ExecConfig {
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(false),
+                    cmd: Some(argv.to_vec()),
+                    user: user.map(str::to_string),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let run = async {
+            let started = docker
+                .start_exec(
+                    &exec.id,
+                    Some(StartExecOptions {
+                        detach: false,
+                        tty: false,
+                        output_capacity: None,
+                    }),
+                )
+                .await?;
+            let StartExecResults::Attached {
+                mut output,
+                mut input,
+            } = started
+            else {
+                return Err(RuntimeError::Other("exec started detached".into()));
+            };
+            let stdin = stdin.to_vec();
+            // Feed stdin concurrently with reading output so a command that writes a lot before reading all of
+            // its input cannot deadlock against us.
+            let writer = async move {
+                input.write_all(&stdin).await?;
+                input.shutdown().await?;
+                Ok::<_, std::io::Error>(())
+            };
+            let reader = async {
+                let mut stdout = Vec::new();
+                let mut stderr = Vec::new();
+                while let Some(chunk) = output.next().await {
+                    match chunk? {
+                        bollard::container::LogOutput::StdOut { message } => {
+                            stdout.extend_from_slice(&message)
+                        }
+                        bollard::container::LogOutput::StdErr { message } => {
+                            stderr.extend_from_slice(&message)
+                        }
+                        _ => {}
+                    }
+                }
+                Ok::<_, RuntimeError>((stdout, stderr))
+            };
+            let (written, read) = tokio::join!(writer, reader);
+            let (stdout, stderr) = read?;
+            if let Err(e) = written {
+                // A command that exits without reading its stdin closes the pipe; its output still counts.
+                tracing::debug!(error = %e, "exec stdin not fully written");
+            }
+            let inspect = docker.inspect_exec(&exec.id).await?;
+            Ok(ExecOutput {
+                exit_code: inspect.exit_code.unwrap_or(-1),
+                stdout,
+                stderr,
+            })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| RuntimeError::Timeout(timeout))?
+    }
+
+    fn events(&self, label: (&str, &str), since: i64) -> EventStream {
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("label", vec![format!("{}={}", label.0, label.1)]),
+        ]);
+        let options = EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        let stream = self
+            .client()
+            .events(Some(options))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(EventMessage {
+                        typ: Some(EventMessageTypeEnum::CONTAINER),
+                        action,
+                        actor,
+                        ..
+                    }) => {
+                        let actor = actor.unwrap_or_default();
+                        Some(Ok(ContainerEvent {
+                            container_id: actor.id.unwrap_or_default(),
+                            action: action.unwrap_or_default(),
+                            attributes: actor.attributes.unwrap_or_default(),
+                        }))
+                    }
+                    Ok(_) => None,
+                    Err(e) => Some(Err(RuntimeError::from(e))),
+                }
+            });
+        Box::pin(stream)
+    }
+}
