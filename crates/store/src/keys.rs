@@ -7,6 +7,9 @@
 //! | `{p}/databases/{db}/record` | [`crate::DatabaseRecord`] | state, timestamps, the current task |
 //! | `{p}/tasks/{db}/{task}` | [`spec::Task`] | task ids are UUIDv7, so key order is creation order |
 //! | `{p}/task-logs/{db}/{task}/{entry}` | [`spec::TaskLogEntry`] | one key per line; entry ids are UUIDv7 |
+//! | `{p}/instances/{db}/{instance}` | instance record | what was applied where, and its last observed status |
+//! | `{p}/credentials/{db}` | credentials | generated passwords, sealed |
+//! | `{p}/leader` | replica id | under the leader's lease; its create revision fences leader writes |
 //! | `{p}/hosts/{host}` | [`spec::Host`] | written at registration, kept while the host is unreachable |
 //! | `{p}/host-alive/{host}` | liveness | attached to the host's lease: gone = unreachable |
 //!
@@ -51,6 +54,18 @@ impl Keys {
     }
     pub fn task_log_entry(&self, db: &str, task: &str, entry: &str) -> String {
         format!("{}/task-logs/{db}/{task}/{entry}", self.prefix)
+    }
+    pub fn instances(&self, db: &str) -> String {
+        format!("{}/instances/{db}/", self.prefix)
+    }
+    pub fn instance(&self, db: &str, instance: &str) -> String {
+        format!("{}/instances/{db}/{instance}", self.prefix)
+    }
+    pub fn credentials(&self, db: &str) -> String {
+        format!("{}/credentials/{db}", self.prefix)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
     }
     pub fn hosts(&self) -> String {
         format!("{}/hosts/", self.prefix)

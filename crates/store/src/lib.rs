@@ -33,6 +33,8 @@ pub enum StoreError {
     Conflict,
     #[error("not found")]
     NotFound,
+    #[error("this replica is no longer the leader; the write was refused")]
+    Fenced,
 }
 
 impl StoreError {
@@ -94,12 +96,22 @@ pub struct HostLiveness {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Proof of leadership: the leader key's create revision. Writes guarded by a fence succeed
+/// only while that exact key still exists, so a deposed leader cannot write after a new
+/// one was elected (its lease expired, etcd deleted its key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub create_revision: i64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
     keys: Keys,
     secrets: SecretBox,
     is_secret_key: fn(&str) -> bool,
+    fence: Option<Fence>,
 }
 
 impl std::fmt::Debug for Store {
@@ -143,7 +155,53 @@ impl Store {
             keys: Keys::new(prefix),
             secrets,
             is_secret_key,
+            fence: None,
         })
+    }
+
+    /// A handle whose writes all carry `fence`: the reconciler's handle.
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    /// `compares` plus this handle's fence, if any.
+    fn guarded(&self, mut compares: Vec<Compare>) -> Vec<Compare> {
+        if let Some(f) = &self.fence {
+            compares.push(Compare::create_revision(
+                f.key.clone(),
+                CompareOp::Equal,
+                f.create_revision,
+            ));
+        }
+        compares
+    }
+
+    /// After a failed guarded transaction: was it the fence?
+    async fn fence_holds(&self) -> Result<bool> {
+        let Some(f) = &self.fence else {
+            return Ok(true);
+        };
+        let resp = self.client.kv_client().get(f.key.as_str(), None).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == f.create_revision))
+    }
+
+    /// Runs `ops` if `compares` and the fence hold. Ok(false): a compare failed, the fence held.
+    async fn guarded_txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool> {
+        let txn = Txn::new().when(self.guarded(compares)).and_then(ops);
+        if self.client.kv_client().txn(txn).await?.succeeded() {
+            return Ok(true);
+        }
+        if self.fence_holds().await? {
+            Ok(false)
+        } else {
+            Err(StoreError::Fenced)
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -312,35 +370,34 @@ impl Store {
         record: &DatabaseRecord,
     ) -> Result<()> {
         let spec_key = self.keys.database_spec(&record.id);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                spec_key,
-                CompareOp::Equal,
-                expected_spec_revision,
-            )])
-            .and_then([TxnOp::put(
-                self.keys.database_record(&record.id),
-                encode(record),
-                None,
-            )]);
-        if self.client.kv_client().txn(txn).await?.succeeded() {
+        let compare = Compare::mod_revision(spec_key, CompareOp::Equal, expected_spec_revision);
+        let put = TxnOp::put(self.keys.database_record(&record.id), encode(record), None);
+        if self.guarded_txn(vec![compare], vec![put]).await? {
             Ok(())
         } else {
             Err(StoreError::Conflict)
         }
     }
 
-    /// Removes a database's spec and record; its tasks and logs stay readable.
-    pub async fn remove_database(&self, id: &str) -> Result<()> {
-        let prefix = format!("{}{id}/", self.keys.databases());
-        self.client
-            .kv_client()
-            .delete(
-                prefix,
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
-            .await?;
-        Ok(())
+    /// Removes a database's spec, record, instance records and credentials, if the spec is
+    /// still at `expected_spec_revision`; its tasks and logs stay readable.
+    pub async fn remove_database(&self, id: &str, expected_spec_revision: i64) -> Result<()> {
+        let with_prefix = || Some(etcd_client::DeleteOptions::new().with_prefix());
+        let compare = Compare::mod_revision(
+            self.keys.database_spec(id),
+            CompareOp::Equal,
+            expected_spec_revision,
+        );
+        let ops = vec![
+            TxnOp::delete(format!("{}{id}/", self.keys.databases()), with_prefix()),
+            TxnOp::delete(self.keys.instances(id), with_prefix()),
+            TxnOp::delete(self.keys.credentials(id), None),
+        ];
+        if self.guarded_txn(vec![compare], ops).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
     }
 
     // ---- tasks ----
@@ -417,14 +474,14 @@ impl Store {
                 return Ok(value);
             }
             value.updated_at = Utc::now();
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    mod_revision,
-                )])
-                .and_then([TxnOp::put(key.clone(), encode(&value), None)]);
-            if self.client.kv_client().txn(txn).await?.succeeded() {
+            let compare = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
+            if self
+                .guarded_txn(
+                    vec![compare],
+                    vec![TxnOp::put(key.clone(), encode(&value), None)],
+                )
+                .await?
+            {
                 return Ok(value);
             }
         }
@@ -447,14 +504,12 @@ impl Store {
             message: message.into(),
             fields,
         };
-        self.client
-            .kv_client()
-            .put(
-                self.keys.task_log_entry(db, task_id, &entry.id),
-                encode(&entry),
-                None,
-            )
-            .await?;
+        let put = TxnOp::put(
+            self.keys.task_log_entry(db, task_id, &entry.id),
+            encode(&entry),
+            None,
+        );
+        self.guarded_txn(vec![], vec![put]).await?;
         Ok(entry)
     }
 
@@ -480,6 +535,64 @@ impl Store {
             .iter()
             .map(|kv| decode(kv.key(), kv.value()))
             .collect()
+    }
+
+    // ---- instance records and credentials (typed by the control plane) ----
+
+    /// Every instance record of a database.
+    pub async fn list_instances<T: DeserializeOwned>(&self, db: &str) -> Result<Vec<T>> {
+        self.range_json(&self.keys.instances(db), GetOptions::new().with_prefix())
+            .await
+    }
+
+    pub async fn put_instance<T: Serialize>(
+        &self,
+        db: &str,
+        instance_id: &str,
+        record: &T,
+    ) -> Result<()> {
+        let put = TxnOp::put(self.keys.instance(db, instance_id), encode(record), None);
+        self.guarded_txn(vec![], vec![put]).await.map(|_| ())
+    }
+
+    pub async fn delete_instance(&self, db: &str, instance_id: &str) -> Result<()> {
+        self.guarded_txn(
+            vec![],
+            vec![TxnOp::delete(self.keys.instance(db, instance_id), None)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A database's generated credentials, with every secret value opened.
+    pub async fn get_credentials<T: DeserializeOwned>(&self, db: &str) -> Result<Option<T>> {
+        let Some(Versioned { value, .. }) =
+            self.get_json::<Value>(&self.keys.credentials(db)).await?
+        else {
+            return Ok(None);
+        };
+        let Value::Object(mut map) = value else {
+            return Ok(None);
+        };
+        self.secrets.open(&mut map)?;
+        serde_json::from_value(Value::Object(map))
+            .map(Some)
+            .map_err(|source| StoreError::Decode {
+                key: self.keys.credentials(db),
+                source,
+            })
+    }
+
+    /// Stores a database's credentials with every value under a secret-looking key sealed.
+    pub async fn put_credentials<T: Serialize>(&self, db: &str, credentials: &T) -> Result<()> {
+        let Value::Object(mut map) =
+            serde_json::to_value(credentials).expect("credentials serialize")
+        else {
+            panic!("credentials must serialize to a JSON object");
+        };
+        self.secrets.seal(&mut map, &self.is_secret_key);
+        let put = TxnOp::put(self.keys.credentials(db), encode(&Value::Object(map)), None);
+        self.guarded_txn(vec![], vec![put]).await.map(|_| ())
     }
 
     // ---- hosts ----

@@ -226,3 +226,89 @@ async fn a_restarted_etcd_keeps_what_was_written_and_the_client_reconnects() {
     }
     assert_eq!(last.flatten().expect("readable after restart").spec, spec());
 }
+
+#[tokio::test]
+async fn fenced_writes_stop_when_the_leader_key_changes_hands() {
+    let etcd = EtcdServer::start();
+    let s = store(&etcd).await;
+    let t = task("db", TaskType::Create);
+    s.create_database(&record("db", 1), &spec(), &t)
+        .await
+        .unwrap();
+    let mut client = s.client();
+    let leader_key = s.keys().leader();
+    let put = client
+        .put(leader_key.clone(), "replica-a", None)
+        .await
+        .unwrap();
+    let fenced = s.fenced(store::Fence {
+        key: leader_key.clone(),
+        create_revision: put.header().unwrap().revision(),
+    });
+
+    fenced
+        .append_log("db", &t.task_id, "while leading", Default::default())
+        .await
+        .unwrap();
+    fenced
+        .put_instance("db", "i1", &json!({"x": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        fenced
+            .list_instances::<serde_json::Value>("db")
+            .await
+            .unwrap(),
+        vec![json!({"x": 1})]
+    );
+
+    // Another replica takes over: the key is deleted (lease expiry) and created again.
+    client.delete(leader_key.clone(), None).await.unwrap();
+    client.put(leader_key, "replica-b", None).await.unwrap();
+    let refused = fenced
+        .append_log("db", &t.task_id, "after losing", Default::default())
+        .await;
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    let refused = fenced.update_task("db", &t.task_id, |t| {
+        t.status = TaskStatus::Failed;
+        true
+    });
+    assert!(matches!(refused.await, Err(StoreError::Fenced)));
+    assert_eq!(
+        s.read_log("db", &t.task_id, None, 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        s.get_task("db", &t.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .status,
+        TaskStatus::Pending
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_sealed_at_rest() {
+    let etcd = EtcdServer::start();
+    let s = Store::connect(
+        &[etcd.endpoint()],
+        "/c",
+        SecretBox::from_key([3; 32]),
+        |k| k.contains("password"),
+    )
+    .await
+    .unwrap();
+    let creds =
+        json!({"superuser_password": "pw-PLAIN", "services": {"a": {"rw_password": "pw-RW"}}});
+    s.put_credentials("db", &creds).await.unwrap();
+    assert_eq!(
+        s.get_credentials::<serde_json::Value>("db").await.unwrap(),
+        Some(creds)
+    );
+    for (key, value) in s.dump().await.unwrap() {
+        let text = String::from_utf8_lossy(&value);
+        assert!(!text.contains("pw-"), "{key}: {text}");
+    }
+}
