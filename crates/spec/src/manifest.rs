@@ -28,6 +28,11 @@ pub struct ResolvedImage {
     /// The manifest's version (`1.0.0` for a request of `latest` or `1.0`).
     pub version: String,
     pub image: String,
+    /// Docker health check for the image (`["CMD", ...]`), `{port}` standing for the port the
+    /// service listens on. None: the instance counts as ready once it runs.
+    pub health_check: Option<Vec<String>>,
+    /// Plain settings the image reads from its environment (never secrets: those go in files).
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,10 @@ struct RawEntry {
     image: String,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    health_check: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +79,8 @@ struct Entry {
     version: String,
     parts: Vec<u64>,
     image: String,
+    health_check: Option<Vec<String>>,
+    env: BTreeMap<String, String>,
 }
 
 /// One kind's entries, sorted by ascending version, plus the default's index.
@@ -119,6 +130,8 @@ impl Versions {
                 version: e.version,
                 parts,
                 image: e.image,
+                health_check: e.health_check,
+                env: e.env,
             });
         }
         entries.sort_by(|a, b| a.parts.cmp(&b.parts));
@@ -144,6 +157,8 @@ impl Versions {
         Some(ResolvedImage {
             version: entry.version.clone(),
             image: entry.image.clone(),
+            health_check: entry.health_check.clone(),
+            env: entry.env.clone(),
         })
     }
 
@@ -273,6 +288,8 @@ mod tests {
         Some(ResolvedImage {
             version: version.into(),
             image: image.into(),
+            health_check: None,
+            env: BTreeMap::new(),
         })
     }
 
@@ -331,14 +348,26 @@ mod tests {
         assert_eq!(prod.postgres_versions(), ["16", "17"]);
 
         let local = Manifest::from_json(LOCAL_MANIFEST).unwrap();
+        let postgres = local.resolve_postgres(None).unwrap();
         assert_eq!(
-            local.resolve_postgres(None),
-            resolved("15", "berth/postgres:local")
+            (postgres.version.as_str(), postgres.image.as_str()),
+            ("15", "berth/postgres:local")
         );
+        assert!(postgres.health_check.is_some());
         for t in ServiceType::ALL {
+            let service = local.resolve_service(t, "1.0").unwrap();
             assert_eq!(
-                local.resolve_service(t, "1.0"),
-                resolved("1.0.1", "berth/fixture-service:local")
+                (service.version.as_str(), service.image.as_str()),
+                ("1.0.1", "berth/fixture-service:local")
+            );
+            assert_eq!(service.env["BERTH_SERVICE_TYPE"], t.as_str());
+            assert!(
+                service
+                    .health_check
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.contains("{port}"))
             );
             assert_eq!(local.resolve_service(t, "latest").unwrap().version, "1.1.0");
             assert!(local.service_versions(t).len() >= 2);
