@@ -555,3 +555,63 @@ async fn stopping_the_agent_leaves_containers_running_and_a_new_agent_adopts_the
     assert_eq!(second.ports, first.ports);
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_aliases_and_the_container_user_are_applied() {
+    let docker = docker().await;
+    let mut agent = TestAgent::start("netuser").await;
+    let network = common::test_network(&agent.host_id);
+    let mut spec = web_spec("web1", "served as 1000");
+    spec.network = Some(agent_proto::v1::NetworkAttachment {
+        name: network.clone(),
+        aliases: vec!["web".into()],
+    });
+    spec.user = "1000:1000".into();
+    agent.apply(spec).await.expect("apply");
+
+    let net = docker
+        .inspect_network(
+            &network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .expect("network created");
+    assert_eq!(
+        net.labels
+            .unwrap_or_default()
+            .get("berth.managed")
+            .map(String::as_str),
+        Some("true")
+    );
+    let c = inspect(&docker, &agent.container_name("web1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.config.as_ref().unwrap().user.as_deref(),
+        Some("1000:1000")
+    );
+    let endpoint = c
+        .network_settings
+        .as_ref()
+        .unwrap()
+        .networks
+        .as_ref()
+        .unwrap()
+        .get(&network)
+        .cloned();
+    let aliases = endpoint
+        .expect("attached to the network")
+        .aliases
+        .unwrap_or_default();
+    assert!(aliases.contains(&"web".to_string()), "aliases: {aliases:?}");
+
+    // The 0600 config file is readable by the container's user because the agent gave it the file.
+    let port = bound_host_port(&c, 8080);
+    assert_eq!(http_get(port, "/index.html").await, "served as 1000");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(agent.instance_dir("web1").join("config/index.html")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    let data = std::fs::metadata(agent.instance_dir("web1").join("data")).unwrap();
+    assert_eq!((data.uid(), data.mode() & 0o777), (1000, 0o700));
+    agent.shutdown().await;
+}

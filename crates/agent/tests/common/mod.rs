@@ -92,6 +92,14 @@ pub struct ContainerGuard {
     host_id: String,
 }
 
+impl ContainerGuard {
+    pub fn new(host_id: &str) -> Self {
+        Self {
+            host_id: host_id.to_string(),
+        }
+    }
+}
+
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
         let filter = format!("label=berth.host-id={}", self.host_id);
@@ -110,6 +118,21 @@ impl Drop for ContainerGuard {
                 .args(["rm", "-f", "-v"])
                 .args(&ids)
                 .output();
+        }
+        // The engine can take a moment to release the endpoints of containers it just removed.
+        for _ in 0..5 {
+            let removed = Command::new("docker")
+                .args(["network", "rm", &test_network(&self.host_id)])
+                .output();
+            match removed {
+                Ok(out)
+                    if !out.status.success()
+                        && String::from_utf8_lossy(&out.stderr).contains("active endpoints") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                _ => break,
+            }
         }
     }
 }
@@ -141,6 +164,11 @@ async fn spawn_agent(
         .await
         .expect("connect to agent");
     (stop, task, client)
+}
+
+/// The one network name a test may create; the guard removes it.
+pub fn test_network(host_id: &str) -> String {
+    format!("berth-test-{host_id}")
 }
 
 pub struct TestAgent {
