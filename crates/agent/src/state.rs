@@ -374,3 +374,199 @@ pub fn published_ports(info: &ContainerInfo, names: &BTreeMap<u16, String>) -> V
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{
+        ContainerConfig, ContainerEvent, EventStream, ExecOutput, HostResources, RuntimeError,
+    };
+    use std::collections::HashMap;
+    use tokio::sync::mpsc;
+
+    /// An engine in memory: containers the test edits, and event streams the test feeds and breaks.
+    struct FakeEngine {
+        containers: Mutex<Vec<ContainerInfo>>,
+        streams: Mutex<Vec<mpsc::UnboundedReceiver<RuntimeResult<ContainerEvent>>>>,
+    }
+
+    impl ContainerRuntime for FakeEngine {
+        async fn ping(&self) -> RuntimeResult<()> {
+            Ok(())
+        }
+        async fn host_resources(&self) -> RuntimeResult<HostResources> {
+            Ok(HostResources {
+                cpus: 1,
+                memory_bytes: 1,
+            })
+        }
+        async fn list(&self, labels: &[(&str, &str)]) -> RuntimeResult<Vec<ContainerInfo>> {
+            let all = self.containers.lock().unwrap().clone();
+            Ok(all
+                .into_iter()
+                .filter(|c| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| c.labels.get(*k).map(String::as_str) == Some(*v))
+                })
+                .collect())
+        }
+        async fn inspect(&self, name_or_id: &str) -> RuntimeResult<Option<ContainerInfo>> {
+            Ok(self
+                .containers
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|c| c.name == name_or_id || c.id == name_or_id)
+                .cloned())
+        }
+        async fn create(&self, _: &ContainerConfig) -> RuntimeResult<String> {
+            Err(RuntimeError::Other("not used".into()))
+        }
+        async fn start(&self, _: &str) -> RuntimeResult<()> {
+            Ok(())
+        }
+        async fn stop(&self, _: &str, _: Option<Duration>) -> RuntimeResult<()> {
+            Ok(())
+        }
+        async fn remove(&self, _: &str) -> RuntimeResult<()> {
+            Ok(())
+        }
+        async fn update_resources(&self, _: &str, _: i64, _: i64) -> RuntimeResult<()> {
+            Ok(())
+        }
+        async fn ensure_network(&self, _: &str, _: &BTreeMap<String, String>) -> RuntimeResult<()> {
+            Ok(())
+        }
+        async fn exec(
+            &self,
+            _: &str,
+            _: &[String],
+            _: &[u8],
+            _: Option<&str>,
+            _: Duration,
+        ) -> RuntimeResult<ExecOutput> {
+            Err(RuntimeError::Other("not used".into()))
+        }
+        fn events(&self, _: (&str, &str), _: i64) -> EventStream {
+            let next = self.streams.lock().unwrap().pop();
+            match next {
+                Some(rx) => Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
+                None => Box::pin(futures::stream::pending()),
+            }
+        }
+    }
+
+    fn container(
+        host: &str,
+        instance: &str,
+        status: ContainerStatus,
+        exit_code: i64,
+    ) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{instance}"),
+            name: container_name(host, instance),
+            image: "img".into(),
+            labels: BTreeMap::from([
+                (LABEL_HOST_ID.to_string(), host.to_string()),
+                (LABEL_INSTANCE_ID.to_string(), instance.to_string()),
+            ]),
+            status,
+            exit_code,
+            oom_killed: false,
+            error: String::new(),
+            restart_count: 0,
+            started_at: None,
+            finished_at: None,
+            health: HealthStatus::None,
+            last_health_output: None,
+            last_health_at: None,
+            ports: Vec::new(),
+            nano_cpus: 0,
+            memory_bytes: 0,
+        }
+    }
+
+    async fn next(rx: &mut broadcast::Receiver<InstanceEvent>) -> InstanceEvent {
+        tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("event in time")
+            .expect("channel open")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_event_stream_is_reconnected_and_followed_by_a_fresh_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (feed, stream) = mpsc::unbounded_channel();
+        let engine = Arc::new(FakeEngine {
+            containers: Mutex::new(vec![
+                container("h1", "i1", ContainerStatus::Running, 0),
+                container("other-host", "i9", ContainerStatus::Running, 0),
+            ]),
+            streams: Mutex::new(vec![stream]),
+        });
+        let hub = StateHub::new(engine.clone(), "h1".into(), tmp.path().to_path_buf());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(hub.clone().run(stop.clone()));
+
+        let (snapshot, mut rx) = hub.subscribe_synced().await;
+        let Some(instance_event::Event::Snapshot(s)) = snapshot.event else {
+            panic!("snapshot first")
+        };
+        assert_eq!(s.instances.len(), 1, "only this host's containers");
+        assert_eq!(s.instances[0].state(), InstanceStatus::Running);
+
+        engine.containers.lock().unwrap()[0] = container("h1", "i1", ContainerStatus::Exited, 1);
+        let attributes = HashMap::from([(LABEL_INSTANCE_ID.to_string(), "i1".to_string())]);
+        feed.send(Ok(ContainerEvent {
+            container_id: "id-i1".into(),
+            action: "die".into(),
+            attributes,
+        }))
+        .unwrap();
+        let Some(instance_event::Event::Changed(s)) = next(&mut rx).await.event else {
+            panic!("a change")
+        };
+        assert_eq!(s.state(), InstanceStatus::Failed);
+        assert_eq!(s.reason, "container exited with code 1");
+
+        // The engine comes back with the container running again, and the stream breaks.
+        engine.containers.lock().unwrap()[0] = container("h1", "i1", ContainerStatus::Running, 0);
+        drop(feed);
+        let Some(instance_event::Event::Snapshot(s)) = next(&mut rx).await.event else {
+            panic!("a fresh snapshot")
+        };
+        assert_eq!(s.instances.len(), 1);
+        assert_eq!(s.instances[0].state(), InstanceStatus::Running);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn graceful_stops_are_not_failures_but_oom_kills_always_are() {
+        let mut c = container("h", "i", ContainerStatus::Exited, 0);
+        assert_eq!(
+            state_from_container(&c, true).state(),
+            InstanceStatus::Stopped
+        );
+        assert_eq!(
+            state_from_container(&c, false).state(),
+            InstanceStatus::Failed
+        );
+        c.exit_code = 137;
+        c.oom_killed = true;
+        let s = state_from_container(&c, true);
+        assert_eq!(s.state(), InstanceStatus::Failed);
+        assert!(s.oom_killed);
+        assert!(s.reason.contains("out of memory"), "{}", s.reason);
+        let mut sick = container("h", "i", ContainerStatus::Running, 0);
+        sick.health = HealthStatus::Unhealthy;
+        sick.last_health_output = Some("pg_isready: no response\n".into());
+        let s = state_from_container(&sick, false);
+        assert_eq!(
+            (s.state(), s.health()),
+            (InstanceStatus::Running, Health::Unhealthy)
+        );
+        assert_eq!(s.reason, "health check failing: pg_isready: no response");
+    }
+}
