@@ -81,7 +81,7 @@ async fn open(conn: &ParsedConnection, host: &str, port: u16) -> Result<Session,
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
         .await
         .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
     let driver = tokio::spawn(connection);
     match tokio::time::timeout(CONNECT_TIMEOUT, role_of(&client)).await {
         Ok(Ok(role)) => Ok(Session {
@@ -91,9 +91,25 @@ async fn open(conn: &ParsedConnection, host: &str, port: u16) -> Result<Session,
             port,
             role,
         }),
-        Ok(Err(e)) => Err(format!("asking its role: {e}")),
+        Ok(Err(e)) => Err(format!("asking its role: {}", with_causes(&e))),
         Err(_) => Err("asking its role: no answer".into()),
     }
+}
+
+/// tokio-postgres's errors say "error connecting to server" and keep the reason (refused,
+/// bad password, unknown host) in their sources.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Tries every host in order, logging one line per attempt.

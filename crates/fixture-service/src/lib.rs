@@ -134,7 +134,7 @@ async fn manage_connection(app: Arc<App>, mut failed: mpsc::UnboundedReceiver<u6
                     tokio::select! {
                         ended = &mut driver => break match ended {
                             Ok(Ok(())) => "the server closed the connection".to_owned(),
-                            Ok(Err(e)) => e.to_string(),
+                            Ok(Err(e)) => connect::with_causes(&e),
                             Err(e) => format!("connection task ended: {e}"),
                         },
                         Some(g) = failed.recv() => {
@@ -205,7 +205,7 @@ async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
                     let _ = app.failed.send(generation);
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("query failed: {e}"),
+                        format!("query failed: {}", connect::with_causes(&e)),
                     )
                 }
                 Err(_) => {
