@@ -240,6 +240,14 @@ impl<R: ContainerRuntime> Ops<R> {
                         &[("container_id", current.id.clone())],
                     )
                     .await;
+                if current.health == HealthStatus::Starting {
+                    // Unchanged but not ready yet (e.g. a retried apply): the caller still wants "ready" to mean ready.
+                    let (_, changes) = self.hub.subscribe();
+                    let info = self
+                        .wait_ready(&spec, &current.id, changes, progress)
+                        .await?;
+                    return Ok(self.result(&info, ApplyAction::Unchanged, false));
+                }
                 return Ok(self.result(current, ApplyAction::Unchanged, false));
             } else if resizable_in_place(current, spec.nano_cpus, spec.memory_bytes) {
                 progress

@@ -437,6 +437,16 @@ async fn two_agents_on_one_engine_never_see_each_others_containers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_feeds_stdin_and_returns_output_and_exit_code() {
     let mut agent = TestAgent::start("exec").await;
+    let info = agent
+        .client
+        .get_host_info(())
+        .await
+        .expect("host info")
+        .into_inner();
+    assert_eq!(info.host_id, agent.host_id);
+    assert!(info.docker_ok, "{}", info.docker_error);
+    assert!(info.cpus > 0 && info.memory_bytes > 0);
+    assert_eq!(info.addresses, ["127.0.0.1"]);
     agent.apply(sleeper_spec("sleeper")).await.expect("apply");
     let secret = b"CREATE ROLE x PASSWORD 'not-in-argv';\n".to_vec();
     let out = agent
