@@ -1,0 +1,220 @@
+//! `plan`: compares desired, observed and applied state of one database.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::types::{
+    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, Plan, PlanInput,
+    Step,
+};
+
+/// Phases, in execution order. Each exists because of a dependency of a later one.
+#[derive(Clone, Copy)]
+#[repr(usize)]
+enum Phase {
+    /// Replicas clone from their primary.
+    PostgresPrimaries,
+    PostgresReplicas,
+    /// Roles need a running primary, and services log in with them.
+    CreateRoles,
+    Services,
+    /// A role can only go once no container of its service uses it.
+    DropRoles,
+    /// Last, so that services still routed to a removed node keep working until they are updated.
+    PostgresRemoves,
+}
+
+const PHASES: usize = Phase::PostgresRemoves as usize + 1;
+
+/// Instances are identified by host and id together: the id alone names the container on
+/// its host, and a stray report of the same id on another host is another container.
+type Key<'a> = (&'a str, &'a str);
+
+/// Computes what to do next for one database. Pure and deterministic; see the crate docs for
+/// the rules.
+pub fn plan(input: &PlanInput) -> Plan {
+    let reachable = |host: &str| !input.unreachable_hosts.contains(host);
+
+    let desired: BTreeMap<Key, &DesiredInstance> = if input.deleting {
+        BTreeMap::new()
+    } else {
+        input
+            .desired
+            .iter()
+            .map(|d| ((d.host_id.as_str(), d.instance_id.as_str()), d))
+            .collect()
+    };
+    let observed = fold_observed(&input.observed);
+    let applied: BTreeMap<Key, &AppliedRecord> = input
+        .applied
+        .iter()
+        .map(|r| ((r.host_id.as_str(), r.instance_id.as_str()), r))
+        .collect();
+
+    let mut phases: [Vec<Step>; PHASES] = Default::default();
+    let mut push = |phase: Phase, step: Step| phases[phase as usize].push(step);
+
+    for (key, d) in &desired {
+        if !reachable(&d.host_id) {
+            continue;
+        }
+        if let Some(step) = instance_step(d, observed.get(key).copied(), applied.get(key).copied())
+        {
+            let phase = match &d.kind {
+                InstanceKind::Postgres { primary: true, .. } => Phase::PostgresPrimaries,
+                InstanceKind::Postgres { primary: false, .. } => Phase::PostgresReplicas,
+                InstanceKind::Service { .. } => Phase::Services,
+            };
+            push(phase, step);
+        }
+    }
+
+    // An observed container is authoritative for what it runs; a record only says what was
+    // applied, so it decides the kind only when nothing is reported.
+    let existing: BTreeMap<Key, &InstanceKind> = applied
+        .iter()
+        .map(|(k, r)| (*k, &r.kind))
+        .chain(observed.iter().map(|(k, o)| (*k, &o.kind)))
+        .collect();
+    for ((host_id, instance_id), kind) in &existing {
+        if desired.contains_key(&(*host_id, *instance_id)) || !reachable(host_id) {
+            continue;
+        }
+        let phase = match kind {
+            InstanceKind::Service { .. } => Phase::Services,
+            InstanceKind::Postgres { .. } => Phase::PostgresRemoves,
+        };
+        push(
+            phase,
+            Step::Remove {
+                instance_id: instance_id.to_string(),
+                host_id: host_id.to_string(),
+            },
+        );
+    }
+
+    // A service is desired as soon as one of its instances is, even on an unreachable host:
+    // roles live in the database, not on a host.
+    let desired_services: BTreeSet<&str> = desired
+        .values()
+        .filter_map(|d| d.kind.service_id())
+        .collect();
+    for service_id in &desired_services {
+        if !input.roles.contains(*service_id) {
+            push(
+                Phase::CreateRoles,
+                Step::CreateRoles {
+                    service_id: service_id.to_string(),
+                },
+            );
+        }
+    }
+
+    // When the database is deleted its data goes, and the roles with it: the control plane
+    // forgets them instead of dropping them one by one from a database about to disappear.
+    if !input.deleting {
+        // A container left on an unreachable host still logs in with the roles; dropping them
+        // waits until that host is back and the container removed.
+        let stranded: BTreeSet<&str> = existing
+            .iter()
+            .filter(|((host, _), _)| !reachable(host))
+            .filter_map(|(_, kind)| kind.service_id())
+            .collect();
+        for service_id in &input.roles {
+            let service_id = service_id.as_str();
+            if !desired_services.contains(service_id) && !stranded.contains(service_id) {
+                push(
+                    Phase::DropRoles,
+                    Step::DropRoles {
+                        service_id: service_id.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    let phases = phases
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|mut p| {
+            p.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+            p
+        })
+        .collect();
+    Plan { phases }
+}
+
+/// The step that brings one desired instance (on a reachable host) to its desired state.
+fn instance_step(
+    d: &DesiredInstance,
+    observed: Option<&ObservedInstance>,
+    record: Option<&AppliedRecord>,
+) -> Option<Step> {
+    let apply = |reason| Step::Apply {
+        instance_id: d.instance_id.clone(),
+        host_id: d.host_id.clone(),
+        reason,
+    };
+    let Some(o) = observed else {
+        // A record without a container means it existed once: bringing it back is healing.
+        return Some(apply(match record {
+            None => ApplyReason::Create,
+            Some(_) => ApplyReason::Heal,
+        }));
+    };
+    let same_hash = o.spec_hash.as_deref() == Some(d.spec_hash.as_str());
+    if o.status.is_down() {
+        return Some(apply(if same_hash {
+            ApplyReason::Heal
+        } else {
+            ApplyReason::Update
+        }));
+    }
+    if !same_hash {
+        return Some(apply(ApplyReason::Update));
+    }
+    // Running or Creating from the desired spec: only the limits may lag. A missing or stale
+    // record with a matching container (a leader crashed between the step and its record)
+    // is repaired by a Resize, which records the desired hash and resources it sets.
+    if record.is_some_and(|r| r.resources == d.resources && r.spec_hash == d.spec_hash) {
+        return None;
+    }
+    Some(Step::Resize {
+        instance_id: d.instance_id.clone(),
+        host_id: d.host_id.clone(),
+        resources: d.resources,
+    })
+}
+
+/// One report per instance. Should an agent report the same instance twice, the one that
+/// needs the most work wins, so that a down duplicate is healed rather than hidden.
+fn fold_observed(observed: &[ObservedInstance]) -> BTreeMap<Key<'_>, &ObservedInstance> {
+    let mut folded: BTreeMap<Key, &ObservedInstance> = BTreeMap::new();
+    for o in observed {
+        folded
+            .entry((o.host_id.as_str(), o.instance_id.as_str()))
+            .and_modify(|kept| {
+                if urgency(o) > urgency(kept) {
+                    *kept = o;
+                }
+            })
+            .or_insert(o);
+    }
+    folded
+}
+
+/// Orders duplicate reports by how much work they call for (a down container first), then
+/// by their other fields, so that the choice does not depend on the input order.
+fn urgency(o: &ObservedInstance) -> (u8, &Option<String>, &InstanceKind) {
+    use crate::types::ObservedStatus::*;
+    let status = match o.status {
+        Missing => 4,
+        Failed => 3,
+        Stopped => 2,
+        Creating => 1,
+        Running => 0,
+    };
+    (status, &o.spec_hash, &o.kind)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,665 @@
+use std::collections::BTreeSet;
+
+use super::plan;
+use crate::types::*;
+
+const R1: Resources = Resources {
+    nano_cpus: 500_000_000,
+    memory_bytes: 1 << 29,
+};
+const R2: Resources = Resources {
+    nano_cpus: 2_000_000_000,
+    memory_bytes: 0,
+};
+
+fn pg(node: &str, primary: bool) -> InstanceKind {
+    InstanceKind::Postgres {
+        node: node.to_string(),
+        primary,
+    }
+}
+
+fn svc(service_id: &str) -> InstanceKind {
+    InstanceKind::Service {
+        service_id: service_id.to_string(),
+    }
+}
+
+fn desired(
+    id: &str,
+    host: &str,
+    kind: InstanceKind,
+    hash: &str,
+    resources: Resources,
+) -> DesiredInstance {
+    DesiredInstance {
+        instance_id: id.to_string(),
+        host_id: host.to_string(),
+        kind,
+        spec_hash: hash.to_string(),
+        resources,
+    }
+}
+
+fn observed(
+    id: &str,
+    host: &str,
+    kind: InstanceKind,
+    hash: Option<&str>,
+    status: ObservedStatus,
+) -> ObservedInstance {
+    ObservedInstance {
+        instance_id: id.to_string(),
+        host_id: host.to_string(),
+        kind,
+        spec_hash: hash.map(str::to_string),
+        status,
+    }
+}
+
+fn record(
+    id: &str,
+    host: &str,
+    kind: InstanceKind,
+    hash: &str,
+    resources: Resources,
+) -> AppliedRecord {
+    AppliedRecord {
+        instance_id: id.to_string(),
+        host_id: host.to_string(),
+        kind,
+        spec_hash: hash.to_string(),
+        resources,
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn apply(id: &str, host: &str, reason: ApplyReason) -> Step {
+    Step::Apply {
+        instance_id: id.to_string(),
+        host_id: host.to_string(),
+        reason,
+    }
+}
+
+fn resize(id: &str, host: &str, resources: Resources) -> Step {
+    Step::Resize {
+        instance_id: id.to_string(),
+        host_id: host.to_string(),
+        resources,
+    }
+}
+
+fn remove(id: &str, host: &str) -> Step {
+    Step::Remove {
+        instance_id: id.to_string(),
+        host_id: host.to_string(),
+    }
+}
+
+fn create_roles(service_id: &str) -> Step {
+    Step::CreateRoles {
+        service_id: service_id.to_string(),
+    }
+}
+
+fn drop_roles(service_id: &str) -> Step {
+    Step::DropRoles {
+        service_id: service_id.to_string(),
+    }
+}
+
+fn input() -> PlanInput {
+    PlanInput {
+        database_id: "db".to_string(),
+        ..PlanInput::default()
+    }
+}
+
+/// The per-instance rules, for a service instance and for a Postgres primary: the same
+/// table must hold whatever the kind.
+#[test]
+fn instance_rules() {
+    use ApplyReason::*;
+    use ObservedStatus::*;
+    type Case = (
+        &'static str,
+        Option<(Option<&'static str>, ObservedStatus)>,
+        Option<(&'static str, Resources)>,
+        Option<fn() -> Step>,
+    );
+    let cases: &[Case] = &[
+        (
+            "nothing anywhere",
+            None,
+            None,
+            Some(|| apply("i", "h", Create)),
+        ),
+        (
+            "record, no container",
+            None,
+            Some(("H", R1)),
+            Some(|| apply("i", "h", Heal)),
+        ),
+        (
+            "record of an old hash, no container",
+            None,
+            Some(("old", R2)),
+            Some(|| apply("i", "h", Heal)),
+        ),
+        (
+            "failed",
+            Some((Some("H"), Failed)),
+            Some(("H", R1)),
+            Some(|| apply("i", "h", Heal)),
+        ),
+        (
+            "stopped",
+            Some((Some("H"), Stopped)),
+            Some(("H", R1)),
+            Some(|| apply("i", "h", Heal)),
+        ),
+        (
+            "missing",
+            Some((Some("H"), Missing)),
+            Some(("H", R1)),
+            Some(|| apply("i", "h", Heal)),
+        ),
+        (
+            "missing without record",
+            Some((Some("H"), Missing)),
+            None,
+            Some(|| apply("i", "h", Heal)),
+        ),
+        (
+            "failed, resources changed",
+            Some((Some("H"), Failed)),
+            Some(("H", R2)),
+            Some(|| apply("i", "h", Heal)),
+        ),
+        (
+            "failed, old hash",
+            Some((Some("old"), Failed)),
+            Some(("old", R1)),
+            Some(|| apply("i", "h", Update)),
+        ),
+        (
+            "stopped, old hash",
+            Some((Some("old"), Stopped)),
+            Some(("old", R1)),
+            Some(|| apply("i", "h", Update)),
+        ),
+        (
+            "missing, unknown hash",
+            Some((None, Missing)),
+            None,
+            Some(|| apply("i", "h", Update)),
+        ),
+        (
+            "running, old hash",
+            Some((Some("old"), Running)),
+            Some(("old", R1)),
+            Some(|| apply("i", "h", Update)),
+        ),
+        (
+            "running, old hash, new resources",
+            Some((Some("old"), Running)),
+            Some(("old", R2)),
+            Some(|| apply("i", "h", Update)),
+        ),
+        (
+            "running, unknown hash",
+            Some((None, Running)),
+            Some(("H", R1)),
+            Some(|| apply("i", "h", Update)),
+        ),
+        (
+            "creating, old hash",
+            Some((Some("old"), Creating)),
+            Some(("old", R1)),
+            Some(|| apply("i", "h", Update)),
+        ),
+        (
+            "running, converged",
+            Some((Some("H"), Running)),
+            Some(("H", R1)),
+            None,
+        ),
+        (
+            "running, resources changed",
+            Some((Some("H"), Running)),
+            Some(("H", R2)),
+            Some(|| resize("i", "h", R1)),
+        ),
+        (
+            "running, no record",
+            Some((Some("H"), Running)),
+            None,
+            Some(|| resize("i", "h", R1)),
+        ),
+        // The container is right, only the record lags: a Resize in place rewrites it.
+        (
+            "running, record of another hash",
+            Some((Some("H"), Running)),
+            Some(("old", R1)),
+            Some(|| resize("i", "h", R1)),
+        ),
+        (
+            "creating, record of another hash",
+            Some((Some("H"), Creating)),
+            Some(("old", R1)),
+            Some(|| resize("i", "h", R1)),
+        ),
+        (
+            "creating, in progress",
+            Some((Some("H"), Creating)),
+            Some(("H", R1)),
+            None,
+        ),
+        (
+            "creating, resources changed",
+            Some((Some("H"), Creating)),
+            Some(("H", R2)),
+            Some(|| resize("i", "h", R1)),
+        ),
+        (
+            "creating, no record",
+            Some((Some("H"), Creating)),
+            None,
+            Some(|| resize("i", "h", R1)),
+        ),
+    ];
+    for kind in [svc("s"), pg("n1", true), pg("n1", false)] {
+        for (name, obs, rec, expected) in cases {
+            let mut i = input();
+            i.roles = kind.service_id().into_iter().map(str::to_string).collect();
+            i.desired = vec![desired("i", "h", kind.clone(), "H", R1)];
+            i.observed = obs
+                .iter()
+                .map(|(hash, status)| observed("i", "h", kind.clone(), *hash, *status))
+                .collect();
+            i.applied = rec
+                .iter()
+                .map(|(hash, res)| record("i", "h", kind.clone(), hash, *res))
+                .collect();
+            let got: Vec<Step> = plan(&i).steps().cloned().collect();
+            let expected: Vec<Step> = expected.iter().map(|f| f()).collect();
+            assert_eq!(got, expected, "{name} ({kind:?})");
+        }
+    }
+}
+
+#[test]
+fn converged_database_has_an_empty_plan() {
+    let mut i = input();
+    i.roles = set(&["s"]);
+    for (id, kind) in [
+        ("p", pg("n1", true)),
+        ("r", pg("n1", false)),
+        ("s1", svc("s")),
+    ] {
+        i.desired.push(desired(id, "h", kind.clone(), "H", R1));
+        i.observed.push(observed(
+            id,
+            "h",
+            kind.clone(),
+            Some("H"),
+            ObservedStatus::Running,
+        ));
+        i.applied.push(record(id, "h", kind, "H", R1));
+    }
+    let p = plan(&i);
+    assert!(p.is_empty());
+    assert_eq!(p, Plan { phases: vec![] });
+    assert_eq!(p.steps().count(), 0);
+}
+
+/// Removal of what is not desired: observed or recorded, on reachable hosts only.
+#[test]
+fn removal_rules() {
+    use ObservedStatus::*;
+    type Case = (
+        &'static str,
+        Vec<ObservedInstance>,
+        Vec<AppliedRecord>,
+        Vec<Step>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "observed only",
+            vec![observed("x", "h1", svc("s"), Some("H"), Running)],
+            vec![],
+            vec![remove("x", "h1")],
+        ),
+        (
+            "recorded only",
+            vec![],
+            vec![record("x", "h1", svc("s"), "H", R1)],
+            vec![remove("x", "h1")],
+        ),
+        (
+            "observed and recorded: one step",
+            vec![observed("x", "h1", svc("s"), Some("H"), Failed)],
+            vec![record("x", "h1", svc("s"), "H", R1)],
+            vec![remove("x", "h1")],
+        ),
+        (
+            "observed with unknown hash, missing",
+            vec![observed("x", "h1", pg("n2", false), None, Missing)],
+            vec![],
+            vec![remove("x", "h1")],
+        ),
+        (
+            "record on an unreachable host: nothing now",
+            vec![],
+            vec![record("x", "down", svc("s"), "H", R1)],
+            vec![],
+        ),
+        (
+            "a report from an unreachable host is ignored too",
+            vec![observed("x", "down", svc("s"), Some("H"), Running)],
+            vec![],
+            vec![],
+        ),
+        (
+            "the desired id on another host is another container",
+            vec![observed("keep", "h2", svc("s"), Some("H"), Running)],
+            vec![record("keep", "h2", svc("s"), "H", R1)],
+            vec![remove("keep", "h2")],
+        ),
+    ];
+    for (name, obs, rec, expected) in cases {
+        let mut i = input();
+        i.roles = set(&["s"]);
+        i.unreachable_hosts = set(&["down"]);
+        i.desired = vec![desired("keep", "h1", svc("s"), "H", R1)];
+        i.observed = obs;
+        i.observed
+            .push(observed("keep", "h1", svc("s"), Some("H"), Running));
+        i.applied = rec;
+        i.applied.push(record("keep", "h1", svc("s"), "H", R1));
+        let got: Vec<Step> = plan(&i).steps().cloned().collect();
+        assert_eq!(got, expected, "{name}");
+    }
+}
+
+#[test]
+fn nothing_is_planned_on_an_unreachable_host() {
+    let mut i = input();
+    i.unreachable_hosts = set(&["down"]);
+    i.roles = set(&["s"]);
+    i.desired = vec![
+        desired("p", "down", pg("n1", true), "H", R1),
+        desired("s-down", "down", svc("s"), "H", R1),
+    ];
+    // What the control plane recorded there is all it knows; it stays as it is.
+    i.applied = vec![record("s-down", "down", svc("s"), "old", R2)];
+    assert!(plan(&i).is_empty());
+}
+
+#[test]
+fn roles() {
+    type Case = (
+        &'static str,
+        bool,
+        Vec<DesiredInstance>,
+        Vec<AppliedRecord>,
+        &'static [&'static str],
+        Vec<Step>,
+    );
+    let on = |id: &str, host: &str, service: &str| desired(id, host, svc(service), "H", R1);
+    let converged = |d: &[DesiredInstance]| -> Vec<AppliedRecord> {
+        d.iter()
+            .map(|d| record(&d.instance_id, &d.host_id, d.kind.clone(), "H", R1))
+            .collect()
+    };
+    let two_instances = vec![on("a1", "h1", "a"), on("a2", "h2", "a")];
+    let cases: Vec<Case> = vec![
+        (
+            "once per service, not per instance",
+            false,
+            two_instances.clone(),
+            converged(&two_instances),
+            &[],
+            vec![create_roles("a")],
+        ),
+        (
+            "roles present",
+            false,
+            two_instances.clone(),
+            converged(&two_instances),
+            &["a"],
+            vec![],
+        ),
+        (
+            "a service on an unreachable host still gets its roles",
+            false,
+            vec![on("d1", "down", "d")],
+            vec![],
+            &[],
+            vec![create_roles("d")],
+        ),
+        (
+            "no longer desired",
+            false,
+            two_instances.clone(),
+            converged(&two_instances),
+            &["a", "gone"],
+            vec![drop_roles("gone")],
+        ),
+        (
+            "no longer desired, but a container remains on an unreachable host",
+            false,
+            two_instances.clone(),
+            [
+                converged(&two_instances),
+                vec![record("g", "down", svc("gone"), "H", R1)],
+            ]
+            .concat(),
+            &["a", "gone"],
+            vec![],
+        ),
+        (
+            "deleting: roles are forgotten with the database, not dropped",
+            true,
+            vec![],
+            vec![],
+            &["a", "gone"],
+            vec![],
+        ),
+    ];
+    for (name, deleting, desired_set, applied, roles, expected) in cases {
+        let mut i = input();
+        i.deleting = deleting;
+        i.unreachable_hosts = set(&["down"]);
+        i.roles = set(roles);
+        i.observed = desired_set
+            .iter()
+            .filter(|d| d.host_id != "down")
+            .map(|d| {
+                observed(
+                    &d.instance_id,
+                    &d.host_id,
+                    d.kind.clone(),
+                    Some("H"),
+                    ObservedStatus::Running,
+                )
+            })
+            .collect();
+        i.desired = desired_set;
+        i.applied = applied;
+        let got: Vec<Step> = plan(&i).steps().cloned().collect();
+        assert_eq!(got, expected, "{name}");
+    }
+}
+
+#[test]
+fn deleting_removes_everything_reachable_and_ignores_desired() {
+    use ObservedStatus::*;
+    let mut i = input();
+    i.deleting = true;
+    i.unreachable_hosts = set(&["down"]);
+    i.roles = set(&["s"]);
+    // Even if the caller still passes the desired set, deleting means nothing is desired.
+    i.desired = vec![
+        desired("db-n1-h1", "h1", pg("n1", true), "H", R1),
+        desired("db-s-h1", "h1", svc("s"), "H", R1),
+    ];
+    i.observed = vec![
+        observed("db-n1-h1", "h1", pg("n1", true), Some("H"), Running),
+        observed("db-n1-h2", "h2", pg("n1", false), Some("H"), Failed),
+        observed("db-s-h1", "h1", svc("s"), Some("H"), Running),
+    ];
+    i.applied = vec![
+        record("db-n1-h1", "h1", pg("n1", true), "H", R1),
+        record("db-s-h1", "h1", svc("s"), "H", R1),
+        record("db-s-h2", "h2", svc("s"), "H", R1),
+        record("db-s-down", "down", svc("s"), "H", R1),
+    ];
+    assert_eq!(
+        plan(&i),
+        Plan {
+            phases: vec![
+                vec![remove("db-s-h1", "h1"), remove("db-s-h2", "h2")],
+                vec![remove("db-n1-h1", "h1"), remove("db-n1-h2", "h2")],
+            ]
+        }
+    );
+}
+
+/// Every phase at once, each sorted by id, in the documented order.
+#[test]
+fn phase_order() {
+    use ApplyReason::*;
+    use ObservedStatus::*;
+    let mut i = input();
+    i.roles = set(&["old", "web"]);
+    i.desired = vec![
+        desired("db-n2-h3", "h3", pg("n2", true), "P", R1),
+        desired("db-n1-h2", "h2", pg("n1", false), "P", R1),
+        desired("db-n1-h1", "h1", pg("n1", true), "P", R1),
+        desired("db-n2-h4", "h4", pg("n2", false), "P", R1),
+        desired("db-web-h2", "h2", svc("web"), "W", R1),
+        desired("db-api-h1", "h1", svc("api"), "A", R1),
+        desired("db-api-h2", "h2", svc("api"), "A", R1),
+    ];
+    i.observed = vec![
+        observed("db-n2-h3", "h3", pg("n2", true), Some("P"), Running),
+        observed("db-n1-h2", "h2", pg("n1", false), Some("P"), Stopped),
+        observed("db-web-h2", "h2", svc("web"), Some("old"), Running),
+        observed("db-old-h1", "h1", svc("old"), Some("O"), Running),
+        observed("db-n9-h1", "h1", pg("n9", true), Some("P"), Running),
+    ];
+    i.applied = vec![
+        record("db-n2-h3", "h3", pg("n2", true), "P", R2),
+        record("db-n1-h2", "h2", pg("n1", false), "P", R1),
+        record("db-web-h2", "h2", svc("web"), "old", R1),
+        record("db-old-h1", "h1", svc("old"), "O", R1),
+        record("db-n9-h1", "h1", pg("n9", true), "P", R1),
+    ];
+    let expected = Plan {
+        phases: vec![
+            vec![
+                apply("db-n1-h1", "h1", Create),
+                resize("db-n2-h3", "h3", R1),
+            ],
+            vec![
+                apply("db-n1-h2", "h2", Heal),
+                apply("db-n2-h4", "h4", Create),
+            ],
+            vec![create_roles("api")],
+            vec![
+                apply("db-api-h1", "h1", Create),
+                apply("db-api-h2", "h2", Create),
+                remove("db-old-h1", "h1"),
+                apply("db-web-h2", "h2", Update),
+            ],
+            vec![drop_roles("old")],
+            vec![remove("db-n9-h1", "h1")],
+        ],
+    };
+    assert_eq!(plan(&i), expected);
+
+    // The order of the input lists does not matter.
+    i.desired.reverse();
+    i.observed.reverse();
+    i.applied.rotate_left(2);
+    assert_eq!(plan(&i), expected);
+}
+
+#[test]
+fn empty_phases_are_omitted() {
+    let mut i = input();
+    i.desired = vec![desired("db-s-h1", "h1", svc("s"), "H", R1)];
+    i.roles = set(&["s"]);
+    assert_eq!(
+        plan(&i),
+        Plan {
+            phases: vec![vec![apply("db-s-h1", "h1", ApplyReason::Create)]]
+        }
+    );
+}
+
+#[test]
+fn duplicate_reports_fold_to_the_one_needing_work_whatever_their_order() {
+    use ObservedStatus::*;
+    let mut i = input();
+    i.roles = set(&["s"]);
+    i.desired = vec![desired("x", "h", svc("s"), "H", R1)];
+    i.applied = vec![record("x", "h", svc("s"), "H", R1)];
+    i.observed = vec![
+        observed("x", "h", svc("s"), Some("H"), Running),
+        observed("x", "h", svc("s"), Some("H"), Failed),
+    ];
+    let expected = vec![apply("x", "h", ApplyReason::Heal)];
+    assert_eq!(plan(&i).steps().cloned().collect::<Vec<_>>(), expected);
+    i.observed.reverse();
+    assert_eq!(plan(&i).steps().cloned().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn removal_kind_comes_from_the_container_before_the_record() {
+    use ObservedStatus::*;
+    let mut i = input();
+    // The record says service, the container says Postgres: the container is what is there.
+    i.observed = vec![observed("x", "h", pg("n1", false), Some("H"), Running)];
+    i.applied = vec![record("x", "h", svc("s"), "H", R1)];
+    let p = plan(&i);
+    assert_eq!(p.phases, vec![vec![remove("x", "h")]]);
+    // Alone, the record decides: a service Remove comes before DropRoles.
+    i.observed.clear();
+    i.roles = set(&["s"]);
+    assert_eq!(
+        plan(&i).phases,
+        vec![vec![remove("x", "h")], vec![drop_roles("s")]]
+    );
+}
+
+#[test]
+fn step_accessors() {
+    let a = apply("i", "h", ApplyReason::Create);
+    assert_eq!((a.instance_id(), a.host_id()), (Some("i"), Some("h")));
+    let r = resize("j", "g", R1);
+    assert_eq!((r.instance_id(), r.host_id()), (Some("j"), Some("g")));
+    let c = create_roles("s");
+    assert_eq!((c.instance_id(), c.host_id()), (None, None));
+}
+
+#[test]
+fn plan_serializes_as_tagged_steps() {
+    let p = Plan {
+        phases: vec![vec![apply("i", "h", ApplyReason::Heal), drop_roles("s")]],
+    };
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"phases": [[
+            {"type": "apply", "instance_id": "i", "host_id": "h", "reason": "heal"},
+            {"type": "drop_roles", "service_id": "s"}
+        ]]})
+    );
+    assert_eq!(serde_json::from_value::<Plan>(json).unwrap(), p);
+}
