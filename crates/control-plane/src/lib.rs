@@ -1,21 +1,31 @@
 //! The control plane: the v1 HTTP API, the host registry agents talk to, the task
-//! bookkeeping and (with the reconciler) the loop that makes the fleet match the specs.
+//! bookkeeping, and (on the elected leader) the reconciler that makes the fleet match the specs.
 
 pub mod api;
+pub mod credentials;
+pub mod desired;
+pub mod fleet;
 pub mod hosts;
+pub mod instances;
+pub mod leader;
+pub mod reconciler;
 pub mod registry;
 pub mod settings;
 pub mod state;
 pub mod tasks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use etcd_client::WatchOptions;
+use fleet::Poke;
 use settings::Settings;
 use spec::manifest::Manifest;
 use state::AppState;
 use store::{SecretBox, Store};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 /// Opens everything a replica needs from its settings: key file, manifest, etcd.
 pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
@@ -41,11 +51,10 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
     Ok(AppState {
         store,
         manifest: Arc::new(manifest),
-        reconcile: Arc::new(tokio::sync::Notify::new()),
     })
 }
 
-/// A running replica; dropping the future stops it.
+/// A running replica, until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -68,11 +77,10 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let registry = registry::RegistryService::new(
-        state.store.clone(),
-        settings.host_lease_ttl,
-        state.reconcile.clone(),
-    );
+    let leading =
+        (!settings.no_reconcile).then(|| tokio::spawn(lead(state.clone(), settings.clone())));
+
+    let registry = registry::RegistryService::new(state.store.clone(), settings.host_lease_ttl);
     let grpc_server = tonic::transport::Server::builder()
         .add_service(agent_proto::registry_server::RegistryServer::new(registry))
         .serve_with_incoming_shutdown(
@@ -81,8 +89,91 @@ pub async fn run(
         );
     let http_server =
         axum::serve(http, api::router(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
-    tokio::try_join!(async { grpc_server.await.context("gRPC server") }, async {
+    let served = tokio::try_join!(async { grpc_server.await.context("gRPC server") }, async {
         http_server.await.context("HTTP server")
-    },)?;
-    Ok(())
+    },);
+    if let Some(l) = leading {
+        l.abort();
+    }
+    served.map(|_| ())
+}
+
+fn replica_id(settings: &Settings) -> String {
+    settings.replica_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Campaigns for leadership and, while leading, reconciles. Loses it gracefully: the
+/// reconciler stops, and campaigning starts again.
+async fn lead(state: AppState, settings: Settings) {
+    let id = replica_id(&settings);
+    loop {
+        let leadership = match leader::campaign(&state.store, &id, settings.leader_lease_ttl).await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (pokes, poked) = mpsc::unbounded_channel();
+        let reconciler = reconciler::Reconciler::new(
+            state.store.fenced(leadership.fence.clone()),
+            state.manifest.clone(),
+            pokes.clone(),
+        );
+        let watcher = tokio::spawn(watch_changes(state.store.clone(), pokes.clone()));
+        let mut lost = leadership.lost.clone();
+        reconciler
+            .run(poked, async move {
+                let _ = lost.wait_for(|l| *l).await;
+            })
+            .await;
+        watcher.abort();
+        reconciler.shutdown();
+        tracing::warn!(replica_id = %id, "stepped down as leader");
+    }
+}
+
+/// Turns etcd changes into pokes: a spec, record or task change wakes its database's worker,
+/// a host change wakes them all. The leader's own instance and log writes are not watched.
+async fn watch_changes(store: Store, pokes: mpsc::UnboundedSender<Poke>) {
+    let root = store.keys().root();
+    loop {
+        let mut client = store.client();
+        match client
+            .watch(root.as_str(), Some(WatchOptions::new().with_prefix()))
+            .await
+        {
+            Ok(mut stream) => {
+                // Whatever changed while nobody watched is picked up by one full sweep.
+                let _ = pokes.send(None);
+                while let Ok(Some(response)) = stream.message().await {
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let key = String::from_utf8_lossy(kv.key());
+                        let Some(rest) = key.strip_prefix(&root) else {
+                            continue;
+                        };
+                        let mut parts = rest.splitn(3, '/');
+                        match (parts.next(), parts.next()) {
+                            (Some("databases" | "tasks"), Some(db)) => {
+                                let _ = pokes.send(Some(db.to_string()));
+                            }
+                            (Some("hosts" | "host-alive"), _) => {
+                                let _ = pokes.send(None);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                tracing::warn!("etcd watch ended; re-establishing");
+            }
+            Err(e) => tracing::warn!(error = %e, "etcd watch failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

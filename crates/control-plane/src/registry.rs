@@ -14,20 +14,11 @@ use crate::hosts::liveness;
 pub struct RegistryService {
     store: Store,
     lease_ttl: i64,
-    reconcile: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl RegistryService {
-    pub fn new(
-        store: Store,
-        lease_ttl: i64,
-        reconcile: std::sync::Arc<tokio::sync::Notify>,
-    ) -> Self {
-        RegistryService {
-            store,
-            lease_ttl,
-            reconcile,
-        }
+    pub fn new(store: Store, lease_ttl: i64) -> Self {
+        RegistryService { store, lease_ttl }
     }
 }
 
@@ -79,7 +70,6 @@ impl Registry for RegistryService {
             .await
             .map_err(unavailable)?;
         tracing::info!(lease, "host registered");
-        self.reconcile.notify_one();
         Ok(Response::new(RegisterResponse {
             lease_ttl_seconds: self.lease_ttl as u32,
         }))

@@ -40,6 +40,15 @@ pub struct Settings {
     /// Version manifest mapping service types and versions to images; default: the built-in one.
     #[arg(long, env = "BERTH_MANIFEST")]
     pub manifest: Option<PathBuf>,
+    /// Serve the API only and never run reconciliation (an API-only replica).
+    #[arg(long, env = "BERTH_NO_RECONCILE")]
+    pub no_reconcile: bool,
+    /// Seconds the leader's lease lives without renewal: how long a dead leader blocks others.
+    #[arg(long, env = "BERTH_LEADER_LEASE_TTL", default_value_t = 5)]
+    pub leader_lease_ttl: i64,
+    /// This replica's name in the leader election; default: hostname and process id.
+    #[arg(long, env = "BERTH_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Seconds an agent's host lease lives without a heartbeat.
     #[arg(long, env = "BERTH_HOST_LEASE_TTL", default_value_t = 5)]
     pub host_lease_ttl: i64,

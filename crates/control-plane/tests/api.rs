@@ -36,6 +36,10 @@ impl ControlPlane {
                 .into(),
             ),
             host_lease_ttl: 2,
+            // The hosts registered here have no agent behind them: test the API alone.
+            no_reconcile: true,
+            leader_lease_ttl: 5,
+            replica_id: None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let s = settings.clone();

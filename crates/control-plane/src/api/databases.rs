@@ -12,24 +12,65 @@ use spec::{
 use store::{DatabaseRecord, StoreError, StoredDatabase};
 
 use super::{ApiError, json_body};
+use crate::instances::{InstanceRecord, View, api_view};
 use crate::state::AppState;
 use crate::tasks::new_task;
 
 /// The API's view of a stored database: secrets removed.
 pub(crate) fn database_view(record: &DatabaseRecord, spec: &DatabaseSpec) -> Database {
-    let mut spec = spec.clone();
-    for service in &mut spec.services {
-        service.config = spec::secrets::redact(&service.config);
-    }
     Database {
         id: record.id.clone(),
         state: record.state,
         created_at: record.created_at,
         updated_at: record.updated_at,
-        spec,
+        spec: spec::secrets::redact_spec(spec),
         instances: Vec::new(),
         service_instances: Vec::new(),
     }
+}
+
+/// Hosts as instance views need them: who is unreachable, and each host's addresses.
+struct HostFacts {
+    unreachable: BTreeSet<String>,
+    addresses: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+async fn host_facts(app: &AppState) -> Result<HostFacts, ApiError> {
+    let alive = app.store.host_liveness().await?;
+    let hosts = app.store.list_hosts().await?;
+    Ok(HostFacts {
+        unreachable: hosts
+            .iter()
+            .filter(|h| !alive.contains_key(&h.id))
+            .map(|h| h.id.clone())
+            .collect(),
+        addresses: hosts.into_iter().map(|h| (h.id, h.addresses)).collect(),
+    })
+}
+
+/// A database with what runs for it, from the leader's instance records.
+async fn full_view(
+    app: &AppState,
+    d: &StoredDatabase,
+    facts: &HostFacts,
+) -> Result<Database, ApiError> {
+    let mut view = database_view(&d.record, &d.spec);
+    for record in app
+        .store
+        .list_instances::<InstanceRecord>(&d.record.id)
+        .await?
+    {
+        let addresses = facts
+            .addresses
+            .get(&record.host_id)
+            .cloned()
+            .unwrap_or_default();
+        match api_view(&record, &facts.unreachable, &addresses) {
+            View::Postgres(i) => view.instances.push(i),
+            View::Service(s) => view.service_instances.push(s),
+        }
+    }
+    Ok(view)
 }
 
 async fn registered_hosts(app: &AppState) -> Result<BTreeSet<String>, ApiError> {
@@ -91,7 +132,6 @@ pub(crate) async fn create(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(task_id = %task.task_id, "database accepted");
-    app.reconcile.notify_one();
     Ok(Json(CreateDatabaseResponse {
         task,
         database: database_view(&record, &request.spec),
@@ -121,7 +161,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Database>, ApiError> {
     let d = stored(&app, &id).await?;
-    Ok(Json(database_view(&d.record, &d.spec)))
+    Ok(Json(full_view(&app, &d, &host_facts(&app).await?).await?))
 }
 
 /// Accepts a new generation of a database's spec with its task, unless another writer
@@ -156,7 +196,6 @@ async fn write_generation(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(task_id = %task.task_id, generation = record.generation, "database change accepted");
-    app.reconcile.notify_one();
     Ok((record, task))
 }
 

@@ -131,10 +131,7 @@ pub(crate) async fn cancel(
 ) -> Result<Json<Task>, ApiError> {
     find_task(&app, &id, &task_id).await?;
     match cancel_task(&app.store, &id, &task_id).await {
-        Ok(task) => {
-            app.reconcile.notify_one();
-            Ok(Json(task))
-        }
+        Ok(task) => Ok(Json(task)),
         Err(CancelError::NotFound(m)) => Err(ApiError::NotFound(m)),
         Err(e @ CancelError::AlreadyEnded { .. }) => {
             Err(ApiError::TaskNotCancelable(e.to_string()))

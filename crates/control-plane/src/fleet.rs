@@ -1,0 +1,242 @@
+//! The leader's live view of what runs on every host, fed by each agent's WatchInstances
+//! stream: a full snapshot on connect, then one message per change. Nothing here polls.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_proto::agent_client::AgentClient;
+use agent_proto::{InstanceState, WatchRequest, instance_event};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// Which database a change concerns, so only its reconciler wakes up.
+pub type Poke = Option<String>;
+
+const DATABASE_LABEL: &str = "berth.database-id";
+
+#[derive(Default)]
+struct HostView {
+    /// True once the current stream delivered its snapshot: only then is `instances` complete.
+    synced: bool,
+    instances: HashMap<String, InstanceState>,
+}
+
+struct HostConn {
+    address: String,
+    client: AgentClient<Channel>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HostConn {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+#[derive(Clone)]
+pub struct Fleet {
+    views: Arc<Mutex<HashMap<String, HostView>>>,
+    conns: Arc<Mutex<HashMap<String, HostConn>>>,
+    pokes: mpsc::UnboundedSender<Poke>,
+}
+
+fn database_of(state: &InstanceState) -> Option<String> {
+    state.labels.get(DATABASE_LABEL).cloned()
+}
+
+impl Fleet {
+    pub fn new(pokes: mpsc::UnboundedSender<Poke>) -> Self {
+        Fleet {
+            views: Default::default(),
+            conns: Default::default(),
+            pokes,
+        }
+    }
+
+    /// Connects to every host in `hosts` (id -> agent address) and drops the others.
+    pub fn sync_hosts(&self, hosts: &BTreeMap<String, String>) {
+        let mut conns = self.conns.lock().expect("fleet lock");
+        conns.retain(|id, c| hosts.get(id) == Some(&c.address));
+        for (id, address) in hosts {
+            if conns.contains_key(id) {
+                continue;
+            }
+            let Ok(endpoint) = Endpoint::from_shared(address.clone()) else {
+                tracing::warn!(host_id = %id, %address, "agent address is not a valid URL");
+                continue;
+            };
+            let channel = endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy();
+            let client = AgentClient::new(channel);
+            let watcher = tokio::spawn(watch_host(
+                id.clone(),
+                client.clone(),
+                self.views.clone(),
+                self.pokes.clone(),
+            ));
+            conns.insert(
+                id.clone(),
+                HostConn {
+                    address: address.clone(),
+                    client,
+                    watcher,
+                },
+            );
+        }
+        self.views
+            .lock()
+            .expect("fleet lock")
+            .retain(|id, _| hosts.contains_key(id));
+    }
+
+    pub fn client(&self, host_id: &str) -> Option<AgentClient<Channel>> {
+        self.conns
+            .lock()
+            .expect("fleet lock")
+            .get(host_id)
+            .map(|c| c.client.clone())
+    }
+
+    /// Hosts whose agent stream is up and has sent its snapshot.
+    pub fn synced_hosts(&self) -> BTreeSet<String> {
+        self.views
+            .lock()
+            .expect("fleet lock")
+            .iter()
+            .filter(|(_, v)| v.synced)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// What synced hosts report for one database, as (host id, state).
+    pub fn observed(&self, database_id: &str) -> Vec<(String, InstanceState)> {
+        let views = self.views.lock().expect("fleet lock");
+        let mut out: Vec<(String, InstanceState)> = views
+            .iter()
+            .filter(|(_, v)| v.synced)
+            .flat_map(|(host, v)| {
+                v.instances
+                    .values()
+                    .filter(|s| database_of(s).as_deref() == Some(database_id))
+                    .map(move |s| (host.clone(), s.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.instance_id.cmp(&b.1.instance_id));
+        out
+    }
+
+    /// Every database with an instance on a synced host (to find orphans of deleted databases).
+    pub fn databases(&self) -> BTreeSet<String> {
+        let views = self.views.lock().expect("fleet lock");
+        views
+            .values()
+            .flat_map(|v| v.instances.values().filter_map(database_of))
+            .collect()
+    }
+
+    /// Records what an agent said in reply to a command, without waiting for its event.
+    pub fn note(&self, host_id: &str, state: InstanceState) {
+        if let Some(v) = self.views.lock().expect("fleet lock").get_mut(host_id) {
+            v.instances.insert(state.instance_id.clone(), state);
+        }
+    }
+
+    pub fn forget(&self, host_id: &str, instance_id: &str) {
+        if let Some(v) = self.views.lock().expect("fleet lock").get_mut(host_id) {
+            v.instances.remove(instance_id);
+        }
+    }
+}
+
+async fn watch_host(
+    host_id: String,
+    mut client: AgentClient<Channel>,
+    views: Arc<Mutex<HashMap<String, HostView>>>,
+    pokes: mpsc::UnboundedSender<Poke>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.watch_instances(WatchRequest {}).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    let message = stream.message().await;
+                    let event = match message {
+                        Ok(Some(m)) => m.event,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(host_id = %host_id, error = %e, "agent stream broke");
+                            break;
+                        }
+                    };
+                    backoff = Duration::from_millis(200);
+                    let snapshot = matches!(event, Some(instance_event::Event::Snapshot(_)));
+                    let touched = apply_event(&views, &host_id, event);
+                    if snapshot {
+                        // A host that (re)appeared may lack instances that should run there.
+                        let _ = pokes.send(None);
+                    } else {
+                        for db in touched {
+                            let _ = pokes.send(Some(db));
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(host_id = %host_id, error = %e, "agent not reachable"),
+        }
+        // Until the next snapshot, what we knew may be stale: plan nothing on this host.
+        let was_synced = views
+            .lock()
+            .expect("fleet lock")
+            .get_mut(&host_id)
+            .map(|v| std::mem::take(&mut v.synced));
+        if was_synced == Some(true) {
+            let _ = pokes.send(None);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}
+
+/// Applies one event to the host's view; returns the databases it concerned.
+fn apply_event(
+    views: &Mutex<HashMap<String, HostView>>,
+    host_id: &str,
+    event: Option<instance_event::Event>,
+) -> BTreeSet<String> {
+    let mut views = views.lock().expect("fleet lock");
+    let view = views.entry(host_id.to_string()).or_default();
+    let mut touched = BTreeSet::new();
+    match event {
+        Some(instance_event::Event::Snapshot(snapshot)) => {
+            touched.extend(view.instances.values().filter_map(database_of));
+            view.instances = snapshot
+                .instances
+                .into_iter()
+                .map(|s| (s.instance_id.clone(), s))
+                .collect();
+            touched.extend(view.instances.values().filter_map(database_of));
+            view.synced = true;
+            tracing::info!(
+                host_id,
+                instances = view.instances.len(),
+                "agent snapshot received"
+            );
+        }
+        Some(instance_event::Event::Changed(state)) => {
+            touched.extend(database_of(&state));
+            view.instances.insert(state.instance_id.clone(), state);
+        }
+        Some(instance_event::Event::RemovedInstanceId(id)) => {
+            if let Some(old) = view.instances.remove(&id) {
+                touched.extend(database_of(&old));
+            }
+        }
+        None => {}
+    }
+    touched
+}

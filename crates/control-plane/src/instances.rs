@@ -1,0 +1,192 @@
+//! Instance records: what the leader applied on each host and what it last saw there.
+//! The API builds `instances[]` and `service_instances[]` from them, so every replica can
+//! answer without talking to agents.
+
+use std::collections::BTreeSet;
+
+use agent_proto::{Health, InstanceState, InstanceStatus};
+use chrono::{DateTime, Utc};
+use plan::{InstanceKind, Resources};
+use serde::{Deserialize, Serialize};
+use spec::{
+    ConnectionInfo, Instance, InstanceRole, InstanceState as PgState, PortMapping, ServiceInstance,
+    ServiceInstanceState, ServiceInstanceStatus,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Creating,
+    Running,
+    Failed,
+    Deleting,
+}
+
+/// The last observation of an instance, in the API's terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedView {
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_health_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub database_id: String,
+    pub host_id: String,
+    pub kind: InstanceKind,
+    /// Hash and resources of the spec last applied successfully.
+    pub spec_hash: String,
+    pub resources: Resources,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub observed: ObservedView,
+}
+
+fn timestamp(t: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    t.as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+}
+
+/// How an agent's report of a container reads in the API.
+pub fn view_of(state: Option<&InstanceState>) -> ObservedView {
+    let Some(s) = state else {
+        return ObservedView {
+            phase: Phase::Failed,
+            container_id: None,
+            image: None,
+            ports: vec![],
+            last_health_at: None,
+            ready: false,
+            error: Some("the container is missing".into()),
+        };
+    };
+    let status = InstanceStatus::try_from(s.state).unwrap_or(InstanceStatus::Unspecified);
+    let health = Health::try_from(s.health).unwrap_or(Health::Unspecified);
+    let (phase, ready) = match (status, health) {
+        (InstanceStatus::Running, Health::Healthy | Health::None | Health::Unspecified) => {
+            (Phase::Running, true)
+        }
+        (InstanceStatus::Running, Health::Unhealthy) => (Phase::Failed, false),
+        (InstanceStatus::Running | InstanceStatus::Creating | InstanceStatus::Unspecified, _) => {
+            (Phase::Creating, false)
+        }
+        (InstanceStatus::Failed | InstanceStatus::Stopped | InstanceStatus::Missing, _) => {
+            (Phase::Failed, false)
+        }
+    };
+    let error = match phase {
+        Phase::Failed if !s.reason.is_empty() => Some(s.reason.clone()),
+        Phase::Failed => Some(format!(
+            "container is {}",
+            status
+                .as_str_name()
+                .trim_start_matches("INSTANCE_STATUS_")
+                .to_lowercase()
+        )),
+        _ => None,
+    };
+    ObservedView {
+        phase,
+        container_id: (!s.container_id.is_empty()).then(|| s.container_id.clone()),
+        image: (!s.image.is_empty()).then(|| s.image.clone()),
+        ports: s
+            .ports
+            .iter()
+            .map(|p| PortMapping {
+                name: p.name.clone(),
+                container_port: p.container_port as u16,
+                host_port: (p.host_port != 0).then_some(p.host_port as u16),
+            })
+            .collect(),
+        last_health_at: timestamp(&s.last_health_at),
+        ready,
+        error,
+    }
+}
+
+/// A record as the API shows it; `unreachable` hosts make their instances `unknown`.
+pub enum View {
+    Postgres(Instance),
+    Service(ServiceInstance),
+}
+
+pub fn api_view(
+    r: &InstanceRecord,
+    unreachable: &BTreeSet<String>,
+    host_addresses: &[String],
+) -> View {
+    let unknown = unreachable.contains(&r.host_id);
+    let o = &r.observed;
+    match &r.kind {
+        InstanceKind::Postgres { node, primary } => View::Postgres(Instance {
+            id: r.instance_id.clone(),
+            database_id: r.database_id.clone(),
+            node_name: node.clone(),
+            host_id: r.host_id.clone(),
+            role: if *primary {
+                InstanceRole::Primary
+            } else {
+                InstanceRole::Replica
+            },
+            state: match (unknown, o.phase) {
+                (true, _) => PgState::Unknown,
+                (_, Phase::Running) => PgState::Available,
+                (_, Phase::Failed) => PgState::Failed,
+                (_, Phase::Creating | Phase::Deleting) => PgState::Creating,
+            },
+            connection_info: o.ports.iter().find_map(|p| {
+                p.host_port.map(|port| ConnectionInfo {
+                    addresses: host_addresses.to_vec(),
+                    port,
+                })
+            }),
+            error: if unknown {
+                Some("the host is unreachable".into())
+            } else {
+                o.error.clone()
+            },
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }),
+        InstanceKind::Service { service_id } => View::Service(ServiceInstance {
+            service_instance_id: r.instance_id.clone(),
+            service_id: service_id.clone(),
+            database_id: r.database_id.clone(),
+            host_id: r.host_id.clone(),
+            state: match (unknown, o.phase) {
+                (true, _) => ServiceInstanceState::Unknown,
+                (_, Phase::Creating) => ServiceInstanceState::Creating,
+                (_, Phase::Running) => ServiceInstanceState::Running,
+                (_, Phase::Failed) => ServiceInstanceState::Failed,
+                (_, Phase::Deleting) => ServiceInstanceState::Deleting,
+            },
+            status: Some(ServiceInstanceStatus {
+                container_id: o.container_id.clone(),
+                image: o.image.clone(),
+                addresses: host_addresses.to_vec(),
+                ports: o.ports.clone(),
+                last_health_at: o.last_health_at,
+                ready: o.ready && !unknown,
+            }),
+            error: if unknown {
+                Some("the host is unreachable".into())
+            } else {
+                o.error.clone()
+            },
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }),
+    }
+}
