@@ -1,0 +1,591 @@
+//! A real fleet for black-box tests: etcd, control-plane replicas and agents as separate
+//! processes on free ports, containers on the machine's Docker engine. Tests talk to it only
+//! through the HTTP API, `docker` and `psql` (run inside the Postgres containers).
+//!
+//! Every fleet gets host ids with a random prefix, so fleets of parallel tests (and a dev
+//! fleet on the same engine) never touch each other's containers. Dropping the fleet kills
+//! its processes and removes its containers and networks, also when a test panics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use test_support::{EtcdServer, free_port};
+
+pub use reqwest;
+pub use serde_json;
+
+/// Generous upper bound for anything to converge on a loaded 2-core machine. Waiting is
+/// bounded so a broken system fails the test; how long it took is reported, never asserted.
+pub const CONVERGE: Duration = Duration::from_secs(180);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// Builds the two binaries once per test process (a no-op when they are current).
+fn binary(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--bin",
+                "berth-control-plane",
+                "--bin",
+                "berth-agent",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    target.join("debug").join(name)
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI: is Docker installed?");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One process of the fleet, restartable with the same arguments.
+struct Proc {
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("BERTH_LOG", "info,h2=warn,tower=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, signal);
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Fleet {
+    pub etcd: EtcdServer,
+    prefix: String,
+    dir: tempfile::TempDir,
+    manifest: PathBuf,
+    control_planes: Vec<(Proc, String)>,
+    agents: BTreeMap<String, Proc>,
+    http: reqwest::Client,
+}
+
+impl Fleet {
+    /// etcd, one control plane and `agents` agents, all healthy.
+    pub async fn start(agents: usize) -> Fleet {
+        docker(&["version", "--format", "{{.Server.Version}}"]);
+        let prefix = format!("t{:05x}", rand::random::<u32>() & 0xfffff);
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let mut fleet = Fleet {
+            etcd: EtcdServer::start(),
+            prefix,
+            dir,
+            manifest: workspace_root().join("specs/service-versions.local.json"),
+            control_planes: Vec::new(),
+            agents: BTreeMap::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        };
+        fleet.add_control_plane();
+        for i in 1..=agents {
+            fleet.add_agent(&format!("{}-host-{i}", fleet.prefix));
+        }
+        fleet.wait_hosts_healthy().await;
+        fleet
+    }
+
+    /// The id of the `i`-th host (1-based), as the API knows it.
+    pub fn host(&self, i: usize) -> String {
+        format!("{}-host-{i}", self.prefix)
+    }
+
+    /// A database id unique to this fleet.
+    pub fn db_id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    pub fn api(&self) -> String {
+        self.control_planes
+            .iter()
+            .find(|(p, _)| p.child.is_some())
+            .map(|(_, url)| url.clone())
+            .expect("a running control plane")
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts one more control-plane replica on the same etcd; returns its index.
+    pub fn add_control_plane(&mut self) -> usize {
+        let index = self.control_planes.len();
+        let (http, grpc) = (free_port(), free_port());
+        let args = vec![
+            format!("--listen=127.0.0.1:{http}"),
+            format!("--grpc-listen=127.0.0.1:{grpc}"),
+            format!("--etcd-endpoints={}", self.etcd.endpoint()),
+            format!(
+                "--data-dir={}",
+                self.dir.path().join(format!("cp{index}")).display()
+            ),
+            // Every replica must seal secrets with the same key.
+            format!(
+                "--key-file={}",
+                self.dir.path().join("secret.key").display()
+            ),
+            format!("--manifest={}", self.manifest.display()),
+            format!("--replica-id=cp{index}"),
+            "--leader-lease-ttl=3".into(),
+            "--host-lease-ttl=3".into(),
+        ];
+        let mut proc = Proc {
+            program: binary("berth-control-plane"),
+            args,
+            log: self.dir.path().join(format!("cp{index}.log")),
+            child: None,
+        };
+        proc.spawn();
+        self.control_planes
+            .push((proc, format!("http://127.0.0.1:{http}")));
+        index
+    }
+
+    fn registry_url(&self) -> String {
+        let (proc, _) = &self.control_planes[0];
+        let grpc = proc
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix("--grpc-listen="))
+            .expect("grpc listen");
+        format!("http://{grpc}")
+    }
+
+    fn add_agent(&mut self, host_id: &str) {
+        let port = free_port();
+        let args = vec![
+            format!("--host-id={host_id}"),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--control-plane={}", self.registry_url()),
+            format!("--data-dir={}", self.agent_data_dir(host_id).display()),
+        ];
+        let mut proc = Proc {
+            program: binary("berth-agent"),
+            args,
+            log: self.dir.path().join(format!("{host_id}.log")),
+            child: None,
+        };
+        proc.spawn();
+        self.agents.insert(host_id.to_string(), proc);
+    }
+
+    pub fn agent_data_dir(&self, host_id: &str) -> PathBuf {
+        self.dir.path().join("agents").join(host_id)
+    }
+
+    /// Where an agent keeps one instance's config and data.
+    pub fn instance_dir(&self, host_id: &str, instance_id: &str) -> PathBuf {
+        self.agent_data_dir(host_id)
+            .join("instances")
+            .join(instance_id)
+    }
+
+    pub fn kill_agent(&mut self, host_id: &str) {
+        self.agents.get_mut(host_id).expect("known agent").kill();
+    }
+
+    pub fn restart_agent(&mut self, host_id: &str) {
+        let p = self.agents.get_mut(host_id).expect("known agent");
+        p.kill();
+        p.spawn();
+    }
+
+    /// SIGSTOP / SIGCONT: the process stays but stops answering, as behind a partition.
+    pub fn pause_agent(&self, host_id: &str) {
+        self.agents[host_id].signal(libc::SIGSTOP);
+    }
+
+    pub fn resume_agent(&self, host_id: &str) {
+        self.agents[host_id].signal(libc::SIGCONT);
+    }
+
+    pub fn kill_control_plane(&mut self, index: usize) {
+        self.control_planes[index].0.kill();
+    }
+
+    pub fn restart_control_plane(&mut self, index: usize) {
+        let p = &mut self.control_planes[index].0;
+        p.kill();
+        p.spawn();
+    }
+
+    /// The replica that currently leads: the leader key's value, read through etcd's JSON gateway.
+    pub async fn leader(&self) -> Option<String> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = json!({"key": b64.encode("/berth/leader")});
+        let resp = self
+            .http
+            .post(format!("{}/v3/kv/range", self.etcd.endpoint()))
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        let v: Value = resp.json().await.ok()?;
+        let value = v["kvs"][0]["value"].as_str()?;
+        String::from_utf8(b64.decode(value).ok()?).ok()
+    }
+
+    // ---- HTTP ----
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut last_error = None;
+        // A control plane that is restarting refuses connections for a moment: retry those.
+        for _ in 0..100 {
+            let mut req = self.http.request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.api()),
+            );
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    return (status, value);
+                }
+                Err(e) => last_error = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{method} {path}: {last_error:?}");
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, None).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    /// POST that must be accepted; returns the body.
+    pub async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        let (status, resp) = self.call("POST", path, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "POST {path}: {resp}");
+        resp
+    }
+
+    /// Polls `check` until it returns Some, up to [`CONVERGE`]; returns the value and how long it took.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, mut check: F) -> (T, Duration)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return (v, started.elapsed());
+            }
+            if started.elapsed() > CONVERGE {
+                panic!(
+                    "timed out after {CONVERGE:?} waiting for {what}; logs in {}",
+                    self.dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn wait_hosts_healthy(&self) {
+        let want = self.agents.len();
+        self.wait_for("every host healthy", || async {
+            let (status, hosts) = self.call("GET", "/v1/hosts", None).await;
+            let healthy = hosts["hosts"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|h| h["status"]["state"] == "healthy")
+                        .count()
+                })
+                .unwrap_or(0);
+            (status == StatusCode::OK && healthy == want).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until a task ends; returns it.
+    pub async fn wait_task(&self, db: &str, task_id: &str) -> Value {
+        let path = format!("/v1/databases/{db}/tasks/{task_id}");
+        let (task, took) = self
+            .wait_for(&format!("task {task_id}"), || async {
+                let (status, t) = self.call("GET", &path, None).await;
+                let done = status == StatusCode::OK
+                    && matches!(
+                        t["status"].as_str(),
+                        Some("completed" | "failed" | "canceled")
+                    );
+                done.then_some(t)
+            })
+            .await;
+        println!(
+            "task {task_id} ({}) ended {} after {took:?}",
+            task["type"], task["status"]
+        );
+        task
+    }
+
+    /// Submits a create or update and waits for its task to complete.
+    pub async fn apply(&self, path: &str, body: &Value) -> Value {
+        let resp = self.post_ok(path, body).await;
+        let db = resp["database"]["id"]
+            .as_str()
+            .expect("database id")
+            .to_string();
+        let task = self
+            .wait_task(&db, resp["task"]["task_id"].as_str().expect("task id"))
+            .await;
+        if task["status"] != "completed" {
+            let log = self
+                .task_log(&db, task["task_id"].as_str().unwrap_or_default())
+                .await;
+            panic!("task did not complete: {task}\n{}", log.join("\n"));
+        }
+        task
+    }
+
+    pub async fn task_log(&self, db: &str, task_id: &str) -> Vec<String> {
+        let log = self
+            .get(&format!(
+                "/v1/databases/{db}/tasks/{task_id}/log?limit=1000"
+            ))
+            .await;
+        log["entries"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .map(|e| e["message"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub async fn database(&self, db: &str) -> Value {
+        self.get(&format!("/v1/databases/{db}")).await
+    }
+
+    /// The service instances of a database, by service instance id.
+    pub async fn service_instances(&self, db: &str) -> BTreeMap<String, Value> {
+        let d = self.database(db).await;
+        d["service_instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        (
+                            s["service_instance_id"].as_str().unwrap_or("").to_string(),
+                            s.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    // ---- Docker ----
+
+    /// Containers of this fleet (running or not): name -> (id, state).
+    pub fn containers(&self) -> BTreeMap<String, (String, String)> {
+        let mut out = BTreeMap::new();
+        for host in self.agents.keys() {
+            let filter = format!("label=berth.host-id={host}");
+            let text = docker(&[
+                "ps",
+                "-a",
+                "--no-trunc",
+                "--filter",
+                &filter,
+                "--format",
+                "{{.Names}} {{.ID}} {{.State}}",
+            ]);
+            for line in text.lines() {
+                let mut parts = line.split_whitespace();
+                if let (Some(name), Some(id), Some(state)) =
+                    (parts.next(), parts.next(), parts.next())
+                {
+                    out.insert(name.to_string(), (id.to_string(), state.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The container name an agent gives an instance.
+    pub fn container_name(host_id: &str, instance_id: &str) -> String {
+        format!("berth-{host_id}-{instance_id}")
+    }
+
+    pub fn inspect(&self, container: &str) -> Value {
+        let text = docker(&["inspect", container]);
+        let v: Value = serde_json::from_str(&text).expect("docker inspect JSON");
+        v[0].clone()
+    }
+
+    /// Runs SQL with psql inside a Postgres container, as the superuser on the local socket.
+    pub fn psql(&self, container: &str, database: &str, sql: &str) -> String {
+        docker(&[
+            "exec",
+            container,
+            "psql",
+            "-XAtq",
+            "-h",
+            "/var/run/postgresql",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-c",
+            sql,
+        ])
+        .trim()
+        .to_string()
+    }
+
+    pub fn docker_kill(&self, container: &str) {
+        docker(&["kill", container]);
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for p in self.agents.values_mut() {
+            p.signal(libc::SIGCONT);
+            p.kill();
+        }
+        for (p, _) in &mut self.control_planes {
+            p.kill();
+        }
+        for host in self.agents.keys() {
+            let filter = format!("label=berth.host-id={host}");
+            if let Ok(out) = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+            {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .arg("rm")
+                        .arg("-f")
+                        .arg("-v")
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+        // Networks are named after databases; this fleet's databases carry its prefix.
+        if let Ok(out) = Command::new("docker")
+            .args(["network", "ls", "--format", "{{.Name}}"])
+            .output()
+        {
+            for name in String::from_utf8_lossy(&out.stdout).lines() {
+                if name.starts_with(&format!("berth-{}", self.prefix)) {
+                    let _ = Command::new("docker")
+                        .args(["network", "rm", name])
+                        .output();
+                }
+            }
+        }
+        // Postgres data dirs are owned by the container's postgres user; the test runs as root.
+        if std::env::var_os("BERTH_E2E_KEEP").is_some() {
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("keeping {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("temp dir"),
+            ));
+        }
+    }
+}
+
+/// The seed example of the product brief: database `example`, node n1 on `host`, an mcp
+/// service `mcp-server` with the LLM proxy on.
+pub fn seed_spec(database_name: &str, host: &str, model: &str) -> Value {
+    json!({
+        "database_name": database_name,
+        "nodes": [{"name": "n1", "host_ids": [host]}],
+        "services": [{
+            "service_id": "mcp-server",
+            "service_type": "mcp",
+            "version": "latest",
+            "host_ids": [host],
+            "config": {
+                "llm_enabled": true,
+                "llm_provider": "anthropic",
+                "llm_model": model,
+                "anthropic_api_key": "sk-ant-e2e-SECRET"
+            }
+        }]
+    })
+}
