@@ -93,13 +93,18 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
 
     // A service is desired as soon as one of its instances is, even on an unreachable host:
-    // roles live in the database, not on a host.
+    // roles live in the database, not on a host. But they are made (and dropped) on every
+    // node's primary, so role changes wait until every primary's host is reachable.
     let desired_services: BTreeSet<&str> = desired
         .values()
         .filter_map(|d| d.kind.service_id())
         .collect();
+    let primaries_reachable = desired
+        .values()
+        .filter(|d| matches!(d.kind, InstanceKind::Postgres { primary: true, .. }))
+        .all(|d| reachable(&d.host_id));
     for service_id in &desired_services {
-        if !input.roles.contains(*service_id) {
+        if primaries_reachable && !input.roles.contains(*service_id) {
             push(
                 Phase::CreateRoles,
                 Step::CreateRoles {
@@ -121,7 +126,10 @@ pub fn plan(input: &PlanInput) -> Plan {
             .collect();
         for service_id in &input.roles {
             let service_id = service_id.as_str();
-            if !desired_services.contains(service_id) && !stranded.contains(service_id) {
+            if primaries_reachable
+                && !desired_services.contains(service_id)
+                && !stranded.contains(service_id)
+            {
                 push(
                     Phase::DropRoles,
                     Step::DropRoles {

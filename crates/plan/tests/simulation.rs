@@ -300,6 +300,15 @@ fn stranded_services(input: &PlanInput) -> BTreeSet<String> {
         .collect()
 }
 
+/// Roles are made on every node's primary: they change only while all of them are reachable.
+fn roles_can_change(input: &PlanInput) -> bool {
+    input
+        .desired
+        .iter()
+        .filter(|d| matches!(d.kind, InstanceKind::Postgres { primary: true, .. }))
+        .all(|d| !input.unreachable_hosts.contains(&d.host_id))
+}
+
 fn desired_services(input: &PlanInput) -> BTreeSet<String> {
     input
         .desired
@@ -377,6 +386,8 @@ proptest! {
 
         if input.deleting {
             prop_assert_eq!(&next.roles, &input.roles, "deleting forgets roles, it does not create or drop them");
+        } else if !roles_can_change(&input) {
+            prop_assert_eq!(&next.roles, &input.roles, "roles wait for every primary's host");
         } else {
             let wanted = desired_services(&input);
             prop_assert!(wanted.is_subset(&next.roles));
@@ -492,8 +503,8 @@ proptest! {
         if !expected.is_empty() {
             prop_assert_eq!(phases.next(), Some(&expected));
         }
-        if stranded_services(&base).contains(&service) {
-            prop_assert_eq!(phases.next(), None, "roles stay while a container is stranded");
+        if stranded_services(&base).contains(&service) || !roles_can_change(&base) {
+            prop_assert_eq!(phases.next(), None, "roles stay while a container is stranded or a primary is away");
         } else {
             prop_assert_eq!(phases.next(), Some(&vec![Step::DropRoles { service_id: service.clone() }]));
             prop_assert_eq!(phases.next(), None);

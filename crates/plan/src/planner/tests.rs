@@ -463,6 +463,17 @@ fn roles() {
             vec![],
         ),
         (
+            "roles wait while a primary's host is unreachable",
+            false,
+            vec![
+                on("a1", "h1", "a"),
+                desired("p", "down", pg("n1", true), "H", R1),
+            ],
+            vec![],
+            &["gone"],
+            vec![resize("a1", "h1", R1)],
+        ),
+        (
             "deleting: roles are forgotten with the database, not dropped",
             true,
             vec![],
