@@ -53,9 +53,10 @@ pub struct AgentConfig {
     /// Address the control plane dials to reach this agent (host:port or URL); defaults to the listen address.
     #[arg(long, env = "BERTH_AGENT_ADVERTISE")]
     pub advertise: Option<String>,
-    /// gRPC URL of the control plane's Registry, e.g. http://127.0.0.1:3001; without it the agent runs standalone.
-    #[arg(long, env = "BERTH_AGENT_CONTROL_PLANE")]
-    pub control_plane: Option<String>,
+    /// gRPC URLs of the control-plane replicas' Registry, comma separated, e.g. http://127.0.0.1:3001; the agent
+    /// moves to the next one when a call fails. Without any, the agent runs standalone.
+    #[arg(long, env = "BERTH_AGENT_CONTROL_PLANE", value_delimiter = ',')]
+    pub control_plane: Vec<String>,
     /// Where instance directories live; defaults to /var/lib/berth/agent/<host-id>.
     #[arg(long, env = "BERTH_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -165,12 +166,15 @@ pub async fn serve(
         data_dir,
         config.addresses.clone(),
     ));
-    let registration = match &config.control_plane {
-        Some(url) => {
-            let reg = Registration::new(ops.clone(), url, advertised_url(&config, local))?;
-            Some(tokio::spawn(reg.run(stop.clone())))
-        }
-        None => None,
+    let registration = if config.control_plane.is_empty() {
+        None
+    } else {
+        let reg = Registration::new(
+            ops.clone(),
+            &config.control_plane,
+            advertised_url(&config, local),
+        )?;
+        Some(tokio::spawn(reg.run(stop.clone())))
     };
 
     tracing::info!(host_id = %config.host_id, listen = %local, "agent serving");

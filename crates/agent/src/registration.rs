@@ -23,7 +23,10 @@ pub enum RegistrationError {
 
 pub struct Registration<R> {
     ops: Arc<Ops<R>>,
-    client: RegistryClient<Channel>,
+    /// One client per control-plane replica; any replica can register or renew, since the
+    /// lease lives in etcd. A failed call moves on to the next one.
+    clients: Vec<RegistryClient<Channel>>,
+    current: usize,
     agent_address: String,
 }
 
@@ -32,21 +35,34 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 impl<R: ContainerRuntime> Registration<R> {
     pub fn new(
         ops: Arc<Ops<R>>,
-        control_plane: &str,
+        control_planes: &[String],
         agent_address: String,
     ) -> Result<Self, RegistrationError> {
-        let endpoint = Endpoint::from_shared(control_plane.to_string())
-            .map_err(|source| RegistrationError::InvalidUrl {
-                url: control_plane.into(),
-                source,
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10));
+        let mut clients = Vec::with_capacity(control_planes.len());
+        for url in control_planes {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|source| RegistrationError::InvalidUrl {
+                    url: url.clone(),
+                    source,
+                })?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5));
+            clients.push(RegistryClient::new(endpoint.connect_lazy()));
+        }
         Ok(Self {
             ops,
-            client: RegistryClient::new(endpoint.connect_lazy()),
+            clients,
+            current: 0,
             agent_address,
         })
+    }
+
+    fn client(&mut self) -> &mut RegistryClient<Channel> {
+        &mut self.clients[self.current]
+    }
+
+    fn next_replica(&mut self) {
+        self.current = (self.current + 1) % self.clients.len();
     }
 
     /// Registers, retrying with backoff; returns the lease TTL, or None when cancelled.
@@ -64,7 +80,7 @@ impl<R: ContainerRuntime> Registration<R> {
                 docker_ok: info.docker_ok,
                 docker_error: info.docker_error,
             };
-            match self.client.register(request).await {
+            match self.client().register(request).await {
                 Ok(resp) => {
                     let ttl = resp.into_inner().lease_ttl_seconds.max(3);
                     tracing::info!(lease_ttl_seconds = ttl, "registered with the control plane");
@@ -72,6 +88,7 @@ impl<R: ContainerRuntime> Registration<R> {
                 }
                 Err(status) => {
                     tracing::warn!(error = %status, retry_in = ?backoff, "registration failed");
+                    self.next_replica();
                 }
             }
             tokio::select! {
@@ -97,7 +114,7 @@ impl<R: ContainerRuntime> Registration<R> {
                 docker_ok: info.docker_ok,
                 docker_error: info.docker_error,
             };
-            match self.client.heartbeat(request).await {
+            match self.client().heartbeat(request).await {
                 Ok(resp) if resp.get_ref().known => {}
                 Ok(_) => {
                     tracing::warn!(
@@ -110,7 +127,10 @@ impl<R: ContainerRuntime> Registration<R> {
                 }
                 // Keep heartbeating on the same schedule: if the lease runs out meanwhile, the control plane
                 // answers known=false and we register again.
-                Err(status) => tracing::warn!(error = %status, "heartbeat failed"),
+                Err(status) => {
+                    tracing::warn!(error = %status, "heartbeat failed; trying the next replica");
+                    self.next_replica();
+                }
             }
         }
     }

@@ -92,7 +92,7 @@ async fn registers_with_retry_heartbeats_and_registers_again_when_forgotten() {
         host_id: host_id.clone(),
         listen: agent_addr,
         advertise: Some("10.1.2.3:7100".into()),
-        control_plane: Some(format!("http://{cp_addr}")),
+        control_plane: vec![format!("http://{cp_addr}")],
         data_dir: Some(tmp.path().to_path_buf()),
         docker_host: None,
         addresses: vec!["10.1.2.3".into(), "192.0.2.7".into()],

@@ -151,7 +151,7 @@ async fn spawn_agent(
         host_id: host_id.to_string(),
         listen: addr,
         advertise: None,
-        control_plane: None,
+        control_plane: Vec::new(),
         data_dir: Some(data_dir.to_path_buf()),
         docker_host: None,
         addresses: vec!["127.0.0.1".into()],
