@@ -225,14 +225,16 @@ impl Reconciler {
     }
 
     /// Reachable = the host's lease is alive and its agent stream has delivered a snapshot.
-    async fn reachable_hosts(&self) -> Result<BTreeSet<String>, StoreError> {
-        let alive = self.store.host_liveness().await?;
-        Ok(self
+    /// Also returns the hosts whose lease is alive, synced or not.
+    async fn reachable_hosts(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), StoreError> {
+        let alive: BTreeSet<String> = self.store.host_liveness().await?.into_keys().collect();
+        let reachable = self
             .fleet
             .synced_hosts()
             .into_iter()
-            .filter(|h| alive.contains_key(h))
-            .collect())
+            .filter(|h| alive.contains(h))
+            .collect();
+        Ok((reachable, alive))
     }
 
     async fn reconcile_database(&self, database_id: &str) -> Result<Outcome, ReconcileError> {
@@ -247,12 +249,21 @@ impl Reconciler {
                 self.finish_canceled(&pass).await?;
                 return Ok(Outcome::Converged);
             }
-            let reachable = self.reachable_hosts().await?;
+            let (reachable, alive) = self.reachable_hosts().await?;
             self.refresh_views(&mut pass, &reachable).await?;
             let input = self.plan_input(&pass, &reachable);
             let plan = plan::plan(&input);
             if plan.is_empty() {
-                return self.converged(pass, &input).await;
+                return match unfinished(&input, &alive) {
+                    Unfinished::No => self.converged(pass, &input).await,
+                    // An event (a snapshot, a health change) will wake this worker again.
+                    Unfinished::Waiting => Ok(Outcome::Converged),
+                    Unfinished::Unreachable(hosts) => {
+                        let e = ReconcileError::Step(format!("hosts {hosts:?} are unreachable"));
+                        self.fail(&pass, &e).await?;
+                        Ok(Outcome::Converged)
+                    }
+                };
             }
             if let Err(e) = self.execute(&mut pass, plan).await {
                 self.fail(&pass, &e).await?;
@@ -579,7 +590,7 @@ impl Reconciler {
 
     /// Removes what agents still run for a database that no longer exists.
     async fn collect_orphans(&self, database_id: &str) -> Result<(), ReconcileError> {
-        let reachable = self.reachable_hosts().await?;
+        let (reachable, _) = self.reachable_hosts().await?;
         for (host, state) in self.fleet.observed(database_id) {
             if !reachable.contains(&host) {
                 continue;
@@ -1000,6 +1011,49 @@ impl Reconciler {
         self.store.put_credentials(&db.record.id, &creds).await?;
         Ok(())
     }
+}
+
+enum Unfinished {
+    No,
+    /// Something is still starting, or a live host's agent stream has not delivered its
+    /// snapshot yet: nothing to do but wait for the next event.
+    Waiting,
+    /// Desired instances sit on hosts whose lease expired.
+    Unreachable(BTreeSet<String>),
+}
+
+/// Whether an empty plan really means done: every desired instance observed running from
+/// its desired spec, and no host with work left merely out of sight.
+fn unfinished(input: &PlanInput, alive: &BTreeSet<String>) -> Unfinished {
+    let (live_but_unsynced, dead): (BTreeSet<String>, BTreeSet<String>) = input
+        .unreachable_hosts
+        .iter()
+        .cloned()
+        .partition(|h| alive.contains(h));
+    if !live_but_unsynced.is_empty() {
+        return Unfinished::Waiting;
+    }
+    let needed: BTreeSet<String> = input
+        .desired
+        .iter()
+        .map(|d| d.host_id.clone())
+        .filter(|h| dead.contains(h))
+        .collect();
+    if !input.deleting && !needed.is_empty() {
+        return Unfinished::Unreachable(needed);
+    }
+    let running = |d: &plan::DesiredInstance| {
+        input.observed.iter().any(|o| {
+            o.instance_id == d.instance_id
+                && o.host_id == d.host_id
+                && o.status == plan::ObservedStatus::Running
+                && o.spec_hash.as_deref() == Some(d.spec_hash.as_str())
+        })
+    };
+    if !input.deleting && !input.desired.iter().all(running) {
+        return Unfinished::Waiting;
+    }
+    Unfinished::No
 }
 
 fn observed_instance(
