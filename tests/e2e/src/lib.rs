@@ -123,6 +123,11 @@ pub struct Fleet {
 impl Fleet {
     /// etcd, one control plane and `agents` agents, all healthy.
     pub async fn start(agents: usize) -> Fleet {
+        Fleet::start_with(agents, 1).await
+    }
+
+    /// etcd, `replicas` control planes and `agents` agents (which know every replica), all healthy.
+    pub async fn start_with(agents: usize, replicas: usize) -> Fleet {
         docker(&["version", "--format", "{{.Server.Version}}"]);
         let prefix = format!("t{:05x}", rand::random::<u32>() & 0xfffff);
         let dir = tempfile::Builder::new()
@@ -141,7 +146,9 @@ impl Fleet {
                 .build()
                 .expect("http client"),
         };
-        fleet.add_control_plane();
+        for _ in 0..replicas.max(1) {
+            fleet.add_control_plane();
+        }
         for i in 1..=agents {
             fleet.add_agent(&format!("{}-host-{i}", fleet.prefix));
         }
@@ -171,8 +178,7 @@ impl Fleet {
         self.dir.path()
     }
 
-    /// Starts one more control-plane replica on the same etcd; returns its index.
-    pub fn add_control_plane(&mut self) -> usize {
+    fn add_control_plane(&mut self) -> usize {
         let index = self.control_planes.len();
         let (http, grpc) = (free_port(), free_port());
         let args = vec![
@@ -205,14 +211,15 @@ impl Fleet {
         index
     }
 
-    fn registry_url(&self) -> String {
-        let (proc, _) = &self.control_planes[0];
-        let grpc = proc
-            .args
+    /// Every replica's registry, as agents are told about them.
+    fn registry_urls(&self) -> String {
+        let urls: Vec<String> = self
+            .control_planes
             .iter()
-            .find_map(|a| a.strip_prefix("--grpc-listen="))
-            .expect("grpc listen");
-        format!("http://{grpc}")
+            .filter_map(|(p, _)| p.args.iter().find_map(|a| a.strip_prefix("--grpc-listen=")))
+            .map(|grpc| format!("http://{grpc}"))
+            .collect();
+        urls.join(",")
     }
 
     fn add_agent(&mut self, host_id: &str) {
@@ -220,7 +227,7 @@ impl Fleet {
         let args = vec![
             format!("--host-id={host_id}"),
             format!("--listen=127.0.0.1:{port}"),
-            format!("--control-plane={}", self.registry_url()),
+            format!("--control-plane={}", self.registry_urls()),
             format!("--data-dir={}", self.agent_data_dir(host_id).display()),
         ];
         let mut proc = Proc {
