@@ -1,0 +1,140 @@
+//! `berth-bench`: berth's benchmarks. They print markdown tables of medians and ratios and never fail on a
+//! timing; they fail only when the system under test does not work (then the table would be meaningless).
+
+mod api;
+mod converge;
+mod follow;
+mod procs;
+mod scale;
+mod specs;
+mod stats;
+mod tasks;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "berth-bench", about = "berth's benchmarks (see BENCHMARKS.md)")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+    /// Skip `cargo build --release` of the binaries the benchmarks start.
+    #[arg(long, global = true)]
+    no_build: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// A database with one node and three services over three hosts, against docker compose, swarm and raw Docker.
+    Converge {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Spec submissions per second and latency, against raw etcd transactions.
+    Api {
+        #[arg(long, default_value_t = 3000)]
+        requests: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+    /// One control plane, simulated hosts, thousands of instances.
+    Scale {
+        /// Fraction of the full size (100 hosts, 1,000 databases, 10,000 instances).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 5)]
+        updates: usize,
+        /// Record the control plane with perf while it converges and print the hottest symbols.
+        #[arg(long)]
+        profile: bool,
+    },
+    /// Clients following task logs with the cursor while tasks run.
+    Follow {
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        databases: usize,
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 50)]
+        poll_ms: u64,
+    },
+    /// All four with their defaults, scaled by --scale and --rounds.
+    All {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+}
+
+fn scale_options(scale: f64, updates: usize, profile: bool) -> scale::ScaleOptions {
+    let s = scale.clamp(0.001, 1.0);
+    scale::ScaleOptions {
+        hosts: ((100.0 * s).round() as usize).max(4),
+        databases: ((1000.0 * s).round() as usize).max(1),
+        updates,
+        profile,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.no_build {
+        procs::build_binaries()?;
+    }
+    println!(
+        "berth-bench on {} cores; absolute figures are noise on a shared machine, ratios are the result",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    match args.bench {
+        Bench::Converge { rounds } => converge::run(rounds).await?.print(),
+        Bench::Api { requests, clients } => api::run(api::ApiOptions { requests, clients })
+            .await?
+            .print(),
+        Bench::Scale {
+            scale,
+            updates,
+            profile,
+        } => scale::run(scale_options(scale, updates, profile))
+            .await?
+            .print(),
+        Bench::Follow {
+            clients,
+            databases,
+            lines,
+            interval_ms,
+            poll_ms,
+        } => follow::run(follow::FollowOptions {
+            clients,
+            databases,
+            lines_per_apply: lines,
+            line_interval_ms: interval_ms,
+            poll_ms,
+        })
+        .await?
+        .print(),
+        Bench::All { rounds, scale } => {
+            converge::run(rounds).await?.print();
+            api::run(api::ApiOptions {
+                requests: ((3000.0 * scale.clamp(0.01, 1.0)) as usize).max(64),
+                clients: 64,
+            })
+            .await?
+            .print();
+            scale::run(scale_options(scale, 5, false)).await?.print();
+            follow::run(follow::FollowOptions {
+                clients: 200,
+                databases: 20,
+                lines_per_apply: 100,
+                line_interval_ms: 50,
+                poll_ms: 50,
+            })
+            .await?
+            .print();
+        }
+    }
+    Ok(())
+}

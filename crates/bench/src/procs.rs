@@ -1,0 +1,334 @@
+//! The processes a benchmark runs: etcd, the control plane, real agents and the simulated (hollow) agent, all
+//! release builds, each killed when its handle drops, so a failed run leaves no process behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use test_support::{EtcdServer, free_port};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"))
+}
+
+/// Where the control-plane and agent binaries come from: `BERTH_BENCH_BIN_DIR` (e.g. a release build of
+/// another checkout, to benchmark a given commit), else this workspace's release build.
+fn product_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("BERTH_BENCH_BIN_DIR").map(PathBuf::from)
+}
+
+/// Builds the release binaries the benchmarks start (a no-op when they are current).
+pub fn build_binaries() -> Result<()> {
+    let mut args = vec!["build", "--release", "--bin", "berth-hollow-agent"];
+    if product_bin_dir().is_none() {
+        args.extend(["--bin", "berth-control-plane", "--bin", "berth-agent"]);
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(&args)
+        .current_dir(workspace_root())
+        .status()
+        .context("run cargo build")?;
+    if !status.success() {
+        bail!("building the release binaries failed");
+    }
+    Ok(())
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    match product_bin_dir() {
+        Some(dir) if name != "berth-hollow-agent" => dir.join(name),
+        _ => target_dir().join("release").join(name),
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(program: &Path, args: &[String], log: PathBuf) -> Result<Proc> {
+        let file = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        let child = Command::new(program)
+            .args(args)
+            .env("BERTH_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("start {}", program.display()))?;
+        Ok(Proc { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size in bytes (VmHWM), read from /proc.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// User + system CPU time consumed so far, from /proc/<pid>/stat.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(Duration::from_millis((utime + stime) * 1000 / ticks))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcd and one control plane, with a scratch dir for their files.
+pub struct Stack {
+    pub etcd: EtcdServer,
+    pub control_plane: Proc,
+    pub api: String,
+    pub registry: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+pub struct StackOptions {
+    pub reconcile: bool,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Result<Stack> {
+        let dir = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
+        let etcd = EtcdServer::start();
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let mut args = vec![
+            format!("--listen=127.0.0.1:{http_port}"),
+            format!("--grpc-listen=127.0.0.1:{grpc_port}"),
+            format!("--etcd-endpoints={}", etcd.endpoint()),
+            format!("--data-dir={}", dir.path().join("cp").display()),
+            format!("--key-file={}", dir.path().join("secret.key").display()),
+            format!(
+                "--manifest={}",
+                workspace_root()
+                    .join("specs/service-versions.local.json")
+                    .display()
+            ),
+            "--replica-id=bench".into(),
+        ];
+        if !options.reconcile {
+            args.push("--no-reconcile".into());
+        }
+        let control_plane = Proc::spawn(
+            &binary("berth-control-plane"),
+            &args,
+            dir.path().join("control-plane.log"),
+        )?;
+        let stack = Stack {
+            etcd,
+            control_plane,
+            api: format!("http://127.0.0.1:{http_port}"),
+            registry: format!("http://127.0.0.1:{grpc_port}"),
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(512)
+                .build()?,
+        };
+        stack
+            .wait_for(
+                "the control plane's API",
+                Duration::from_secs(30),
+                || async {
+                    stack
+                        .http
+                        .get(format!("{}/v1/version", stack.api))
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        Ok(stack)
+    }
+
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return Ok(v);
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "timed out after {limit:?} waiting for {what}; logs in {}",
+                    self.dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let resp = self.http.get(format!("{}{path}", self.api)).send().await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status} {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    pub async fn wait_hosts_healthy(&self, want: usize, limit: Duration) -> Result<()> {
+        self.wait_for(&format!("{want} healthy hosts"), limit, || async {
+            let hosts = self.get("/v1/hosts").await.ok()?;
+            let healthy = hosts["hosts"]
+                .as_array()?
+                .iter()
+                .filter(|h| h["status"]["state"] == "healthy")
+                .count();
+            (healthy >= want).then_some(())
+        })
+        .await
+    }
+
+    /// Sum of etcd's handled unary gRPC requests, by method, from its /metrics.
+    pub async fn etcd_requests(&self) -> Result<EtcdCounts> {
+        etcd_requests(&self.http, &self.etcd.endpoint()).await
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct EtcdCounts {
+    pub by_method: std::collections::BTreeMap<String, f64>,
+}
+
+impl EtcdCounts {
+    pub fn total(&self) -> f64 {
+        self.by_method.values().sum()
+    }
+
+    pub fn since(&self, before: &EtcdCounts) -> EtcdCounts {
+        EtcdCounts {
+            by_method: self
+                .by_method
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v - before.by_method.get(k).copied().unwrap_or(0.0),
+                    )
+                })
+                .filter(|(_, v)| *v > 0.0)
+                .collect(),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        self.by_method
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Unary requests (Range, Txn, Put, LeaseGrant, ...) count one each; streams (Watch, LeaseKeepAlive) are
+/// counted by the messages etcd received on them, since one stream carries many requests.
+pub async fn etcd_requests(http: &reqwest::Client, endpoint: &str) -> Result<EtcdCounts> {
+    let text = http
+        .get(format!("{endpoint}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut counts = EtcdCounts::default();
+    for line in text.lines() {
+        let (metric, unary) = if let Some(rest) = line.strip_prefix("grpc_server_handled_total{") {
+            (rest, true)
+        } else if let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") {
+            (rest, false)
+        } else {
+            continue;
+        };
+        let is_unary = metric.contains("grpc_type=\"unary\"");
+        if unary != is_unary {
+            continue;
+        }
+        let Some(method) = metric
+            .split("grpc_method=\"")
+            .nth(1)
+            .and_then(|m| m.split('"').next())
+        else {
+            continue;
+        };
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        *counts.by_method.entry(method.to_string()).or_default() += value;
+    }
+    Ok(counts)
+}
+
+/// The simulated agent process with `hosts` hosts registered with the stack's control plane.
+pub fn start_hollow(
+    stack: &Stack,
+    prefix: &str,
+    hosts: usize,
+    apply_log_lines: u32,
+    apply_log_interval_ms: u64,
+) -> Result<Proc> {
+    Proc::spawn(
+        &binary("berth-hollow-agent"),
+        &[
+            format!("--hosts={hosts}"),
+            format!("--host-prefix={prefix}"),
+            format!("--control-plane={}", stack.registry),
+            format!("--apply-log-lines={apply_log_lines}"),
+            format!("--apply-log-interval-ms={apply_log_interval_ms}"),
+        ],
+        stack.dir.path().join(format!("{prefix}.log")),
+    )
+}

@@ -1,0 +1,573 @@
+//! A SIMULATED berth agent for benchmarks, in the spirit of Kubernetes' kubemark "hollow" nodes.
+//!
+//! It speaks the real `agent.v1` protocol (it serves `Agent` and is a `Registry` client that registers and
+//! heartbeats), but it runs no containers and never talks to Docker: instances live in memory.
+//!
+//! - `ApplyInstance` optionally streams `apply_log.lines` log lines, then records the instance as RUNNING and
+//!   HEALTHY, emits that change on every watch stream, and returns the result. An apply whose spec hash matches
+//!   the instance already held is `UNCHANGED` and emits no change, as a real agent whose container already
+//!   matches would not see a Docker event.
+//! - `RemoveInstance` forgets the instance and emits its removal.
+//! - `ExecInstance` answers exit code 0 with empty output for any known instance. The control plane's role
+//!   creation through `psql` therefore "succeeds" without any SQL being run.
+//! - `WatchInstances` sends a snapshot first, then every change.
+//!
+//! Reported labels follow the real agent's rule (the spec's labels minus any `berth.*` key, plus the agent's
+//! own `berth.*` ownership labels), so the control plane sees what a real host would report. One process hosts
+//! any number of simulated hosts, each on its own gRPC port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agent_proto::v1::agent_server::{Agent, AgentServer};
+use agent_proto::v1::registry_client::RegistryClient;
+use agent_proto::v1::{
+    ApplyAction, ApplyEvent, ApplyInstanceRequest, ApplyResult, ExecRequest, ExecResult, Health,
+    HeartbeatRequest, HostInfo, InstanceEvent, InstanceSnapshot, InstanceState, InstanceStatus,
+    LogLine, PublishedPort, RegisterRequest, RemoveInstanceRequest, RemoveResult,
+    ResizeInstanceRequest, ResizeResult, WatchRequest, apply_event, instance_event,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+/// Version string the simulated hosts register with, so `GET /v1/hosts` shows what they are.
+pub const AGENT_VERSION: &str = concat!("hollow-", env!("CARGO_PKG_VERSION"));
+
+/// Field of every simulated apply log line: when the line left the agent, in microseconds since the Unix epoch.
+/// The follow benchmark compares it with the time a client reads the line.
+pub const EMITTED_AT_FIELD: &str = "emitted_at_us";
+/// Field of every simulated apply log line: its 1-based position in the apply's stream.
+pub const SEQ_FIELD: &str = "seq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HollowError {
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("local address: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("no registry URL given")]
+    NoRegistry,
+}
+
+/// Log lines a simulated apply streams before its result, to make tasks produce log traffic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyLog {
+    pub lines: u32,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub host_id: String,
+    /// Where this host's gRPC server listens; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Registry URLs (`http://host:port`) of the control-plane replicas; tried in turn when one fails.
+    pub registries: Vec<String>,
+    pub apply_log: ApplyLog,
+}
+
+/// Counters of what the control plane asked of a simulated host.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub applies: std::sync::atomic::AtomicU64,
+    pub unchanged_applies: std::sync::atomic::AtomicU64,
+    pub removes: std::sync::atomic::AtomicU64,
+    pub execs: std::sync::atomic::AtomicU64,
+    pub watches: std::sync::atomic::AtomicU64,
+}
+
+struct Shared {
+    host_id: String,
+    instances: Mutex<HashMap<String, InstanceState>>,
+    changes: broadcast::Sender<InstanceEvent>,
+    apply_log: ApplyLog,
+    next_port: AtomicU32,
+    counters: Arc<Counters>,
+}
+
+/// One running simulated host. Dropping it stops its server and its registration loop.
+pub struct HollowHost {
+    pub host_id: String,
+    /// The URL the control plane dials, as registered.
+    pub address: String,
+    pub counters: Arc<Counters>,
+    server: tokio::task::JoinHandle<()>,
+    registration: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HollowHost {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.registration.abort();
+    }
+}
+
+/// Starts one simulated host: binds its port, serves `agent.v1.Agent`, and registers with the registry.
+pub async fn start_host(config: HostConfig) -> Result<HollowHost, HollowError> {
+    if config.registries.is_empty() {
+        return Err(HollowError::NoRegistry);
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| HollowError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(HollowError::LocalAddr)?;
+    let address = format!("http://{local}");
+    let counters = Arc::new(Counters::default());
+    // Large enough that a control plane reading at full speed never lags; a lagging subscriber gets a snapshot.
+    let (changes, _) = broadcast::channel(4096);
+    let shared = Arc::new(Shared {
+        host_id: config.host_id.clone(),
+        instances: Mutex::new(HashMap::new()),
+        changes,
+        apply_log: config.apply_log,
+        next_port: AtomicU32::new(40_000),
+        counters: counters.clone(),
+    });
+    let service = HollowService {
+        shared: shared.clone(),
+    };
+    let server = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(AgentServer::new(service))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "hollow agent server stopped");
+        }
+    });
+    let registration = tokio::spawn(register_loop(
+        config.host_id.clone(),
+        address.clone(),
+        config.registries,
+    ));
+    Ok(HollowHost {
+        host_id: config.host_id,
+        address,
+        counters,
+        server,
+        registration,
+    })
+}
+
+/// Registers, then heartbeats every ttl/3, registering again when the control plane forgot the host (its lease
+/// expired) and moving to the next registry when a call fails: the real agent's schedule.
+async fn register_loop(host_id: String, address: String, registries: Vec<String>) {
+    let mut index = 0usize;
+    loop {
+        let url = registries[index % registries.len()].clone();
+        let Ok(mut client) = RegistryClient::connect(url.clone()).await else {
+            index += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let registered = client
+            .register(RegisterRequest {
+                host_id: host_id.clone(),
+                agent_address: address.clone(),
+                addresses: vec!["127.0.0.1".into()],
+                cpus: 2,
+                memory_bytes: 4 << 30,
+                agent_version: AGENT_VERSION.into(),
+                docker_ok: true,
+                docker_error: String::new(),
+            })
+            .await;
+        let ttl = match registered {
+            Ok(r) => r.into_inner().lease_ttl_seconds.max(3),
+            Err(status) => {
+                tracing::warn!(host_id, %url, error = %status, "register failed");
+                index += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let period = Duration::from_millis(u64::from(ttl) * 1000 / 3);
+        loop {
+            tokio::time::sleep(period).await;
+            let beat = client
+                .heartbeat(HeartbeatRequest {
+                    host_id: host_id.clone(),
+                    docker_ok: true,
+                    docker_error: String::new(),
+                })
+                .await;
+            match beat {
+                Ok(r) if r.get_ref().known => {}
+                Ok(_) => break,
+                Err(status) => {
+                    tracing::warn!(host_id, %url, error = %status, "heartbeat failed");
+                    index += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Starts `count` simulated hosts named `{prefix}-{i}` (1-based), each on its own port of `ip`.
+pub async fn start_hosts(
+    prefix: &str,
+    count: usize,
+    ip: std::net::IpAddr,
+    registries: &[String],
+    apply_log: ApplyLog,
+) -> Result<Vec<HollowHost>, HollowError> {
+    let mut hosts = Vec::with_capacity(count);
+    for i in 1..=count {
+        hosts.push(
+            start_host(HostConfig {
+                host_id: format!("{prefix}-{i}"),
+                listen: SocketAddr::new(ip, 0),
+                registries: registries.to_vec(),
+                apply_log,
+            })
+            .await?,
+        );
+    }
+    Ok(hosts)
+}
+
+/// A hash of the whole spec: any change to it means a new (simulated) container, as with the real agent.
+fn spec_hash(spec: &agent_proto::v1::InstanceSpec) -> String {
+    use prost::Message;
+    use std::hash::{Hash, Hasher};
+    // Maps encode in iteration order; sort them so equal specs hash equal.
+    let mut canonical = spec.clone();
+    let env: std::collections::BTreeMap<_, _> =
+        std::mem::take(&mut canonical.env).into_iter().collect();
+    let labels: std::collections::BTreeMap<_, _> =
+        std::mem::take(&mut canonical.labels).into_iter().collect();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    canonical.encode_to_vec().hash(&mut hasher);
+    env.hash(&mut hasher);
+    labels.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// The real agent's labelling rule: the request's labels without `berth.*` keys, then the agent's own.
+fn container_labels(
+    host_id: &str,
+    spec: &agent_proto::v1::InstanceSpec,
+    hash: &str,
+) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with("berth."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let kind = match agent_proto::v1::InstanceKind::try_from(spec.kind) {
+        Ok(agent_proto::v1::InstanceKind::Postgres) => "postgres",
+        Ok(agent_proto::v1::InstanceKind::Service) => "service",
+        _ => "unspecified",
+    };
+    for (k, v) in [
+        ("berth.host-id", host_id),
+        ("berth.instance-id", spec.instance_id.as_str()),
+        ("berth.database-id", spec.database_id.as_str()),
+        ("berth.service-id", spec.service_id.as_str()),
+        ("berth.kind", kind),
+        ("berth.spec-hash", hash),
+    ] {
+        labels.insert(k.to_string(), v.to_string());
+    }
+    for p in &spec.ports {
+        labels.insert(
+            format!("berth.port.{}", p.name),
+            p.container_port.to_string(),
+        );
+    }
+    labels
+}
+
+struct HollowService {
+    shared: Arc<Shared>,
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn unix_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
+
+impl Shared {
+    /// Records the instance as running from `spec`; returns the result and whether anything changed.
+    fn apply(&self, spec: &agent_proto::v1::InstanceSpec) -> (ApplyResult, bool) {
+        let hash = spec_hash(spec);
+        let mut instances = self.instances.lock().expect("hollow state lock");
+        if let Some(existing) = instances.get(&spec.instance_id)
+            && existing.spec_hash == hash
+        {
+            let result = ApplyResult {
+                container_id: existing.container_id.clone(),
+                image: existing.image.clone(),
+                ports: existing.ports.clone(),
+                action: ApplyAction::Unchanged as i32,
+                resize_applied: false,
+                spec_hash: hash,
+            };
+            return (result, false);
+        }
+        let recreated = instances.contains_key(&spec.instance_id);
+        let ports: Vec<PublishedPort> = spec
+            .ports
+            .iter()
+            .map(|p| PublishedPort {
+                name: p.name.clone(),
+                container_port: p.container_port,
+                host_port: match p.host_port {
+                    None => 0,
+                    Some(0) => self.next_port.fetch_add(1, Ordering::Relaxed),
+                    Some(port) => port,
+                },
+            })
+            .collect();
+        let container_id = format!("hollow-{}-{}", self.host_id, &hash[..12.min(hash.len())]);
+        let labels = container_labels(&self.host_id, spec, &hash);
+        let now = now_timestamp();
+        let state = InstanceState {
+            instance_id: spec.instance_id.clone(),
+            labels: labels.into_iter().collect(),
+            container_id: container_id.clone(),
+            image: spec.image.clone(),
+            state: InstanceStatus::Running as i32,
+            health: if spec.health_check.is_some() {
+                Health::Healthy as i32
+            } else {
+                Health::None as i32
+            },
+            ports: ports.clone(),
+            started_at: Some(now),
+            last_health_at: Some(now),
+            spec_hash: hash.clone(),
+            ..Default::default()
+        };
+        instances.insert(spec.instance_id.clone(), state.clone());
+        // Sent under the lock so that watchers see changes in the order they were made.
+        let _ = self.changes.send(InstanceEvent {
+            event: Some(instance_event::Event::Changed(state)),
+        });
+        let result = ApplyResult {
+            container_id,
+            image: spec.image.clone(),
+            ports,
+            action: if recreated {
+                ApplyAction::Recreated
+            } else {
+                ApplyAction::Created
+            } as i32,
+            resize_applied: false,
+            spec_hash: hash,
+        };
+        (result, true)
+    }
+
+    fn remove(&self, instance_id: &str) -> bool {
+        let mut instances = self.instances.lock().expect("hollow state lock");
+        let existed = instances.remove(instance_id).is_some();
+        if existed {
+            let _ = self.changes.send(InstanceEvent {
+                event: Some(instance_event::Event::RemovedInstanceId(
+                    instance_id.to_string(),
+                )),
+            });
+        }
+        existed
+    }
+
+    fn knows(&self, instance_id: &str) -> bool {
+        self.instances
+            .lock()
+            .expect("hollow state lock")
+            .contains_key(instance_id)
+    }
+
+    /// A snapshot and a subscription taken under one lock, so no change falls between them.
+    fn subscribe(&self) -> (InstanceEvent, broadcast::Receiver<InstanceEvent>) {
+        let instances = self.instances.lock().expect("hollow state lock");
+        let rx = self.changes.subscribe();
+        let snapshot = InstanceEvent {
+            event: Some(instance_event::Event::Snapshot(InstanceSnapshot {
+                instances: instances.values().cloned().collect(),
+            })),
+        };
+        (snapshot, rx)
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for HollowService {
+    type ApplyInstanceStream = ReceiverStream<Result<ApplyEvent, Status>>;
+    type RemoveInstanceStream = ReceiverStream<Result<ApplyEvent, Status>>;
+    type WatchInstancesStream = ReceiverStream<Result<InstanceEvent, Status>>;
+
+    async fn apply_instance(
+        &self,
+        request: Request<ApplyInstanceRequest>,
+    ) -> Result<Response<Self::ApplyInstanceStream>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        if spec.instance_id.is_empty() {
+            return Err(Status::invalid_argument("spec.instance_id is required"));
+        }
+        let shared = self.shared.clone();
+        shared.counters.applies.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let log = shared.apply_log;
+            for seq in 1..=log.lines {
+                if seq > 1 && !log.interval.is_zero() {
+                    tokio::time::sleep(log.interval).await;
+                }
+                let line = LogLine {
+                    timestamp: Some(now_timestamp()),
+                    message: format!("simulated apply of {}: step {seq}", spec.instance_id),
+                    fields: [
+                        (EMITTED_AT_FIELD.to_string(), unix_micros().to_string()),
+                        (SEQ_FIELD.to_string(), seq.to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                };
+                let event = ApplyEvent {
+                    event: Some(apply_event::Event::Log(line)),
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    break;
+                }
+            }
+            let (result, changed) = shared.apply(&spec);
+            if !changed {
+                shared
+                    .counters
+                    .unchanged_applies
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = tx
+                .send(Ok(ApplyEvent {
+                    event: Some(apply_event::Event::Result(result)),
+                }))
+                .await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn remove_instance(
+        &self,
+        request: Request<RemoveInstanceRequest>,
+    ) -> Result<Response<Self::RemoveInstanceStream>, Status> {
+        let request = request.into_inner();
+        self.shared.counters.removes.fetch_add(1, Ordering::Relaxed);
+        let removed = self.shared.remove(&request.instance_id);
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(ApplyEvent {
+            event: Some(apply_event::Event::Removed(RemoveResult {
+                container_removed: removed,
+                data_deleted: request.delete_data,
+            })),
+        }))
+        .await
+        .map_err(|_| Status::internal("remove stream closed"))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn resize_instance(
+        &self,
+        request: Request<ResizeInstanceRequest>,
+    ) -> Result<Response<ResizeResult>, Status> {
+        let request = request.into_inner();
+        if !self.shared.knows(&request.instance_id) {
+            return Err(Status::not_found(format!(
+                "no instance {}",
+                request.instance_id
+            )));
+        }
+        Ok(Response::new(ResizeResult { applied: true }))
+    }
+
+    async fn exec_instance(
+        &self,
+        request: Request<ExecRequest>,
+    ) -> Result<Response<ExecResult>, Status> {
+        let request = request.into_inner();
+        self.shared.counters.execs.fetch_add(1, Ordering::Relaxed);
+        if !self.shared.knows(&request.instance_id) {
+            return Err(Status::not_found(format!(
+                "no instance {}",
+                request.instance_id
+            )));
+        }
+        Ok(Response::new(ExecResult {
+            exit_code: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }))
+    }
+
+    async fn watch_instances(
+        &self,
+        _request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchInstancesStream>, Status> {
+        self.shared.counters.watches.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(256);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let (snapshot, mut changes) = shared.subscribe();
+            if tx.send(Ok(snapshot)).await.is_err() {
+                return;
+            }
+            loop {
+                let event = match changes.recv().await {
+                    Ok(event) => event,
+                    // Like a real agent that lost track of the engine: start over with a fresh snapshot.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let (snapshot, rx) = shared.subscribe();
+                        changes = rx;
+                        snapshot
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_host_info(&self, _request: Request<()>) -> Result<Response<HostInfo>, Status> {
+        Ok(Response::new(HostInfo {
+            host_id: self.shared.host_id.clone(),
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            agent_version: AGENT_VERSION.into(),
+            docker_ok: true,
+            docker_error: String::new(),
+            addresses: vec!["127.0.0.1".into()],
+        }))
+    }
+}
