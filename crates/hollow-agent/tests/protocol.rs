@@ -1,0 +1,226 @@
+//! A simulated host against a fake Registry and a real gRPC client: registration, snapshot, apply with log
+//! lines, unchanged re-apply, exec, remove.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_proto::v1::agent_client::AgentClient;
+use agent_proto::v1::registry_server::{Registry, RegistryServer};
+use agent_proto::v1::{
+    ApplyAction, ApplyInstanceRequest, ExecRequest, Health, HeartbeatRequest, HeartbeatResponse,
+    InstanceSpec, InstanceStatus, RegisterRequest, RegisterResponse, RemoveInstanceRequest,
+    WatchRequest, apply_event, instance_event,
+};
+use hollow_agent::{ApplyLog, EMITTED_AT_FIELD, HostConfig, start_host};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+#[derive(Default, Clone)]
+struct FakeRegistry {
+    registered: Arc<Mutex<Vec<RegisterRequest>>>,
+}
+
+#[tonic::async_trait]
+impl Registry for FakeRegistry {
+    async fn join(
+        &self,
+        _request: Request<agent_proto::v1::JoinRequest>,
+    ) -> Result<Response<agent_proto::v1::JoinResponse>, Status> {
+        Err(Status::unimplemented(
+            "the hollow agent registers without joining",
+        ))
+    }
+
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        self.registered.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(RegisterResponse {
+            lease_ttl_seconds: 3,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Ok(Response::new(HeartbeatResponse { known: true }))
+    }
+}
+
+fn spec(model: &str) -> InstanceSpec {
+    InstanceSpec {
+        instance_id: "db1-mcp-h1".into(),
+        database_id: "db1".into(),
+        service_id: "mcp".into(),
+        kind: agent_proto::v1::InstanceKind::Service as i32,
+        image: "berth/fixture-service:local".into(),
+        env: [("MODEL".to_string(), model.to_string())]
+            .into_iter()
+            .collect(),
+        labels: [("berth.desired-hash".to_string(), "h".to_string())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn simulated_host_speaks_the_agent_protocol() {
+    let registry = FakeRegistry::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_url = format!("http://{}", listener.local_addr().unwrap());
+    let served = registry.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(RegistryServer::new(served))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+    });
+
+    let host = start_host(HostConfig {
+        host_id: "h1".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        registries: vec![registry_url],
+        apply_log: ApplyLog {
+            lines: 3,
+            interval: Duration::from_millis(1),
+        },
+    })
+    .await
+    .unwrap();
+
+    // Registration carries the address the control plane must dial.
+    for _ in 0..100 {
+        if !registry.registered.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let registered = registry.registered.lock().unwrap()[0].clone();
+    assert_eq!(registered.host_id, "h1");
+    assert_eq!(registered.agent_address, host.address);
+    assert!(registered.agent_version.starts_with("hollow-"));
+
+    let mut client = AgentClient::connect(host.address.clone()).await.unwrap();
+    let mut watch = client
+        .watch_instances(WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    match watch.message().await.unwrap().unwrap().event {
+        Some(instance_event::Event::Snapshot(s)) => assert!(s.instances.is_empty()),
+        other => panic!("expected an empty snapshot first, got {other:?}"),
+    }
+
+    // Apply: log lines stamped with their emit time, then the result, and a RUNNING+HEALTHY change.
+    let mut apply = client
+        .apply_instance(ApplyInstanceRequest {
+            spec: Some(spec("a")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lines = 0;
+    let mut result = None;
+    while let Some(event) = apply.message().await.unwrap() {
+        match event.event {
+            Some(apply_event::Event::Log(l)) => {
+                assert!(l.fields[EMITTED_AT_FIELD].parse::<u128>().unwrap() > 0);
+                lines += 1;
+            }
+            Some(apply_event::Event::Result(r)) => result = Some(r),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(lines, 3);
+    let result = result.expect("an apply result");
+    assert_eq!(result.action, ApplyAction::Created as i32);
+    let changed = match watch.message().await.unwrap().unwrap().event {
+        Some(instance_event::Event::Changed(s)) => s,
+        other => panic!("expected a change, got {other:?}"),
+    };
+    assert_eq!(changed.state, InstanceStatus::Running as i32);
+    assert_eq!(changed.health, Health::None as i32);
+    assert_eq!(changed.labels["berth.database-id"], "db1");
+    assert_eq!(changed.labels["berth.host-id"], "h1");
+    // Like the real agent, the request's berth.* labels are not kept.
+    assert!(!changed.labels.contains_key("berth.desired-hash"));
+
+    // The same spec again: unchanged, and no event.
+    let mut again = client
+        .apply_instance(ApplyInstanceRequest {
+            spec: Some(spec("a")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut action = None;
+    while let Some(event) = again.message().await.unwrap() {
+        if let Some(apply_event::Event::Result(r)) = event.event {
+            action = Some(r.action);
+        }
+    }
+    assert_eq!(action, Some(ApplyAction::Unchanged as i32));
+    // A changed spec is a recreation.
+    let mut changed_spec = client
+        .apply_instance(ApplyInstanceRequest {
+            spec: Some(spec("b")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut action = None;
+    while let Some(event) = changed_spec.message().await.unwrap() {
+        if let Some(apply_event::Event::Result(r)) = event.event {
+            action = Some(r.action);
+        }
+    }
+    assert_eq!(action, Some(ApplyAction::Recreated as i32));
+    match watch.message().await.unwrap().unwrap().event {
+        Some(instance_event::Event::Changed(s)) => assert_eq!(s.instance_id, "db1-mcp-h1"),
+        other => panic!("expected the recreation's change, got {other:?}"),
+    }
+
+    let exec = client
+        .exec_instance(ExecRequest {
+            instance_id: "db1-mcp-h1".into(),
+            argv: vec!["psql".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(exec.exit_code, 0);
+    let unknown = client
+        .exec_instance(ExecRequest {
+            instance_id: "nope".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+
+    let mut removed = client
+        .remove_instance(RemoveInstanceRequest {
+            instance_id: "db1-mcp-h1".into(),
+            delete_data: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match removed.message().await.unwrap().unwrap().event {
+        Some(apply_event::Event::Removed(r)) => assert!(r.container_removed),
+        other => panic!("expected a removal result, got {other:?}"),
+    }
+    match watch.message().await.unwrap().unwrap().event {
+        Some(instance_event::Event::RemovedInstanceId(id)) => assert_eq!(id, "db1-mcp-h1"),
+        other => panic!("expected the removal, got {other:?}"),
+    }
+    assert_eq!(
+        host.counters
+            .applies
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
