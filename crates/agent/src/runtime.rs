@@ -241,6 +241,34 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// Engine API 1.41 does not refuse a second network of the same name, so two agents of
+    /// one engine creating a database's network at the same moment can both succeed, and the
+    /// name then resolves to neither. Every agent keeps the oldest (ties by id) and removes
+    /// the others, so they all agree without talking to each other.
+    async fn settle_duplicate_networks(&self, name: &str) -> RuntimeResult<()> {
+        let docker = self.client();
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(filters),
+        };
+        let mut same: Vec<(String, String)> = docker
+            .list_networks(Some(options))
+            .await?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .map(|n| (n.created.unwrap_or_default(), n.id.unwrap_or_default()))
+            .collect();
+        if same.len() > 1 {
+            same.sort();
+            for (_, id) in &same[1..] {
+                tracing::info!(network = name, id = %id, "removing a duplicate network");
+                // Already removed by another agent, or briefly in use: either way not ours to keep.
+                let _ = docker.remove_network(id).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Connects (lazily) to `docker_host`, or to the local default socket / DOCKER_HOST when None.
     pub fn connect(docker_host: Option<&str>) -> RuntimeResult<Self> {
         let docker = match docker_host {
@@ -578,30 +606,33 @@ impl ContainerRuntime for DockerRuntime {
         labels: &BTreeMap<String, String>,
     ) -> RuntimeResult<()> {
         let docker = self.client();
-        match docker
+        let exists = match docker
             .inspect_network(name, None::<InspectNetworkOptions>)
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => true,
             Err(e) => match RuntimeError::from(e) {
-                RuntimeError::NotFound(_) => {}
+                RuntimeError::NotFound(_) => false,
+                // "ambiguous": two agents of one engine created it at once; settled below.
+                other if other.to_string().contains("ambiguous") => true,
                 other => return Err(other),
             },
-        }
-        let request = NetworkCreateRequest {
-            name: name.to_string(),
-            driver: Some("bridge".to_string()),
-            labels: Some(labels.clone().into_iter().collect()),
-            ..Default::default()
         };
-        match docker.create_network(request).await {
-            Ok(_) => Ok(()),
-            // Another agent on the same engine created it at the same moment.
-            Err(e) => match RuntimeError::from(e) {
-                RuntimeError::Conflict(_) => Ok(()),
-                other => Err(other),
-            },
+        if !exists {
+            let request = NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".to_string()),
+                labels: Some(labels.clone().into_iter().collect()),
+                ..Default::default()
+            };
+            if let Err(e) = docker.create_network(request).await {
+                match RuntimeError::from(e) {
+                    RuntimeError::Conflict(_) => {}
+                    other => return Err(other),
+                }
+            }
         }
+        self.settle_duplicate_networks(name).await
     }
 
     async fn exec(
