@@ -11,6 +11,7 @@ pub mod registration;
 pub mod runtime;
 pub mod service;
 pub mod state;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +58,21 @@ pub struct AgentConfig {
     /// moves to the next one when a call fails. Without any, the agent runs standalone.
     #[arg(long, env = "BERTH_AGENT_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Vec<String>,
+    /// The fleet's join token, needed on the first start only (the control plane writes it to
+    /// its data dir as `join-token`).
+    #[arg(long, env = "BERTH_AGENT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(
+        long,
+        env = "BERTH_AGENT_JOIN_TOKEN_FILE",
+        conflicts_with = "join_token"
+    )]
+    pub join_token_file: Option<PathBuf>,
+    /// The fleet CA certificate (the control plane writes it to its data dir as `ca.pem`),
+    /// needed on the first start only: the agent joins only a control plane it signed.
+    #[arg(long, env = "BERTH_AGENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Where instance directories live; defaults to /var/lib/berth/agent/<host-id>.
     #[arg(long, env = "BERTH_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -94,6 +110,8 @@ pub enum AgentError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Registration(#[from] RegistrationError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -111,7 +129,7 @@ fn advertised_url(config: &AgentConfig, local: SocketAddr) -> String {
     if addr.contains("://") {
         addr
     } else {
-        format!("http://{addr}")
+        format!("https://{addr}")
     }
 }
 
@@ -166,15 +184,50 @@ pub async fn serve(
         data_dir,
         config.addresses.clone(),
     ));
-    let registration = if config.control_plane.is_empty() {
+    // With a control plane, everything is mutual TLS. Without one (a standalone agent driven
+    // directly, as its own tests do) the API is served in plain text.
+    let fleet_tls = if config.control_plane.is_empty() {
         None
     } else {
-        let reg = Registration::new(
-            ops.clone(),
+        let token = match (&config.join_token, &config.join_token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| tls::TlsError::File {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let obtained = tls::AgentTls::obtain(
+            &config.host_id,
+            &config.data_dir(),
             &config.control_plane,
-            advertised_url(&config, local),
-        )?;
-        Some(tokio::spawn(reg.run(stop.clone())))
+            token,
+            config.ca_file.as_deref(),
+            &stop,
+        )
+        .await?;
+        match obtained {
+            Some(t) => Some(t),
+            // Stopped before the control plane ever answered.
+            None => return Ok(()),
+        }
+    };
+    let registration = match &fleet_tls {
+        None => None,
+        Some(t) => {
+            let reg = Registration::new(
+                ops.clone(),
+                &config.control_plane,
+                advertised_url(&config, local),
+                t.registry_client(),
+            )?;
+            Some(tokio::spawn(reg.run(stop.clone())))
+        }
     };
 
     tracing::info!(host_id = %config.host_id, listen = %local, "agent serving");
@@ -187,8 +240,21 @@ pub async fn serve(
             closing.cancel();
         }
     };
-    let served = tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService::new(ops, hub, closing)))
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = &fleet_tls {
+        server = server.tls_config(t.server()).map_err(AgentError::Serve)?;
+    }
+    let require_cp = fleet_tls.is_some();
+    let service =
+        AgentServer::with_interceptor(AgentService::new(ops, hub, closing), move |request| {
+            if require_cp {
+                tls::require_control_plane(request)
+            } else {
+                Ok(request)
+            }
+        });
+    let served = server
+        .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await;
     stop.cancel();
@@ -201,10 +267,10 @@ pub async fn serve(
 }
 
 /// Installs the tracing subscriber: JSON lines when BERTH_LOG_FORMAT=json, human-readable otherwise;
-/// RUST_LOG filters (default info).
+/// BERTH_LOG filters (default info), as in the control plane.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("BERTH_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

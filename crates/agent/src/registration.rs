@@ -7,7 +7,7 @@ use std::time::Duration;
 use agent_proto::v1::registry_client::RegistryClient;
 use agent_proto::v1::{HeartbeatRequest, RegisterRequest};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::ops::Ops;
 use crate::runtime::ContainerRuntime;
@@ -37,10 +37,12 @@ impl<R: ContainerRuntime> Registration<R> {
         ops: Arc<Ops<R>>,
         control_planes: &[String],
         agent_address: String,
+        tls: ClientTlsConfig,
     ) -> Result<Self, RegistrationError> {
         let mut clients = Vec::with_capacity(control_planes.len());
         for url in control_planes {
-            let endpoint = Endpoint::from_shared(url.clone())
+            let endpoint = Endpoint::from_shared(crate::tls::https(url))
+                .and_then(|e| e.tls_config(tls.clone()))
                 .map_err(|source| RegistrationError::InvalidUrl {
                     url: url.clone(),
                     source,

@@ -39,6 +39,7 @@ pub struct Fleet {
     views: Arc<Mutex<HashMap<String, HostView>>>,
     conns: Arc<Mutex<HashMap<String, HostConn>>>,
     pokes: mpsc::UnboundedSender<Poke>,
+    tls: Arc<crate::tls::FleetTls>,
 }
 
 fn database_of(state: &InstanceState) -> Option<String> {
@@ -46,11 +47,12 @@ fn database_of(state: &InstanceState) -> Option<String> {
 }
 
 impl Fleet {
-    pub fn new(pokes: mpsc::UnboundedSender<Poke>) -> Self {
+    pub fn new(pokes: mpsc::UnboundedSender<Poke>, tls: Arc<crate::tls::FleetTls>) -> Self {
         Fleet {
             views: Default::default(),
             conns: Default::default(),
             pokes,
+            tls,
         }
     }
 
@@ -62,9 +64,21 @@ impl Fleet {
             if conns.contains_key(id) {
                 continue;
             }
-            let Ok(endpoint) = Endpoint::from_shared(address.clone()) else {
-                tracing::warn!(host_id = %id, %address, "agent address is not a valid URL");
-                continue;
+            // Agents are only ever spoken to over mutual TLS, whatever scheme they advertised.
+            let url = format!(
+                "https://{}",
+                address
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+            );
+            let endpoint = match Endpoint::from_shared(url)
+                .and_then(|e| e.tls_config(self.tls.agent_client(id)))
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(host_id = %id, %address, error = %e, "cannot dial this agent address");
+                    continue;
+                }
             };
             let channel = endpoint
                 .connect_timeout(Duration::from_secs(2))

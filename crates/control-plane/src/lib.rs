@@ -13,6 +13,7 @@ pub mod registry;
 pub mod settings;
 pub mod state;
 pub mod tasks;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = build_state(&settings).await?;
+    let tls = Arc::new(
+        tls::FleetTls::load(
+            &state.store,
+            &settings.data_dir,
+            settings.join_token.as_deref(),
+        )
+        .await
+        .context("fleet CA")?,
+    );
     let http = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listen on {}", settings.listen))?;
@@ -77,11 +87,14 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let leading =
-        (!settings.no_reconcile).then(|| tokio::spawn(lead(state.clone(), settings.clone())));
+    let leading = (!settings.no_reconcile)
+        .then(|| tokio::spawn(lead(state.clone(), settings.clone(), tls.clone())));
 
-    let registry = registry::RegistryService::new(state.store.clone(), settings.host_lease_ttl);
+    let registry =
+        registry::RegistryService::new(state.store.clone(), settings.host_lease_ttl, tls.clone());
     let grpc_server = tonic::transport::Server::builder()
+        .tls_config(tls.registry_server())
+        .context("registry TLS")?
         .add_service(agent_proto::registry_server::RegistryServer::new(registry))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
@@ -107,7 +120,7 @@ fn replica_id(settings: &Settings) -> String {
 
 /// Campaigns for leadership and, while leading, reconciles. Loses it gracefully: the
 /// reconciler stops, and campaigning starts again.
-async fn lead(state: AppState, settings: Settings) {
+async fn lead(state: AppState, settings: Settings, tls: Arc<tls::FleetTls>) {
     let id = replica_id(&settings);
     loop {
         let leadership = match leader::campaign(&state.store, &id, settings.leader_lease_ttl).await
@@ -124,6 +137,7 @@ async fn lead(state: AppState, settings: Settings) {
             state.store.fenced(leadership.fence.clone()),
             state.manifest.clone(),
             pokes.clone(),
+            tls.clone(),
         );
         let watcher = tokio::spawn(watch_changes(state.store.clone(), pokes.clone()));
         let mut lost = leadership.lost.clone();

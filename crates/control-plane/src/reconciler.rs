@@ -106,10 +106,11 @@ impl Reconciler {
         store: Store,
         manifest: Arc<Manifest>,
         pokes: mpsc::UnboundedSender<Poke>,
+        tls: Arc<crate::tls::FleetTls>,
     ) -> Arc<Self> {
         Arc::new(Reconciler {
             store,
-            fleet: Fleet::new(pokes.clone()),
+            fleet: Fleet::new(pokes.clone(), tls),
             manifest,
             pokes,
             workers: Mutex::default(),

@@ -3,22 +3,32 @@
 //! lease runs out, whichever replica it last talked to, and with no sweeper to run.
 
 use agent_proto::registry_server::Registry;
-use agent_proto::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use agent_proto::{
+    HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, RegisterRequest,
+    RegisterResponse,
+};
 use chrono::Utc;
 use spec::{Host, HostState, HostStatus};
+use std::sync::Arc;
 use store::Store;
 use tonic::{Request, Response, Status};
 
 use crate::hosts::liveness;
+use crate::tls::{FleetTls, caller_host_id};
 
 pub struct RegistryService {
     store: Store,
     lease_ttl: i64,
+    tls: Arc<FleetTls>,
 }
 
 impl RegistryService {
-    pub fn new(store: Store, lease_ttl: i64) -> Self {
-        RegistryService { store, lease_ttl }
+    pub fn new(store: Store, lease_ttl: i64, tls: Arc<FleetTls>) -> Self {
+        RegistryService {
+            store,
+            lease_ttl,
+            tls,
+        }
     }
 }
 
@@ -30,13 +40,48 @@ fn unavailable(e: store::StoreError) -> Status {
     }
 }
 
+/// The caller must present the certificate of the host it speaks for.
+fn authorize<T>(request: &Request<T>, host_id: &str) -> Result<(), Status> {
+    match caller_host_id(request) {
+        None => Err(Status::unauthenticated(
+            "a client certificate of the fleet is required; join first",
+        )),
+        Some(id) if id != host_id => Err(Status::permission_denied(format!(
+            "the certificate of host {id:?} cannot speak for host {host_id:?}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl Registry for RegistryService {
+    #[tracing::instrument(skip_all, fields(host_id = %request.get_ref().host_id))]
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let r = request.into_inner();
+        spec::ident::validate_id(&r.host_id)
+            .map_err(|e| Status::invalid_argument(format!("host_id: {e}")))?;
+        if !self.tls.join_token_matches(&r.join_token) {
+            tracing::warn!("join refused: wrong token");
+            return Err(Status::unauthenticated("the join token is not valid"));
+        }
+        let identity = self
+            .tls
+            .issue_agent(&r.host_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!("issued a certificate to a joining host");
+        Ok(Response::new(JoinResponse {
+            cert_pem: identity.cert_pem,
+            key_pem: identity.key_pem,
+            ca_pem: self.tls.ca_pem().to_string(),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(host_id = %request.get_ref().host_id))]
     async fn register(
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        authorize(&request, &request.get_ref().host_id)?;
         let r = request.into_inner();
         spec::ident::validate_id(&r.host_id)
             .map_err(|e| Status::invalid_argument(format!("host_id: {e}")))?;
@@ -79,6 +124,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        authorize(&request, &request.get_ref().host_id)?;
         let r = request.into_inner();
         let Some((current, lease)) = self
             .store

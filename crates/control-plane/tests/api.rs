@@ -2,124 +2,12 @@
 
 use std::time::Duration;
 
-use agent_proto::RegisterRequest;
-use agent_proto::registry_client::RegistryClient;
-use control_plane::settings::Settings;
+mod common;
+
+use common::ControlPlane;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use test_support::{EtcdServer, free_port};
-
-struct ControlPlane {
-    base: String,
-    grpc: String,
-    settings: Settings,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl ControlPlane {
-    async fn start(etcd: &EtcdServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (http, grpc) = (free_port(), free_port());
-        let settings = Settings {
-            listen: format!("127.0.0.1:{http}").parse().unwrap(),
-            grpc_listen: format!("127.0.0.1:{grpc}").parse().unwrap(),
-            etcd_endpoints: vec![etcd.endpoint()],
-            etcd_prefix: "/berth".into(),
-            data_dir: dir.path().to_path_buf(),
-            key_file: None,
-            manifest: Some(
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../../specs/service-versions.local.json"
-                )
-                .into(),
-            ),
-            host_lease_ttl: 2,
-            // The hosts registered here have no agent behind them: test the API alone.
-            no_reconcile: true,
-            leader_lease_ttl: 5,
-            replica_id: None,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let s = settings.clone();
-        tokio::spawn(async move {
-            control_plane::run(s, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("control plane runs");
-        });
-        let base = format!("http://127.0.0.1:{http}");
-        let client = reqwest::Client::new();
-        for _ in 0..100 {
-            if client
-                .get(format!("{base}/v1/version"))
-                .send()
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        ControlPlane {
-            base,
-            grpc: format!("http://127.0.0.1:{grpc}"),
-            settings,
-            stop: Some(tx),
-            _dir: dir,
-        }
-    }
-
-    async fn register(&self, host_id: &str) {
-        let mut client = RegistryClient::connect(self.grpc.clone()).await.unwrap();
-        client
-            .register(RegisterRequest {
-                host_id: host_id.into(),
-                agent_address: "http://127.0.0.1:1".into(),
-                addresses: vec!["127.0.0.1".into()],
-                cpus: 2,
-                memory_bytes: 1 << 30,
-                agent_version: "test".into(),
-                docker_ok: true,
-                docker_error: String::new(),
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let client = reqwest::Client::new();
-        let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("{method} {path}: body is not JSON: {text:?}"));
-        (status, value)
-    }
-
-    async fn store(&self) -> store::Store {
-        control_plane::build_state(&self.settings)
-            .await
-            .unwrap()
-            .store
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+use test_support::EtcdServer;
 
 const SEED: &str = r#"{
   "id": "example",

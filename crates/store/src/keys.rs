@@ -9,6 +9,7 @@
 //! | `{p}/task-logs/{db}/{task}/{entry}` | [`spec::TaskLogEntry`] | one key per line; entry ids are UUIDv7 |
 //! | `{p}/instances/{db}/{instance}` | instance record | what was applied where, and its last observed status |
 //! | `{p}/credentials/{db}` | credentials | generated passwords, sealed |
+//! | `{p}/pki` | CA and join token | sealed whole |
 //! | `{p}/leader` | replica id | under the leader's lease; its create revision fences leader writes |
 //! | `{p}/hosts/{host}` | [`spec::Host`] | written at registration, kept while the host is unreachable |
 //! | `{p}/host-alive/{host}` | liveness | attached to the host's lease: gone = unreachable |
@@ -63,6 +64,10 @@ impl Keys {
     }
     pub fn credentials(&self, db: &str) -> String {
         format!("{}/credentials/{db}", self.prefix)
+    }
+    /// The fleet CA and the join token, sealed as one document.
+    pub fn pki(&self) -> String {
+        format!("{}/pki", self.prefix)
     }
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)

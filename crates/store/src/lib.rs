@@ -595,6 +595,51 @@ impl Store {
         self.guarded_txn(vec![], vec![put]).await.map(|_| ())
     }
 
+    // ---- documents sealed whole (the fleet CA) ----
+
+    /// Stores `value` sealed at `key` unless something is there already; returns what is
+    /// stored afterwards. Replicas racing to initialise agree on the first writer's value.
+    pub async fn create_sealed_if_absent<T: Serialize + DeserializeOwned + Clone>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<T> {
+        let sealed = self
+            .secrets
+            .seal_document(&serde_json::to_value(value).expect("document serializes"));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, encode(&sealed), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.kv_client().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(value.clone());
+        }
+        let stored = resp.op_responses().into_iter().find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        let bytes = stored.ok_or(StoreError::NotFound)?;
+        let document: Value = decode(key.as_bytes(), &bytes)?;
+        let opened = self.secrets.open_document(&document)?;
+        serde_json::from_value(opened).map_err(|source| StoreError::Decode {
+            key: key.to_string(),
+            source,
+        })
+    }
+
+    /// Replaces a sealed document (an operator rotating the join token).
+    pub async fn put_sealed<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let sealed = self
+            .secrets
+            .seal_document(&serde_json::to_value(value).expect("document serializes"));
+        self.client
+            .kv_client()
+            .put(key, encode(&sealed), None)
+            .await?;
+        Ok(())
+    }
+
     // ---- hosts ----
 
     pub async fn put_host(&self, host: &Host) -> Result<()> {

@@ -104,6 +104,17 @@ impl SecretBox {
         serde_json::from_slice(&plain).map_err(|_| SealError::Open)
     }
 
+    /// Seals a whole document into one sealed value.
+    pub fn seal_document(&self, value: &Value) -> Value {
+        self.seal_value(value)
+    }
+
+    /// Opens a document sealed with [`SecretBox::seal_document`].
+    pub fn open_document(&self, value: &Value) -> Result<Value, SealError> {
+        let text = sealed_text(value).ok_or(SealError::Open)?;
+        self.open_value(&text)
+    }
+
     /// Seals, recursively, every value whose key `is_secret` says is secret.
     pub fn seal(&self, config: &mut Map<String, Value>, is_secret: &dyn Fn(&str) -> bool) {
         for (key, value) in config.iter_mut() {

@@ -149,6 +149,12 @@ impl Fleet {
         for _ in 0..replicas.max(1) {
             fleet.add_control_plane();
         }
+        // The first replica writes the fleet CA and the join token on start; agents need both.
+        fleet
+            .wait_for("the control plane's CA and join token", || async {
+                (fleet.join_token_file().exists() && fleet.ca_file().exists()).then_some(())
+            })
+            .await;
         for i in 1..=agents {
             fleet.add_agent(&format!("{}-host-{i}", fleet.prefix));
         }
@@ -229,6 +235,8 @@ impl Fleet {
             format!("--listen=127.0.0.1:{port}"),
             format!("--control-plane={}", self.registry_urls()),
             format!("--data-dir={}", self.agent_data_dir(host_id).display()),
+            format!("--join-token-file={}", self.join_token_file().display()),
+            format!("--ca-file={}", self.ca_file().display()),
         ];
         let mut proc = Proc {
             program: binary("berth-agent"),
@@ -238,6 +246,29 @@ impl Fleet {
         };
         proc.spawn();
         self.agents.insert(host_id.to_string(), proc);
+    }
+
+    pub fn join_token_file(&self) -> PathBuf {
+        self.dir.path().join("cp0").join("join-token")
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("cp0").join("ca.pem")
+    }
+
+    /// Where an agent keeps the certificate it got by joining.
+    pub fn agent_tls_dir(&self, host_id: &str) -> PathBuf {
+        self.agent_data_dir(host_id).join("tls")
+    }
+
+    /// The gRPC address an agent listens on.
+    pub fn agent_address(&self, host_id: &str) -> String {
+        let p = &self.agents[host_id];
+        p.args
+            .iter()
+            .find_map(|a| a.strip_prefix("--listen="))
+            .expect("listen")
+            .to_string()
     }
 
     pub fn agent_data_dir(&self, host_id: &str) -> PathBuf {
@@ -552,15 +583,16 @@ impl Drop for Fleet {
             }
         }
         // Networks are named after databases; this fleet's databases carry its prefix.
+        // Removed by id: a name can be ambiguous if two networks ever got it.
         if let Ok(out) = Command::new("docker")
-            .args(["network", "ls", "--format", "{{.Name}}"])
+            .args(["network", "ls", "--format", "{{.ID}} {{.Name}}"])
             .output()
         {
-            for name in String::from_utf8_lossy(&out.stdout).lines() {
-                if name.starts_with(&format!("berth-{}", self.prefix)) {
-                    let _ = Command::new("docker")
-                        .args(["network", "rm", name])
-                        .output();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((id, name)) = line.split_once(' ')
+                    && name.starts_with(&format!("berth-{}", self.prefix))
+                {
+                    let _ = Command::new("docker").args(["network", "rm", id]).output();
                 }
             }
         }

@@ -1,0 +1,138 @@
+//! Mutual TLS between the control plane and agents.
+//!
+//! The fleet CA and the join token live sealed in etcd, created by whichever replica starts
+//! first, so every replica signs with the same CA. Each replica issues itself a
+//! `control-plane.berth` certificate at start. Agents get theirs by presenting the join token
+//! once (Registry.Join); after that every call in either direction is mutually authenticated.
+//! For operators (and the dev fleet), a replica writes the CA certificate and the join token
+//! into its data dir.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use store::Store;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+#[derive(Clone, Serialize, Deserialize)]
+struct PkiDocument {
+    ca_cert_pem: String,
+    ca_key_pem: String,
+    join_token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct FleetTls {
+    authority: pki::Authority,
+    own: pki::Identity,
+    join_token: String,
+}
+
+impl FleetTls {
+    /// Loads (or, on the fleet's first start, creates) the CA and join token. A join token
+    /// given by the operator replaces the stored one.
+    pub async fn load(
+        store: &Store,
+        data_dir: &Path,
+        join_token: Option<&str>,
+    ) -> Result<FleetTls, TlsError> {
+        let fresh_ca = pki::Authority::generate()?;
+        let candidate = PkiDocument {
+            ca_cert_pem: fresh_ca.identity().cert_pem.clone(),
+            ca_key_pem: fresh_ca.identity().key_pem.clone(),
+            join_token: join_token
+                .map_or_else(crate::credentials::generate_password, str::to_string),
+        };
+        let key = store.keys().pki();
+        let mut doc: PkiDocument = store.create_sealed_if_absent(&key, &candidate).await?;
+        if let Some(token) = join_token
+            && doc.join_token != token
+        {
+            doc.join_token = token.to_string();
+            store.put_sealed(&key, &doc).await?;
+        }
+        let authority = pki::Authority::from_identity(pki::Identity {
+            cert_pem: doc.ca_cert_pem,
+            key_pem: doc.ca_key_pem,
+        });
+        let own = authority.issue_control_plane()?;
+        write_file(&data_dir.join("ca.pem"), authority.cert_pem(), 0o644)?;
+        write_file(&data_dir.join("join-token"), &doc.join_token, 0o600)?;
+        Ok(FleetTls {
+            authority,
+            own,
+            join_token: doc.join_token,
+        })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.authority.cert_pem()
+    }
+
+    /// Whether `token` is the fleet's join token, compared in constant time.
+    pub fn join_token_matches(&self, token: &str) -> bool {
+        let (a, b) = (self.join_token.as_bytes(), token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    pub fn issue_agent(&self, host_id: &str) -> Result<pki::Identity, pki::PkiError> {
+        self.authority.issue_agent(host_id)
+    }
+
+    /// The registry's server side: clients may come without a certificate (to join), and
+    /// each call checks the one they present.
+    pub fn registry_server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.own.cert_pem, &self.own.key_pem))
+            .client_ca_root(Certificate::from_pem(self.ca_pem()))
+            .client_auth_optional(true)
+    }
+
+    /// Dialing `host_id`'s agent: it must prove that exact host name, and we prove we are a
+    /// control plane.
+    pub fn agent_client(&self, host_id: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca_pem()))
+            .identity(Identity::from_pem(&self.own.cert_pem, &self.own.key_pem))
+            .domain_name(pki::agent_server_name(host_id))
+    }
+}
+
+fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| TlsError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(content.as_bytes()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The host id of the agent certificate a gRPC caller presented, if any.
+pub fn caller_host_id<T>(request: &tonic::Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    certs.first().and_then(|c| pki::peer_host_id(c.as_ref()))
+}

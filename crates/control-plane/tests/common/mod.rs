@@ -1,0 +1,189 @@
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+//! A control plane started in-process on free ports against a real etcd, and a way to join
+//! and register hosts the way agents do.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_proto::registry_client::RegistryClient;
+use agent_proto::{JoinRequest, JoinResponse, RegisterRequest};
+use control_plane::settings::Settings;
+use reqwest::StatusCode;
+use serde_json::Value;
+use test_support::{EtcdServer, free_port};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub struct ControlPlane {
+    pub base: String,
+    pub grpc: String,
+    pub settings: Settings,
+    pub data_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// A replica serving the API only: hosts registered here have no agent behind them.
+    pub async fn start(etcd: &EtcdServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, grpc) = (free_port(), free_port());
+        let settings = Settings {
+            listen: format!("127.0.0.1:{http}").parse().unwrap(),
+            grpc_listen: format!("127.0.0.1:{grpc}").parse().unwrap(),
+            etcd_endpoints: vec![etcd.endpoint()],
+            etcd_prefix: "/berth".into(),
+            data_dir: dir.path().to_path_buf(),
+            key_file: None,
+            manifest: Some(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../specs/service-versions.local.json"
+                )
+                .into(),
+            ),
+            host_lease_ttl: 2,
+            no_reconcile: true,
+            leader_lease_ttl: 5,
+            replica_id: None,
+            join_token: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let s = settings.clone();
+        tokio::spawn(async move {
+            control_plane::run(s, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("control plane runs");
+        });
+        let base = format!("http://127.0.0.1:{http}");
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client
+                .get(format!("{base}/v1/version"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ControlPlane {
+            base,
+            grpc: format!("https://127.0.0.1:{grpc}"),
+            settings,
+            data_dir: dir.path().to_path_buf(),
+            stop: Some(tx),
+            _dir: dir,
+        }
+    }
+
+    /// The fleet CA the control plane wrote into its data dir.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("ca.pem")).unwrap()
+    }
+
+    pub fn join_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("join-token")).unwrap()
+    }
+
+    /// A registry connection over TLS that trusts `ca_pem` and presents `identity`, if any.
+    pub async fn registry_with(
+        &self,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Result<RegistryClient<Channel>, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name(pki::CONTROL_PLANE_NAME);
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let channel = Endpoint::from_shared(self.grpc.clone())?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(RegistryClient::new(channel))
+    }
+
+    pub async fn registry(&self, identity: Option<&JoinResponse>) -> RegistryClient<Channel> {
+        let ca = self.ca_pem();
+        self.registry_with(
+            &ca,
+            identity.map(|i| (i.cert_pem.as_str(), i.key_pem.as_str())),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Joins as `host_id` with the fleet's token; returns the issued certificate.
+    pub async fn join(&self, host_id: &str) -> JoinResponse {
+        let request = JoinRequest {
+            host_id: host_id.into(),
+            join_token: self.join_token(),
+        };
+        self.registry(None)
+            .await
+            .join(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub fn register_request(host_id: &str) -> RegisterRequest {
+        RegisterRequest {
+            host_id: host_id.into(),
+            agent_address: "https://127.0.0.1:1".into(),
+            addresses: vec!["127.0.0.1".into()],
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            agent_version: "test".into(),
+            docker_ok: true,
+            docker_error: String::new(),
+        }
+    }
+
+    /// Joins and registers `host_id` as an agent would.
+    pub async fn register(&self, host_id: &str) {
+        let identity = self.join(host_id).await;
+        self.registry(Some(&identity))
+            .await
+            .register(Self::register_request(host_id))
+            .await
+            .unwrap();
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: body is not JSON: {text:?}"));
+        (status, value)
+    }
+
+    pub async fn store(&self) -> store::Store {
+        control_plane::build_state(&self.settings)
+            .await
+            .unwrap()
+            .store
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
