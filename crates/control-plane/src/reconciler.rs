@@ -619,8 +619,25 @@ impl Reconciler {
                 // Picked up by the next pass, which marks the task canceled.
                 return Ok(());
             }
-            let results =
-                futures::future::join_all(phase.iter().map(|step| self.run_step(pass, step))).await;
+            // Role steps run one at a time: concurrent GRANTs on one database fail with
+            // "tuple concurrently updated", and each rewrites the credentials document.
+            let roles_phase = phase
+                .iter()
+                .any(|s| matches!(s, Step::CreateRoles { .. } | Step::DropRoles { .. }));
+            let results = if roles_phase {
+                let mut results = Vec::with_capacity(phase.len());
+                for step in &phase {
+                    let result = self.run_step(pass, step).await;
+                    let failed = result.is_err();
+                    results.push(result);
+                    if failed {
+                        break;
+                    }
+                }
+                results
+            } else {
+                futures::future::join_all(phase.iter().map(|step| self.run_step(pass, step))).await
+            };
             let mut first_error = None;
             for (step, result) in phase.iter().zip(results) {
                 match result {
