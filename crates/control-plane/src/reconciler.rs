@@ -505,19 +505,7 @@ impl Reconciler {
             transition(&self.store, id, &t.task_id, TaskStatus::Completed, None).await?;
         }
         if ready && pass.db.record.state != DatabaseState::Available {
-            let record = store::DatabaseRecord {
-                state: DatabaseState::Available,
-                updated_at: Utc::now(),
-                ..pass.db.record.clone()
-            };
-            match self
-                .store
-                .put_database_record(pass.db.spec_revision, &record)
-                .await
-            {
-                Err(StoreError::Conflict) => {}
-                other => other?,
-            }
+            self.set_state(&pass, DatabaseState::Available).await?;
         }
         Ok(Outcome::Converged)
     }
@@ -539,21 +527,27 @@ impl Reconciler {
         )
         .await?;
         if pass.db.record.state != DatabaseState::Deleting {
-            let record = store::DatabaseRecord {
-                state: DatabaseState::Failed,
-                updated_at: Utc::now(),
-                ..pass.db.record.clone()
-            };
-            match self
-                .store
-                .put_database_record(pass.db.spec_revision, &record)
-                .await
-            {
-                Err(StoreError::Conflict) => {}
-                other => other?,
-            }
+            self.set_state(pass, DatabaseState::Failed).await?;
         }
         Ok(())
+    }
+
+    /// Records the database's state, unless a newer spec arrived meanwhile (its own pass will
+    /// decide the state then).
+    async fn set_state(&self, pass: &Pass, state: DatabaseState) -> Result<(), StoreError> {
+        let record = store::DatabaseRecord {
+            state,
+            updated_at: Utc::now(),
+            ..pass.db.record.clone()
+        };
+        match self
+            .store
+            .put_database_record(pass.db.spec_revision, &record)
+            .await
+        {
+            Err(StoreError::Conflict) => Ok(()),
+            other => other,
+        }
     }
 
     async fn finish_canceled(&self, pass: &Pass) -> Result<(), StoreError> {
@@ -572,19 +566,7 @@ impl Reconciler {
         )
         .await?;
         if pass.db.record.state != DatabaseState::Deleting {
-            let record = store::DatabaseRecord {
-                state: DatabaseState::Failed,
-                updated_at: Utc::now(),
-                ..pass.db.record.clone()
-            };
-            match self
-                .store
-                .put_database_record(pass.db.spec_revision, &record)
-                .await
-            {
-                Err(StoreError::Conflict) => {}
-                other => other?,
-            }
+            self.set_state(pass, DatabaseState::Failed).await?;
         }
         Ok(())
     }
@@ -766,27 +748,7 @@ impl Reconciler {
             .await
             .map_err(|s| ReconcileError::Step(s.message().to_string()))?
             .into_inner();
-        let mut result = None;
-        loop {
-            match stream.message().await {
-                Ok(Some(event)) => match event.event {
-                    Some(apply_event::Event::Log(line)) => {
-                        let mut f: Map<String, Value> = line
-                            .fields
-                            .into_iter()
-                            .map(|(k, v)| (k, json!(v)))
-                            .collect();
-                        f.insert("host_id".into(), json!(host_id));
-                        f.insert("instance_id".into(), json!(instance_id));
-                        pass.log.line(line.message, f).await?;
-                    }
-                    Some(apply_event::Event::Result(r)) => result = Some(r),
-                    _ => {}
-                },
-                Ok(None) => break,
-                Err(s) => return Err(ReconcileError::Step(s.message().to_string())),
-            }
-        }
+        let result = relay(&mut stream, &pass.log, host_id, instance_id).await?;
         let r = result.ok_or_else(|| {
             ReconcileError::Step("the agent ended the apply without a result".into())
         })?;
@@ -917,23 +879,7 @@ impl Reconciler {
             .await
             .map_err(|s| ReconcileError::Step(s.message().to_string()))?
             .into_inner();
-        loop {
-            match stream.message().await {
-                Ok(Some(event)) => {
-                    if let Some(apply_event::Event::Log(line)) = event.event {
-                        let mut f: Map<String, Value> = line
-                            .fields
-                            .into_iter()
-                            .map(|(k, v)| (k, json!(v)))
-                            .collect();
-                        f.insert("host_id".into(), json!(host_id));
-                        log.line(line.message, f).await?;
-                    }
-                }
-                Ok(None) => break,
-                Err(s) => return Err(ReconcileError::Step(s.message().to_string())),
-            }
-        }
+        relay(&mut stream, log, host_id, instance_id).await?;
         self.fleet.forget(host_id, instance_id);
         self.store
             .delete_instance(&log.database_id, instance_id)
@@ -1107,6 +1053,37 @@ fn observed_instance(
         kind,
         spec_hash: s.labels.get(DESIRED_HASH_LABEL).cloned(),
         status,
+    }
+}
+
+/// Copies an agent's progress lines into the task log, tagged with host and instance, until
+/// the stream ends; returns the apply result if the stream carried one.
+async fn relay(
+    stream: &mut tonic::Streaming<agent_proto::ApplyEvent>,
+    log: &TaskLog,
+    host_id: &str,
+    instance_id: &str,
+) -> Result<Option<agent_proto::ApplyResult>, ReconcileError> {
+    let mut result = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => match event.event {
+                Some(apply_event::Event::Log(line)) => {
+                    let mut f: Map<String, Value> = line
+                        .fields
+                        .into_iter()
+                        .map(|(k, v)| (k, json!(v)))
+                        .collect();
+                    f.insert("host_id".into(), json!(host_id));
+                    f.insert("instance_id".into(), json!(instance_id));
+                    log.line(line.message, f).await?;
+                }
+                Some(apply_event::Event::Result(r)) => result = Some(r),
+                _ => {}
+            },
+            Ok(None) => return Ok(result),
+            Err(s) => return Err(ReconcileError::Step(s.message().to_string())),
+        }
     }
 }
 
