@@ -775,6 +775,8 @@ impl Reconciler {
                 state: InstanceStatus::Running as i32,
                 health: Health::Healthy as i32,
                 ports: r.ports.clone(),
+                // The agent returned only once the instance was healthy.
+                last_health_at: Some(std::time::SystemTime::from(now).into()),
                 ..Default::default()
             },
         );
