@@ -218,7 +218,13 @@ async fn wait_healthy(docker: &Docker, names: &[String]) -> Result<()> {
             };
             let state = c.state.unwrap_or_default();
             if state.status == Some(bollard::models::ContainerStateStatusEnum::EXITED) {
-                bail!("{n} exited: {:?}", state.exit_code);
+                let logs = cli(&["logs", "--tail", "15", n]).unwrap_or_default();
+                let err = Command::new("docker")
+                    .args(["logs", "--tail", "15", n])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default();
+                bail!("{n} exited: {:?}\n{logs}{err}", state.exit_code);
             }
             if state.health.and_then(|h| h.status) != Some(HealthStatusEnum::HEALTHY) {
                 all = false;
@@ -237,10 +243,35 @@ async fn wait_healthy(docker: &Docker, names: &[String]) -> Result<()> {
 // ---------------------------------------------------------------- berth
 
 struct Berth {
-    stack: Stack,
-    _agents: Vec<Proc>,
-    hosts: Vec<String>,
     watch: TaskWatch,
+    hosts: Vec<String>,
+    /// Database ids of this run start with it (so do their networks).
+    db_prefix: String,
+    _agents: Vec<Proc>,
+    stack: Stack,
+}
+
+impl Drop for Berth {
+    /// Whatever a failed round left: the agents leave containers running when they stop.
+    fn drop(&mut self) {
+        // Agents first, so no reconcile pass brings back what is removed here.
+        self._agents.clear();
+        for h in &self.hosts {
+            if let Ok(ids) = cli(&["ps", "-aq", "--filter", &format!("label=berth.host-id={h}")]) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f", "-v"];
+                    args.extend(ids);
+                    let _ = cli(&args);
+                }
+            }
+        }
+        if let Ok(names) = cli(&["network", "ls", "--format", "{{.Name}}"]) {
+            for n in names.lines().filter(|n| n.starts_with(&format!("berth-{}", self.db_prefix))) {
+                let _ = cli(&["network", "rm", n]);
+            }
+        }
+    }
 }
 
 impl Berth {
@@ -265,10 +296,11 @@ impl Berth {
         stack.wait_hosts_healthy(3, Duration::from_secs(60)).await?;
         let watch = TaskWatch::start(&stack.etcd.endpoint(), "/berth").await?;
         Ok(Berth {
-            stack,
-            _agents: agents,
-            hosts,
             watch,
+            hosts,
+            db_prefix: format!("cv{:04x}", std::process::id() & 0xffff),
+            _agents: agents,
+            stack,
         })
     }
 
@@ -297,10 +329,19 @@ impl Berth {
             .wait_all(std::slice::from_ref(&task), LIMIT)
             .await?;
         if ended[0].status != "completed" {
+            let log = self
+                .stack
+                .get(&format!("/v1/databases/{db}/tasks/{task}/log?limit=1000"))
+                .await
+                .unwrap_or_default();
+            let lines: Vec<&str> = log["entries"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e["message"].as_str()).collect())
+                .unwrap_or_default();
             bail!(
-                "berth's create of {db} ended {}; logs in {}",
+                "berth's create of {db} ended {}; its log:\n{}",
                 ended[0].status,
-                self.stack.dir.path().display()
+                lines.join("\n")
             );
         }
         Ok(ended[0].at - started)
@@ -344,6 +385,7 @@ impl Berth {
                 self.container(2, &format!("{db}-rag-{}", self.hosts[2])),
             ),
         ];
+        std::fs::create_dir_all(into)?;
         let mut containers = Vec::new();
         for (role, name) in members {
             let c = docker
@@ -811,14 +853,30 @@ pub async fn run(rounds: usize) -> Result<Table> {
 
     let mut ours = Vec::new();
     let mut captured = None;
-    for r in 0..rounds {
-        let db = format!("cv{r}");
-        let took = berth.round(&db).await?;
-        ours.push(took.as_secs_f64());
-        if captured.is_none() {
-            captured = Some(berth.capture(&docker, &db, &dir.join("template")).await?);
+    // A create that fails is reported and not timed; the round is run again, within a bound.
+    let mut failures: Vec<String> = Vec::new();
+    for r in 0..rounds * 3 {
+        if ours.len() == rounds {
+            break;
+        }
+        let db = format!("{}-{r}", berth.db_prefix);
+        match berth.round(&db).await {
+            Ok(took) => {
+                ours.push(took.as_secs_f64());
+                if captured.is_none() {
+                    captured = Some(berth.capture(&docker, &db, &dir.join("template")).await?);
+                }
+            }
+            Err(e) => {
+                let last = e.to_string().lines().last().unwrap_or_default().to_string();
+                eprintln!("berth round {r} failed: {e}");
+                failures.push(last);
+            }
         }
         berth.delete(&db).await?;
+    }
+    if ours.len() < rounds {
+        bail!("berth converged only {} of {} rounds: {failures:?}", ours.len(), rounds);
     }
     let cap = captured.context("no round captured")?;
 
@@ -895,6 +953,14 @@ pub async fn run(rounds: usize) -> Result<Table> {
         format!("**{:.2}**", o / f),
         format!("<= 1.15: {}", verdict(o / f <= 1.15)),
     ]);
+    if !failures.is_empty() {
+        table.note(format!(
+            "berth creates that FAILED and were run again ({} of {}): {}",
+            failures.len(),
+            failures.len() + ours.len(),
+            failures.join("; ")
+        ));
+    }
     let hc = &cap.containers[1].health;
     table.note(format!(
         "every variant runs the same images, commands, environment, users, aliases and copied config files, and the same health checks (service interval {}, start period {}); health is polled every {} ms through the Engine API in every non-berth variant",

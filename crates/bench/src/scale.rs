@@ -139,11 +139,14 @@ fn perf_report(mut child: std::process::Child, data: &std::path::Path) -> String
             "--stdio",
             "--no-children",
             "--sort",
-            "dso,symbol",
+            "symbol",
             "--percent-limit",
-            "1.5",
+            "2",
+            // Callers of each hot symbol, so an inlined closure is named by the function that runs it.
             "-g",
-            "none",
+            "caller,0.5,callee,function,percent",
+            "--max-stack",
+            "12",
             "-i",
         ])
         .arg(data)
@@ -152,7 +155,8 @@ fn perf_report(mut child: std::process::Child, data: &std::path::Path) -> String
         Ok(o) => String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .take(25)
+            .map(str::trim_end)
+            .take(80)
             .collect::<Vec<_>>()
             .join("\n"),
         Err(e) => format!("perf report failed: {e}"),
@@ -192,7 +196,23 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
         .context("waiting for the creates to converge")?;
     let last = ended.iter().map(|e| e.at).max().unwrap_or(started);
     let converge = last - started;
-    let failed = ended.iter().filter(|e| e.status != "completed").count();
+    let failed: Vec<(usize, String)> = ended
+        .iter()
+        .zip(&tasks)
+        .enumerate()
+        .filter(|(_, (e, _))| e.status != "completed")
+        .map(|(i, (_, t))| (i, t.clone()))
+        .collect();
+    let mut failure_notes = Vec::new();
+    for (i, task) in failed.iter().take(3) {
+        if let Ok(t) = big
+            .stack
+            .get(&format!("/v1/databases/db-{i}/tasks/{task}"))
+            .await
+        {
+            failure_notes.push(format!("db-{i}: {} {}", t["status"], t["error"]));
+        }
+    }
     let etcd_converge = big.stack.etcd_requests().await?.since(&etcd_before);
     let cpu_converge = big
         .stack
@@ -233,7 +253,7 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
     ]);
     table.row(vec![
         "tasks not completed".into(),
-        failed.to_string(),
+        failed.len().to_string(),
         String::new(),
     ]);
     table.row(vec![
@@ -297,6 +317,12 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
         "update etcd requests: many {:?}, one {:?}",
         many.etcd, one.etcd
     ));
+    if !failure_notes.is_empty() {
+        table.note(format!(
+            "tasks that did not complete (first 3): {}",
+            failure_notes.join("; ")
+        ));
+    }
     if let Some(p) = profile {
         table.note(format!(
             "perf profile of the control plane while converging (self time, dso/symbol):\n\n```\n{p}\n```"
