@@ -267,7 +267,10 @@ impl Drop for Berth {
             }
         }
         if let Ok(names) = cli(&["network", "ls", "--format", "{{.Name}}"]) {
-            for n in names.lines().filter(|n| n.starts_with(&format!("berth-{}", self.db_prefix))) {
+            for n in names
+                .lines()
+                .filter(|n| n.starts_with(&format!("berth-{}", self.db_prefix)))
+            {
                 let _ = cli(&["network", "rm", n]);
             }
         }
@@ -876,7 +879,11 @@ pub async fn run(rounds: usize) -> Result<Table> {
         berth.delete(&db).await?;
     }
     if ours.len() < rounds {
-        bail!("berth converged only {} of {} rounds: {failures:?}", ours.len(), rounds);
+        bail!(
+            "berth converged only {} of {} rounds: {failures:?}",
+            ours.len(),
+            rounds
+        );
     }
     let cap = captured.context("no round captured")?;
 
