@@ -20,6 +20,21 @@ pub const LABEL_SERVICE_ID: &str = "berth.service-id";
 pub const LABEL_KIND: &str = "berth.kind";
 pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
 pub const LABEL_MANAGED: &str = "berth.managed";
+/// Labels only the agent sets.
+pub fn is_reserved_label(key: &str) -> bool {
+    [
+        LABEL_HOST_ID,
+        LABEL_INSTANCE_ID,
+        LABEL_DATABASE_ID,
+        LABEL_SERVICE_ID,
+        LABEL_KIND,
+        LABEL_SPEC_HASH,
+        LABEL_MANAGED,
+    ]
+    .contains(&key)
+        || key.starts_with(LABEL_PORT_PREFIX)
+}
+
 /// `berth.port.<name>` = container port: lets the state watcher name published ports from the container alone.
 pub const LABEL_PORT_PREFIX: &str = "berth.port.";
 
@@ -425,7 +440,9 @@ pub fn container_labels(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    labels.retain(|k, _| !k.starts_with("berth."));
+    // The agent's own labels cannot be forged by a request; other labels, the control
+    // plane's `berth.desired-hash` among them, pass through.
+    labels.retain(|k, _| !is_reserved_label(k));
     labels.insert(LABEL_HOST_ID.into(), host_id.into());
     labels.insert(LABEL_INSTANCE_ID.into(), spec.instance_id.clone());
     labels.insert(LABEL_DATABASE_ID.into(), spec.database_id.clone());
@@ -599,9 +616,19 @@ mod tests {
         let mut s = spec();
         s.labels.insert(LABEL_HOST_ID.into(), "someone-else".into());
         s.labels.insert("team".into(), "a".into());
+        s.labels.insert("berth.desired-hash".into(), "d".into());
+        s.labels.insert(format!("{LABEL_PORT_PREFIX}x"), "1".into());
         let labels = container_labels("h1", &s, "hash");
         assert_eq!(labels[LABEL_HOST_ID], "h1");
         assert_eq!(labels["team"], "a");
+        assert_eq!(
+            labels["berth.desired-hash"], "d",
+            "the control plane's labels pass through"
+        );
+        assert!(
+            !labels.contains_key(&format!("{LABEL_PORT_PREFIX}x")),
+            "port labels are the agent's"
+        );
         assert_eq!(
             port_names(&labels),
             BTreeMap::from([(5432, "pg".to_string())])

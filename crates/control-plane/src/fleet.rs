@@ -20,6 +20,45 @@ struct HostView {
     /// True once the current stream delivered its snapshot: only then is `instances` complete.
     synced: bool,
     instances: HashMap<String, InstanceState>,
+    /// Instance ids by database: a pass over one database must not scan the whole fleet.
+    by_database: HashMap<String, BTreeSet<String>>,
+}
+
+impl HostView {
+    fn insert(&mut self, state: InstanceState) {
+        self.remove(&state.instance_id);
+        if let Some(db) = database_of(&state) {
+            self.by_database
+                .entry(db)
+                .or_default()
+                .insert(state.instance_id.clone());
+        }
+        self.instances.insert(state.instance_id.clone(), state);
+    }
+
+    fn remove(&mut self, instance_id: &str) -> Option<InstanceState> {
+        let old = self.instances.remove(instance_id)?;
+        if let Some(db) = database_of(&old)
+            && let Some(ids) = self.by_database.get_mut(&db)
+        {
+            ids.remove(instance_id);
+            if ids.is_empty() {
+                self.by_database.remove(&db);
+            }
+        }
+        Some(old)
+    }
+
+    fn of_database<'a>(
+        &'a self,
+        database_id: &str,
+    ) -> impl Iterator<Item = &'a InstanceState> + 'a {
+        self.by_database
+            .get(database_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.instances.get(id))
+    }
 }
 
 struct HostConn {
@@ -133,9 +172,7 @@ impl Fleet {
             .iter()
             .filter(|(_, v)| v.synced)
             .flat_map(|(host, v)| {
-                v.instances
-                    .values()
-                    .filter(|s| database_of(s).as_deref() == Some(database_id))
+                v.of_database(database_id)
                     .map(move |s| (host.clone(), s.clone()))
             })
             .collect();
@@ -148,20 +185,20 @@ impl Fleet {
         let views = self.views.lock().expect("fleet lock");
         views
             .values()
-            .flat_map(|v| v.instances.values().filter_map(database_of))
+            .flat_map(|v| v.by_database.keys().cloned())
             .collect()
     }
 
     /// Records what an agent said in reply to a command, without waiting for its event.
     pub fn note(&self, host_id: &str, state: InstanceState) {
         if let Some(v) = self.views.lock().expect("fleet lock").get_mut(host_id) {
-            v.instances.insert(state.instance_id.clone(), state);
+            v.insert(state);
         }
     }
 
     pub fn forget(&self, host_id: &str, instance_id: &str) {
         if let Some(v) = self.views.lock().expect("fleet lock").get_mut(host_id) {
-            v.instances.remove(instance_id);
+            v.remove(instance_id);
         }
     }
 }
@@ -227,13 +264,16 @@ fn apply_event(
     let mut touched = BTreeSet::new();
     match event {
         Some(instance_event::Event::Snapshot(snapshot)) => {
-            touched.extend(view.instances.values().filter_map(database_of));
-            view.instances = snapshot
-                .instances
-                .into_iter()
-                .map(|s| (s.instance_id.clone(), s))
-                .collect();
-            touched.extend(view.instances.values().filter_map(database_of));
+            touched.extend(view.by_database.keys().cloned());
+            let synced = view.synced;
+            *view = HostView {
+                synced,
+                ..HostView::default()
+            };
+            for state in snapshot.instances {
+                view.insert(state);
+            }
+            touched.extend(view.by_database.keys().cloned());
             view.synced = true;
             tracing::info!(
                 host_id,
@@ -243,14 +283,52 @@ fn apply_event(
         }
         Some(instance_event::Event::Changed(state)) => {
             touched.extend(database_of(&state));
-            view.instances.insert(state.instance_id.clone(), state);
+            view.insert(state);
         }
         Some(instance_event::Event::RemovedInstanceId(id)) => {
-            if let Some(old) = view.instances.remove(&id) {
+            if let Some(old) = view.remove(&id) {
                 touched.extend(database_of(&old));
             }
         }
         None => {}
     }
     touched
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: &str, db: &str) -> InstanceState {
+        InstanceState {
+            instance_id: id.into(),
+            labels: [(DATABASE_LABEL.to_string(), db.to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_database_index_follows_inserts_moves_and_removals() {
+        let mut v = HostView::default();
+        v.insert(state("a", "db1"));
+        v.insert(state("b", "db1"));
+        v.insert(state("c", "db2"));
+        let ids = |v: &HostView, db: &str| -> Vec<String> {
+            v.of_database(db).map(|s| s.instance_id.clone()).collect()
+        };
+        assert_eq!(ids(&v, "db1"), ["a", "b"]);
+        // The same instance reported under another database moves index entries.
+        v.insert(state("b", "db2"));
+        assert_eq!(ids(&v, "db1"), ["a"]);
+        assert_eq!(ids(&v, "db2"), ["b", "c"]);
+        assert!(v.remove("a").is_some());
+        assert!(ids(&v, "db1").is_empty());
+        assert!(
+            !v.by_database.contains_key("db1"),
+            "empty entries are dropped"
+        );
+        assert!(v.remove("a").is_none());
+    }
 }

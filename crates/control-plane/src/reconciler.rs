@@ -30,7 +30,9 @@ use crate::tasks::transition;
 
 /// How often every database is reconciled even if nothing was heard: the safety net for a
 /// lost event, never the main trigger.
-pub const SAFETY_NET_PERIOD: Duration = Duration::from_secs(30);
+/// Every trigger that matters is an event (etcd watch, agent streams that resend a full
+/// snapshot on reconnect), so the sweep is rare: it costs a pass over every database.
+pub const SAFETY_NET_PERIOD: Duration = Duration::from_secs(300);
 const MAX_PASSES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,10 +143,18 @@ impl Reconciler {
             match poke {
                 Some(db) => self.poke(&db),
                 None => {
+                    // Sweeps asked for in a burst (a hundred agents reconnecting) are one sweep.
+                    let mut also = Vec::new();
+                    while let Ok(p) = pokes.try_recv() {
+                        also.extend(p);
+                    }
                     if let Err(e) = self.poke_all().await {
                         tracing::warn!(error = %e, "full reconcile sweep failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         let _ = self.pokes.send(None);
+                    }
+                    for db in also {
+                        self.poke(&db);
                     }
                 }
             }
