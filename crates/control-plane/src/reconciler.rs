@@ -926,16 +926,27 @@ impl Reconciler {
             .get(service_id)
             .map(|c| vec![c.ro_password.clone(), c.rw_password.clone()])
             .unwrap_or_default();
-        let primaries: Vec<(String, String)> = pass
-            .records
+        // Every desired primary (the planner only asks once each one runs); when dropping,
+        // also primaries that were applied, in case a node is on its way out.
+        let is_primary =
+            |k: &InstanceKind| matches!(k, InstanceKind::Postgres { primary: true, .. });
+        let mut primaries: BTreeSet<(String, String)> = pass
+            .desired
             .values()
-            .filter(|r| matches!(r.kind, InstanceKind::Postgres { primary: true, .. }))
-            .filter(|r| pass.desired.contains_key(&r.instance_id) || !create)
-            .map(|r| (r.host_id.clone(), r.instance_id.clone()))
+            .filter(|d| is_primary(&d.plan.kind))
+            .map(|d| (d.plan.host_id.clone(), d.plan.instance_id.clone()))
             .collect();
-        if create && primaries.is_empty() {
+        if !create {
+            primaries.extend(
+                pass.records
+                    .values()
+                    .filter(|r| is_primary(&r.kind))
+                    .map(|r| (r.host_id.clone(), r.instance_id.clone())),
+            );
+        }
+        if primaries.is_empty() {
             return Err(ReconcileError::Step(
-                "no Postgres primary is running yet".into(),
+                "the database has no Postgres primary".into(),
             ));
         }
         for (host_id, instance_id) in primaries {

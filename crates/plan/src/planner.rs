@@ -53,12 +53,23 @@ pub fn plan(input: &PlanInput) -> Plan {
     let mut phases: [Vec<Step>; PHASES] = Default::default();
     let mut push = |phase: Phase, step: Step| phases[phase as usize].push(step);
 
+    // Roles are made on every node's primary: they wait until each one is reachable and
+    // either runs or is applied in this plan (a primary still starting would refuse psql).
+    let mut primaries_ready = true;
     for (key, d) in &desired {
+        let is_primary = matches!(d.kind, InstanceKind::Postgres { primary: true, .. });
         if !reachable(&d.host_id) {
+            primaries_ready &= !is_primary;
             continue;
         }
-        if let Some(step) = instance_step(d, observed.get(key).copied(), applied.get(key).copied())
-        {
+        let step = instance_step(d, observed.get(key).copied(), applied.get(key).copied());
+        if is_primary {
+            let running = observed
+                .get(key)
+                .is_some_and(|o| o.status == crate::types::ObservedStatus::Running);
+            primaries_ready &= step.is_some() || running;
+        }
+        if let Some(step) = step {
             let phase = match &d.kind {
                 InstanceKind::Postgres { primary: true, .. } => Phase::PostgresPrimaries,
                 InstanceKind::Postgres { primary: false, .. } => Phase::PostgresReplicas,
@@ -93,16 +104,12 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
 
     // A service is desired as soon as one of its instances is, even on an unreachable host:
-    // roles live in the database, not on a host. But they are made (and dropped) on every
-    // node's primary, so role changes wait until every primary's host is reachable.
+    // roles live in the database, not on a host.
     let desired_services: BTreeSet<&str> = desired
         .values()
         .filter_map(|d| d.kind.service_id())
         .collect();
-    let primaries_reachable = desired
-        .values()
-        .filter(|d| matches!(d.kind, InstanceKind::Postgres { primary: true, .. }))
-        .all(|d| reachable(&d.host_id));
+    let primaries_reachable = primaries_ready;
     for service_id in &desired_services {
         if primaries_reachable && !input.roles.contains(*service_id) {
             push(

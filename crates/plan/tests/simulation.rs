@@ -300,13 +300,26 @@ fn stranded_services(input: &PlanInput) -> BTreeSet<String> {
         .collect()
 }
 
-/// Roles are made on every node's primary: they change only while all of them are reachable.
+/// Roles are made on every node's primary: they change only while each one is reachable and
+/// either runs or is applied by the same plan.
 fn roles_can_change(input: &PlanInput) -> bool {
+    let p = plan(input);
     input
         .desired
         .iter()
         .filter(|d| matches!(d.kind, InstanceKind::Postgres { primary: true, .. }))
-        .all(|d| !input.unreachable_hosts.contains(&d.host_id))
+        .all(|d| {
+            let reachable = !input.unreachable_hosts.contains(&d.host_id);
+            let running = input.observed.iter().any(|o| {
+                o.instance_id == d.instance_id
+                    && o.host_id == d.host_id
+                    && o.status == ObservedStatus::Running
+            });
+            let stepped = p
+                .steps()
+                .any(|s| s.instance_id() == Some(d.instance_id.as_str()));
+            reachable && (running || stepped)
+        })
 }
 
 fn desired_services(input: &PlanInput) -> BTreeSet<String> {
@@ -503,7 +516,7 @@ proptest! {
         if !expected.is_empty() {
             prop_assert_eq!(phases.next(), Some(&expected));
         }
-        if stranded_services(&base).contains(&service) || !roles_can_change(&base) {
+        if stranded_services(&base).contains(&service) || !roles_can_change(&changed) || !base.roles.contains(&service) {
             prop_assert_eq!(phases.next(), None, "roles stay while a container is stranded or a primary is away");
         } else {
             prop_assert_eq!(phases.next(), Some(&vec![Step::DropRoles { service_id: service.clone() }]));

@@ -474,6 +474,17 @@ fn roles() {
             vec![resize("a1", "h1", R1)],
         ),
         (
+            "roles wait while a primary is still starting",
+            false,
+            vec![
+                on("a1", "h1", "a"),
+                desired("p", "h1", pg("n1", true), "H", R1),
+            ],
+            vec![record("p", "h1", pg("n1", true), "H", R1)],
+            &[],
+            vec![resize("a1", "h1", R1)],
+        ),
+        (
             "deleting: roles are forgotten with the database, not dropped",
             true,
             vec![],
@@ -491,12 +502,18 @@ fn roles() {
             .iter()
             .filter(|d| d.host_id != "down")
             .map(|d| {
+                let starting = name.contains("still starting") && d.instance_id == "p";
+                let status = if starting {
+                    ObservedStatus::Creating
+                } else {
+                    ObservedStatus::Running
+                };
                 observed(
                     &d.instance_id,
                     &d.host_id,
                     d.kind.clone(),
                     Some("H"),
-                    ObservedStatus::Running,
+                    status,
                 )
             })
             .collect();
