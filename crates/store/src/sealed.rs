@@ -70,8 +70,14 @@ impl SecretBox {
                     std::fs::create_dir_all(dir).map_err(err)?;
                 }
                 let key: [u8; 32] = rand::random();
-                write_private(path, &key).map_err(err)?;
-                Ok(Self::from_key(key))
+                match publish_private(path, &key) {
+                    Ok(()) => Ok(Self::from_key(key)),
+                    // Another process published its key first: use that one.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load_or_create(path)
+                    }
+                    Err(e) => Err(err(e)),
+                }
             }
             Err(e) => Err(err(e)),
         }
@@ -170,17 +176,24 @@ fn is_sealed(value: &Value) -> bool {
     sealed_text(value).is_some()
 }
 
+/// Writes the key under a private temporary name, then links it into place only if no key
+/// is there yet: a process starting at the same moment never reads a half-written key, and
+/// two processes never end up with different keys.
 #[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn publish_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 #[cfg(test)]
@@ -217,6 +230,30 @@ mod tests {
             SecretBox::from_key([2; 32]).open(&mut m),
             Err(SealError::Open)
         ));
+    }
+
+    #[test]
+    fn replicas_starting_together_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let boxes: Vec<SecretBox> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| SecretBox::load_or_create(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut m = json!({"k_api_key": "v"}).as_object().unwrap().clone();
+        boxes[0].seal(&mut m, &secret);
+        for b in &boxes[1..] {
+            let mut copy = m.clone();
+            b.open(&mut copy).unwrap();
+            assert_eq!(copy["k_api_key"], "v");
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
     }
 
     #[test]
