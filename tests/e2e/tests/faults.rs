@@ -102,15 +102,24 @@ async fn a_killed_agent_turns_unreachable_and_is_reconciled_when_back() {
     );
 
     // Meanwhile, kill its container too: the restarted agent must report it and have it healed.
+    let killed = fleet.containers()[&Fleet::container_name(&h2, &id2)]
+        .0
+        .clone();
     fleet.docker_kill(&Fleet::container_name(&h2, &id2));
     let started = Instant::now();
     fleet.restart_agent(&h2);
     fleet.wait_hosts_healthy().await;
     fleet
-        .wait_for("the instance on the returning host to run", || async {
-            let s = fleet.service_instances(&db).await.remove(&id2)?;
-            (s["state"] == "running").then_some(())
-        })
+        .wait_for(
+            "the instance on the returning host to run in a new container",
+            || async {
+                let s = fleet.service_instances(&db).await.remove(&id2)?;
+                let replaced = s["status"]["container_id"]
+                    .as_str()
+                    .is_some_and(|c| c != killed);
+                (s["state"] == "running" && replaced).then_some(())
+            },
+        )
         .await;
     println!(
         "converged after the agent restart in {:?}",
