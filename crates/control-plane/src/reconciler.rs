@@ -1048,12 +1048,17 @@ fn observed_instance(
     s: &InstanceState,
     record: Option<&InstanceRecord>,
 ) -> plan::ObservedInstance {
+    let health = Health::try_from(s.health).unwrap_or(Health::Unspecified);
     let status = match InstanceStatus::try_from(s.state).unwrap_or(InstanceStatus::Unspecified) {
-        InstanceStatus::Running if Health::try_from(s.health) == Ok(Health::Unhealthy) => {
-            plan::ObservedStatus::Failed
-        }
+        InstanceStatus::Running if health == Health::Unhealthy => plan::ObservedStatus::Failed,
+        // Running but not yet healthy: Postgres may still be initialising (answering on its
+        // socket before the database exists). Nothing may build on it yet.
+        InstanceStatus::Running if health == Health::Starting => plan::ObservedStatus::Creating,
         InstanceStatus::Running => plan::ObservedStatus::Running,
-        InstanceStatus::Creating | InstanceStatus::Unspecified => plan::ObservedStatus::Creating,
+        // Created but never started: only a leader that died between the two leaves this
+        // behind, so apply it again (the agent serialises applies of one instance).
+        InstanceStatus::Creating => plan::ObservedStatus::Stopped,
+        InstanceStatus::Unspecified => plan::ObservedStatus::Creating,
         InstanceStatus::Failed => plan::ObservedStatus::Failed,
         InstanceStatus::Stopped => plan::ObservedStatus::Stopped,
         InstanceStatus::Missing => plan::ObservedStatus::Missing,
