@@ -627,6 +627,21 @@ impl Reconciler {
                     }
                 }
                 results
+            } else if pass.records.is_empty() && phase.len() > 1 {
+                // A new database's first container creates its network. Agents sharing one
+                // engine would otherwise race to create it, and Docker (API 1.41) lets both
+                // win, leaving the name ambiguous; after the first, the rest go in parallel.
+                let first = self.run_step(pass, &phase[0]).await;
+                let mut results = vec![first];
+                if results[0].is_ok() {
+                    results.extend(
+                        futures::future::join_all(
+                            phase[1..].iter().map(|step| self.run_step(pass, step)),
+                        )
+                        .await,
+                    );
+                }
+                results
             } else {
                 futures::future::join_all(phase.iter().map(|step| self.run_step(pass, step))).await
             };
