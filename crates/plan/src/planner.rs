@@ -147,6 +147,22 @@ pub fn plan(input: &PlanInput) -> Plan {
         }
     }
 
+    // A service cannot start without its roles: while they can be neither found nor made in
+    // this plan, its containers wait too (they would only fail their health check).
+    if !primaries_reachable {
+        phases[Phase::Services as usize].retain(|step| match step {
+            Step::Apply {
+                instance_id,
+                host_id,
+                ..
+            } => desired
+                .get(&(host_id.as_str(), instance_id.as_str()))
+                .and_then(|d| d.kind.service_id())
+                .is_none_or(|s| input.roles.contains(s)),
+            _ => true,
+        });
+    }
+
     let phases = phases
         .into_iter()
         .filter(|p| !p.is_empty())

@@ -322,6 +322,14 @@ fn roles_can_change(input: &PlanInput) -> bool {
         })
 }
 
+/// A service without roles waits, containers included, while its roles cannot be made.
+fn service_waits(input: &PlanInput, d: &DesiredInstance) -> bool {
+    d.kind
+        .service_id()
+        .is_some_and(|s| !input.roles.contains(s))
+        && !roles_can_change(input)
+}
+
 fn desired_services(input: &PlanInput) -> BTreeSet<String> {
     input
         .desired
@@ -370,7 +378,7 @@ proptest! {
         let reachable = |h: &String| !input.unreachable_hosts.contains(h);
         let desired: Vec<&DesiredInstance> = if input.deleting { vec![] } else { input.desired.iter().collect() };
         let desired_keys: BTreeSet<Key> = desired.iter().map(|d| (d.host_id.clone(), d.instance_id.clone())).collect();
-        for d in desired.iter().filter(|d| reachable(&d.host_id)) {
+        for d in desired.iter().filter(|d| reachable(&d.host_id) && !service_waits(&input, d)) {
             let reports: Vec<_> = next.observed.iter().filter(|o| o.host_id == d.host_id && o.instance_id == d.instance_id).collect();
             prop_assert!(!reports.is_empty(), "{} not reported", d.instance_id);
             for o in reports {
@@ -474,7 +482,8 @@ proptest! {
                 let i = RESOURCES.iter().position(|r| *r == d.resources).unwrap();
                 d.resources = RESOURCES[(i + 1) % RESOURCES.len()];
             }
-            if !base.unreachable_hosts.contains(&d.host_id) {
+            let waits = service_waits(&base, d);
+            if !base.unreachable_hosts.contains(&d.host_id) && !waits {
                 expected.insert((d.host_id.clone(), d.instance_id.clone()));
             }
         }
@@ -508,6 +517,11 @@ proptest! {
             .iter()
             .filter(|d| d.kind.service_id() == Some(service.as_str()))
             .filter(|d| !base.unreachable_hosts.contains(&d.host_id))
+            // Only what exists can be removed: a waiting service never got its containers.
+            .filter(|d| {
+                base.observed.iter().any(|o| o.instance_id == d.instance_id && o.host_id == d.host_id)
+                    || base.applied.iter().any(|r| r.instance_id == d.instance_id && r.host_id == d.host_id)
+            })
             .map(|d| Step::Remove { instance_id: d.instance_id.clone(), host_id: d.host_id.clone() })
             .collect();
         expected.sort_by(|a, b| a.instance_id().cmp(&b.instance_id()));
