@@ -110,6 +110,28 @@ impl Proc {
     }
 }
 
+pub struct Bound {
+    started: Instant,
+    what: String,
+    logs: PathBuf,
+}
+
+impl Bound {
+    pub fn check(&self) {
+        if self.started.elapsed() > CONVERGE {
+            panic!(
+                "timed out after {CONVERGE:?} waiting for {}; logs in {}",
+                self.what,
+                self.logs.display()
+            );
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 pub struct Fleet {
     pub etcd: EtcdServer,
     prefix: String,
@@ -379,18 +401,23 @@ impl Fleet {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let started = Instant::now();
+        let bound = self.bound(what);
         loop {
             if let Some(v) = check().await {
-                return (v, started.elapsed());
+                return (v, bound.elapsed());
             }
-            if started.elapsed() > CONVERGE {
-                panic!(
-                    "timed out after {CONVERGE:?} waiting for {what}; logs in {}",
-                    self.dir.path().display()
-                );
-            }
+            bound.check();
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A bound on a wait a test drives itself: [`Bound::check`] panics once [`CONVERGE`] has
+    /// passed, so a broken system fails the test instead of hanging it.
+    pub fn bound(&self, what: &str) -> Bound {
+        Bound {
+            started: Instant::now(),
+            what: what.to_string(),
+            logs: self.dir.path().to_path_buf(),
         }
     }
 
