@@ -261,24 +261,32 @@ impl Store {
         spec: &DatabaseSpec,
         task: &Task,
     ) -> Result<()> {
+        // An absent key's mod revision is 0.
+        match self.write_generation(0, record, spec, task).await? {
+            true => Ok(()),
+            false => Err(StoreError::AlreadyExists),
+        }
+    }
+
+    /// Spec, record and task of one accepted request, in one transaction, if the spec key is
+    /// still at `expected_spec_revision`.
+    async fn write_generation(
+        &self,
+        expected_spec_revision: i64,
+        record: &DatabaseRecord,
+        spec: &DatabaseSpec,
+        task: &Task,
+    ) -> Result<bool> {
         let k = &self.keys;
         let spec_key = k.database_spec(&record.id);
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                spec_key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([
-                TxnOp::put(spec_key, encode(&self.sealed_spec(spec)), None),
-                TxnOp::put(k.database_record(&record.id), encode(record), None),
-                TxnOp::put(k.task(&task.database_id, &task.task_id), encode(task), None),
-            ]);
-        if self.client.kv_client().txn(txn).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::AlreadyExists)
-        }
+        let compare =
+            Compare::mod_revision(spec_key.clone(), CompareOp::Equal, expected_spec_revision);
+        let ops = vec![
+            TxnOp::put(spec_key, encode(&self.sealed_spec(spec)), None),
+            TxnOp::put(k.database_record(&record.id), encode(record), None),
+            TxnOp::put(k.task(&task.database_id, &task.task_id), encode(task), None),
+        ];
+        self.guarded_txn(vec![compare], ops).await
     }
 
     pub async fn get_database(&self, id: &str) -> Result<Option<StoredDatabase>> {
@@ -343,23 +351,12 @@ impl Store {
         spec: &DatabaseSpec,
         task: &Task,
     ) -> Result<()> {
-        let k = &self.keys;
-        let spec_key = k.database_spec(&record.id);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                spec_key.clone(),
-                CompareOp::Equal,
-                expected_spec_revision,
-            )])
-            .and_then([
-                TxnOp::put(spec_key, encode(&self.sealed_spec(spec)), None),
-                TxnOp::put(k.database_record(&record.id), encode(record), None),
-                TxnOp::put(k.task(&task.database_id, &task.task_id), encode(task), None),
-            ]);
-        if self.client.kv_client().txn(txn).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+        match self
+            .write_generation(expected_spec_revision, record, spec, task)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(StoreError::Conflict),
         }
     }
 
