@@ -56,6 +56,9 @@ impl Keys {
     pub fn task_log_entry(&self, db: &str, task: &str, entry: &str) -> String {
         format!("{}/task-logs/{db}/{task}/{entry}", self.prefix)
     }
+    pub fn all_instances(&self) -> String {
+        format!("{}/instances/", self.prefix)
+    }
     pub fn instances(&self, db: &str) -> String {
         format!("{}/instances/{db}/", self.prefix)
     }

@@ -542,6 +542,12 @@ impl Store {
             .await
     }
 
+    /// Every instance record of every database, in one read.
+    pub async fn list_all_instances<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.range_json(&self.keys.all_instances(), GetOptions::new().with_prefix())
+            .await
+    }
+
     pub async fn put_instance<T: Serialize>(
         &self,
         db: &str,

@@ -61,6 +61,18 @@ async fn seed_example_create_update_add_remove_delete() {
             .is_none()
     );
 
+    // The listing shows the same instances as the database's own page.
+    let listed = fleet.get("/v1/databases").await;
+    let mine = listed["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == db.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(mine["service_instances"], d["service_instances"]);
+    assert_eq!(mine["instances"], d["instances"]);
+
     // Roles exist on the primary, and the key is in no container's environment.
     let pg = Fleet::container_name(&h1, &format!("{db}-n1-{h1}"));
     assert_eq!(

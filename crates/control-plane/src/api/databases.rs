@@ -49,28 +49,20 @@ async fn host_facts(app: &AppState) -> Result<HostFacts, ApiError> {
 }
 
 /// A database with what runs for it, from the leader's instance records.
-async fn full_view(
-    app: &AppState,
-    d: &StoredDatabase,
-    facts: &HostFacts,
-) -> Result<Database, ApiError> {
+fn full_view(d: &StoredDatabase, records: &[InstanceRecord], facts: &HostFacts) -> Database {
     let mut view = database_view(&d.record, &d.spec);
-    for record in app
-        .store
-        .list_instances::<InstanceRecord>(&d.record.id)
-        .await?
-    {
+    for record in records {
         let addresses = facts
             .addresses
             .get(&record.host_id)
             .cloned()
             .unwrap_or_default();
-        match api_view(&record, &facts.unreachable, &addresses) {
+        match api_view(record, &facts.unreachable, &addresses) {
             View::Postgres(i) => view.instances.push(i),
             View::Service(s) => view.service_instances.push(s),
         }
     }
-    Ok(view)
+    view
 }
 
 async fn registered_hosts(app: &AppState) -> Result<BTreeSet<String>, ApiError> {
@@ -143,12 +135,24 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     State(app): State<AppState>,
 ) -> Result<Json<ListDatabasesResponse>, ApiError> {
+    let facts = host_facts(&app).await?;
+    // One read of every instance record, not one per database.
+    let mut records: std::collections::BTreeMap<String, Vec<InstanceRecord>> = Default::default();
+    for r in app.store.list_all_instances::<InstanceRecord>().await? {
+        records.entry(r.database_id.clone()).or_default().push(r);
+    }
     let databases = app
         .store
         .list_databases()
         .await?
         .iter()
-        .map(|d| database_view(&d.record, &d.spec))
+        .map(|d| {
+            full_view(
+                d,
+                records.get(&d.record.id).map_or(&[][..], Vec::as_slice),
+                &facts,
+            )
+        })
         .collect();
     Ok(Json(ListDatabasesResponse { databases }))
 }
@@ -161,7 +165,8 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Database>, ApiError> {
     let d = stored(&app, &id).await?;
-    Ok(Json(full_view(&app, &d, &host_facts(&app).await?).await?))
+    let records = app.store.list_instances::<InstanceRecord>(&id).await?;
+    Ok(Json(full_view(&d, &records, &host_facts(&app).await?)))
 }
 
 /// Accepts a new generation of a database's spec with its task, unless another writer
