@@ -475,6 +475,7 @@ proptest! {
         let service = &services[which.index(services.len())];
         let mut changed = base.clone();
         let mut expected = BTreeSet::new();
+        let mut maybe = BTreeSet::new();
         for d in changed.desired.iter_mut().filter(|d| d.kind.service_id() == Some(service)) {
             if hash {
                 d.spec_hash = format!("{}-new", d.spec_hash);
@@ -482,7 +483,12 @@ proptest! {
                 let i = RESOURCES.iter().position(|r| *r == d.resources).unwrap();
                 d.resources = RESOURCES[(i + 1) % RESOURCES.len()];
             }
+            // A service whose roles cannot be made yet may or may not move (an Apply waits,
+            // a Resize of a running container does not); it is judged by the other checks.
             let waits = service_waits(&base, d);
+            if waits {
+                maybe.insert((d.host_id.clone(), d.instance_id.clone()));
+            }
             if !base.unreachable_hosts.contains(&d.host_id) && !waits {
                 expected.insert((d.host_id.clone(), d.instance_id.clone()));
             }
@@ -497,6 +503,7 @@ proptest! {
             }
             touched.insert(key_of_step(step).unwrap());
         }
+        let touched: BTreeSet<Key> = touched.difference(&maybe).cloned().collect();
         prop_assert_eq!(touched, expected);
         prop_assert!(plan(&simulate(&changed, &p)).is_empty());
     }
