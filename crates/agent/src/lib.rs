@@ -25,7 +25,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::Ops;
-use crate::registration::{Registration, RegistrationError};
+use crate::registration::Registration;
 use crate::runtime::{DockerRuntime, RuntimeError};
 use crate::service::AgentService;
 use crate::state::StateHub;
@@ -108,8 +108,6 @@ pub enum AgentError {
     },
     #[error("cannot set up the container engine client: {0}")]
     Runtime(#[from] RuntimeError),
-    #[error(transparent)]
-    Registration(#[from] RegistrationError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -202,7 +200,7 @@ pub async fn serve(
             ),
             (None, None) => None,
         };
-        let obtained = tls::AgentTls::obtain(
+        let obtained = tls::obtain(
             &config.host_id,
             &config.data_dir(),
             &config.control_plane,
@@ -225,7 +223,8 @@ pub async fn serve(
                 &config.control_plane,
                 advertised_url(&config, local),
                 t.registry_client(),
-            )?;
+            )
+            .map_err(tls::TlsError::from)?;
             Some(tokio::spawn(reg.run(stop.clone())))
         }
     };

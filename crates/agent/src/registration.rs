@@ -7,19 +7,10 @@ use std::time::Duration;
 use agent_proto::v1::registry_client::RegistryClient;
 use agent_proto::v1::{HeartbeatRequest, RegisterRequest};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::ops::Ops;
 use crate::runtime::ContainerRuntime;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RegistrationError {
-    #[error("invalid control plane URL {url}: {source}")]
-    InvalidUrl {
-        url: String,
-        source: tonic::transport::Error,
-    },
-}
 
 pub struct Registration<R> {
     ops: Arc<Ops<R>>,
@@ -38,18 +29,13 @@ impl<R: ContainerRuntime> Registration<R> {
         control_planes: &[String],
         agent_address: String,
         tls: ClientTlsConfig,
-    ) -> Result<Self, RegistrationError> {
+    ) -> Result<Self, agent_tls::JoinError> {
         let mut clients = Vec::with_capacity(control_planes.len());
         for url in control_planes {
-            let endpoint = Endpoint::from_shared(crate::tls::https(url))
-                .and_then(|e| e.tls_config(tls.clone()))
-                .map_err(|source| RegistrationError::InvalidUrl {
-                    url: url.clone(),
-                    source,
-                })?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5));
-            clients.push(RegistryClient::new(endpoint.connect_lazy()));
+            clients.push(RegistryClient::new(agent_tls::registry_channel(
+                url,
+                tls.clone(),
+            )?));
         }
         Ok(Self {
             ops,

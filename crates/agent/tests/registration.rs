@@ -167,7 +167,9 @@ async fn a_wrong_join_token_is_refused_and_the_agent_stops() {
     assert!(
         matches!(
             result,
-            Err(agent::AgentError::Tls(agent::tls::TlsError::Refused(_)))
+            Err(agent::AgentError::Tls(agent::tls::TlsError::Join(
+                agent::tls::JoinError::Refused(_)
+            )))
         ),
         "{:?}",
         result.err()

@@ -5,60 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_proto::v1::registry_client::RegistryClient;
-use agent_proto::v1::{HeartbeatRequest, RegisterRequest};
 use anyhow::{Context, Result, bail};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{Value, json};
 
-use crate::procs::{Stack, StackOptions};
+use crate::procs::{Stack, StackOptions, start_hollow};
 use crate::stats::{Table, fmt_opt, percentile, verdict};
 
 pub struct ApiOptions {
     pub requests: usize,
     pub clients: usize,
-}
-
-/// Hosts registered through the Registry with an address nobody serves: with `--no-reconcile` the control
-/// plane never dials them, and validation only needs them registered.
-async fn register_dummy_hosts(
-    stack: &Stack,
-    ids: &[String],
-) -> Result<tokio::task::JoinHandle<()>> {
-    let mut client = RegistryClient::connect(stack.registry.clone()).await?;
-    let mut ttl = 5;
-    for id in ids {
-        ttl = client
-            .register(RegisterRequest {
-                host_id: id.clone(),
-                agent_address: "http://127.0.0.1:9".into(),
-                addresses: vec!["127.0.0.1".into()],
-                cpus: 2,
-                memory_bytes: 4 << 30,
-                agent_version: "bench-dummy".into(),
-                docker_ok: true,
-                docker_error: String::new(),
-            })
-            .await?
-            .into_inner()
-            .lease_ttl_seconds
-            .max(3);
-    }
-    let ids = ids.to_vec();
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(u64::from(ttl) * 1000 / 3)).await;
-            for id in &ids {
-                let _ = client
-                    .heartbeat(HeartbeatRequest {
-                        host_id: id.clone(),
-                        docker_ok: true,
-                        docker_error: String::new(),
-                    })
-                    .await;
-            }
-        }
-    }))
 }
 
 pub fn create_body(id: &str, node_host: &str, service_host: &str) -> Value {
@@ -117,11 +73,10 @@ where
 
 pub async fn run(options: ApiOptions) -> Result<Table> {
     let stack = Arc::new(Stack::start(StackOptions { reconcile: false }).await?);
-    let hosts: Vec<String> = (1..=3).map(|i| format!("api-host-{i}")).collect();
-    let heartbeats = register_dummy_hosts(&stack, &hosts).await?;
-    stack
-        .wait_hosts_healthy(hosts.len(), Duration::from_secs(20))
-        .await?;
+    // Simulated hosts, joined and registered as real ones are: validation needs the hosts known, and with
+    // `--no-reconcile` nothing is ever applied to them.
+    let _hosts = start_hollow(&stack, "api-host", 3, 0, 0)?;
+    stack.wait_hosts_healthy(3, Duration::from_secs(30)).await?;
 
     // Warm-up: connections, the control plane's caches, etcd's first allocations.
     let warm = options.clients.min(options.requests);
@@ -211,7 +166,6 @@ pub async fn run(options: ApiOptions) -> Result<Table> {
     })
     .await
     .context("raw etcd transactions")?;
-    heartbeats.abort();
 
     let api_rate = options.requests as f64 / api_wall.as_secs_f64();
     let raw_rate = options.requests as f64 / raw_wall.as_secs_f64();

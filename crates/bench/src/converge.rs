@@ -285,14 +285,16 @@ impl Berth {
         let mut agents = Vec::new();
         for h in &hosts {
             let port = test_support::free_port();
+            let mut args = vec![
+                format!("--host-id={h}"),
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--control-plane={}", stack.registry),
+                format!("--data-dir={}", stack.dir.path().join(h).display()),
+            ];
+            args.extend(stack.join_args());
             agents.push(Proc::spawn(
                 &binary("berth-agent"),
-                &[
-                    format!("--host-id={h}"),
-                    format!("--listen=127.0.0.1:{port}"),
-                    format!("--control-plane={}", stack.registry),
-                    format!("--data-dir={}", stack.dir.path().join(h).display()),
-                ],
+                &args,
                 stack.dir.path().join(format!("{h}.log")),
             )?);
         }

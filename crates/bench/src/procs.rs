@@ -176,6 +176,16 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The arguments an agent needs to join this stack's fleet: the token and CA the control plane wrote to
+    /// its data dir.
+    pub fn join_args(&self) -> [String; 2] {
+        let cp = self.dir.path().join("cp");
+        [
+            format!("--join-token-file={}", cp.join("join-token").display()),
+            format!("--ca-file={}", cp.join("ca.pem").display()),
+        ]
+    }
+
     pub async fn wait_for<T, F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -320,15 +330,17 @@ pub fn start_hollow(
     apply_log_lines: u32,
     apply_log_interval_ms: u64,
 ) -> Result<Proc> {
+    let mut args = vec![
+        format!("--hosts={hosts}"),
+        format!("--host-prefix={prefix}"),
+        format!("--control-plane={}", stack.registry),
+        format!("--apply-log-lines={apply_log_lines}"),
+        format!("--apply-log-interval-ms={apply_log_interval_ms}"),
+    ];
+    args.extend(stack.join_args());
     Proc::spawn(
         &binary("berth-hollow-agent"),
-        &[
-            format!("--hosts={hosts}"),
-            format!("--host-prefix={prefix}"),
-            format!("--control-plane={}", stack.registry),
-            format!("--apply-log-lines={apply_log_lines}"),
-            format!("--apply-log-interval-ms={apply_log_interval_ms}"),
-        ],
+        &args,
         stack.dir.path().join(format!("{prefix}.log")),
     )
 }

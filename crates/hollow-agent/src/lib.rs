@@ -15,6 +15,10 @@
 //! Reported labels follow the real agent's rule (the spec's labels minus any `berth.*` key, plus the agent's
 //! own `berth.*` ownership labels), so the control plane sees what a real host would report. One process hosts
 //! any number of simulated hosts, each on its own gRPC port.
+//!
+//! Each simulated host joins the fleet as a real one does (the join token for a certificate of its host id,
+//! through `agent_tls`), serves the agent API over mutual TLS to control planes only, and registers and
+//! heartbeats as itself; its certificate is kept in memory.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,9 +34,11 @@ use agent_proto::v1::{
     LogLine, PublishedPort, RegisterRequest, RemoveInstanceRequest, RemoveResult,
     ResizeInstanceRequest, ResizeResult, WatchRequest, apply_event, instance_event,
 };
+use agent_tls::AgentTls;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Version string the simulated hosts register with, so `GET /v1/hosts` shows what they are.
@@ -55,6 +61,24 @@ pub enum HollowError {
     LocalAddr(std::io::Error),
     #[error("no registry URL given")]
     NoRegistry,
+    #[error("{host_id}: {source}")]
+    Join {
+        host_id: String,
+        source: agent_tls::JoinError,
+    },
+    #[error("{host_id}: serving TLS: {source}")]
+    Tls {
+        host_id: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// What a simulated host needs to join the fleet: the fleet's join token and the CA that signed the control
+/// plane's certificate.
+#[derive(Debug, Clone)]
+pub struct JoinWith {
+    pub token: String,
+    pub ca_pem: String,
 }
 
 /// Log lines a simulated apply streams before its result, to make tasks produce log traffic.
@@ -69,8 +93,10 @@ pub struct HostConfig {
     pub host_id: String,
     /// Where this host's gRPC server listens; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Registry URLs (`http://host:port`) of the control-plane replicas; tried in turn when one fails.
+    /// Registry URLs (`host:port`, any scheme: always TLS) of the control-plane replicas; tried in turn when
+    /// one fails.
     pub registries: Vec<String>,
+    pub join: JoinWith,
     pub apply_log: ApplyLog,
 }
 
@@ -110,11 +136,26 @@ impl Drop for HollowHost {
     }
 }
 
-/// Starts one simulated host: binds its port, serves `agent.v1.Agent`, and registers with the registry.
+/// Starts one simulated host: joins the fleet, binds its port, serves `agent.v1.Agent` over mutual TLS, and
+/// registers with the registry.
 pub async fn start_host(config: HostConfig) -> Result<HollowHost, HollowError> {
     if config.registries.is_empty() {
         return Err(HollowError::NoRegistry);
     }
+    let never = tokio_util::sync::CancellationToken::new();
+    let tls = AgentTls::join(
+        &config.host_id,
+        &config.registries,
+        &config.join.token,
+        &config.join.ca_pem,
+        &never,
+    )
+    .await
+    .map_err(|source| HollowError::Join {
+        host_id: config.host_id.clone(),
+        source,
+    })?
+    .expect("joining is never cancelled here");
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| HollowError::Bind {
@@ -122,7 +163,7 @@ pub async fn start_host(config: HostConfig) -> Result<HollowHost, HollowError> {
             source,
         })?;
     let local = listener.local_addr().map_err(HollowError::LocalAddr)?;
-    let address = format!("http://{local}");
+    let address = format!("https://{local}");
     let counters = Arc::new(Counters::default());
     // Large enough that a control plane reading at full speed never lags; a lagging subscriber gets a snapshot.
     let (changes, _) = broadcast::channel(4096);
@@ -137,19 +178,39 @@ pub async fn start_host(config: HostConfig) -> Result<HollowHost, HollowError> {
     let service = HollowService {
         shared: shared.clone(),
     };
+    let mut builder = tonic::transport::Server::builder()
+        .tls_config(tls.server())
+        .map_err(|source| HollowError::Tls {
+            host_id: config.host_id.clone(),
+            source,
+        })?;
     let server = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(AgentServer::new(service))
+        let served = builder
+            .add_service(AgentServer::with_interceptor(
+                service,
+                agent_tls::require_control_plane,
+            ))
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "hollow agent server stopped");
         }
     });
+    let mut registries = Vec::with_capacity(config.registries.len());
+    for url in &config.registries {
+        let channel =
+            agent_tls::registry_channel(url, tls.registry_client()).map_err(|source| {
+                HollowError::Join {
+                    host_id: config.host_id.clone(),
+                    source,
+                }
+            })?;
+        registries.push((url.clone(), RegistryClient::new(channel)));
+    }
     let registration = tokio::spawn(register_loop(
         config.host_id.clone(),
         address.clone(),
-        config.registries,
+        registries,
     ));
     Ok(HollowHost {
         host_id: config.host_id,
@@ -162,15 +223,16 @@ pub async fn start_host(config: HostConfig) -> Result<HollowHost, HollowError> {
 
 /// Registers, then heartbeats every ttl/3, registering again when the control plane forgot the host (its lease
 /// expired) and moving to the next registry when a call fails: the real agent's schedule.
-async fn register_loop(host_id: String, address: String, registries: Vec<String>) {
+async fn register_loop(
+    host_id: String,
+    address: String,
+    mut registries: Vec<(String, RegistryClient<Channel>)>,
+) {
     let mut index = 0usize;
     loop {
-        let url = registries[index % registries.len()].clone();
-        let Ok(mut client) = RegistryClient::connect(url.clone()).await else {
-            index += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
+        let replicas = registries.len();
+        let (url, client) = &mut registries[index % replicas];
+        let url = url.clone();
         let registered = client
             .register(RegisterRequest {
                 host_id: host_id.clone(),
@@ -215,27 +277,30 @@ async fn register_loop(host_id: String, address: String, registries: Vec<String>
     }
 }
 
-/// Starts `count` simulated hosts named `{prefix}-{i}` (1-based), each on its own port of `ip`.
+/// Starts `count` simulated hosts named `{prefix}-{i}` (1-based), each on its own port of `ip`. They join a few
+/// at a time: each join is a key generation and a signature on the control plane.
 pub async fn start_hosts(
     prefix: &str,
     count: usize,
     ip: std::net::IpAddr,
     registries: &[String],
+    join: &JoinWith,
     apply_log: ApplyLog,
 ) -> Result<Vec<HollowHost>, HollowError> {
-    let mut hosts = Vec::with_capacity(count);
-    for i in 1..=count {
-        hosts.push(
+    use futures::stream::{StreamExt, TryStreamExt};
+    futures::stream::iter(1..=count)
+        .map(|i| {
             start_host(HostConfig {
                 host_id: format!("{prefix}-{i}"),
                 listen: SocketAddr::new(ip, 0),
                 registries: registries.to_vec(),
+                join: join.clone(),
                 apply_log,
             })
-            .await?,
-        );
-    }
-    Ok(hosts)
+        })
+        .buffered(8)
+        .try_collect()
+        .await
 }
 
 /// A hash of the whole spec: any change to it means a new (simulated) container, as with the real agent.

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hollow_agent::{ApplyLog, start_hosts};
+use hollow_agent::{ApplyLog, JoinWith, start_hosts};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +23,15 @@ struct Args {
     /// Registry URLs of the control-plane replicas, comma separated.
     #[arg(long, value_delimiter = ',', required = true)]
     control_plane: Vec<String>,
+    /// The fleet's join token (the control plane writes it to its data dir as `join-token`).
+    #[arg(long, conflicts_with = "join_token_file")]
+    join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long)]
+    join_token_file: Option<std::path::PathBuf>,
+    /// The fleet CA's certificate (the control plane's data dir has it as `ca.pem`).
+    #[arg(long)]
+    ca_file: std::path::PathBuf,
     /// IP address every simulated host listens on (each on a free port).
     #[arg(long, default_value = "127.0.0.1")]
     ip: IpAddr,
@@ -48,11 +57,19 @@ async fn main() -> std::process::ExitCode {
         lines: args.apply_log_lines,
         interval: Duration::from_millis(args.apply_log_interval_ms),
     };
+    let join = match join_with(&args) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("berth-hollow-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let hosts = match start_hosts(
         &args.host_prefix,
         args.hosts,
         args.ip,
         &args.control_plane,
+        &join,
         log,
     )
     .await
@@ -79,4 +96,19 @@ async fn main() -> std::process::ExitCode {
     }
     drop(hosts);
     std::process::ExitCode::SUCCESS
+}
+
+fn join_with(args: &Args) -> Result<JoinWith, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let token = match (&args.join_token, &args.join_token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => read(path)?.trim().to_string(),
+        (None, None) => return Err("--join-token or --join-token-file is required".into()),
+    };
+    Ok(JoinWith {
+        token,
+        ca_pem: read(&args.ca_file)?,
+    })
 }

@@ -1,5 +1,6 @@
-//! A simulated host against a fake Registry and a real gRPC client: registration, snapshot, apply with log
-//! lines, unchanged re-apply, exec, remove.
+//! A simulated host against a stand-in Registry (serving TLS with a certificate of a real fleet CA, issuing
+//! certificates on join) and a real gRPC client holding a control plane's certificate: join, registration,
+//! refusal of a non-control-plane client, snapshot, apply with log lines, unchanged re-apply, exec, remove.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,12 +12,16 @@ use agent_proto::v1::{
     InstanceSpec, InstanceStatus, RegisterRequest, RegisterResponse, RemoveInstanceRequest,
     WatchRequest, apply_event, instance_event,
 };
-use hollow_agent::{ApplyLog, EMITTED_AT_FIELD, HostConfig, start_host};
+use hollow_agent::{ApplyLog, EMITTED_AT_FIELD, HostConfig, JoinWith, start_host};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct FakeRegistry {
+    ca: Arc<pki::Authority>,
+    token: String,
+    joined: Arc<Mutex<Vec<String>>>,
     registered: Arc<Mutex<Vec<RegisterRequest>>>,
 }
 
@@ -24,17 +29,32 @@ struct FakeRegistry {
 impl Registry for FakeRegistry {
     async fn join(
         &self,
-        _request: Request<agent_proto::v1::JoinRequest>,
+        request: Request<agent_proto::v1::JoinRequest>,
     ) -> Result<Response<agent_proto::v1::JoinResponse>, Status> {
-        Err(Status::unimplemented(
-            "the hollow agent registers without joining",
-        ))
+        let r = request.into_inner();
+        if r.join_token != self.token {
+            return Err(Status::unauthenticated("wrong token"));
+        }
+        let issued = self.ca.issue_agent(&r.host_id).unwrap();
+        self.joined.lock().unwrap().push(r.host_id);
+        Ok(Response::new(agent_proto::v1::JoinResponse {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+        }))
     }
 
     async fn register(
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        // As the control plane does: only a host's own certificate may register it.
+        let caller = request
+            .peer_certs()
+            .and_then(|c| c.first().and_then(|c| pki::peer_host_id(c)));
+        if caller.as_deref() != Some(request.get_ref().host_id.as_str()) {
+            return Err(Status::permission_denied("not this host's certificate"));
+        }
         self.registered.lock().unwrap().push(request.into_inner());
         Ok(Response::new(RegisterResponse {
             lease_ttl_seconds: 3,
@@ -68,12 +88,28 @@ fn spec(model: &str) -> InstanceSpec {
 
 #[tokio::test]
 async fn simulated_host_speaks_the_agent_protocol() {
-    let registry = FakeRegistry::default();
+    let ca = Arc::new(pki::Authority::generate().unwrap());
+    let control_plane = ca.issue_control_plane().unwrap();
+    let registry = FakeRegistry {
+        ca: ca.clone(),
+        token: "the-token".into(),
+        joined: Default::default(),
+        registered: Default::default(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let registry_url = format!("http://{}", listener.local_addr().unwrap());
     let served = registry.clone();
+    let server_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            &control_plane.cert_pem,
+            &control_plane.key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        .client_auth_optional(true);
     tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .tls_config(server_tls)
+            .unwrap()
             .add_service(RegistryServer::new(served))
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await
@@ -83,6 +119,10 @@ async fn simulated_host_speaks_the_agent_protocol() {
         host_id: "h1".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         registries: vec![registry_url],
+        join: JoinWith {
+            token: "the-token".into(),
+            ca_pem: ca.cert_pem().to_string(),
+        },
         apply_log: ApplyLog {
             lines: 3,
             interval: Duration::from_millis(1),
@@ -99,11 +139,30 @@ async fn simulated_host_speaks_the_agent_protocol() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let registered = registry.registered.lock().unwrap()[0].clone();
+    assert_eq!(*registry.joined.lock().unwrap(), ["h1"]);
     assert_eq!(registered.host_id, "h1");
     assert_eq!(registered.agent_address, host.address);
     assert!(registered.agent_version.starts_with("hollow-"));
 
-    let mut client = AgentClient::connect(host.address.clone()).await.unwrap();
+    // Like a real agent, it serves only a client proving a control plane's certificate.
+    let dial = |identity: &pki::Identity| {
+        Endpoint::from_shared(host.address.clone())
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+                    .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+                    .domain_name(pki::agent_server_name("h1")),
+            )
+            .unwrap()
+            .connect_lazy()
+    };
+    let other_host = ca.issue_agent("h2").unwrap();
+    let refused = AgentClient::new(dial(&other_host))
+        .watch_instances(WatchRequest {})
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let mut client = AgentClient::new(dial(&control_plane));
     let mut watch = client
         .watch_instances(WatchRequest {})
         .await
