@@ -10,11 +10,14 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{Value, json};
 
 use crate::procs::{Stack, StackOptions, start_hollow};
+use crate::profile::Profile;
 use crate::stats::{Table, fmt_opt, percentile, verdict};
 
 pub struct ApiOptions {
     pub requests: usize,
     pub clients: usize,
+    /// Sample the control plane with perf during the API run and print where its time went.
+    pub profile: bool,
 }
 
 pub fn create_body(id: &str, node_host: &str, service_host: &str) -> Value {
@@ -95,6 +98,11 @@ pub async fn run(options: ApiOptions) -> Result<Table> {
     .await
     .context("warm-up submissions")?;
 
+    let etcd_before = stack.etcd_requests().await?;
+    let perf = options
+        .profile
+        .then(|| Profile::start(stack.control_plane.pid(), stack.dir.path()))
+        .flatten();
     let s = stack.clone();
     let (api_lat, api_wall) = closed_loop(options.requests, options.clients, move |i| {
         let s = s.clone();
@@ -110,6 +118,8 @@ pub async fn run(options: ApiOptions) -> Result<Table> {
     })
     .await
     .context("API submissions")?;
+    let profile = perf.map(Profile::report);
+    let etcd_per_create = stack.etcd_requests().await?.since(&etcd_before);
 
     // The raw transactions carry values of the sizes the create just stored.
     let mut etcd = etcd_client::Client::connect([stack.etcd.endpoint()], None).await?;
@@ -208,5 +218,15 @@ pub async fn run(options: ApiOptions) -> Result<Table> {
         api_wall.as_secs_f64(),
         raw_wall.as_secs_f64()
     ));
+    table.note(format!(
+        "etcd requests per API create: {:.2} ({}); the raw path is 1 Txn",
+        etcd_per_create.total() / options.requests as f64,
+        etcd_per_create.summary()
+    ));
+    if let Some(p) = profile {
+        table.note(format!(
+            "perf profile of the control plane during the API run (self time, with callers):\n\n```\n{p}\n```"
+        ));
+    }
     Ok(table)
 }

@@ -5,6 +5,7 @@ mod api;
 mod converge;
 mod follow;
 mod procs;
+mod profile;
 mod scale;
 mod specs;
 mod stats;
@@ -31,10 +32,13 @@ enum Bench {
     },
     /// Spec submissions per second and latency, against raw etcd transactions.
     Api {
-        #[arg(long, default_value_t = 3000)]
+        #[arg(long, default_value_t = 10000)]
         requests: usize,
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// Record the control plane with perf during the API run and print where its time went.
+        #[arg(long)]
+        profile: bool,
     },
     /// One control plane, simulated hosts, thousands of instances.
     Scale {
@@ -91,9 +95,17 @@ async fn main() -> anyhow::Result<()> {
     );
     match args.bench {
         Bench::Converge { rounds } => converge::run(rounds).await?.print(),
-        Bench::Api { requests, clients } => api::run(api::ApiOptions { requests, clients })
-            .await?
-            .print(),
+        Bench::Api {
+            requests,
+            clients,
+            profile,
+        } => api::run(api::ApiOptions {
+            requests,
+            clients,
+            profile,
+        })
+        .await?
+        .print(),
         Bench::Scale {
             scale,
             updates,
@@ -119,8 +131,9 @@ async fn main() -> anyhow::Result<()> {
         Bench::All { rounds, scale } => {
             converge::run(rounds).await?.print();
             api::run(api::ApiOptions {
-                requests: ((3000.0 * scale.clamp(0.01, 1.0)) as usize).max(64),
+                requests: ((10000.0 * scale.clamp(0.01, 1.0)) as usize).max(64),
                 clients: 64,
+                profile: false,
             })
             .await?
             .print();

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 
 use crate::procs::{EtcdCounts, Proc, Stack, StackOptions, start_hollow};
+use crate::profile::Profile;
 use crate::specs::three_services;
 use crate::stats::{Table, fmt_opt, median, verdict};
 use crate::tasks::TaskWatch;
@@ -117,52 +118,6 @@ async fn updates(fleet: &Fleet, n: usize, hosts: usize) -> Result<UpdateCost> {
     Ok(cost)
 }
 
-fn perf_record(pid: u32, out: &std::path::Path) -> Option<std::process::Child> {
-    std::process::Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
-        .arg(out)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()
-}
-
-fn perf_report(mut child: std::process::Child, data: &std::path::Path) -> String {
-    // SAFETY: SIGINT to a child we spawned and have not reaped: perf writes its data and exits.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let _ = child.wait();
-    let out = std::process::Command::new("perf")
-        .args([
-            "report",
-            "--stdio",
-            "--no-children",
-            "--sort",
-            "symbol",
-            "--percent-limit",
-            "2",
-            // Callers of each hot symbol, so an inlined closure is named by the function that runs it.
-            "-g",
-            "caller,0.5,callee,function,percent",
-            "--max-stack",
-            "12",
-            "-i",
-        ])
-        .arg(data)
-        .output();
-    match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(str::trim_end)
-            .take(80)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        Err(e) => format!("perf report failed: {e}"),
-    }
-}
-
 pub async fn run(options: ScaleOptions) -> Result<Table> {
     let instances = options.databases * INSTANCES_PER_DATABASE;
 
@@ -178,10 +133,9 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
 
     let big = start_fleet(options.hosts).await?;
     let cp_pid = big.stack.control_plane.pid();
-    let perf_data = big.stack.dir.path().join("perf.data");
     let perf = options
         .profile
-        .then(|| perf_record(cp_pid, &perf_data))
+        .then(|| Profile::start(cp_pid, big.stack.dir.path()))
         .flatten();
     let etcd_before: EtcdCounts = big.stack.etcd_requests().await?;
     let cpu_before = big.stack.control_plane.cpu_time();
@@ -220,7 +174,7 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
         .cpu_time()
         .zip(cpu_before)
         .map(|(a, b)| a.saturating_sub(b));
-    let profile = perf.map(|p| perf_report(p, &perf_data));
+    let profile = perf.map(Profile::report);
     let many = updates(&big, options.updates, options.hosts).await?;
     let rss = big.stack.control_plane.peak_rss();
 

@@ -1,5 +1,8 @@
 //! Hosts: registration by agents over gRPC, liveness through etcd leases.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
 use chrono::Utc;
 use spec::{Host, HostState, HostStatus};
 use store::{HostLiveness, Store, StoreError};
@@ -42,5 +45,33 @@ pub(crate) fn liveness(docker_ok: bool, docker_error: &str) -> HostLiveness {
         docker_ok,
         docker_error: (!docker_error.is_empty()).then(|| docker_error.to_string()),
         updated_at: Utc::now(),
+    }
+}
+
+/// The ids of registered hosts, as this replica last read them, so that validating a spec does
+/// not cost a read of every host record per request (it was half the etcd requests of a create).
+///
+/// Host records are never deleted, so the set only grows: an id in the cache is certainly
+/// registered, and an id missing from it may be newly registered, which [`KnownHosts::refresh`]
+/// settles with one read. If hosts ever become removable, this needs a watch instead.
+#[derive(Clone, Default)]
+pub struct KnownHosts(Arc<RwLock<Arc<BTreeSet<String>>>>);
+
+impl KnownHosts {
+    pub fn cached(&self) -> Arc<BTreeSet<String>> {
+        self.0.read().expect("known hosts lock").clone()
+    }
+
+    /// Reads every registered host again; returns the new set.
+    pub async fn refresh(&self, store: &Store) -> Result<Arc<BTreeSet<String>>, StoreError> {
+        let ids: BTreeSet<String> = store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        let ids = Arc::new(ids);
+        *self.0.write().expect("known hosts lock") = ids.clone();
+        Ok(ids)
     }
 }

@@ -52,6 +52,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
     Ok(AppState {
         store,
         manifest: Arc::new(manifest),
+        known_hosts: Default::default(),
     })
 }
 

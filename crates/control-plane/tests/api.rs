@@ -279,6 +279,33 @@ async fn bad_input_is_a_400_naming_every_field_and_changes_nothing() {
     assert_eq!(error_paths(&body), ["limit"]);
 }
 
+/// The API keeps the registered hosts' ids in memory; a host that registers after they were
+/// read must still be accepted, and one that never registered still refused.
+#[tokio::test]
+async fn a_host_registered_after_the_last_request_is_known_to_the_next() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    cp.register("host-1").await;
+    let (status, body) = cp.call("POST", "/v1/databases", Some(SEED)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let mut spec: Value = serde_json::from_str(SEED).unwrap();
+    spec["id"] = json!("second");
+    spec["spec"]["services"][0]["host_ids"] = json!(["host-2"]);
+    let second = spec.to_string();
+    let (status, body) = cp.call("POST", "/v1/databases", Some(&second)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_paths(&body), ["spec.services[0].host_ids[0]"]);
+
+    cp.register("host-2").await;
+    let (status, body) = cp.call("POST", "/v1/databases", Some(&second)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["database"]["spec"]["services"][0]["host_ids"][0],
+        "host-2"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_updates_are_each_accepted_or_refused_with_409() {
     let etcd = EtcdServer::start();

@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use chrono::Utc;
 use spec::parse::{ValidationContext, parse_create_request, parse_update_request};
 use spec::{
-    CreateDatabaseResponse, Database, DatabaseSpec, DatabaseState, ListDatabasesResponse, Task,
-    TaskType,
+    CreateDatabaseResponse, Database, DatabaseSpec, DatabaseState, InvalidInput,
+    ListDatabasesResponse, Task, TaskType,
 };
 use store::{DatabaseRecord, StoreError, StoredDatabase};
 
@@ -65,14 +65,23 @@ fn full_view(d: &StoredDatabase, records: &[InstanceRecord], facts: &HostFacts) 
     view
 }
 
-async fn registered_hosts(app: &AppState) -> Result<BTreeSet<String>, ApiError> {
-    Ok(app
-        .store
-        .list_hosts()
-        .await?
-        .into_iter()
-        .map(|h| h.id)
-        .collect())
+/// Parses a request against the registered hosts: the cached set first, and only when that
+/// fails, the set read afresh (a host named in the request may have just registered).
+async fn parse_with_hosts<T>(
+    app: &AppState,
+    parse: impl Fn(&BTreeSet<String>) -> Result<T, InvalidInput>,
+) -> Result<T, ApiError> {
+    let cached = app.known_hosts.cached();
+    match parse(&cached) {
+        Ok(parsed) => Ok(parsed),
+        Err(invalid) => {
+            let fresh = app.known_hosts.refresh(&app.store).await?;
+            if fresh.len() == cached.len() {
+                return Err(ApiError::InvalidInput(invalid));
+            }
+            parse(&fresh).map_err(ApiError::InvalidInput)
+        }
+    }
 }
 
 async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
@@ -92,13 +101,15 @@ pub(crate) async fn create(
     body: Bytes,
 ) -> Result<Json<CreateDatabaseResponse>, ApiError> {
     let body = json_body(&body)?;
-    let hosts = registered_hosts(&app).await?;
-    let ctx = ValidationContext {
-        manifest: &app.manifest,
-        known_hosts: Some(&hosts),
-        previous: None,
-    };
-    let request = parse_create_request(&body, &ctx).map_err(ApiError::InvalidInput)?;
+    let request = parse_with_hosts(&app, |hosts| {
+        let ctx = ValidationContext {
+            manifest: &app.manifest,
+            known_hosts: Some(hosts),
+            previous: None,
+        };
+        parse_create_request(&body, &ctx)
+    })
+    .await?;
     let id = request
         .id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -222,13 +233,15 @@ pub(crate) async fn update(
             "database {id:?} is being deleted"
         )));
     }
-    let hosts = registered_hosts(&app).await?;
-    let ctx = ValidationContext {
-        manifest: &app.manifest,
-        known_hosts: Some(&hosts),
-        previous: Some(&current.spec),
-    };
-    let spec = parse_update_request(&body, &ctx).map_err(ApiError::InvalidInput)?;
+    let spec = parse_with_hosts(&app, |hosts| {
+        let ctx = ValidationContext {
+            manifest: &app.manifest,
+            known_hosts: Some(hosts),
+            previous: Some(&current.spec),
+        };
+        parse_update_request(&body, &ctx)
+    })
+    .await?;
     let (record, task) = write_generation(
         &app,
         &current,
