@@ -118,6 +118,24 @@ fn or_default(ms: u64, default: Duration) -> Duration {
     }
 }
 
+/// How often the agent runs a starting container's health check itself.
+const START_PROBE_PERIOD: Duration = Duration::from_millis(200);
+/// A start probe that takes longer is counted as failed; the engine's own check still decides.
+const START_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health check as a command to exec: Docker's `CMD` form runs its arguments, `CMD-SHELL` runs
+/// its string with the image's shell; anything else (`NONE`) has nothing to probe.
+fn start_probe_argv(spec: &InstanceSpec) -> Option<Vec<String>> {
+    let test = &spec.health_check.as_ref()?.test;
+    match test.split_first()? {
+        (kind, args) if kind == "CMD" && !args.is_empty() => Some(args.to_vec()),
+        (kind, [command]) if kind == "CMD-SHELL" => {
+            Some(vec!["/bin/sh".into(), "-c".into(), command.clone()])
+        }
+        _ => None,
+    }
+}
+
 fn ready_deadline(spec: &InstanceSpec) -> Duration {
     match &spec.health_check {
         Some(h) => {
@@ -405,6 +423,11 @@ impl<R: ContainerRuntime> Ops<R> {
 
     /// Waits, driven by the state watcher's events, until the container is healthy (or merely running when it
     /// has no health check); a container that exits or turns unhealthy ends the wait with the reason.
+    ///
+    /// While the container starts, the agent also runs its health check itself every [`START_PROBE_PERIOD`]:
+    /// the engine runs it only once per interval (Engine API 1.41 has no start interval), so an instance that
+    /// is ready just after a check would otherwise wait most of an interval to count as healthy, and every
+    /// step after it (roles, services, the task's end) with it.
     async fn wait_ready(
         &self,
         spec: &InstanceSpec,
@@ -416,6 +439,9 @@ impl<R: ContainerRuntime> Ops<R> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         ticker.tick().await;
+        let start_probe = start_probe_argv(spec);
+        let mut probe_ticker = tokio::time::interval(START_PROBE_PERIOD);
+        probe_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reason;
         loop {
             let info =
@@ -426,6 +452,9 @@ impl<R: ContainerRuntime> Ops<R> {
                         instance_id: spec.instance_id.clone(),
                         reason: "container disappeared while starting".into(),
                     })?;
+            let probing = start_probe.is_some()
+                && info.status == ContainerStatus::Running
+                && info.health == HealthStatus::Starting;
             match (info.status, info.health) {
                 (ContainerStatus::Exited | ContainerStatus::Dead, _) => {
                     return Err(OpError::StartFailed {
@@ -469,6 +498,15 @@ impl<R: ContainerRuntime> Ops<R> {
                         progress.log("waiting for the instance to become ready", &[("detail", last_reason.clone())]).await;
                         break;
                     }
+                    _ = probe_ticker.tick(), if probing => {
+                        let argv = start_probe.as_deref().unwrap_or_default();
+                        if self.start_probe_passes(container_id, argv).await {
+                            self.hub.note_start_probe_passed(&spec.instance_id, container_id);
+                            let mut info = info;
+                            info.health = HealthStatus::Healthy;
+                            return Ok(info);
+                        }
+                    }
                     _ = tokio::time::sleep_until(deadline) => {
                         return Err(OpError::ReadyTimeout {
                             instance_id: spec.instance_id.clone(),
@@ -477,6 +515,21 @@ impl<R: ContainerRuntime> Ops<R> {
                         });
                     }
                 }
+            }
+        }
+    }
+
+    /// One run of the container's health check command, as the engine would run it.
+    async fn start_probe_passes(&self, container_id: &str, argv: &[String]) -> bool {
+        match self
+            .runtime
+            .exec(container_id, argv, &[], None, START_PROBE_TIMEOUT)
+            .await
+        {
+            Ok(out) => out.exit_code == 0,
+            Err(e) => {
+                tracing::debug!(container_id, error = %e, "start probe could not run");
+                false
             }
         }
     }

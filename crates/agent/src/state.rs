@@ -28,6 +28,22 @@ struct Inner {
     /// Containers the engine asked to terminate gracefully (SIGTERM/SIGINT, `docker stop`): their exit is a stop,
     /// not a failure.
     asked_to_stop: HashSet<String>,
+    /// Containers whose health check the agent ran itself while starting and saw pass, before the
+    /// engine's next scheduled check did (see `Ops::wait_ready`). They count as healthy until the
+    /// engine reports a health of its own.
+    passed_start_probe: HashSet<String>,
+}
+
+impl Inner {
+    fn state_of(&mut self, info: &ContainerInfo) -> InstanceState {
+        let mut state = state_from_container(info, self.asked_to_stop.contains(&info.id));
+        if info.health != HealthStatus::Starting {
+            self.passed_start_probe.remove(&info.id);
+        } else if self.passed_start_probe.contains(&info.id) {
+            state.health = Health::Healthy as i32;
+        }
+        state
+    }
 }
 
 pub struct StateHub<R> {
@@ -93,6 +109,22 @@ impl<R: ContainerRuntime> StateHub<R> {
         }
     }
 
+    /// Records that the agent's own run of a starting container's health check passed: the
+    /// instance is healthy from now on, not from the engine's next scheduled check.
+    pub fn note_start_probe_passed(&self, instance_id: &str, container_id: &str) {
+        let mut inner = self.lock();
+        inner.passed_start_probe.insert(container_id.to_string());
+        let Some(state) = inner.states.get_mut(instance_id) else {
+            return;
+        };
+        if state.container_id == container_id && state.health == Health::Starting as i32 {
+            state.health = Health::Healthy as i32;
+            let _ = self.tx.send(InstanceEvent {
+                event: Some(instance_event::Event::Changed(state.clone())),
+            });
+        }
+    }
+
     /// Re-reads one instance from the engine and publishes it if it changed.
     pub async fn refresh(&self, instance_id: &str) -> RuntimeResult<()> {
         let info = self
@@ -102,10 +134,7 @@ impl<R: ContainerRuntime> StateHub<R> {
         let info = info.filter(|i| i.labels.get(LABEL_HOST_ID) == Some(&self.host_id));
         let mut inner = self.lock();
         let new_state = match info {
-            Some(info) => Some(state_from_container(
-                &info,
-                inner.asked_to_stop.contains(&info.id),
-            )),
+            Some(info) => Some(inner.state_of(&info)),
             None => {
                 let dir = InstanceDir::new(&self.data_dir, instance_id);
                 dir.read_spec()
@@ -148,10 +177,7 @@ impl<R: ContainerRuntime> StateHub<R> {
             if info.name != container_name(&self.host_id, instance_id) {
                 continue;
             }
-            states.insert(
-                instance_id.clone(),
-                state_from_container(info, inner.asked_to_stop.contains(&info.id)),
-            );
+            states.insert(instance_id.clone(), inner.state_of(info));
         }
         for s in stored {
             states
@@ -160,6 +186,7 @@ impl<R: ContainerRuntime> StateHub<R> {
         }
         let live: HashSet<&String> = containers.iter().map(|c| &c.id).collect();
         inner.asked_to_stop.retain(|id| live.contains(id));
+        inner.passed_start_probe.retain(|id| live.contains(id));
         inner.states = states;
         let _ = self.tx.send(snapshot_event(&inner.states));
         self.synced.send_replace(true);

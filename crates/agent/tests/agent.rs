@@ -34,10 +34,9 @@ async fn apply_creates_a_healthy_owned_container_and_reapply_changes_nothing() {
     assert_eq!(c.id.as_deref(), Some(first.container_id.as_str()));
     let state = c.state.as_ref().unwrap();
     assert_eq!(state.running, Some(true));
-    assert_eq!(
-        state.health.as_ref().and_then(|h| h.status),
-        Some(bollard::models::HealthStatusEnum::HEALTHY)
-    );
+    // The agent may have seen its own run of the check pass before the engine's first one; the
+    // engine must agree soon after.
+    common::wait_engine_healthy(&docker, &agent.container_name("web1")).await;
     let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
     assert_eq!(labels["berth.host-id"], agent.host_id);
     assert_eq!(labels["berth.instance-id"], "web1");
@@ -623,5 +622,52 @@ async fn network_aliases_and_the_container_user_are_applied() {
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
     let data = std::fs::metadata(agent.instance_dir("web1").join("data")).unwrap();
     assert_eq!((data.uid(), data.mode() & 0o777), (1000, 0o700));
+    agent.shutdown().await;
+}
+
+/// The engine checks health once per interval; the agent does not wait for that. A check that
+/// passes at once, on a container whose engine interval is far longer than this test, makes the
+/// apply return and the instance count as healthy while the engine still says "starting".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_container_is_ready_when_the_agents_own_run_of_its_check_passes() {
+    let docker = docker().await;
+    let mut agent = TestAgent::start("probe").await;
+    let mut spec = web_spec("web1", "x");
+    if let Some(h) = spec.health_check.as_mut() {
+        h.interval_ms = 600_000;
+        h.start_period_ms = 600_000;
+    }
+    let (logs, result) = agent.apply(spec).await.expect("apply");
+    assert!(
+        logs.iter().any(|l| l.message == "instance ready"),
+        "logs: {logs:?}"
+    );
+    let c = inspect(&docker, &agent.container_name("web1"))
+        .await
+        .unwrap();
+    assert_eq!(c.id.as_deref(), Some(result.container_id.as_str()));
+    assert_eq!(
+        c.state.unwrap().health.and_then(|h| h.status),
+        Some(bollard::models::HealthStatusEnum::STARTING),
+        "the engine has not run its first check yet"
+    );
+
+    let mut watch = agent
+        .client
+        .clone()
+        .watch_instances(WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let reported = snapshot_of(next_event(&mut watch, Duration::from_secs(30)).await);
+    let web = reported
+        .iter()
+        .find(|s| s.instance_id == "web1")
+        .expect("web1 reported");
+    assert_eq!(web.state(), InstanceStatus::Running);
+    assert_eq!(web.health(), Health::Healthy);
+
+    // (A check that fails is never passed by the probe: the "sick" case of
+    // a_container_that_exits_while_starting_fails_the_apply_with_the_reason still fails its apply.)
     agent.shutdown().await;
 }

@@ -355,6 +355,22 @@ pub fn sleeper_spec(instance_id: &str) -> InstanceSpec {
     }
 }
 
+/// Waits until the engine's own health check has passed (bounded, for a check that passes at once).
+pub async fn wait_engine_healthy(docker: &Docker, name: &str) {
+    for _ in 0..300 {
+        let health = inspect(docker, name)
+            .await
+            .and_then(|c| c.state)
+            .and_then(|s| s.health)
+            .and_then(|h| h.status);
+        if health == Some(bollard::models::HealthStatusEnum::HEALTHY) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name}: the engine never saw its health check pass");
+}
+
 pub async fn inspect(docker: &Docker, name: &str) -> Option<ContainerInspectResponse> {
     match docker
         .inspect_container(name, None::<InspectContainerOptions>)
