@@ -242,6 +242,13 @@ async fn wait_healthy(docker: &Docker, names: &[String]) -> Result<()> {
 
 // ---------------------------------------------------------------- berth
 
+/// One berth round's task, to read its log back.
+struct Timeline {
+    db: String,
+    task: String,
+    posted_at: chrono::DateTime<chrono::Utc>,
+}
+
 struct Berth {
     watch: TaskWatch,
     hosts: Vec<String>,
@@ -315,9 +322,10 @@ impl Berth {
         three_services(&self.hosts[0], [&a, &b, &c], "claude-sonnet-4-5")
     }
 
-    /// Creates database `db`; returns the time from POST until its task completed.
-    async fn round(&self, db: &str) -> Result<Duration> {
+    /// Creates database `db`; returns the time from POST until its task completed, and the task.
+    async fn round(&self, db: &str) -> Result<(Duration, Timeline)> {
         let started = Instant::now();
+        let posted_at = chrono::Utc::now();
         let resp = self
             .stack
             .post(
@@ -349,7 +357,40 @@ impl Berth {
                 lines.join("\n")
             );
         }
-        Ok(ended[0].at - started)
+        Ok((
+            ended[0].at - started,
+            Timeline {
+                db: db.to_string(),
+                task,
+                posted_at,
+            },
+        ))
+    }
+
+    /// The task's log lines, each at its offset from the POST: where berth's time went.
+    async fn timeline(&self, t: &Timeline) -> Result<Vec<String>> {
+        let log = self
+            .stack
+            .get(&format!(
+                "/v1/databases/{}/tasks/{}/log?limit=1000",
+                t.db, t.task
+            ))
+            .await?;
+        Ok(log["entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| {
+                        let at = e["timestamp"]
+                            .as_str()?
+                            .parse::<chrono::DateTime<chrono::Utc>>();
+                        let offset = (at.ok()? - t.posted_at).num_milliseconds() as f64 / 1000.0;
+                        Some(format!("+{offset:.2}s {}", e["message"].as_str()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn delete(&self, db: &str) -> Result<()> {
@@ -710,6 +751,11 @@ fn service_create_args(t: &Template, name: &str, network: &str, data: &Path) -> 
         "--quiet".into(),
         format!("--name={name}"),
         "--restart-condition=none".into(),
+        // DNS round robin: the aliases resolve to the task's own address. The default (a virtual IP
+        // balanced by the kernel's IPVS) needs ip_vs, which machines like this one lack: connections to
+        // the VIP fail with "No route to host". With one task per service both modes reach the same
+        // container.
+        "--endpoint-mode=dnsrr".into(),
         format!(
             "--network=name={network},{}",
             t.aliases
@@ -858,6 +904,7 @@ pub async fn run(rounds: usize) -> Result<Table> {
 
     let mut ours = Vec::new();
     let mut captured = None;
+    let mut timeline = Vec::new();
     // A create that fails is reported and not timed; the round is run again, within a bound.
     let mut failures: Vec<String> = Vec::new();
     for r in 0..rounds * 3 {
@@ -866,11 +913,13 @@ pub async fn run(rounds: usize) -> Result<Table> {
         }
         let db = format!("{}-{r}", berth.db_prefix);
         match berth.round(&db).await {
-            Ok(took) => {
+            Ok((took, task)) => {
                 ours.push(took.as_secs_f64());
                 if captured.is_none() {
                     captured = Some(berth.capture(&docker, &db, &dir.join("template")).await?);
                 }
+                // The last round's, so the first one's image and page-cache warm-up are not in it.
+                timeline = berth.timeline(&task).await.unwrap_or_default();
             }
             Err(e) => {
                 let last = e.to_string().lines().last().unwrap_or_default().to_string();
@@ -968,6 +1017,12 @@ pub async fn run(rounds: usize) -> Result<Table> {
             failures.len(),
             failures.len() + ours.len(),
             failures.join("; ")
+        ));
+    }
+    if !timeline.is_empty() {
+        table.note(format!(
+            "berth's last round, its task log at offsets from the POST:\n\n```\n{}\n```",
+            timeline.join("\n")
         ));
     }
     let hc = &cap.containers[1].health;

@@ -35,11 +35,7 @@ impl Profile {
         }
         let _ = self.perf.wait();
         let flat = self.perf_report(&["--no-children", "--sort", "dso,symbol"], |_| true, 20);
-        let ours = self.perf_report(
-            &["--children", "--sort", "symbol"],
-            |symbol| OUR_CRATES.iter().any(|c| symbol.contains(c)),
-            20,
-        );
+        let ours = self.perf_report(&["--children", "--sort", "symbol"], is_ours, 20);
         format!("self time:\n{flat}\n\ninclusive time, berth's functions:\n{ours}")
     }
 
@@ -61,6 +57,13 @@ impl Profile {
             Err(e) => format!("perf report failed: {e}"),
         }
     }
+}
+
+/// Whether a report line's symbol is a function of the workspace (not a runtime wrapper around one).
+fn is_ours(line: &str) -> bool {
+    let symbol = line.split("[.] ").nth(1).unwrap_or_default();
+    let symbol = symbol.trim_start_matches('<');
+    OUR_CRATES.iter().any(|c| symbol.starts_with(c))
 }
 
 /// Symbol prefixes of the workspace's crates.
