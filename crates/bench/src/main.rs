@@ -45,7 +45,7 @@ enum Bench {
         /// Fraction of the full size (100 hosts, 1,000 databases, 10,000 instances).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 9)]
         updates: usize,
         /// Record the control plane with perf while it converges and print the hottest symbols.
         #[arg(long)]
@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?
             .print();
-            scale::run(scale_options(scale, 5, false)).await?.print();
+            scale::run(scale_options(scale, 9, false)).await?.print();
             follow::run(follow::FollowOptions {
                 clients: 200,
                 databases: 20,

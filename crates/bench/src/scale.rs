@@ -80,7 +80,36 @@ async fn create(fleet: &Fleet, range: std::ops::Range<usize>, hosts: usize) -> R
 struct UpdateCost {
     seconds: Vec<f64>,
     etcd: Vec<f64>,
+    /// The costliest sample's etcd requests by method, to tell what an outlier was.
+    costliest: EtcdCounts,
     statuses: Vec<String>,
+    /// etcd requests per second with nothing submitted, measured just before the updates: heartbeats and
+    /// lease renewals that fall into every sample's window whatever the update costs.
+    idle_per_second: EtcdCounts,
+}
+
+impl UpdateCost {
+    /// Each sample's etcd requests less what the idle rate puts in a window of its length: the update's own.
+    fn own_etcd(&self) -> Vec<f64> {
+        let idle = self.idle_per_second.total();
+        self.etcd
+            .iter()
+            .zip(&self.seconds)
+            .map(|(requests, seconds)| (requests - idle * seconds).max(0.0))
+            .collect()
+    }
+}
+
+/// etcd's request rate with nothing submitted, over `window`.
+async fn idle_rate(fleet: &Fleet, window: Duration) -> Result<EtcdCounts> {
+    let before = fleet.stack.etcd_requests().await?;
+    tokio::time::sleep(window).await;
+    let after = fleet.stack.etcd_requests().await?;
+    let mut rate = after.since(&before);
+    for v in rate.by_method.values_mut() {
+        *v /= window.as_secs_f64();
+    }
+    Ok(rate)
 }
 
 /// Changes one database's mcp model `n` times, one after the other; each from POST to task ended.
@@ -88,7 +117,9 @@ async fn updates(fleet: &Fleet, n: usize, hosts: usize) -> Result<UpdateCost> {
     let mut cost = UpdateCost {
         seconds: Vec::new(),
         etcd: Vec::new(),
+        costliest: EtcdCounts::default(),
         statuses: Vec::new(),
+        idle_per_second: idle_rate(fleet, Duration::from_secs(3)).await?,
     };
     for round in 0..n {
         let model = format!("claude-bench-{round}");
@@ -111,8 +142,12 @@ async fn updates(fleet: &Fleet, n: usize, hosts: usize) -> Result<UpdateCost> {
             .await?;
         let took = ended[0].at - started;
         let after = fleet.stack.etcd_requests().await?;
+        let spent = after.since(&before);
+        if spent.total() > cost.costliest.total() {
+            cost.costliest = spent.clone();
+        }
         cost.seconds.push(took.as_secs_f64());
-        cost.etcd.push(after.since(&before).total());
+        cost.etcd.push(spent.total());
         cost.statuses.push(ended[0].status.clone());
     }
     Ok(cost)
@@ -181,7 +216,7 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
     let per_instance = etcd_converge.total() / instances as f64;
     let rss_mb = rss.map(|b| b as f64 / 1e6);
     let (t1, tn) = (median(&one.seconds), median(&many.seconds));
-    let (e1, en) = (median(&one.etcd), median(&many.etcd));
+    let (e1, en) = (median(&one.own_etcd()), median(&many.own_etcd()));
     let time_ratio = tn.zip(t1).map(|(n, o)| n / o);
     let etcd_ratio = en.zip(e1).map(|(n, o)| n / o);
 
@@ -227,14 +262,14 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
     ]);
     table.row(vec![
         format!(
-            "unrelated update, {} databases stored: median s / etcd requests",
+            "unrelated update, {} databases stored: median s / etcd requests of its own",
             options.databases
         ),
         format!("{} s / {}", fmt_opt(tn, 3), fmt_opt(en, 0)),
         String::new(),
     ]);
     table.row(vec![
-        "unrelated update, 1 database stored: median s / etcd requests".into(),
+        "unrelated update, 1 database stored: median s / etcd requests of its own".into(),
         format!("{} s / {}", fmt_opt(t1, 3), fmt_opt(e1, 0)),
         String::new(),
     ]);
@@ -268,8 +303,20 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
         one.statuses
     ));
     table.note(format!(
-        "update etcd requests: many {:?}, one {:?}",
-        many.etcd, one.etcd
+        "update etcd requests as counted in each sample's window (before subtracting the idle rate below): \
+         many {:?}, one {:?}; the costliest by method: many ({}), one ({})",
+        many.etcd,
+        one.etcd,
+        many.costliest.summary(),
+        one.costliest.summary()
+    ));
+    table.note(format!(
+        "etcd requests per second with nothing submitted (heartbeats, lease renewals), in every sample's window: \
+         many {:.0} ({}), one {:.0} ({})",
+        many.idle_per_second.total(),
+        many.idle_per_second.summary(),
+        one.idle_per_second.total(),
+        one.idle_per_second.summary()
     ));
     if !failure_notes.is_empty() {
         table.note(format!(
