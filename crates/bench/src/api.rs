@@ -225,7 +225,7 @@ pub async fn run(options: ApiOptions) -> Result<Table> {
     ));
     if let Some(p) = profile {
         table.note(format!(
-            "perf profile of the control plane during the API run (self time, with callers):\n\n```\n{p}\n```"
+            "perf profile of the control plane during the API run:\n\n```\n{p}\n```"
         ));
     }
     Ok(table)

@@ -326,7 +326,7 @@ pub async fn run(options: ScaleOptions) -> Result<Table> {
     }
     if let Some(p) = profile {
         table.note(format!(
-            "perf profile of the control plane while converging (self time, dso/symbol):\n\n```\n{p}\n```"
+            "perf profile of the control plane while converging:\n\n```\n{p}\n```"
         ));
     }
     Ok(table)

@@ -49,11 +49,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
     )
     .await
     .with_context(|| format!("etcd at {}", settings.etcd_endpoints.join(",")))?;
-    Ok(AppState {
-        store,
-        manifest: Arc::new(manifest),
-        known_hosts: Default::default(),
-    })
+    Ok(AppState::new(store, manifest))
 }
 
 /// A running replica, until `shutdown` resolves.

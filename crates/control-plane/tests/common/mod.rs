@@ -177,6 +177,7 @@ impl ControlPlane {
             .await
             .unwrap()
             .store
+            .clone()
     }
 }
 
