@@ -75,7 +75,7 @@ where
 }
 
 pub async fn run(options: ApiOptions) -> Result<Table> {
-    let stack = Arc::new(Stack::start(StackOptions { reconcile: false }).await?);
+    let stack = Arc::new(Stack::start(StackOptions::default()).await?);
     // Simulated hosts, joined and registered as real ones are: validation needs the hosts known, and with
     // `--no-reconcile` nothing is ever applied to them.
     let _hosts = start_hollow(&stack, "api-host", 3, 0, 0)?;

@@ -286,7 +286,11 @@ impl Drop for Berth {
 
 impl Berth {
     async fn start() -> Result<Berth> {
-        let stack = Stack::start(StackOptions { reconcile: true }).await?;
+        let stack = Stack::start(StackOptions {
+            reconcile: true,
+            ..Default::default()
+        })
+        .await?;
         let prefix = format!("bench{:04x}", std::process::id() & 0xffff);
         let hosts: Vec<String> = (1..=3).map(|i| format!("{prefix}-host-{i}")).collect();
         let mut agents = Vec::new();

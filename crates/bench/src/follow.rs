@@ -82,7 +82,13 @@ async fn follow(
 }
 
 pub async fn run(options: FollowOptions) -> Result<Table> {
-    let stack = Arc::new(Stack::start(StackOptions { reconcile: true }).await?);
+    let stack = Arc::new(
+        Stack::start(StackOptions {
+            reconcile: true,
+            ..Default::default()
+        })
+        .await?,
+    );
     let hosts = 4;
     let _hollow = start_hollow(
         &stack,

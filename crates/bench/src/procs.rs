@@ -115,8 +115,11 @@ pub struct Stack {
     pub http: reqwest::Client,
 }
 
+#[derive(Default)]
 pub struct StackOptions {
     pub reconcile: bool,
+    /// `--host-lease-ttl`, when not the control plane's default.
+    pub host_lease_ttl_seconds: Option<u32>,
 }
 
 impl Stack {
@@ -140,6 +143,9 @@ impl Stack {
         ];
         if !options.reconcile {
             args.push("--no-reconcile".into());
+        }
+        if let Some(ttl) = options.host_lease_ttl_seconds {
+            args.push(format!("--host-lease-ttl={ttl}"));
         }
         let control_plane = Proc::spawn(
             &binary("berth-control-plane"),

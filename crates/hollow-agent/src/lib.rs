@@ -255,6 +255,10 @@ async fn register_loop(
             }
         };
         let period = Duration::from_millis(u64::from(ttl) * 1000 / 3);
+        // Simulated hosts all register within a moment, so without a spread they would heartbeat in
+        // lockstep: bursts of 2 etcd requests per host that real hosts, started at different times, do not
+        // make, and that land in some measurement windows and not others.
+        tokio::time::sleep(period.mul_f64(spread_of(&host_id))).await;
         loop {
             tokio::time::sleep(period).await;
             let beat = client
@@ -275,6 +279,14 @@ async fn register_loop(
             }
         }
     }
+}
+
+/// A fraction in [0, 1) fixed by the host id.
+fn spread_of(host_id: &str) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    host_id.hash(&mut hasher);
+    (hasher.finish() % 1000) as f64 / 1000.0
 }
 
 /// Starts `count` simulated hosts named `{prefix}-{i}` (1-based), each on its own port of `ip`. They join a few
