@@ -171,7 +171,7 @@ pub async fn run(options: FollowOptions) -> Result<Table> {
     ]);
     table.row(vec!["tasks not completed".into(), failed.to_string()]);
     table.note(format!(
-        "clients re-ask at once after a non-empty page and after {} ms after an empty one (the API has no long poll), so the delay includes up to that wait; wall time {:.1} s",
+        "clients re-ask at once after a non-empty page and {} ms after an empty one (the API has no long poll), so the delay includes up to that wait; wall time {:.1} s",
         options.poll_ms,
         wall.as_secs_f64()
     ));
