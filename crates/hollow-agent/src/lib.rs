@@ -75,10 +75,18 @@ pub enum HollowError {
 
 /// What a simulated host needs to join the fleet: the fleet's join token and the CA that signed the control
 /// plane's certificate.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JoinWith {
     pub token: String,
     pub ca_pem: String,
+}
+
+impl std::fmt::Debug for JoinWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinWith")
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// Log lines a simulated apply streams before its result, to make tasks produce log traffic.
