@@ -725,18 +725,30 @@ fn compose_cleanup(tag: &str, dir: &Path) {
 // ---------------------------------------------------------------- swarm
 
 /// Leaves the swarm when dropped, whatever happened in between.
-struct Swarm;
+/// The bridge `swarm init` creates for overlay networks' way out; `swarm leave` keeps it.
+const SWARM_BRIDGE: &str = "docker_gwbridge";
+
+struct Swarm {
+    /// Whether `swarm init` made the bridge, so leaving removes it too.
+    created_bridge: bool,
+}
 
 impl Swarm {
     fn init() -> Result<Swarm> {
+        let had_bridge = cli(&["network", "inspect", SWARM_BRIDGE]).is_ok();
         cli(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
-        Ok(Swarm)
+        Ok(Swarm {
+            created_bridge: !had_bridge,
+        })
     }
 }
 
 impl Drop for Swarm {
     fn drop(&mut self) {
         let _ = cli(&["swarm", "leave", "--force"]);
+        if self.created_bridge {
+            let _ = cli(&["network", "rm", SWARM_BRIDGE]);
+        }
     }
 }
 
