@@ -310,11 +310,16 @@ impl<R: ContainerRuntime> Ops<R> {
                 )
                 .await;
         }
-        if let Some(net) = spec.network.as_ref().filter(|n| !n.name.is_empty()) {
-            let labels = BTreeMap::from([(LABEL_MANAGED.to_string(), "true".to_string())]);
-            self.runtime.ensure_network(&net.name, &labels).await?;
+        let network = spec
+            .network
+            .as_ref()
+            .map(|n| n.name.clone())
+            .filter(|n| !n.is_empty());
+        let managed = BTreeMap::from([(LABEL_MANAGED.to_string(), "true".to_string())]);
+        if let Some(net) = &network {
+            self.runtime.ensure_network(net, &managed).await?;
             progress
-                .log("network ready", &[("network", net.name.clone())])
+                .log("network ready", &[("network", net.clone())])
                 .await;
         }
         let action = match (&existing, &replace_reason) {
@@ -339,7 +344,15 @@ impl<R: ContainerRuntime> Ops<R> {
         let config = instance::container_config(&self.host_id, &spec, &hash, &dir, &chosen);
         // Subscribe before starting so that no state change between start and wait is missed.
         let (_, changes) = self.hub.subscribe();
-        let id = self.runtime.create(&config).await?;
+        let id = match (self.runtime.create(&config).await, &network) {
+            // Another agent of this engine removed the network with its last container between
+            // our check and this create: make it again, once.
+            (Err(RuntimeError::NotFound(message)), Some(net)) if message.contains("network") => {
+                self.runtime.ensure_network(net, &managed).await?;
+                self.runtime.create(&config).await?
+            }
+            (created, _) => created?,
+        };
         self.store_spec(&dir, &spec, &hash)?;
         progress
             .log("container created", &[("container_id", id.clone())])
@@ -556,6 +569,22 @@ impl<R: ContainerRuntime> Ops<R> {
             progress
                 .log("container removed", &[("container_id", current.id.clone())])
                 .await;
+            // A database's network outlives its last container otherwise, and the engine's
+            // address pools hold only about 30 bridge networks: a host that saw that many
+            // databases come and go could create no more.
+            if let Some(network) = &current.network {
+                match self.runtime.remove_network_if_unused(network).await {
+                    Ok(true) => {
+                        progress
+                            .log("network removed", &[("network", network.clone())])
+                            .await
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(network, error = %e, "cannot remove an unused network")
+                    }
+                }
+            }
         } else {
             progress.log("no container to remove", &[]).await;
         }

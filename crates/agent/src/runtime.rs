@@ -151,6 +151,8 @@ pub struct ContainerInfo {
     pub ports: Vec<(u16, u16)>,
     pub nano_cpus: i64,
     pub memory_bytes: i64,
+    /// The user-defined network the container was created on, if any.
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +216,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> impl Future<Output = RuntimeResult<()>> + Send;
+    /// Removes the network if it is one the agents made (labelled `berth.managed`) and no
+    /// container is attached to it any more; true when it was removed.
+    fn remove_network_if_unused(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = RuntimeResult<bool>> + Send;
     fn exec(
         &self,
         id: &str,
@@ -378,6 +386,12 @@ fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
         ports.push((container_port, host_port));
     }
     ports.sort_unstable();
+    // "default", "bridge", "host", "none" and "container:<id>" are the engine's own.
+    let network = host_config
+        .network_mode
+        .clone()
+        .filter(|m| !matches!(m.as_str(), "" | "default" | "bridge" | "host" | "none"))
+        .filter(|m| !m.starts_with("container:"));
     ContainerInfo {
         id: resp.id.unwrap_or_default(),
         name: resp
@@ -400,6 +414,7 @@ fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
         ports,
         nano_cpus: host_config.nano_cpus.unwrap_or(0),
         memory_bytes: host_config.memory.unwrap_or(0),
+        network,
     }
 }
 
@@ -633,6 +648,39 @@ impl ContainerRuntime for DockerRuntime {
             }
         }
         self.settle_duplicate_networks(name).await
+    }
+
+    async fn remove_network_if_unused(&self, name: &str) -> RuntimeResult<bool> {
+        let docker = self.client();
+        let network = match docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::NotFound(_) => return Ok(false),
+                other => return Err(other),
+            },
+        };
+        let managed = network
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::instance::LABEL_MANAGED))
+            .is_some_and(|v| v == "true");
+        let in_use = network.containers.as_ref().is_some_and(|c| !c.is_empty());
+        if !managed || in_use {
+            return Ok(false);
+        }
+        match docker.remove_network(name).await {
+            Ok(()) => Ok(true),
+            // Gone already (another agent of this engine), or a container joined it meanwhile:
+            // either way there is nothing to remove.
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::NotFound(_) | RuntimeError::Conflict(_) => Ok(false),
+                other if other.to_string().contains("active endpoints") => Ok(false),
+                other => Err(other),
+            },
+        }
     }
 
     async fn exec(

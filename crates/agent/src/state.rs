@@ -465,6 +465,9 @@ mod tests {
         async fn ensure_network(&self, _: &str, _: &BTreeMap<String, String>) -> RuntimeResult<()> {
             Ok(())
         }
+        async fn remove_network_if_unused(&self, _: &str) -> RuntimeResult<bool> {
+            Ok(false)
+        }
         async fn exec(
             &self,
             _: &str,
@@ -511,6 +514,7 @@ mod tests {
             ports: Vec::new(),
             nano_cpus: 0,
             memory_bytes: 0,
+            network: None,
         }
     }
 

@@ -671,3 +671,38 @@ async fn a_starting_container_is_ready_when_the_agents_own_run_of_its_check_pass
     // a_container_that_exits_while_starting_fails_the_apply_with_the_reason still fails its apply.)
     agent.shutdown().await;
 }
+
+/// A database's network goes with its last container on this engine, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_is_removed_with_the_last_container_on_it() {
+    let docker = docker().await;
+    let mut agent = TestAgent::start("netgone").await;
+    let network = common::test_network(&agent.host_id);
+    for id in ["web1", "web2"] {
+        let mut spec = web_spec(id, "x");
+        spec.network = Some(agent_proto::v1::NetworkAttachment {
+            name: network.clone(),
+            aliases: vec![id.into()],
+        });
+        agent.apply(spec).await.expect("apply");
+    }
+    let network_exists = || async {
+        docker
+            .inspect_network(
+                &network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .is_ok()
+    };
+
+    agent.remove("web1", true).await.expect("remove web1");
+    assert!(network_exists().await, "web2 still uses the network");
+
+    agent.remove("web2", true).await.expect("remove web2");
+    assert!(
+        !network_exists().await,
+        "the network outlived its last container"
+    );
+    agent.shutdown().await;
+}
