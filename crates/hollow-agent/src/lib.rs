@@ -12,8 +12,8 @@
 //!   creation through `psql` therefore "succeeds" without any SQL being run.
 //! - `WatchInstances` sends a snapshot first, then every change.
 //!
-//! Reported labels follow the real agent's rule (the spec's labels minus any `berth.*` key, plus the agent's
-//! own `berth.*` ownership labels), so the control plane sees what a real host would report. One process hosts
+//! The spec hash and the reported labels are the real agent's own (`agent::instance`), so the control plane
+//! sees what a real host would report. One process hosts
 //! any number of simulated hosts, each on its own gRPC port.
 //!
 //! Each simulated host joins the fleet as a real one does (the join token for a certificate of its host id,
@@ -34,6 +34,9 @@ use agent_proto::v1::{
     LogLine, PublishedPort, RegisterRequest, RemoveInstanceRequest, RemoveResult,
     ResizeInstanceRequest, ResizeResult, WatchRequest, apply_event, instance_event,
 };
+// The real agent's own rules for what makes a new container and what a container reports, so a
+// simulated host answers exactly as a real one would.
+use agent::instance::{container_labels, spec_hash};
 use agent_tls::AgentTls;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
@@ -321,59 +324,6 @@ pub async fn start_hosts(
         .buffered(8)
         .try_collect()
         .await
-}
-
-/// A hash of the whole spec: any change to it means a new (simulated) container, as with the real agent.
-fn spec_hash(spec: &agent_proto::v1::InstanceSpec) -> String {
-    use prost::Message;
-    use std::hash::{Hash, Hasher};
-    // Maps encode in iteration order; sort them so equal specs hash equal.
-    let mut canonical = spec.clone();
-    let env: std::collections::BTreeMap<_, _> =
-        std::mem::take(&mut canonical.env).into_iter().collect();
-    let labels: std::collections::BTreeMap<_, _> =
-        std::mem::take(&mut canonical.labels).into_iter().collect();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    canonical.encode_to_vec().hash(&mut hasher);
-    env.hash(&mut hasher);
-    labels.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
-}
-
-/// The real agent's labelling rule: the request's labels without `berth.*` keys, then the agent's own.
-fn container_labels(
-    host_id: &str,
-    spec: &agent_proto::v1::InstanceSpec,
-    hash: &str,
-) -> HashMap<String, String> {
-    let mut labels: HashMap<String, String> = spec
-        .labels
-        .iter()
-        .filter(|(k, _)| !k.starts_with("berth."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let kind = match agent_proto::v1::InstanceKind::try_from(spec.kind) {
-        Ok(agent_proto::v1::InstanceKind::Postgres) => "postgres",
-        Ok(agent_proto::v1::InstanceKind::Service) => "service",
-        _ => "unspecified",
-    };
-    for (k, v) in [
-        ("berth.host-id", host_id),
-        ("berth.instance-id", spec.instance_id.as_str()),
-        ("berth.database-id", spec.database_id.as_str()),
-        ("berth.service-id", spec.service_id.as_str()),
-        ("berth.kind", kind),
-        ("berth.spec-hash", hash),
-    ] {
-        labels.insert(k.to_string(), v.to_string());
-    }
-    for p in &spec.ports {
-        labels.insert(
-            format!("berth.port.{}", p.name),
-            p.container_port.to_string(),
-        );
-    }
-    labels
 }
 
 struct HollowService {

@@ -79,9 +79,12 @@ fn spec(model: &str) -> InstanceSpec {
         env: [("MODEL".to_string(), model.to_string())]
             .into_iter()
             .collect(),
-        labels: [("berth.desired-hash".to_string(), "h".to_string())]
-            .into_iter()
-            .collect(),
+        labels: [
+            ("berth.desired-hash".to_string(), "h".to_string()),
+            ("berth.host-id".to_string(), "forged".to_string()),
+        ]
+        .into_iter()
+        .collect(),
         ..Default::default()
     }
 }
@@ -204,8 +207,9 @@ async fn simulated_host_speaks_the_agent_protocol() {
     assert_eq!(changed.health, Health::None as i32);
     assert_eq!(changed.labels["berth.database-id"], "db1");
     assert_eq!(changed.labels["berth.host-id"], "h1");
-    // Like the real agent, the request's berth.* labels are not kept.
-    assert!(!changed.labels.contains_key("berth.desired-hash"));
+    // The real agent's rule: ownership labels cannot be forged by a request (host-id above is the
+    // host's own), and the control plane's desired-hash passes through.
+    assert_eq!(changed.labels["berth.desired-hash"], "h");
 
     // The same spec again: unchanged, and no event.
     let mut again = client
