@@ -15,17 +15,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bollard::Docker;
-use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, ExecConfig, HealthConfig, HealthStatusEnum, HostConfig,
-    Mount, MountType, NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, Mount,
+    MountType, NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, StartContainerOptions,
 };
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+
+use agent::runtime::{ContainerRuntime, DockerRuntime};
+use control_plane::credentials::{ServiceCredentials, create_roles_sql, psql_argv, role_name};
 
 use crate::procs::{Proc, Stack, StackOptions, binary};
 use crate::specs::three_services;
@@ -71,136 +71,59 @@ fn docker_client() -> Result<Docker> {
     )?)
 }
 
-fn cli(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
+/// Runs a command line tool; its stdout, or an error with its stderr.
+fn run_tool(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .context("docker CLI")?;
+        .with_context(|| format!("run {program}"))?;
     if !out.status.success() {
         bail!(
-            "docker {}: {}",
+            "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cli(args: &[&str]) -> Result<String> {
+    run_tool("docker", args)
 }
 
 fn compose(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker-compose")
-        .args(args)
-        .output()
-        .context("docker-compose")?;
-    if !out.status.success() {
+    run_tool("docker-compose", args)
+}
+
+/// Runs psql in a Postgres container as berth's control plane does on a primary (its argv, through the
+/// agent's own exec), with `args` after it and `stdin` as input; psql's stdout.
+async fn psql(
+    engine: &DockerRuntime,
+    container: &str,
+    database: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> Result<String> {
+    let mut argv = psql_argv(database);
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = engine
+        .exec(container, &argv, stdin, Some("postgres"), LIMIT)
+        .await?;
+    if out.exit_code != 0 {
         bail!(
-            "docker-compose {}: {}",
-            args.join(" "),
+            "psql in {container} exited {}: {}",
+            out.exit_code,
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `argv` in `container` as `user` with `stdin`, through the Engine API, as berth's agent does.
-async fn exec(
-    docker: &Docker,
-    container: &str,
-    argv: &[&str],
-    user: &str,
-    stdin: &[u8],
-) -> Result<()> {
-    let created = docker
-        .create_exec(
-            container,
-            ExecConfig {
-                attach_stdin: Some(true),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
-                user: Some(user.to_string()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let started = docker
-        .start_exec(
-            &created.id,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: None,
-            }),
-        )
-        .await?;
-    let StartExecResults::Attached {
-        mut output,
-        mut input,
-    } = started
-    else {
-        bail!("exec started detached");
-    };
-    let data = stdin.to_vec();
-    let writer = async move {
-        input.write_all(&data).await?;
-        input.shutdown().await
-    };
-    let reader = async {
-        let mut text = String::new();
-        while let Some(chunk) = output.next().await {
-            text.push_str(&chunk?.to_string());
-        }
-        Ok::<_, bollard::errors::Error>(text)
-    };
-    let (_, text) = tokio::join!(writer, reader);
-    let text = text?;
-    let code = docker.inspect_exec(&created.id).await?.exit_code;
-    if code != Some(0) {
-        bail!("{argv:?} in {container} exited {code:?}: {text}");
-    }
-    Ok(())
-}
-
-fn psql_argv(database: &str) -> Vec<&str> {
-    vec![
-        "psql",
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "/var/run/postgresql",
-        "-U",
-        "postgres",
-        "-d",
-        database,
-    ]
-}
-
-async fn create_roles(docker: &Docker, pg: &str, captured: &Captured) -> Result<()> {
+async fn create_roles(engine: &DockerRuntime, pg: &str, captured: &Captured) -> Result<()> {
     for sql in &captured.role_sql {
-        exec(
-            docker,
-            pg,
-            &psql_argv(&captured.database_name),
-            "postgres",
-            sql.as_bytes(),
-        )
-        .await?;
+        psql(engine, pg, &captured.database_name, &[], sql.as_bytes()).await?;
     }
     Ok(())
-}
-
-/// The statements berth's control plane runs for one managed role (create if missing, password, grants),
-/// with the SCRAM verifier berth set as the password, so the copied config files' passwords work.
-fn role_statements(role: &str, verifier: &str, database: &str) -> String {
-    format!(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE \"{role}\" LOGIN; END IF; END $$;\n\
-         ALTER ROLE \"{role}\" WITH LOGIN PASSWORD '{verifier}';\n\
-         GRANT CONNECT ON DATABASE \"{database}\" TO \"{role}\";\n\
-         GRANT USAGE ON SCHEMA public TO \"{role}\";\n\
-         GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{role}\";\n\
-         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO \"{role}\";\n"
-    )
 }
 
 /// Polls until every named container reports healthy; fails at once if one exits.
@@ -418,7 +341,13 @@ impl Berth {
     }
 
     /// Inspects the four containers of `db` and copies their config dirs under `into`.
-    async fn capture(&self, docker: &Docker, db: &str, into: &Path) -> Result<Captured> {
+    async fn capture(
+        &self,
+        docker: &Docker,
+        engine: &DockerRuntime,
+        db: &str,
+        into: &Path,
+    ) -> Result<Captured> {
         let n1 = format!("{db}-n1-{}", self.hosts[0]);
         let members = [
             ("pg", self.container(0, &n1)),
@@ -484,41 +413,42 @@ impl Berth {
         }
         let pg = self.container(0, &n1);
         let database_name = "app".to_string();
-        let verifiers = cli(&[
-            "exec",
-            "-u",
-            "postgres",
+        let verifiers = psql(
+            engine,
             &pg,
-            "psql",
-            "-XAtq",
-            "-h",
-            "/var/run/postgresql",
-            "-U",
-            "postgres",
-            "-d",
             &database_name,
-            "-F",
-            " ",
-            "-c",
-            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname LIKE 'svc\\_%'",
-        ])?;
+            &[
+                "-At",
+                "-F",
+                " ",
+                "-c",
+                "SELECT rolname, rolpassword FROM pg_authid",
+            ],
+            b"",
+        )
+        .await?;
         let verifiers: HashMap<String, String> = verifiers
             .lines()
             .filter_map(|l| l.split_once(' '))
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
+        // berth's own role SQL, with the SCRAM verifiers it set as the passwords (Postgres stores a
+        // verifier as given), so the copied config files' passwords work.
         let mut role_sql = Vec::new();
         for service in ["mcp", "rest", "rag"] {
-            let roles = [format!("svc_{service}_ro"), format!("svc_{service}_rw")];
-            let mut sql = String::from("BEGIN;\n");
-            for role in &roles {
-                let verifier = verifiers
-                    .get(role)
-                    .with_context(|| format!("berth created no role {role}"))?;
-                sql.push_str(&role_statements(role, verifier, &database_name));
-            }
-            sql.push_str("COMMIT;\n");
-            role_sql.push(sql);
+            let verifier = |suffix: &str| {
+                let role = role_name(service, suffix);
+                verifiers
+                    .get(&role)
+                    .cloned()
+                    .with_context(|| format!("berth created no role {role}"))
+            };
+            let creds = ServiceCredentials {
+                ro_password: verifier("ro")?,
+                rw_password: verifier("rw")?,
+                roles_created: false,
+            };
+            role_sql.push(create_roles_sql(&database_name, service, &creds));
         }
         Ok(Captured {
             containers,
@@ -587,7 +517,13 @@ async fn run_container(docker: &Docker, name: &str, body: ContainerCreateBody) -
     Ok(())
 }
 
-async fn floor_round(docker: &Docker, cap: &Captured, tag: &str, dir: &Path) -> Result<Duration> {
+async fn floor_round(
+    docker: &Docker,
+    engine: &DockerRuntime,
+    cap: &Captured,
+    tag: &str,
+    dir: &Path,
+) -> Result<Duration> {
     let data = dir.join(format!("{tag}-data"));
     std::fs::create_dir_all(&data)?;
     let started = Instant::now();
@@ -602,7 +538,7 @@ async fn floor_round(docker: &Docker, cap: &Captured, tag: &str, dir: &Path) -> 
     let pg_name = format!("{tag}-pg");
     run_container(docker, &pg_name, create_body(pg, tag, &data)).await?;
     wait_healthy(docker, std::slice::from_ref(&pg_name)).await?;
-    create_roles(docker, &pg_name, cap).await?;
+    create_roles(engine, &pg_name, cap).await?;
     let services: Vec<String> = cap.containers[1..]
         .iter()
         .map(|t| format!("{tag}-{}", t.role))
@@ -701,7 +637,13 @@ fn compose_file(cap: &Captured, data: &Path) -> serde_yaml::Value {
 }
 
 /// docker-compose 1.29 has no `up --wait`, so health is polled the same way as for every other variant.
-async fn compose_round(docker: &Docker, cap: &Captured, tag: &str, dir: &Path) -> Result<Duration> {
+async fn compose_round(
+    docker: &Docker,
+    engine: &DockerRuntime,
+    cap: &Captured,
+    tag: &str,
+    dir: &Path,
+) -> Result<Duration> {
     let data = dir.join(format!("{tag}-data"));
     std::fs::create_dir_all(&data)?;
     let file = dir.join(format!("{tag}.yml"));
@@ -711,7 +653,7 @@ async fn compose_round(docker: &Docker, cap: &Captured, tag: &str, dir: &Path) -
     compose(&["-p", tag, "-f", &f, "up", "-d", "pg"])?;
     let name = |role: &str| format!("{tag}_{role}_1");
     wait_healthy(docker, &[name("pg")]).await?;
-    create_roles(docker, &name("pg"), cap).await?;
+    create_roles(engine, &name("pg"), cap).await?;
     compose(&["-p", tag, "-f", &f, "up", "-d", "mcp", "rest", "rag"])?;
     wait_healthy(docker, &[name("mcp"), name("rest"), name("rag")]).await?;
     Ok(started.elapsed())
@@ -857,7 +799,13 @@ async fn swarm_container(docker: &Docker, service: &str) -> Result<String> {
     }
 }
 
-async fn swarm_round(docker: &Docker, cap: &Captured, tag: &str, dir: &Path) -> Result<Duration> {
+async fn swarm_round(
+    docker: &Docker,
+    engine: &DockerRuntime,
+    cap: &Captured,
+    tag: &str,
+    dir: &Path,
+) -> Result<Duration> {
     let data = dir.join(format!("{tag}-data"));
     std::fs::create_dir_all(&data)?;
     let started = Instant::now();
@@ -872,7 +820,7 @@ async fn swarm_round(docker: &Docker, cap: &Captured, tag: &str, dir: &Path) -> 
     create(&cap.containers[0]).await??;
     let pg = swarm_container(docker, &format!("{tag}-pg")).await?;
     wait_healthy(docker, std::slice::from_ref(&pg)).await?;
-    create_roles(docker, &pg, cap).await?;
+    create_roles(engine, &pg, cap).await?;
     let handles: Vec<_> = cap.containers[1..].iter().map(create).collect();
     for h in handles {
         h.await??;
@@ -914,6 +862,7 @@ fn swarm_cleanup(tag: &str) {
 pub async fn run(rounds: usize) -> Result<Table> {
     let rounds = rounds.max(1);
     let docker = docker_client()?;
+    let engine = DockerRuntime::connect(None)?;
     let berth = Berth::start().await?;
     let dir = berth.stack.dir.path().join("alternatives");
     std::fs::create_dir_all(&dir)?;
@@ -932,10 +881,17 @@ pub async fn run(rounds: usize) -> Result<Table> {
             Ok((took, task)) => {
                 ours.push(took.as_secs_f64());
                 if captured.is_none() {
-                    captured = Some(berth.capture(&docker, &db, &dir.join("template")).await?);
+                    captured = Some(
+                        berth
+                            .capture(&docker, &engine, &db, &dir.join("template"))
+                            .await?,
+                    );
                 }
                 // The last round's, so the first one's image and page-cache warm-up are not in it.
-                timeline = berth.timeline(&task).await.unwrap_or_default();
+                timeline = berth
+                    .timeline(&task)
+                    .await
+                    .unwrap_or_else(|e| vec![format!("(task log unreadable: {e})")]);
             }
             Err(e) => {
                 let last = e.to_string().lines().last().unwrap_or_default().to_string();
@@ -957,14 +913,14 @@ pub async fn run(rounds: usize) -> Result<Table> {
     let mut floor = Vec::new();
     for r in 0..rounds {
         let tag = format!("bench-floor-{}-{r}", std::process::id());
-        let took = floor_round(&docker, &cap, &tag, &dir).await;
+        let took = floor_round(&docker, &engine, &cap, &tag, &dir).await;
         floor_cleanup(&docker, &tag).await;
         floor.push(took?.as_secs_f64());
     }
     let mut compose_t = Vec::new();
     for r in 0..rounds {
         let tag = format!("benchcompose{}x{r}", std::process::id());
-        let took = compose_round(&docker, &cap, &tag, &dir).await;
+        let took = compose_round(&docker, &engine, &cap, &tag, &dir).await;
         compose_cleanup(&tag, &dir);
         compose_t.push(took?.as_secs_f64());
     }
@@ -973,7 +929,7 @@ pub async fn run(rounds: usize) -> Result<Table> {
         let _swarm = Swarm::init()?;
         for r in 0..rounds {
             let tag = format!("bench-swarm-{}-{r}", std::process::id());
-            let took = swarm_round(&docker, &cap, &tag, &dir).await;
+            let took = swarm_round(&docker, &engine, &cap, &tag, &dir).await;
             swarm_cleanup(&tag);
             swarm_t.push(took?.as_secs_f64());
         }

@@ -75,6 +75,26 @@ pub fn role_name(service_id: &str, suffix: &str) -> String {
     format!("{}_{hash}_{suffix}", &full[..keep])
 }
 
+/// How role SQL runs on a primary: psql as the superuser over the local socket, reading the
+/// statements on stdin and stopping at the first error.
+pub fn psql_argv(database_name: &str) -> Vec<String> {
+    [
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "/var/run/postgresql",
+        "-U",
+        "postgres",
+        "-d",
+        database_name,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// SQL that creates (or updates) a service's two roles on a primary, idempotently.
 /// `_ro` reads everything in the public schema; `_rw` also writes.
 pub fn create_roles_sql(

@@ -22,7 +22,7 @@ use spec::{DatabaseState, Task, TaskStatus};
 use store::{Store, StoreError, StoredDatabase};
 use tokio::sync::mpsc;
 
-use crate::credentials::{DatabaseCredentials, create_roles_sql, drop_roles_sql};
+use crate::credentials::{DatabaseCredentials, create_roles_sql, drop_roles_sql, psql_argv};
 use crate::desired::{DESIRED_HASH_LABEL, Desired, desired_instances};
 use crate::fleet::{Fleet, Poke};
 use crate::instances::{InstanceRecord, ObservedView, Phase, view_of};
@@ -969,21 +969,7 @@ impl Reconciler {
             let out = client
                 .exec_instance(ExecRequest {
                     instance_id: instance_id.clone(),
-                    argv: [
-                        "psql",
-                        "-X",
-                        "-q",
-                        "-v",
-                        "ON_ERROR_STOP=1",
-                        "-h",
-                        "/var/run/postgresql",
-                        "-U",
-                        "postgres",
-                        "-d",
-                        &db.spec.database_name,
-                    ]
-                    .map(String::from)
-                    .to_vec(),
+                    argv: psql_argv(&db.spec.database_name),
                     stdin: sql.clone().into_bytes(),
                     user: "postgres".into(),
                     timeout_ms: 30_000,
