@@ -309,7 +309,9 @@ impl DockerRuntime {
         Ok(())
     }
 
-    fn client(&self) -> Docker {
+    /// The engine client this runtime uses (at the negotiated API version once connected), for
+    /// engine calls the runtime has no method for.
+    pub fn client(&self) -> Docker {
         self.docker
             .read()
             .unwrap_or_else(|e| e.into_inner())

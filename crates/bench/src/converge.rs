@@ -30,7 +30,7 @@ use control_plane::credentials::{ServiceCredentials, create_roles_sql, psql_argv
 use crate::procs::{Proc, Stack, StackOptions, binary};
 use crate::specs::three_services;
 use crate::stats::{Table, median, verdict};
-use crate::tasks::TaskWatch;
+use crate::tasks::{TaskWatch, task_id};
 
 /// How often every variant's waiter asks the engine whether the containers are healthy.
 const POLL: Duration = Duration::from_millis(50);
@@ -58,17 +58,6 @@ struct Captured {
     /// Role SQL per service, with the SCRAM verifiers berth set (so the copied configs' passwords work).
     role_sql: Vec<String>,
     database_name: String,
-}
-
-fn docker_client() -> Result<Docker> {
-    Ok(Docker::connect_with_unix(
-        "/var/run/docker.sock",
-        120,
-        &bollard::ClientVersion {
-            major_version: 1,
-            minor_version: 41,
-        },
-    )?)
 }
 
 /// Runs a command line tool; its stdout, or an error with its stderr.
@@ -260,10 +249,7 @@ impl Berth {
                 &serde_json::json!({"id": db, "spec": self.spec()}),
             )
             .await?;
-        let task = resp["task"]["task_id"]
-            .as_str()
-            .context("task id")?
-            .to_string();
+        let task = task_id(&resp)?;
         let ended = self
             .watch
             .wait_all(std::slice::from_ref(&task), LIMIT)
@@ -328,10 +314,7 @@ impl Berth {
             .send()
             .await?;
         let body: serde_json::Value = resp.json().await?;
-        let task = body["task"]["task_id"]
-            .as_str()
-            .context("delete task id")?
-            .to_string();
+        let task = task_id(&body)?;
         self.watch.wait_all(&[task], LIMIT).await?;
         Ok(())
     }
@@ -341,13 +324,8 @@ impl Berth {
     }
 
     /// Inspects the four containers of `db` and copies their config dirs under `into`.
-    async fn capture(
-        &self,
-        docker: &Docker,
-        engine: &DockerRuntime,
-        db: &str,
-        into: &Path,
-    ) -> Result<Captured> {
+    async fn capture(&self, engine: &DockerRuntime, db: &str, into: &Path) -> Result<Captured> {
+        let docker = &engine.client();
         let n1 = format!("{db}-n1-{}", self.hosts[0]);
         let members = [
             ("pg", self.container(0, &n1)),
@@ -518,12 +496,12 @@ async fn run_container(docker: &Docker, name: &str, body: ContainerCreateBody) -
 }
 
 async fn floor_round(
-    docker: &Docker,
     engine: &DockerRuntime,
     cap: &Captured,
     tag: &str,
     dir: &Path,
 ) -> Result<Duration> {
+    let docker = &engine.client();
     let data = dir.join(format!("{tag}-data"));
     std::fs::create_dir_all(&data)?;
     let started = Instant::now();
@@ -638,12 +616,12 @@ fn compose_file(cap: &Captured, data: &Path) -> serde_yaml::Value {
 
 /// docker-compose 1.29 has no `up --wait`, so health is polled the same way as for every other variant.
 async fn compose_round(
-    docker: &Docker,
     engine: &DockerRuntime,
     cap: &Captured,
     tag: &str,
     dir: &Path,
 ) -> Result<Duration> {
+    let docker = &engine.client();
     let data = dir.join(format!("{tag}-data"));
     std::fs::create_dir_all(&data)?;
     let file = dir.join(format!("{tag}.yml"));
@@ -800,12 +778,12 @@ async fn swarm_container(docker: &Docker, service: &str) -> Result<String> {
 }
 
 async fn swarm_round(
-    docker: &Docker,
     engine: &DockerRuntime,
     cap: &Captured,
     tag: &str,
     dir: &Path,
 ) -> Result<Duration> {
+    let docker = &engine.client();
     let data = dir.join(format!("{tag}-data"));
     std::fs::create_dir_all(&data)?;
     let started = Instant::now();
@@ -861,8 +839,8 @@ fn swarm_cleanup(tag: &str) {
 
 pub async fn run(rounds: usize) -> Result<Table> {
     let rounds = rounds.max(1);
-    let docker = docker_client()?;
     let engine = DockerRuntime::connect(None)?;
+    let docker = engine.client();
     let berth = Berth::start().await?;
     let dir = berth.stack.dir.path().join("alternatives");
     std::fs::create_dir_all(&dir)?;
@@ -881,11 +859,7 @@ pub async fn run(rounds: usize) -> Result<Table> {
             Ok((took, task)) => {
                 ours.push(took.as_secs_f64());
                 if captured.is_none() {
-                    captured = Some(
-                        berth
-                            .capture(&docker, &engine, &db, &dir.join("template"))
-                            .await?,
-                    );
+                    captured = Some(berth.capture(&engine, &db, &dir.join("template")).await?);
                 }
                 // The last round's, so the first one's image and page-cache warm-up are not in it.
                 timeline = berth
@@ -913,14 +887,14 @@ pub async fn run(rounds: usize) -> Result<Table> {
     let mut floor = Vec::new();
     for r in 0..rounds {
         let tag = format!("bench-floor-{}-{r}", std::process::id());
-        let took = floor_round(&docker, &engine, &cap, &tag, &dir).await;
+        let took = floor_round(&engine, &cap, &tag, &dir).await;
         floor_cleanup(&docker, &tag).await;
         floor.push(took?.as_secs_f64());
     }
     let mut compose_t = Vec::new();
     for r in 0..rounds {
         let tag = format!("benchcompose{}x{r}", std::process::id());
-        let took = compose_round(&docker, &engine, &cap, &tag, &dir).await;
+        let took = compose_round(&engine, &cap, &tag, &dir).await;
         compose_cleanup(&tag, &dir);
         compose_t.push(took?.as_secs_f64());
     }
@@ -929,7 +903,7 @@ pub async fn run(rounds: usize) -> Result<Table> {
         let _swarm = Swarm::init()?;
         for r in 0..rounds {
             let tag = format!("bench-swarm-{}-{r}", std::process::id());
-            let took = swarm_round(&docker, &engine, &cap, &tag, &dir).await;
+            let took = swarm_round(&engine, &cap, &tag, &dir).await;
             swarm_cleanup(&tag);
             swarm_t.push(took?.as_secs_f64());
         }

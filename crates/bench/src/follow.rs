@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hollow_agent::EMITTED_AT_FIELD;
 
 use crate::api::create_body;
 use crate::procs::{Stack, StackOptions, start_hollow};
 use crate::stats::{Table, fmt_opt, percentile};
+use crate::tasks::task_id;
 
 pub struct FollowOptions {
     pub clients: usize,
@@ -109,10 +110,7 @@ pub async fn run(options: FollowOptions) -> Result<Table> {
         let resp = stack
             .post("/v1/databases", &create_body(&db, &host, &host))
             .await?;
-        let task = resp["task"]["task_id"]
-            .as_str()
-            .context("task id")?
-            .to_string();
+        let task = task_id(&resp)?;
         tasks.push((db, task));
     }
     let poll = Duration::from_millis(options.poll_ms);

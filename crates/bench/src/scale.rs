@@ -11,7 +11,7 @@ use crate::procs::{EtcdCounts, Proc, Stack, StackOptions, start_hollow};
 use crate::profile::Profile;
 use crate::specs::three_services;
 use crate::stats::{Table, fmt_opt, median, verdict};
-use crate::tasks::TaskWatch;
+use crate::tasks::{TaskWatch, task_id};
 
 pub struct ScaleOptions {
     pub hosts: usize,
@@ -80,7 +80,7 @@ async fn create(fleet: &Fleet, range: std::ops::Range<usize>, hosts: usize) -> R
             async move {
                 let body = serde_json::json!({"id": format!("db-{i}"), "spec": database_spec(i, hosts, "claude-sonnet-4-5")});
                 let resp = stack.post("/v1/databases", &body).await?;
-                Ok(resp["task"]["task_id"].as_str().context("task id")?.to_string())
+                task_id(&resp)
             }
         })
         .buffer_unordered(16)
@@ -144,10 +144,7 @@ async fn updates(fleet: &Fleet, n: usize, hosts: usize) -> Result<UpdateCost> {
                 &serde_json::json!({"spec": database_spec(0, hosts, &model)}),
             )
             .await?;
-        let task = resp["task"]["task_id"]
-            .as_str()
-            .context("task id")?
-            .to_string();
+        let task = task_id(&resp)?;
         let ended = fleet
             .watch
             .wait_all(std::slice::from_ref(&task), Duration::from_secs(120))

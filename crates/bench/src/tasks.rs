@@ -5,9 +5,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::Notify;
+
+/// The id of the task an API answer (create, update, delete) started.
+pub fn task_id(answer: &serde_json::Value) -> Result<String> {
+    answer["task"]["task_id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no task id in {answer}"))
+}
 
 #[derive(Debug, Clone)]
 pub struct Ended {
