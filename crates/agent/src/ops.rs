@@ -676,9 +676,12 @@ impl<R: ContainerRuntime> Ops<R> {
         } else {
             None
         };
-        let (cpus, memory_bytes) = match resources {
-            Some(r) => (r.cpus, r.memory_bytes),
-            None => local_resources(),
+        let (cpus, memory_bytes, engine_id) = match resources {
+            Some(r) => (r.cpus, r.memory_bytes, r.engine_id),
+            None => {
+                let (cpus, memory) = local_resources();
+                (cpus, memory, String::new())
+            }
         };
         HostInfo {
             host_id: self.host_id.clone(),
@@ -688,6 +691,7 @@ impl<R: ContainerRuntime> Ops<R> {
             docker_ok,
             docker_error,
             addresses: self.addresses.clone(),
+            engine_id,
         }
     }
 }

@@ -67,6 +67,7 @@ impl<R: ContainerRuntime> Registration<R> {
                 agent_version: info.agent_version,
                 docker_ok: info.docker_ok,
                 docker_error: info.docker_error,
+                engine_id: info.engine_id,
             };
             match self.client().register(request).await {
                 Ok(resp) => {

@@ -162,11 +162,22 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostResources {
     pub cpus: u32,
     pub memory_bytes: u64,
+    /// Identifies the engine: agents that report the same id share its networks, so their
+    /// instances reach each other by alias. See [`ENGINE_ID_VOLUME`].
+    pub engine_id: String,
 }
+
+/// A volume whose label names its engine. Docker's own `info.ID` comes from
+/// `/etc/docker/key.json`, which engines started from one machine image or one config
+/// directory share, so it cannot tell two engines apart; a volume lives in the engine's own
+/// data root. The first agent to find none creates it with a random id, and every agent of
+/// that engine then reads the same id back.
+pub const ENGINE_ID_VOLUME: &str = "berth-engine-id";
+const ENGINE_ID_LABEL: &str = "berth.engine-id";
 
 /// One container event from the engine.
 #[derive(Debug, Clone)]
@@ -246,6 +257,8 @@ pub struct DockerRuntime {
     // Replaced once negotiation succeeds; the engine may be down when the agent starts.
     docker: RwLock<Docker>,
     negotiated: std::sync::atomic::AtomicBool,
+    /// Read once: every heartbeat asks for the host's resources.
+    engine_id: tokio::sync::OnceCell<String>,
 }
 
 impl DockerRuntime {
@@ -292,7 +305,53 @@ impl DockerRuntime {
         Ok(Self {
             docker: RwLock::new(docker),
             negotiated: std::sync::atomic::AtomicBool::new(false),
+            engine_id: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The engine's identity (see [`ENGINE_ID_VOLUME`]), created on first use.
+    async fn engine_id(&self) -> RuntimeResult<String> {
+        self.engine_id
+            .get_or_try_init(|| self.read_or_create_engine_id())
+            .await
+            .cloned()
+    }
+
+    async fn read_or_create_engine_id(&self) -> RuntimeResult<String> {
+        let docker = self.client();
+        let read = |v: bollard::models::Volume| v.labels.get(ENGINE_ID_LABEL).cloned();
+        match docker.inspect_volume(ENGINE_ID_VOLUME).await {
+            Ok(v) => {
+                if let Some(id) = read(v) {
+                    return Ok(id);
+                }
+            }
+            Err(e) => {
+                let e = RuntimeError::from(e);
+                if !matches!(e, RuntimeError::NotFound(_)) {
+                    return Err(e);
+                }
+            }
+        }
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(ENGINE_ID_VOLUME.to_string()),
+            labels: Some(HashMap::from([(
+                ENGINE_ID_LABEL.to_string(),
+                uuid::Uuid::new_v4().to_string(),
+            )])),
+            ..Default::default()
+        };
+        // Creating a volume that exists returns the existing one, so two agents racing here
+        // both read back the winner's label.
+        let created = docker.create_volume(request).await?;
+        match read(created) {
+            Some(id) => Ok(id),
+            None => read(docker.inspect_volume(ENGINE_ID_VOLUME).await?).ok_or_else(|| {
+                RuntimeError::Other(format!(
+                    "volume {ENGINE_ID_VOLUME} has no {ENGINE_ID_LABEL} label"
+                ))
+            }),
+        }
     }
 
     /// Negotiates the API version with the engine; harmless to call again once it succeeded.
@@ -443,6 +502,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(HostResources {
             cpus: info.ncpu.unwrap_or(0).try_into().unwrap_or(0),
             memory_bytes: info.mem_total.unwrap_or(0).try_into().unwrap_or(0),
+            engine_id: self.engine_id().await?,
         })
     }
 

@@ -425,6 +425,7 @@ mod tests {
             Ok(HostResources {
                 cpus: 1,
                 memory_bytes: 1,
+                engine_id: "fake".into(),
             })
         }
         async fn list(&self, labels: &[(&str, &str)]) -> RuntimeResult<Vec<ContainerInfo>> {

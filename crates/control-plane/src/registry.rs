@@ -94,6 +94,7 @@ impl Registry for RegistryService {
             id: r.host_id.clone(),
             agent_address: r.agent_address,
             addresses: r.addresses,
+            engine_id: r.engine_id,
             cpus: r.cpus,
             memory_bytes: r.memory_bytes,
             agent_version: r.agent_version,

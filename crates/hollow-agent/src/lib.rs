@@ -46,6 +46,9 @@ use tonic::{Request, Response, Status};
 
 /// Version string the simulated hosts register with, so `GET /v1/hosts` shows what they are.
 pub const AGENT_VERSION: &str = concat!("hollow-", env!("CARGO_PKG_VERSION"));
+/// Every simulated host claims one shared engine, so the control plane wires their
+/// instances by alias and never waits for a published port that no container has.
+pub const HOLLOW_ENGINE_ID: &str = "hollow";
 
 /// Field of every simulated apply log line: when the line left the agent, in microseconds since the Unix epoch.
 /// The follow benchmark compares it with the time a client reads the line.
@@ -254,6 +257,7 @@ async fn register_loop(
                 agent_version: AGENT_VERSION.into(),
                 docker_ok: true,
                 docker_error: String::new(),
+                engine_id: HOLLOW_ENGINE_ID.into(),
             })
             .await;
         let ttl = match registered {
@@ -603,6 +607,7 @@ impl Agent for HollowService {
             docker_ok: true,
             docker_error: String::new(),
             addresses: vec!["127.0.0.1".into()],
+            engine_id: HOLLOW_ENGINE_ID.into(),
         }))
     }
 }

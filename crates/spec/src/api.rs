@@ -212,8 +212,14 @@ pub struct Host {
     pub id: String,
     /// Where the control plane reaches the host's agent (`host:port`).
     pub agent_address: String,
-    /// Addresses other hosts and clients use to reach published ports.
+    /// Addresses other hosts and clients use to reach published ports; the first is the one
+    /// instances on other hosts are given.
     pub addresses: Vec<String>,
+    /// The container engine the agent drives. Hosts with the same engine id share its
+    /// networks, so their instances reach each other by alias; others go through
+    /// `addresses[0]` and a published port. Empty for an agent that could not tell.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_id: String,
     pub cpus: u32,
     pub memory_bytes: u64,
     pub agent_version: String,

@@ -143,6 +143,7 @@ impl ControlPlane {
             agent_version: "test".into(),
             docker_ok: true,
             docker_error: String::new(),
+            engine_id: "test-engine".into(),
         }
     }
 
