@@ -62,7 +62,11 @@ pub fn plan(input: &PlanInput) -> Plan {
             primaries_ready &= !is_primary;
             continue;
         }
-        let step = instance_step(d, observed.get(key).copied(), applied.get(key).copied());
+        let step = if d.waiting {
+            None
+        } else {
+            instance_step(d, observed.get(key).copied(), applied.get(key).copied())
+        };
         if is_primary {
             let running = observed
                 .get(key)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use spec::{DatabaseSpec, NodeSpec, ServiceSpec, ServiceType, TargetSessionAttrs};
 
-/// Where one Postgres instance can be reached from the service's host.
+/// One Postgres instance and the two ways to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostgresEndpoint {
     pub node: String,
@@ -17,11 +17,50 @@ pub struct PostgresEndpoint {
     /// Informational: libpq finds the primary itself through `target_session_attrs`, so
     /// the order does not depend on it.
     pub primary: bool,
-    pub address: String,
+    /// The container engine the instance runs on (`Host::engine_id`); empty when unknown.
+    pub engine_id: String,
+    /// Its name and port on the database's network, which only containers of the same
+    /// engine can use.
+    pub alias: String,
     pub port: u16,
+    /// Its host's address and the host port Postgres is published on, once known (the
+    /// agent picks the port when it first creates the container).
+    pub published: Option<(String, u16)>,
 }
 
-/// The ordered list of (address, port) a service on `service_host` connects to.
+/// An instance on another engine whose published port is not known yet, so a connection
+/// string that must list it cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("postgres instance of node {node} on {host_id} has no published port yet")]
+pub struct Unpublished {
+    pub node: String,
+    pub host_id: String,
+}
+
+/// How a container on `from_host`, driven by engine `from_engine`, reaches `endpoint`: by
+/// alias on the database network when both run on one engine (the same host, or hosts
+/// whose agents share an engine), else at the host's address and published port.
+///
+/// An empty engine id matches nothing but its own host: two agents that could not name
+/// their engine are not assumed to share one.
+pub fn reach(
+    endpoint: &PostgresEndpoint,
+    from_host: &str,
+    from_engine: &str,
+) -> Result<(String, u16), Unpublished> {
+    let same_engine = endpoint.host_id == from_host
+        || (!from_engine.is_empty() && endpoint.engine_id == from_engine);
+    if same_engine {
+        return Ok((endpoint.alias.clone(), endpoint.port));
+    }
+    endpoint.published.clone().ok_or_else(|| Unpublished {
+        node: endpoint.node.clone(),
+        host_id: endpoint.host_id.clone(),
+    })
+}
+
+/// The ordered list of (address, port) a service on `service_host` (engine
+/// `service_engine`) connects to, each reached as [`reach`] says.
 ///
 /// Without `database_connection.target_nodes`: every node of the spec, the node local to
 /// `service_host` (one of its `host_ids` is that host) first, then the others in spec
@@ -31,12 +70,15 @@ pub struct PostgresEndpoint {
 /// Only endpoints of a node and host the spec places an instance on are used (a stale
 /// endpoint of a removed instance is left out); an instance without an endpoint is simply
 /// absent. Several endpoints of one instance keep their relative order.
+///
+/// Errors: the first listed instance on another engine whose port is not known yet.
 pub fn connection_hosts(
     spec: &DatabaseSpec,
     service: &ServiceSpec,
     service_host: &str,
+    service_engine: &str,
     endpoints: &[PostgresEndpoint],
-) -> Vec<(String, u16)> {
+) -> Result<Vec<(String, u16)>, Unpublished> {
     let is_local = |node: &NodeSpec| node.host_ids.iter().any(|h| h == service_host);
     let nodes: Vec<&NodeSpec> = match service
         .database_connection
@@ -67,13 +109,11 @@ pub fn connection_hosts(
             .collect();
         // Stable, so several endpoints of one instance keep their order.
         instances.sort_by_key(|(remote, position, _)| (*remote, *position));
-        hosts.extend(
-            instances
-                .into_iter()
-                .map(|(_, _, e)| (e.address.clone(), e.port)),
-        );
+        for (_, _, e) in instances {
+            hosts.push(reach(e, service_host, service_engine)?);
+        }
     }
-    hosts
+    Ok(hosts)
 }
 
 /// The `target_session_attrs` of a service's connection string.
@@ -157,8 +197,9 @@ mod tests {
         }
     }
 
-    /// One endpoint per instance of the spec, addressed `{host}.{node}` on port 5432, in a
-    /// scrambled order so that the result cannot come from the input order.
+    /// One endpoint per instance of the spec, aliased `{host}.{node}` on port 5432 and all
+    /// on one engine, in a scrambled order so that the result cannot come from the input
+    /// order.
     fn endpoints(spec: &DatabaseSpec) -> Vec<PostgresEndpoint> {
         let mut all: Vec<PostgresEndpoint> = spec
             .nodes
@@ -171,8 +212,10 @@ mod tests {
                         node: n.name.clone(),
                         host_id: h.clone(),
                         primary: i == 0,
-                        address: format!("{h}.{}", n.name),
+                        engine_id: "shared".into(),
+                        alias: format!("{h}.{}", n.name),
                         port: 5432,
+                        published: None,
                     })
             })
             .collect();
@@ -260,60 +303,144 @@ mod tests {
         let eps = endpoints(&three);
         for (name, targets, host, expected) in cases {
             let svc = service(ServiceType::Mcp, *targets, None);
-            let got = addresses(connection_hosts(&three, &svc, host, &eps));
+            let got = addresses(connection_hosts(&three, &svc, host, "shared", &eps).unwrap());
             assert_eq!(got, *expected, "{name}");
         }
     }
 
+    fn endpoint(node: &str, host: &str, engine: &str, published: Option<u16>) -> PostgresEndpoint {
+        PostgresEndpoint {
+            node: node.into(),
+            host_id: host.into(),
+            primary: true,
+            engine_id: engine.into(),
+            alias: format!("{node}-{host}"),
+            port: 5432,
+            published: published.map(|p| (format!("addr-{host}"), p)),
+        }
+    }
+
     #[test]
-    fn connection_hosts_use_endpoint_addresses_and_skip_unknown_instances() {
+    fn connection_hosts_skip_instances_the_spec_does_not_place() {
         let spec = db(vec![node("n1", &["a", "b"]), node("n2", &["c"])]);
         let endpoints = vec![
-            PostgresEndpoint {
-                node: "n2".into(),
-                host_id: "c".into(),
-                primary: true,
-                address: "10.0.0.3".into(),
-                port: 6001,
-            },
+            endpoint("n2", "c", "e", None),
             // A stale endpoint of an instance the spec no longer has.
-            PostgresEndpoint {
-                node: "n1".into(),
-                host_id: "z".into(),
-                primary: false,
-                address: "10.0.0.26".into(),
-                port: 6000,
-            },
+            endpoint("n1", "z", "e", None),
             // A node that is not in the spec.
-            PostgresEndpoint {
-                node: "n9".into(),
-                host_id: "a".into(),
-                primary: true,
-                address: "10.0.0.9".into(),
-                port: 6000,
-            },
-            PostgresEndpoint {
-                node: "n1".into(),
-                host_id: "a".into(),
-                primary: true,
-                address: "10.0.0.1".into(),
-                port: 6000,
-            },
+            endpoint("n9", "a", "e", None),
+            endpoint("n1", "a", "e", None),
             // n1 on b has no endpoint yet: absent from the list.
         ];
         let svc = service(ServiceType::Rag, None, None);
         assert_eq!(
-            connection_hosts(&spec, &svc, "c", &endpoints),
-            vec![
-                ("10.0.0.3".to_string(), 6001),
-                ("10.0.0.1".to_string(), 6000)
-            ]
+            connection_hosts(&spec, &svc, "c", "e", &endpoints).unwrap(),
+            vec![("n2-c".to_string(), 5432), ("n1-a".to_string(), 5432)]
         );
         let targets = service(ServiceType::Rag, Some(&["n9", "n1"]), None);
         assert_eq!(
-            connection_hosts(&spec, &targets, "c", &endpoints),
-            vec![("10.0.0.1".to_string(), 6000)],
+            connection_hosts(&spec, &targets, "c", "e", &endpoints).unwrap(),
+            vec![("n1-a".to_string(), 5432)],
             "a target node missing from the spec contributes nothing"
+        );
+    }
+
+    #[test]
+    fn mixed_engines_use_aliases_locally_and_published_ports_across() {
+        // host a and b share engine e1 (one machine, two agents); c and d have their own.
+        let spec = db(vec![node("n1", &["a", "c"]), node("n2", &["d", "b"])]);
+        let eps = vec![
+            endpoint("n1", "a", "e1", Some(6001)),
+            endpoint("n1", "c", "e3", Some(6003)),
+            endpoint("n2", "d", "e4", Some(6004)),
+            endpoint("n2", "b", "e1", Some(6002)),
+        ];
+        let svc = service(ServiceType::Mcp, None, None);
+        let s = |a: &str, p: u16| (a.to_string(), p);
+        /// (case, service host, its engine, expected)
+        type Case<'a> = (&'a str, &'a str, &'a str, Vec<(String, u16)>);
+        let cases: Vec<Case> = vec![
+            (
+                "on a: own host and same-engine b by alias, c and d published",
+                "a",
+                "e1",
+                vec![
+                    s("n1-a", 5432),
+                    s("addr-c", 6003),
+                    s("addr-d", 6004),
+                    s("n2-b", 5432),
+                ],
+            ),
+            (
+                "on c: only its own instance by alias",
+                "c",
+                "e3",
+                vec![
+                    s("n1-c", 5432),
+                    s("addr-a", 6001),
+                    s("addr-d", 6004),
+                    s("addr-b", 6002),
+                ],
+            ),
+            (
+                "on x, an engine with no instance: all published",
+                "x",
+                "e9",
+                vec![
+                    s("addr-a", 6001),
+                    s("addr-c", 6003),
+                    s("addr-d", 6004),
+                    s("addr-b", 6002),
+                ],
+            ),
+            (
+                "an unknown engine id is never shared",
+                "x",
+                "",
+                vec![
+                    s("addr-a", 6001),
+                    s("addr-c", 6003),
+                    s("addr-d", 6004),
+                    s("addr-b", 6002),
+                ],
+            ),
+        ];
+        for (name, host, engine, expected) in cases {
+            assert_eq!(
+                connection_hosts(&spec, &svc, host, engine, &eps).unwrap(),
+                expected,
+                "{name}"
+            );
+        }
+        // target_nodes still decides which nodes and their order; each is reached as above.
+        let targeted = service(ServiceType::Postgrest, Some(&["n2"]), None);
+        assert_eq!(
+            connection_hosts(&spec, &targeted, "c", "e3", &eps).unwrap(),
+            vec![s("addr-d", 6004), s("addr-b", 6002)]
+        );
+    }
+
+    #[test]
+    fn an_unpublished_remote_instance_holds_the_connection_string_back() {
+        let spec = db(vec![node("n1", &["a", "b"])]);
+        let eps = vec![
+            endpoint("n1", "a", "e1", None),
+            endpoint("n1", "b", "e2", None),
+        ];
+        let svc = service(ServiceType::Rag, None, None);
+        // From a, its own instance needs no port but b's does.
+        assert_eq!(
+            connection_hosts(&spec, &svc, "a", "e1", &eps),
+            Err(Unpublished {
+                node: "n1".into(),
+                host_id: "b".into()
+            })
+        );
+        // A service aimed only at instances on its own engine does not wait.
+        let spec_a = db(vec![node("n1", &["a"])]);
+        assert_eq!(
+            connection_hosts(&spec_a, &svc, "a", "e1", &eps[..1]).unwrap(),
+            vec![("n1-a".to_string(), 5432)]
         );
     }
 

@@ -38,6 +38,12 @@ pub struct DesiredInstance {
     /// Hash of everything that needs a new container (image, files, env, ports, ...), resources excluded.
     pub spec_hash: String,
     pub resources: Resources,
+    /// Its spec cannot be written yet: it names another instance whose published port is
+    /// not known (it is created in an earlier phase of this very plan, or its host is
+    /// away). The planner neither applies nor removes it; a later plan does, once the port
+    /// is known. `spec_hash` is then meaningless.
+    #[serde(default)]
+    pub waiting: bool,
 }
 
 /// What an agent reports about a container.

@@ -128,6 +128,7 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     },
                     spec_hash: HASHES[hash].to_string(),
                     resources: RESOURCES[res],
+                    waiting: false,
                 });
             }
         }
@@ -141,6 +142,7 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     },
                     spec_hash: HASHES[hash].to_string(),
                     resources: RESOURCES[res],
+                    waiting: false,
                 });
             }
         }

@@ -38,6 +38,7 @@ fn desired(
         kind,
         spec_hash: hash.to_string(),
         resources,
+        waiting: false,
     }
 }
 
@@ -315,6 +316,41 @@ fn converged_database_has_an_empty_plan() {
     assert!(p.is_empty());
     assert_eq!(p, Plan { phases: vec![] });
     assert_eq!(p.steps().count(), 0);
+}
+
+/// A desired instance whose spec waits on another instance's published port is neither
+/// created, updated, healed nor removed, and everything else goes on around it.
+#[test]
+fn a_waiting_instance_is_left_as_it_is() {
+    let waiting = |id: &str, kind: InstanceKind| DesiredInstance {
+        waiting: true,
+        ..desired(id, "h2", kind, "", R1)
+    };
+    let mut i = input();
+    i.desired.push(desired("p", "h1", pg("n1", true), "H", R1));
+    i.desired.push(waiting("r", pg("n1", false)));
+    // Not there yet: only the primary is created; the replica waits for its port.
+    assert_eq!(
+        plan(&i).phases,
+        vec![vec![apply("p", "h1", ApplyReason::Create)]]
+    );
+    // Already there, even down or from another spec: kept as it is, never removed.
+    for status in [ObservedStatus::Running, ObservedStatus::Failed] {
+        let mut i = i.clone();
+        i.observed.push(observed(
+            "p",
+            "h1",
+            pg("n1", true),
+            Some("H"),
+            ObservedStatus::Running,
+        ));
+        i.applied.push(record("p", "h1", pg("n1", true), "H", R1));
+        i.observed
+            .push(observed("r", "h2", pg("n1", false), Some("OLD"), status));
+        i.applied
+            .push(record("r", "h2", pg("n1", false), "OLD", R2));
+        assert!(plan(&i).is_empty(), "{status:?}: {:?}", plan(&i));
+    }
 }
 
 /// Removal of what is not desired: observed or recorded, on reachable hosts only.
