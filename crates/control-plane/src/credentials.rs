@@ -13,6 +13,9 @@ pub struct DatabaseCredentials {
     pub replication_password: String,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceCredentials>,
+    /// Each Postgres instance's TLS certificate and key, by instance id.
+    #[serde(default)]
+    pub postgres_certs: BTreeMap<String, crate::postgres_tls::PostgresCert>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +43,7 @@ impl DatabaseCredentials {
             superuser_password: generate_password(),
             replication_password: generate_password(),
             services: BTreeMap::new(),
+            postgres_certs: BTreeMap::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use agent_proto as pb;
-use plan::routing::{PostgresEndpoint, connection_hosts, target_session_attrs};
+use plan::routing::{PostgresEndpoint, connection_hosts, reach, target_session_attrs};
 use plan::{DesiredInstance, InstanceKind, Resources};
 use serde::Serialize;
 use spec::manifest::Manifest;
@@ -39,6 +39,57 @@ pub enum DesiredError {
     MissingCredentials(String),
     #[error("{field}: {message}")]
     Quantity { field: String, message: String },
+    #[error("postgres instance {0} has no TLS certificate yet")]
+    MissingCertificate(String),
+}
+
+/// Where a host is, as instances on other engines reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPlacement {
+    /// The host's first advertised address (`Host::addresses[0]`); None if it gave none.
+    pub address: Option<String>,
+    /// `Host::engine_id`.
+    pub engine_id: String,
+}
+
+/// What the fleet looks like to one database: where its hosts are, and the host port each
+/// of its Postgres instances was published on (the agent picks it at the first create and
+/// keeps it; the control plane learns it from the apply's result).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub hosts: BTreeMap<String, HostPlacement>,
+    /// Instance id -> host port of its `postgres` port.
+    pub postgres_ports: BTreeMap<String, u16>,
+}
+
+impl Topology {
+    fn engine(&self, host_id: &str) -> &str {
+        self.hosts.get(host_id).map_or("", |h| h.engine_id.as_str())
+    }
+}
+
+/// The names each Postgres instance of `spec` is dialled by, for its TLS certificate:
+/// its alias on the database network (same engine) and its host's address (other engines).
+/// Instance id -> names.
+pub fn postgres_cert_names(
+    database_id: &str,
+    spec: &DatabaseSpec,
+    topology: &Topology,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for node in &spec.nodes {
+        for host_id in &node.host_ids {
+            let mut names = vec![postgres_alias(&node.name, host_id)];
+            if let Some(address) = topology.hosts.get(host_id).and_then(|h| h.address.clone()) {
+                names.push(address);
+            }
+            out.insert(
+                plan::postgres_instance_id(database_id, &node.name, host_id),
+                names,
+            );
+        }
+    }
+    out
 }
 
 /// One instance to run: what the planner compares, and what the agent applies.
@@ -46,6 +97,9 @@ pub enum DesiredError {
 pub struct Desired {
     pub plan: DesiredInstance,
     pub spec: pb::InstanceSpec,
+    /// Why its spec cannot be written yet (then `plan.waiting` is set and `spec` is not to
+    /// be applied).
+    pub waiting_for: Option<String>,
 }
 
 /// Everything that defines a container but its resources, in a form whose serialization is
@@ -173,17 +227,52 @@ fn finish(
             kind,
             spec_hash: hash,
             resources: res,
+            waiting: false,
         },
         spec,
+        waiting_for: None,
     }
 }
 
-/// Every instance `spec` asks for. Credentials for every service must already exist.
+/// Marks `d` as not writable yet, for `why`.
+fn waiting(mut d: Desired, why: String) -> Desired {
+    d.plan.waiting = true;
+    d.waiting_for = Some(why);
+    d
+}
+
+/// Files of a Postgres instance's config directory besides `berth.conf`: its certificate
+/// and key, and the fleet CA its replicas verify the primary with (the image's contract,
+/// deploy/images/postgres/entrypoint).
+fn postgres_tls_files(
+    instance_id: &str,
+    creds: &DatabaseCredentials,
+    ca_pem: &str,
+) -> Result<[(String, String); 3], DesiredError> {
+    let cert = creds
+        .postgres_certs
+        .get(instance_id)
+        .ok_or_else(|| DesiredError::MissingCertificate(instance_id.to_string()))?;
+    Ok([
+        ("server.crt".to_string(), cert.cert_pem.clone()),
+        ("server.key".to_string(), cert.key_pem.clone()),
+        ("ca.crt".to_string(), ca_pem.to_string()),
+    ])
+}
+
+/// Every instance `spec` asks for. Credentials for every service, and a certificate for
+/// every Postgres instance ([`postgres_cert_names`]), must already exist in `creds`.
+///
+/// An instance on one engine reaches an instance on another at the host's address and
+/// published port ([`plan::routing::reach`]); while such a port is not known yet, the
+/// instance that needs it is returned waiting ([`Desired::waiting_for`]).
 pub fn desired_instances(
     database_id: &str,
     spec: &DatabaseSpec,
     manifest: &Manifest,
     creds: &DatabaseCredentials,
+    topology: &Topology,
+    ca_pem: &str,
 ) -> Result<Vec<Desired>, DesiredError> {
     let mut out = Vec::new();
     let postgres = manifest
@@ -192,43 +281,68 @@ pub fn desired_instances(
             DesiredError::PostgresVersion(spec.postgres_version.clone().unwrap_or_default())
         })?;
     let network = network_name(database_id);
-    let mut endpoints = Vec::new();
+    let endpoint = |node: &str, host_id: &str, primary: bool| {
+        let id = plan::postgres_instance_id(database_id, node, host_id);
+        let address = topology.hosts.get(host_id).and_then(|h| h.address.clone());
+        PostgresEndpoint {
+            node: node.to_string(),
+            host_id: host_id.to_string(),
+            primary,
+            engine_id: topology.engine(host_id).to_string(),
+            alias: postgres_alias(node, host_id),
+            port: POSTGRES_PORT,
+            published: address.zip(topology.postgres_ports.get(&id).copied()),
+        }
+    };
+    let endpoints: Vec<PostgresEndpoint> = spec
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            node.host_ids
+                .iter()
+                .enumerate()
+                .map(|(i, h)| endpoint(&node.name, h, i == 0))
+        })
+        .collect();
 
     for node in &spec.nodes {
         let primary_host = &node.host_ids[0];
         for (i, host_id) in node.host_ids.iter().enumerate() {
             let primary = i == 0;
-            let alias = postgres_alias(&node.name, host_id);
-            endpoints.push(PostgresEndpoint {
-                node: node.name.clone(),
-                host_id: host_id.clone(),
-                primary,
-                address: alias.clone(),
-                port: POSTGRES_PORT,
-            });
+            let id = plan::postgres_instance_id(database_id, &node.name, host_id);
             let mut conf = format!(
                 "superuser_password={}\ndatabase={}\nreplication_user=replicator\nreplication_password={}\n",
                 creds.superuser_password, spec.database_name, creds.replication_password
             );
+            let mut unpublished = None;
             if !primary {
-                conf.push_str(&format!(
-                    "primary_host={}\nprimary_port={POSTGRES_PORT}\n",
-                    postgres_alias(&node.name, primary_host)
-                ));
+                let upstream = endpoint(&node.name, primary_host, true);
+                match reach(&upstream, host_id, topology.engine(host_id)) {
+                    Ok((host, port)) => {
+                        conf.push_str(&format!("primary_host={host}\nprimary_port={port}\n"))
+                    }
+                    Err(e) => unpublished = Some(e.to_string()),
+                }
             }
+            let mut files: BTreeMap<String, String> =
+                [("berth.conf".to_string(), conf)].into_iter().collect();
+            files.extend(postgres_tls_files(&id, creds, ca_pem)?);
             let c = ContainerSpec {
                 image: postgres.image.clone(),
                 command: vec![],
                 env: postgres.env.clone(),
-                files: [("berth.conf".to_string(), conf)].into_iter().collect(),
+                files,
                 config_mount_path: POSTGRES_CONFIG_DIR.into(),
                 data_mount_path: Some(POSTGRES_DATA_DIR.into()),
                 network: network.clone(),
-                aliases: vec![alias],
-                ports: spec
-                    .port
-                    .map(|p| vec![("postgres".into(), POSTGRES_PORT, Some(p))])
-                    .unwrap_or_default(),
+                aliases: vec![postgres_alias(&node.name, host_id)],
+                // Always published, so that other engines can reach it: on the spec's
+                // port, or on one the agent picks once and keeps.
+                ports: vec![(
+                    "postgres".into(),
+                    POSTGRES_PORT,
+                    Some(spec.port.unwrap_or(0)),
+                )],
                 health_check: postgres.health_check.clone(),
                 // Postgres needs time to checkpoint on a clean shutdown.
                 stop_timeout_seconds: 60,
@@ -237,16 +351,11 @@ pub fn desired_instances(
                 node: node.name.clone(),
                 primary,
             };
-            let id = plan::postgres_instance_id(database_id, &node.name, host_id);
-            out.push(finish(
-                database_id,
-                id,
-                host_id,
-                kind,
-                "",
-                c,
-                resources(None, 0)?,
-            ));
+            let d = finish(database_id, id, host_id, kind, "", c, resources(None, 0)?);
+            out.push(match unpublished {
+                Some(why) => waiting(d, why),
+                None => d,
+            });
         }
     }
 
@@ -274,10 +383,21 @@ pub fn desired_instances(
         let attrs = target_session_attrs(service, &config);
         let res = resources(Some(service), index)?;
         for host_id in &service.host_ids {
+            let (hosts, unpublished) = match connection_hosts(
+                spec,
+                service,
+                host_id,
+                topology.engine(host_id),
+                &endpoints,
+            ) {
+                Ok(hosts) => (hosts, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
             let target = service_config::ConnectionTarget {
-                hosts: connection_hosts(spec, service, host_id, &endpoints),
+                hosts,
                 dbname: spec.database_name.clone(),
                 target_session_attrs: attrs.as_str().to_string(),
+                ca_pem: Some(ca_pem.to_string()),
             };
             let files = service_config::render(
                 service.service_type,
@@ -314,15 +434,11 @@ pub fn desired_instances(
                 service_id: service.service_id.clone(),
             };
             let id = plan::service_instance_id(database_id, &service.service_id, host_id);
-            out.push(finish(
-                database_id,
-                id,
-                host_id,
-                kind,
-                &service.service_id,
-                c,
-                res,
-            ));
+            let d = finish(database_id, id, host_id, kind, &service.service_id, c, res);
+            out.push(match unpublished {
+                Some(why) => waiting(d, why),
+                None => d,
+            });
         }
     }
     Ok(out)
@@ -356,15 +472,72 @@ mod tests {
         s
     }
 
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n";
+
+    /// Every host on one engine, as the shared-engine fleets run.
+    fn one_engine() -> Topology {
+        let hosts = ["host-1", "host-2", "host-3"]
+            .into_iter()
+            .map(|h| {
+                let placement = HostPlacement {
+                    address: Some("127.0.0.1".into()),
+                    engine_id: "e".into(),
+                };
+                (h.to_string(), placement)
+            })
+            .collect();
+        Topology {
+            hosts,
+            postgres_ports: BTreeMap::new(),
+        }
+    }
+
+    /// host-N at 10.0.0.N on an engine of its own.
+    fn engine_per_host(ports: &[(&str, u16)]) -> Topology {
+        let hosts = (1..=3)
+            .map(|n| {
+                let placement = HostPlacement {
+                    address: Some(format!("10.0.0.{n}")),
+                    engine_id: format!("e{n}"),
+                };
+                (format!("host-{n}"), placement)
+            })
+            .collect();
+        Topology {
+            hosts,
+            postgres_ports: ports.iter().map(|(id, p)| (id.to_string(), *p)).collect(),
+        }
+    }
+
     fn creds() -> DatabaseCredentials {
         let mut c = DatabaseCredentials::generate();
         c.ensure_services(["mcp-server"]);
+        for id in ["db-n1-host-1", "db-n1-host-2"] {
+            c.postgres_certs.insert(
+                id.into(),
+                crate::postgres_tls::PostgresCert {
+                    cert_pem: format!("cert of {id}"),
+                    key_pem: format!("key of {id}"),
+                    names: vec![],
+                    not_after: chrono::Utc::now(),
+                },
+            );
+        }
         c
+    }
+
+    fn build(spec: &DatabaseSpec, c: &DatabaseCredentials, t: &Topology) -> Vec<Desired> {
+        desired_instances("db", spec, &manifest(), c, t, CA).unwrap()
+    }
+
+    fn file<'a>(d: &'a Desired, path: &str) -> &'a str {
+        let f = d.spec.files.iter().find(|f| f.path == path).unwrap();
+        std::str::from_utf8(&f.content).unwrap()
     }
 
     #[test]
     fn one_postgres_instance_per_node_host_and_one_service_instance_per_service_host() {
-        let d = desired_instances("db", &spec_with(mcp("m", None)), &manifest(), &creds()).unwrap();
+        let d = build(&spec_with(mcp("m", None)), &creds(), &one_engine());
         let ids: Vec<&str> = d.iter().map(|d| d.plan.instance_id.as_str()).collect();
         assert_eq!(
             ids,
@@ -389,14 +562,16 @@ mod tests {
                 primary: false
             }
         );
-        let replica_conf = String::from_utf8(d[1].spec.files[0].content.clone()).unwrap();
+        let replica_conf = file(&d[1], "berth.conf");
         assert!(
-            replica_conf.contains("primary_host=n1-host-1\n"),
-            "{replica_conf}"
+            replica_conf.contains("primary_host=n1-host-1\nprimary_port=5432\n"),
+            "one engine: the replica clones from the alias: {replica_conf}"
         );
+        assert_eq!(file(&d[0], "server.key"), "key of db-n1-host-1");
+        assert_eq!(file(&d[1], "ca.crt"), CA);
         // Secrets reach the container only through files, never its environment.
         let c = creds();
-        for inst in desired_instances("db", &spec_with(mcp("m", None)), &manifest(), &c).unwrap() {
+        for inst in build(&spec_with(mcp("m", None)), &c, &one_engine()) {
             let env = format!("{:?}", inst.spec.env);
             assert!(
                 !env.contains(&c.superuser_password)
@@ -409,16 +584,18 @@ mod tests {
     fn hashes_are_stable_change_with_config_and_ignore_resources() {
         let c = creds();
         let m = manifest();
-        let a = desired_instances("db", &spec_with(mcp("m1", None)), &m, &c).unwrap();
-        let again = desired_instances("db", &spec_with(mcp("m1", None)), &m, &c).unwrap();
+        let t = one_engine();
+        let a = desired_instances("db", &spec_with(mcp("m1", None)), &m, &c, &t, CA).unwrap();
+        let again = desired_instances("db", &spec_with(mcp("m1", None)), &m, &c, &t, CA).unwrap();
         assert_eq!(a, again);
-        let changed = desired_instances("db", &spec_with(mcp("m2", None)), &m, &c).unwrap();
+        let changed = desired_instances("db", &spec_with(mcp("m2", None)), &m, &c, &t, CA).unwrap();
         assert_eq!(
             a[0].plan.spec_hash, changed[0].plan.spec_hash,
             "postgres untouched by a service change"
         );
         assert_ne!(a[2].plan.spec_hash, changed[2].plan.spec_hash);
-        let resized = desired_instances("db", &spec_with(mcp("m1", Some("500m"))), &m, &c).unwrap();
+        let resized =
+            desired_instances("db", &spec_with(mcp("m1", Some("500m"))), &m, &c, &t, CA).unwrap();
         assert_eq!(a[2].plan.spec_hash, resized[2].plan.spec_hash);
         assert_eq!(resized[2].plan.resources.nano_cpus, 500_000_000);
         assert_eq!(resized[2].spec.nano_cpus, 500_000_000);
@@ -426,12 +603,84 @@ mod tests {
 
     #[test]
     fn service_health_check_gets_the_service_port() {
-        let d = desired_instances("db", &spec_with(mcp("m", None)), &manifest(), &creds()).unwrap();
+        let d = build(&spec_with(mcp("m", None)), &creds(), &one_engine());
         let test = &d[2].spec.health_check.as_ref().unwrap().test;
         assert!(
             test.iter().any(|a| a == "http://127.0.0.1:8080/health"),
             "{test:?}"
         );
         assert_eq!(d[2].spec.env["BERTH_SERVICE_TYPE"], "mcp");
+    }
+
+    #[test]
+    fn across_engines_instances_are_reached_at_the_host_address_and_published_port() {
+        let spec = spec_with(mcp("m", None));
+        let c = creds();
+        // Before the primary has a published port, the replica on another engine, and the
+        // services that list it, wait; the primary itself does not.
+        let d = build(&spec, &c, &engine_per_host(&[]));
+        let waiting: Vec<(&str, bool)> = d
+            .iter()
+            .map(|d| (d.plan.instance_id.as_str(), d.plan.waiting))
+            .collect();
+        assert_eq!(
+            waiting,
+            [
+                ("db-n1-host-1", false),
+                ("db-n1-host-2", true),
+                ("db-mcp-server-host-1", true),
+                ("db-mcp-server-host-3", true)
+            ]
+        );
+        assert!(d[1].waiting_for.as_deref().unwrap().contains("host-1"));
+        assert_eq!(
+            d[0].spec.ports[0].host_port,
+            Some(0),
+            "published on a port the agent picks"
+        );
+
+        let d = build(
+            &spec,
+            &c,
+            &engine_per_host(&[("db-n1-host-1", 40001), ("db-n1-host-2", 40002)]),
+        );
+        assert!(d.iter().all(|d| !d.plan.waiting));
+        assert!(
+            file(&d[1], "berth.conf").contains("primary_host=10.0.0.1\nprimary_port=40001\n"),
+            "{}",
+            file(&d[1], "berth.conf")
+        );
+        // mcp prefers a standby: on host-1 its own instance by alias, then host-2's published
+        // port; on host-3 (no instance) both published.
+        let conn = |d: &Desired| file(d, "config.yaml").to_string();
+        let on_1 = conn(&d[2]);
+        assert!(on_1.contains("n1-host-1"), "{on_1}");
+        assert!(on_1.contains("10.0.0.2"), "{on_1}");
+        let on_3 = conn(&d[3]);
+        assert!(
+            on_3.contains("10.0.0.1") && on_3.contains("10.0.0.2") && !on_3.contains("n1-host-"),
+            "{on_3}"
+        );
+    }
+
+    #[test]
+    fn certificate_names_are_the_alias_and_the_host_address() {
+        let names = postgres_cert_names("db", &spec_with(mcp("m", None)), &engine_per_host(&[]));
+        assert_eq!(
+            names["db-n1-host-2"],
+            ["n1-host-2".to_string(), "10.0.0.2".to_string()]
+        );
+        let c = DatabaseCredentials::generate();
+        assert_eq!(
+            desired_instances(
+                "db",
+                &spec_with(mcp("m", None)),
+                &manifest(),
+                &c,
+                &one_engine(),
+                CA
+            ),
+            Err(DesiredError::MissingCertificate("db-n1-host-1".into()))
+        );
     }
 }

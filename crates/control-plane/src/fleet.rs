@@ -3,12 +3,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_proto::agent_client::AgentClient;
 use agent_proto::{InstanceState, WatchRequest, instance_event};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
+
+use chrono::Utc;
+use store::{HostDialFailure, Store};
+
+use crate::desired::HostPlacement;
 
 /// Which database a change concerns, so only its reconciler wakes up.
 pub type Poke = Option<String>;
@@ -77,6 +82,9 @@ impl Drop for HostConn {
 pub struct Fleet {
     views: Arc<Mutex<HashMap<String, HostView>>>,
     conns: Arc<Mutex<HashMap<String, HostConn>>>,
+    /// Where each registered host is and which engine it runs, as last read.
+    placements: Arc<Mutex<BTreeMap<String, HostPlacement>>>,
+    dial: Arc<DialFailures>,
     pokes: mpsc::UnboundedSender<Poke>,
     tls: Arc<crate::tls::FleetTls>,
 }
@@ -86,20 +94,44 @@ fn database_of(state: &InstanceState) -> Option<String> {
 }
 
 impl Fleet {
-    pub fn new(pokes: mpsc::UnboundedSender<Poke>, tls: Arc<crate::tls::FleetTls>) -> Self {
+    /// `store` is the leader's (fenced): dial failures are recorded there for the API.
+    pub fn new(
+        store: Store,
+        pokes: mpsc::UnboundedSender<Poke>,
+        tls: Arc<crate::tls::FleetTls>,
+    ) -> Self {
         Fleet {
             views: Default::default(),
             conns: Default::default(),
+            placements: Default::default(),
+            dial: Arc::new(DialFailures {
+                store,
+                failing: Mutex::default(),
+            }),
             pokes,
             tls,
         }
     }
 
-    /// Connects to every host in `hosts` (id -> agent address) and drops the others.
-    pub fn sync_hosts(&self, hosts: &BTreeMap<String, String>) {
+    /// Connects to every registered host and drops the others; remembers where each is.
+    pub fn sync_hosts(&self, registered: &[spec::Host]) {
+        *self.placements.lock().expect("fleet lock") = registered
+            .iter()
+            .map(|h| {
+                let placement = HostPlacement {
+                    address: h.addresses.first().cloned(),
+                    engine_id: h.engine_id.clone(),
+                };
+                (h.id.clone(), placement)
+            })
+            .collect();
+        let hosts: BTreeMap<String, String> = registered
+            .iter()
+            .map(|h| (h.id.clone(), h.agent_address.clone()))
+            .collect();
         let mut conns = self.conns.lock().expect("fleet lock");
         conns.retain(|id, c| hosts.get(id) == Some(&c.address));
-        for (id, address) in hosts {
+        for (id, address) in &hosts {
             if conns.contains_key(id) {
                 continue;
             }
@@ -127,9 +159,11 @@ impl Fleet {
             let client = AgentClient::new(channel);
             let watcher = tokio::spawn(watch_host(
                 id.clone(),
+                address.clone(),
                 client.clone(),
                 self.views.clone(),
                 self.pokes.clone(),
+                self.dial.clone(),
             ));
             conns.insert(
                 id.clone(),
@@ -144,6 +178,22 @@ impl Fleet {
             .lock()
             .expect("fleet lock")
             .retain(|id, _| hosts.contains_key(id));
+    }
+
+    /// Where every registered host is, as of the last [`Fleet::sync_hosts`].
+    pub fn placements(&self) -> BTreeMap<String, HostPlacement> {
+        self.placements.lock().expect("fleet lock").clone()
+    }
+
+    /// Since when, and why, this replica has been unable to open its stream to the host's
+    /// agent; None while the stream is up or was never tried.
+    pub fn dial_failure(&self, host_id: &str) -> Option<DialFailure> {
+        self.dial
+            .failing
+            .lock()
+            .expect("fleet lock")
+            .get(host_id)
+            .cloned()
     }
 
     pub fn client(&self, host_id: &str) -> Option<AgentClient<Channel>> {
@@ -203,16 +253,98 @@ impl Fleet {
     }
 }
 
+/// One host's failure to be dialled.
+#[derive(Debug, Clone)]
+pub struct DialFailure {
+    pub address: String,
+    pub error: String,
+    pub since: Instant,
+    /// How many attempts in a row failed.
+    attempts: u32,
+    recorded: bool,
+}
+
+/// Hosts this replica cannot dial, and their record in etcd for the API.
+struct DialFailures {
+    store: Store,
+    failing: Mutex<HashMap<String, DialFailure>>,
+}
+
+/// Failed attempts in a row before a host's dial failure is recorded: one failure is an
+/// agent restarting, two at the stream's backoff are not.
+const RECORD_AFTER_ATTEMPTS: u32 = 2;
+
+impl DialFailures {
+    async fn failed(&self, host_id: &str, address: &str, error: String) {
+        let record = {
+            let mut failing = self.failing.lock().expect("fleet lock");
+            let f = failing
+                .entry(host_id.to_string())
+                .or_insert_with(|| DialFailure {
+                    address: address.to_string(),
+                    error: error.clone(),
+                    since: Instant::now(),
+                    attempts: 0,
+                    recorded: false,
+                });
+            f.attempts += 1;
+            f.error = error;
+            let due = f.attempts >= RECORD_AFTER_ATTEMPTS && !f.recorded;
+            f.recorded |= due;
+            due.then(|| HostDialFailure {
+                address: f.address.clone(),
+                error: f.error.clone(),
+                since: Utc::now()
+                    - chrono::Duration::from_std(f.since.elapsed()).unwrap_or_default(),
+            })
+        };
+        if let Some(failure) = record {
+            tracing::warn!(host_id, address, error = %failure.error, "cannot dial the host's agent");
+            if let Err(e) = self.store.put_host_dial_failure(host_id, &failure).await {
+                tracing::warn!(host_id, error = %e, "cannot record the dial failure");
+            }
+        }
+    }
+
+    async fn reached(&self, host_id: &str) {
+        let was = self.failing.lock().expect("fleet lock").remove(host_id);
+        if was.is_some_and(|f| f.recorded) {
+            tracing::info!(host_id, "the host's agent can be dialled again");
+            if let Err(e) = self.store.clear_host_dial_failure(host_id).await {
+                tracing::warn!(host_id, error = %e, "cannot clear the dial failure");
+            }
+        }
+    }
+}
+
+/// A gRPC error and its causes on one line ("transport error: tcp connect error: ...").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !out.contains(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
+        source = s.source();
+    }
+    out
+}
+
 async fn watch_host(
     host_id: String,
+    address: String,
     mut client: AgentClient<Channel>,
     views: Arc<Mutex<HashMap<String, HostView>>>,
     pokes: mpsc::UnboundedSender<Poke>,
+    dial: Arc<DialFailures>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
         match client.watch_instances(WatchRequest {}).await {
             Ok(response) => {
+                dial.reached(&host_id).await;
                 let mut stream = response.into_inner();
                 loop {
                     let message = stream.message().await;
@@ -237,7 +369,10 @@ async fn watch_host(
                     }
                 }
             }
-            Err(e) => tracing::debug!(host_id = %host_id, error = %e, "agent not reachable"),
+            Err(e) => {
+                tracing::debug!(host_id = %host_id, error = %e, "agent not reachable");
+                dial.failed(&host_id, &address, error_chain(&e)).await;
+            }
         }
         // Until the next snapshot, what we knew may be stale: plan nothing on this host.
         let was_synced = views

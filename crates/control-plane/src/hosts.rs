@@ -8,12 +8,27 @@ use spec::{Host, HostState, HostStatus};
 use store::{HostLiveness, Store, StoreError};
 
 /// Every registered host with its status: `unreachable` once its lease expired (etcd removed
-/// the liveness key), `degraded` while its agent cannot reach Docker, else `healthy`.
+/// the liveness key), `degraded` while its agent cannot reach Docker or the leader cannot
+/// dial the agent, else `healthy`.
 pub async fn hosts_with_status(store: &Store) -> Result<Vec<Host>, StoreError> {
     let liveness = store.host_liveness().await?;
+    let dial = store.host_dial_failures().await?;
     let mut hosts = store.list_hosts().await?;
     for host in &mut hosts {
         host.status = match liveness.get(&host.id) {
+            Some(alive) if alive.docker_ok && dial.contains_key(&host.id) => {
+                let f = &dial[&host.id];
+                HostStatus {
+                    state: HostState::Degraded,
+                    updated_at: alive.updated_at.max(f.since),
+                    error: Some(format!(
+                        "the control plane cannot reach the agent at {} since {}: {}",
+                        f.address,
+                        f.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        f.error
+                    )),
+                }
+            }
             None => HostStatus {
                 state: HostState::Unreachable,
                 updated_at: host.status.updated_at,

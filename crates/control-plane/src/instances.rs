@@ -54,6 +54,17 @@ pub struct InstanceRecord {
     pub observed: ObservedView,
 }
 
+impl InstanceRecord {
+    /// The host port its `postgres` port is published on, as last seen.
+    pub fn postgres_port(&self) -> Option<u16> {
+        self.observed
+            .ports
+            .iter()
+            .find(|p| p.name == "postgres")
+            .and_then(|p| p.host_port)
+    }
+}
+
 fn timestamp(t: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     t.as_ref()
         .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))

@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod instances;
 pub mod leader;
+pub mod postgres_tls;
 pub mod reconciler;
 pub mod registry;
 pub mod settings;

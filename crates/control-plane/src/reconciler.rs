@@ -23,7 +23,9 @@ use store::{Store, StoreError, StoredDatabase};
 use tokio::sync::mpsc;
 
 use crate::credentials::{DatabaseCredentials, create_roles_sql, drop_roles_sql, psql_argv};
-use crate::desired::{DESIRED_HASH_LABEL, Desired, desired_instances};
+use crate::desired::{
+    DESIRED_HASH_LABEL, Desired, Topology, desired_instances, postgres_cert_names,
+};
 use crate::fleet::{Fleet, Poke};
 use crate::instances::{InstanceRecord, ObservedView, Phase, view_of};
 use crate::tasks::transition;
@@ -34,6 +36,9 @@ use crate::tasks::transition;
 /// snapshot on reconnect), so the sweep is rare: it costs a pass over every database.
 pub const SAFETY_NET_PERIOD: Duration = Duration::from_secs(300);
 const MAX_PASSES: usize = 20;
+/// How long a task waits for a host that heartbeats but whose agent cannot be dialled
+/// before it fails naming the host and address.
+pub const HOST_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -82,6 +87,7 @@ fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
 pub struct Reconciler {
     store: Store,
     fleet: Fleet,
+    tls: Arc<crate::tls::FleetTls>,
     manifest: Arc<Manifest>,
     pokes: mpsc::UnboundedSender<Poke>,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<()>>>,
@@ -110,9 +116,11 @@ impl Reconciler {
         pokes: mpsc::UnboundedSender<Poke>,
         tls: Arc<crate::tls::FleetTls>,
     ) -> Arc<Self> {
+        let fleet = Fleet::new(store.clone(), pokes.clone(), tls.clone());
         Arc::new(Reconciler {
             store,
-            fleet: Fleet::new(pokes.clone(), tls),
+            fleet,
+            tls,
             manifest,
             pokes,
             workers: Mutex::default(),
@@ -163,12 +171,7 @@ impl Reconciler {
 
     async fn poke_all(self: &Arc<Self>) -> Result<(), StoreError> {
         let hosts = self.store.list_hosts().await?;
-        self.fleet.sync_hosts(
-            &hosts
-                .iter()
-                .map(|h| (h.id.clone(), h.agent_address.clone()))
-                .collect(),
-        );
+        self.fleet.sync_hosts(&hosts);
         let mut ids: BTreeSet<String> = self
             .store
             .list_databases()
@@ -268,7 +271,29 @@ impl Reconciler {
                 return match unfinished(&input, &alive) {
                     Unfinished::No => self.converged(pass, &input).await,
                     // An event (a snapshot, a health change) will wake this worker again.
-                    Unfinished::Waiting => Ok(Outcome::Converged),
+                    Unfinished::Waiting => {
+                        if let Some(e) = self.undialable(&pass, &input, &alive).await? {
+                            self.fail(&pass, &e).await?;
+                            return Ok(Outcome::Converged);
+                        }
+                        for d in pass.desired.values() {
+                            if let Some(why) = &d.waiting_for {
+                                pass.log
+                                    .line(
+                                        format!(
+                                            "{} on {} waits: {why}",
+                                            d.plan.instance_id, d.plan.host_id
+                                        ),
+                                        fields(&[
+                                            ("instance_id", &d.plan.instance_id),
+                                            ("host_id", &d.plan.host_id),
+                                        ]),
+                                    )
+                                    .await?;
+                            }
+                        }
+                        Ok(Outcome::Converged)
+                    }
                     Unfinished::Unreachable(hosts) => {
                         let e = ReconcileError::Step(format!("hosts {hosts:?} are unreachable"));
                         self.fail(&pass, &e).await?;
@@ -282,6 +307,60 @@ impl Reconciler {
             }
         }
         Ok(Outcome::Converged)
+    }
+
+    /// Hosts the database needs whose lease is alive but whose agent this replica cannot
+    /// dial: each wait is logged, and once one has lasted [`HOST_DIAL_TIMEOUT`] the error
+    /// naming the host and its address is returned, to fail the task. A poke is scheduled
+    /// for when the wait runs out, since nothing else would wake the worker.
+    async fn undialable(
+        &self,
+        pass: &Pass,
+        input: &PlanInput,
+        alive: &BTreeSet<String>,
+    ) -> Result<Option<ReconcileError>, StoreError> {
+        let needed: BTreeSet<&str> = input
+            .desired
+            .iter()
+            .map(|d| d.host_id.as_str())
+            .chain(input.applied.iter().map(|r| r.host_id.as_str()))
+            .filter(|h| input.unreachable_hosts.contains(*h) && alive.contains(*h))
+            .collect();
+        let mut next_check: Option<Duration> = None;
+        for host in needed {
+            let Some(f) = self.fleet.dial_failure(host) else {
+                continue;
+            };
+            let waited = f.since.elapsed();
+            if waited >= HOST_DIAL_TIMEOUT {
+                return Ok(Some(ReconcileError::Step(format!(
+                    "host {host} heartbeats but the control plane cannot reach its agent at {} (for {}s): {}",
+                    f.address,
+                    waited.as_secs(),
+                    f.error
+                ))));
+            }
+            pass.log
+                .line(
+                    format!(
+                        "waiting for host {host}: the control plane cannot reach its agent at {}: {}",
+                        f.address, f.error
+                    ),
+                    fields(&[("host_id", host)]),
+                )
+                .await?;
+            let left = HOST_DIAL_TIMEOUT - waited;
+            next_check = Some(next_check.map_or(left, |n| n.min(left)));
+        }
+        if let Some(after) = next_check {
+            let pokes = self.pokes.clone();
+            let db = pass.db.record.id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after + Duration::from_millis(100)).await;
+                let _ = pokes.send(Some(db));
+            });
+        }
+        Ok(None)
     }
 
     async fn load(&self, database_id: &str) -> Result<Option<Pass>, ReconcileError> {
@@ -321,31 +400,55 @@ impl Reconciler {
             .await?;
         }
         let deleting = db.record.state == DatabaseState::Deleting;
-        let stored: Option<DatabaseCredentials> = self.store.get_credentials(database_id).await?;
-        let mut creds = stored.clone().unwrap_or_else(DatabaseCredentials::generate);
-        if !deleting {
-            let added =
-                creds.ensure_services(db.spec.services.iter().map(|s| s.service_id.as_str()));
-            if added || stored.is_none() {
-                // Passwords are durable before any container or role is given them.
-                self.store.put_credentials(database_id, &creds).await?;
-            }
-        }
-        let desired = if deleting {
-            BTreeMap::new()
-        } else {
-            desired_instances(database_id, &db.spec, &self.manifest, &creds)?
-                .into_iter()
-                .map(|d| (d.plan.instance_id.clone(), d))
-                .collect()
-        };
-        let records = self
+        let records: BTreeMap<String, InstanceRecord> = self
             .store
             .list_instances::<InstanceRecord>(database_id)
             .await?
             .into_iter()
             .map(|r| (r.instance_id.clone(), r))
             .collect();
+        let topology = Topology {
+            hosts: self.fleet.placements(),
+            postgres_ports: records
+                .values()
+                .filter_map(|r| Some((r.instance_id.clone(), r.postgres_port()?)))
+                .collect(),
+        };
+        let stored: Option<DatabaseCredentials> = self.store.get_credentials(database_id).await?;
+        let mut creds = stored.clone().unwrap_or_else(DatabaseCredentials::generate);
+        if !deleting {
+            let added =
+                creds.ensure_services(db.spec.services.iter().map(|s| s.service_id.as_str()));
+            let names = postgres_cert_names(database_id, &db.spec, &topology);
+            let issued = crate::postgres_tls::ensure_certs(
+                &mut creds.postgres_certs,
+                &names,
+                self.tls.authority(),
+                Utc::now(),
+            )
+            .map_err(|e| {
+                ReconcileError::Step(format!("cannot issue a Postgres certificate: {e}"))
+            })?;
+            if added || issued || stored.is_none() {
+                // Passwords and keys are durable before any container is given them.
+                self.store.put_credentials(database_id, &creds).await?;
+            }
+        }
+        let desired = if deleting {
+            BTreeMap::new()
+        } else {
+            desired_instances(
+                database_id,
+                &db.spec,
+                &self.manifest,
+                &creds,
+                &topology,
+                self.tls.ca_pem(),
+            )?
+            .into_iter()
+            .map(|d| (d.plan.instance_id.clone(), d))
+            .collect()
+        };
         Ok(Some(Pass {
             db,
             task,

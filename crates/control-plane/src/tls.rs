@@ -80,6 +80,11 @@ impl FleetTls {
         self.authority.cert_pem()
     }
 
+    /// The fleet CA, which also signs each Postgres instance's server certificate.
+    pub fn authority(&self) -> &pki::Authority {
+        &self.authority
+    }
+
     /// Whether `token` is the fleet's join token, compared in constant time.
     pub fn join_token_matches(&self, token: &str) -> bool {
         let (a, b) = (self.join_token.as_bytes(), token.as_bytes());

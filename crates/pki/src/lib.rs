@@ -24,6 +24,8 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("{0:?} cannot be a host id in a certificate")]
     HostId(String),
+    #[error("a server certificate needs at least one name")]
+    NoNames,
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -106,6 +108,38 @@ impl Authority {
     /// A certificate for a control-plane replica (server of the registry, client of agents).
     pub fn issue_control_plane(&self) -> Result<Identity, PkiError> {
         self.issue(CONTROL_PLANE_NAME, "berth control plane")
+    }
+
+    /// A server certificate for a Postgres instance: `names` are its subject alternative
+    /// names (an IP address becomes an IP SAN, anything else a DNS name; libpq's
+    /// `sslmode=verify-full` checks the host it dialled against them, IP SANs included since
+    /// PostgreSQL 14). Valid from now for `valid_for`.
+    ///
+    /// Errors: `names` empty, or a name rcgen cannot encode.
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        valid_for: std::time::Duration,
+    ) -> Result<Identity, PkiError> {
+        let Some(first) = names.first() else {
+            return Err(PkiError::NoNames);
+        };
+        let ca_key = KeyPair::from_pem(&self.ca.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = name(first);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        // A little slack for clocks that disagree between the issuer and the clients.
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + valid_for;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     fn issue(&self, dns_name: &str, common_name: &str) -> Result<Identity, PkiError> {

@@ -13,6 +13,7 @@
 //! | `{p}/leader` | replica id | under the leader's lease; its create revision fences leader writes |
 //! | `{p}/hosts/{host}` | [`spec::Host`] | written at registration, kept while the host is unreachable |
 //! | `{p}/host-alive/{host}` | liveness | attached to the host's lease: gone = unreachable |
+//! | `{p}/host-dial/{host}` | [`crate::HostDialFailure`] | written by the leader while it cannot dial the host's agent |
 //!
 //! The spec, the record and the task of one request are written in one transaction.
 
@@ -86,6 +87,12 @@ impl Keys {
     }
     pub fn host_alive(&self, host: &str) -> String {
         format!("{}/host-alive/{host}", self.prefix)
+    }
+    pub fn host_dial_prefix(&self) -> String {
+        format!("{}/host-dial/", self.prefix)
+    }
+    pub fn host_dial(&self, host: &str) -> String {
+        format!("{}/host-dial/{host}", self.prefix)
     }
 }
 

@@ -96,6 +96,18 @@ pub struct HostLiveness {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The leader cannot open its connection to a host's agent, although the host may well be
+/// heartbeating (the agent dials the control plane, not the other way round): a wrong
+/// advertised address, a firewall, a route that only works one way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostDialFailure {
+    /// The agent address the leader dialled.
+    pub address: String,
+    pub error: String,
+    /// When the failures began.
+    pub since: DateTime<Utc>,
+}
+
 /// Proof of leadership: the leader key's create revision. Writes guarded by a fence succeed
 /// only while that exact key still exists, so a deposed leader cannot write after a new
 /// one was elected (its lease expired, etcd deleted its key).
@@ -711,6 +723,42 @@ impl Store {
             None => Ok(None),
             Some(kv) => Ok(Some((decode(kv.key(), kv.value())?, kv.lease()))),
         }
+    }
+
+    /// Records that the leader cannot dial `host_id`'s agent (a fenced write).
+    pub async fn put_host_dial_failure(
+        &self,
+        host_id: &str,
+        failure: &HostDialFailure,
+    ) -> Result<()> {
+        let put = TxnOp::put(self.keys.host_dial(host_id), encode(failure), None);
+        self.guarded_txn(vec![], vec![put]).await.map(|_| ())
+    }
+
+    /// The leader reached `host_id`'s agent again (a fenced delete; absent is fine).
+    pub async fn clear_host_dial_failure(&self, host_id: &str) -> Result<()> {
+        let delete = TxnOp::delete(self.keys.host_dial(host_id), None);
+        self.guarded_txn(vec![], vec![delete]).await.map(|_| ())
+    }
+
+    /// Every recorded dial failure, by host id.
+    pub async fn host_dial_failures(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, HostDialFailure>> {
+        let prefix = self.keys.host_dial_prefix();
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            if let Some(id) = key.strip_prefix(&prefix) {
+                out.insert(id.to_string(), decode(kv.key(), kv.value())?);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn grant_lease(&self, ttl_seconds: i64) -> Result<i64> {
