@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         hosts,
         dbname: args.dbname,
         target_session_attrs: args.target_session_attrs,
+        ca_pem: None,
     };
     std::fs::create_dir_all(&args.out)?;
     for f in service_config::render(

@@ -45,6 +45,7 @@ async fn health_is_503_while_no_host_answers_and_config_hides_the_password() {
         hosts: vec![("127.0.0.1".into(), db_port)],
         dbname: "app".into(),
         target_session_attrs: "standby".into(),
+        ca_pem: None,
     };
     for f in service_config::render(
         ServiceType::Mcp,

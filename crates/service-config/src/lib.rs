@@ -9,6 +9,11 @@
 //! or labels. Rendering is deterministic (fixed key order, maps sorted), because a change of
 //! the rendered bytes is what tells the control plane a service's container must be updated.
 //!
+//! Given the fleet CA ([`ConnectionTarget::ca_pem`]), the CA is rendered as one more file
+//! ([`CA_FILE`]) and every connection string asks libpq for `sslmode=verify-full` with
+//! `sslrootcert=`[`CA_PATH`], in the form its format uses: query parameters of PostgREST's
+//! libpq URI, `sslmode`/`sslrootcert` keys beside the other connection keys in the YAML files.
+//!
 //! Config keys read per type (the service catalog in `spec` decides which are allowed):
 //! - `postgrest`: `db_schemas` (string or list, default `public`), `db_anon_role` (default
 //!   the read-only role), `db_pool` (default 10), `max_rows`, `jwt_secret`, `jwt_aud`,
@@ -37,6 +42,18 @@ const HEADER: &str = "# Rendered by berth; holds credentials. Edits are overwrit
 /// Where the service's container finds its rendered files.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/berth/service";
 
+/// The fleet CA's file among the rendered files, when [`ConnectionTarget::ca_pem`] is set.
+pub const CA_FILE: &str = "ca.crt";
+
+/// Where the rendered connection strings tell libpq to find the fleet CA (`sslrootcert`):
+/// [`CA_FILE`] in [`DEFAULT_CONFIG_DIR`], an absolute path inside the service's container.
+pub const CA_PATH: &str = "/etc/berth/service/ca.crt";
+
+/// The `sslmode` every rendered connection uses when a CA is given: TLS, the server's chain
+/// checked against the CA and its certificate's SANs against the host dialled (DNS names,
+/// and IP addresses since libpq 14). libpq docs, "SSL Support", table "SSL Mode Descriptions".
+pub const SSLMODE_VERIFY_FULL: &str = "verify-full";
+
 /// A managed Postgres role. `Debug` hides the password so that logging a value is safe.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -56,10 +73,24 @@ impl std::fmt::Debug for Credentials {
 /// Where a service connects: the database nodes in the order libpq should try them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionTarget {
+    /// `(host, port)`: a DNS name or an IP address (IPv6 without brackets), and a TCP port.
     pub hosts: Vec<(String, u16)>,
     pub dbname: String,
     /// libpq's spelling: `primary`, `standby`, `prefer-standby`, `read-write`, `any`.
     pub target_session_attrs: String,
+    /// The fleet CA, PEM. `Some`: [`render`] adds it as [`CA_FILE`] and every connection
+    /// string asks for `sslmode=verify-full` with `sslrootcert=`[`CA_PATH`], so each host's
+    /// certificate must name it as it is listed in `hosts`. `None`: no TLS settings beyond
+    /// what each format said before (`sslmode: disable` in the YAML files, nothing in
+    /// PostgREST's URI, which leaves libpq's default, `prefer`).
+    pub ca_pem: Option<String>,
+}
+
+impl ConnectionTarget {
+    /// `(sslmode, sslrootcert)` for the rendered files, if TLS is asked for.
+    fn tls(&self) -> Option<(&'static str, &'static str)> {
+        self.ca_pem.as_ref().map(|_| (SSLMODE_VERIFY_FULL, CA_PATH))
+    }
 }
 
 /// One file of a service's config directory.
@@ -79,6 +110,12 @@ pub struct ParsedConnection {
     pub username: String,
     pub password: String,
     pub target_session_attrs: String,
+    /// libpq's `sslmode` as the file says it; a URI without one gets libpq's default,
+    /// `prefer` (libpq docs, "Parameter Key Words").
+    pub sslmode: String,
+    /// libpq's `sslrootcert`: the path of the CA file the server's chain is checked against,
+    /// if the file names one.
+    pub sslrootcert: Option<String>,
     pub listen_port: u16,
 }
 
@@ -90,6 +127,8 @@ impl std::fmt::Debug for ParsedConnection {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("target_session_attrs", &self.target_session_attrs)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
             .field("listen_port", &self.listen_port)
             .finish()
     }
@@ -115,7 +154,8 @@ impl ParseError {
     }
 }
 
-/// The files a service type's image reads, relative to its config directory.
+/// The files a service type's image reads its settings from, relative to its config
+/// directory. The CA ([`CA_FILE`]), when there is one, is read through the path these name.
 pub fn config_files(service_type: ServiceType) -> &'static [&'static str] {
     match service_type {
         ServiceType::Postgrest => &[postgrest::FILE],
@@ -127,6 +167,8 @@ pub fn config_files(service_type: ServiceType) -> &'static [&'static str] {
 /// The files `service_type`'s image needs in its config directory, with `listen_port` being
 /// the port the service listens on inside its container. `rw` and `ro` are the service's two
 /// managed roles; each type picks the one it connects with (see the crate docs).
+///
+/// That is the type's [`config_files`], then [`CA_FILE`] when `target.ca_pem` is set.
 pub fn render(
     service_type: ServiceType,
     config: &Map<String, Value>,
@@ -135,11 +177,18 @@ pub fn render(
     target: &ConnectionTarget,
     listen_port: u16,
 ) -> Vec<RenderedFile> {
-    match service_type {
+    let mut files = match service_type {
         ServiceType::Postgrest => vec![postgrest::render(config, rw, ro, target, listen_port)],
         ServiceType::Mcp => vec![mcp::render(config, rw, ro, target, listen_port)],
         ServiceType::Rag => vec![rag::render(config, ro, target, listen_port)],
+    };
+    if let Some(ca) = &target.ca_pem {
+        files.push(RenderedFile {
+            path: CA_FILE.into(),
+            content: ca.clone().into_bytes(),
+        });
     }
+    files
 }
 
 /// Reads back the connection a service of `service_type` would make from its rendered files.

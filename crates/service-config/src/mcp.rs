@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::yaml::{HostPort, host_list, is_empty_mapping, to_yaml};
+use crate::yaml::{HostPort, host_list, is_empty_mapping, sslmode, to_yaml};
 use crate::{ConnectionTarget, Credentials, ParseError, ParsedConnection, RenderedFile, values};
 
 pub(crate) const FILE: &str = "config.yaml";
@@ -32,8 +32,11 @@ struct Database {
     name: String,
     password: String,
     pool_max_conns: i64,
-    /// The fixture and the dev cluster speak plain TCP; production images read this too.
+    /// libpq's `sslmode`: `verify-full` with a CA, else `disable`.
     sslmode: String,
+    /// libpq's `sslrootcert`, with a CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sslrootcert: Option<String>,
     target_session_attrs: String,
     user: String,
 }
@@ -62,7 +65,8 @@ pub(crate) fn render(
             name: target.dbname.clone(),
             password: creds.password.clone(),
             pool_max_conns: values::integer(config, "pool_max_conns").unwrap_or(4),
-            sslmode: "disable".into(),
+            sslmode: sslmode(target).into(),
+            sslrootcert: target.tls().map(|(_, path)| path.to_owned()),
             target_session_attrs: target.target_session_attrs.clone(),
             user: creds.username.clone(),
         }],
@@ -105,6 +109,8 @@ pub(crate) fn parse(text: &str) -> Result<ParsedConnection, ParseError> {
         username: db.user,
         password: db.password,
         target_session_attrs: db.target_session_attrs,
+        sslmode: db.sslmode,
+        sslrootcert: db.sslrootcert,
         listen_port,
     })
 }

@@ -62,6 +62,7 @@ pub(crate) fn render(
         &target.hosts,
         &target.dbname,
         &target.target_session_attrs,
+        target.tls(),
     );
     // Sorted by key; optional keys are left out so PostgREST applies its own defaults.
     let mut lines: Vec<(&str, String)> = vec![(
@@ -143,6 +144,8 @@ pub(crate) fn parse(text: &str) -> Result<ParsedConnection, ParseError> {
         username: u.user,
         password: u.password,
         target_session_attrs: u.target_session_attrs,
+        sslmode: u.sslmode,
+        sslrootcert: u.sslrootcert,
         listen_port,
     })
 }

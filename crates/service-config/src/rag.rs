@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::yaml::{HostPort, host_list, is_empty_mapping, to_yaml};
+use crate::yaml::{HostPort, host_list, is_empty_mapping, sslmode, to_yaml};
 use crate::{ConnectionTarget, Credentials, ParseError, ParsedConnection, RenderedFile, values};
 
 pub(crate) const FILE: &str = "config.yaml";
@@ -25,7 +25,11 @@ struct Database {
     database: String,
     hosts: Vec<HostPort>,
     password: String,
+    /// libpq's `sslmode`: `verify-full` with a CA, else `disable`.
     sslmode: String,
+    /// libpq's `sslrootcert`, with a CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sslrootcert: Option<String>,
     target_session_attrs: String,
     user: String,
 }
@@ -51,7 +55,8 @@ pub(crate) fn render(
             database: target.dbname.clone(),
             hosts: host_list(&target.hosts),
             password: ro.password.clone(),
-            sslmode: "disable".into(),
+            sslmode: sslmode(target).into(),
+            sslrootcert: target.tls().map(|(_, path)| path.to_owned()),
             target_session_attrs: target.target_session_attrs.clone(),
             user: ro.username.clone(),
         },
@@ -85,6 +90,8 @@ pub(crate) fn parse(text: &str) -> Result<ParsedConnection, ParseError> {
         username: file.database.user,
         password: file.database.password,
         target_session_attrs: file.database.target_session_attrs,
+        sslmode: file.database.sslmode,
+        sslrootcert: file.database.sslrootcert,
         listen_port: file.server.port,
     })
 }

@@ -28,6 +28,16 @@ fn target() -> ConnectionTarget {
         ],
         dbname: "app".into(),
         target_session_attrs: "primary".into(),
+        ca_pem: None,
+    }
+}
+
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBfleetca\n-----END CERTIFICATE-----\n";
+
+fn tls_target() -> ConnectionTarget {
+    ConnectionTarget {
+        ca_pem: Some(CA_PEM.into()),
+        ..target()
     }
 }
 
@@ -139,6 +149,30 @@ fn round_trip_every_type() {
         } else {
             ro()
         };
+        // Without a CA each format keeps what it said before: the YAML files `disable`,
+        // PostgREST's URI nothing, which is libpq's default.
+        let sslmode = if t == ServiceType::Postgrest {
+            "prefer"
+        } else {
+            "disable"
+        };
+        assert_eq!(
+            parsed,
+            ParsedConnection {
+                hosts: target().hosts,
+                dbname: "app".into(),
+                username: expect_user.username.clone(),
+                password: expect_user.password.clone(),
+                target_session_attrs: "primary".into(),
+                sslmode: sslmode.into(),
+                sslrootcert: None,
+                listen_port: 9100,
+            },
+            "{t}"
+        );
+
+        let files = render(t, &Map::new(), &rw(), &ro(), &tls_target(), 9100);
+        let parsed = parse_rendered(t, &files).unwrap_or_else(|e| panic!("{t}: {e}"));
         assert_eq!(
             parsed,
             ParsedConnection {
@@ -147,11 +181,168 @@ fn round_trip_every_type() {
                 username: expect_user.username,
                 password: expect_user.password,
                 target_session_attrs: "primary".into(),
+                sslmode: "verify-full".into(),
+                sslrootcert: Some("/etc/berth/service/ca.crt".into()),
                 listen_port: 9100,
             },
-            "{t}"
+            "{t} with a CA"
         );
     }
+}
+
+#[test]
+fn the_ca_path_is_the_ca_file_in_the_config_dir() {
+    assert_eq!(CA_PATH, format!("{DEFAULT_CONFIG_DIR}/{CA_FILE}"));
+}
+
+/// The connection settings each format renders, with and without the fleet CA: the exact
+/// lines, so that a change of form (not only of meaning) shows here.
+#[test]
+fn tls_settings_in_each_format() {
+    let uri_hosts = "db-n1:5432,10.0.0.7:5433,[fd00::2]:5434";
+    let rw_userinfo = "svc_api_rw:rw-p%40ss%3Aw%2Frd%25%2C%22%27";
+    let cases: [(ServiceType, bool, &[&str], &[&str]); 6] = [
+        (
+            ServiceType::Postgrest,
+            false,
+            &[&format!(
+                "db-uri = \"postgresql://{rw_userinfo}@{uri_hosts}/app?target_session_attrs=primary\"\n"
+            )],
+            &["ssl"],
+        ),
+        (
+            ServiceType::Postgrest,
+            true,
+            // libpq URI query parameters (libpq docs, "Connection URIs").
+            &[&format!(
+                "db-uri = \"postgresql://{rw_userinfo}@{uri_hosts}/app?target_session_attrs=primary\
+                 &sslmode=verify-full&sslrootcert=/etc/berth/service/ca.crt\"\n"
+            )],
+            &[],
+        ),
+        (
+            ServiceType::Mcp,
+            false,
+            &["\n  sslmode: disable\n  target_session_attrs: primary\n"],
+            &["sslrootcert"],
+        ),
+        (
+            ServiceType::Mcp,
+            true,
+            &[
+                "\n  sslmode: verify-full\n  sslrootcert: /etc/berth/service/ca.crt\n  target_session_attrs: primary\n",
+            ],
+            &[],
+        ),
+        (
+            ServiceType::Rag,
+            false,
+            &["\n  sslmode: disable\n  target_session_attrs: primary\n"],
+            &["sslrootcert"],
+        ),
+        (
+            ServiceType::Rag,
+            true,
+            &[
+                "\n  sslmode: verify-full\n  sslrootcert: /etc/berth/service/ca.crt\n  target_session_attrs: primary\n",
+            ],
+            &[],
+        ),
+    ];
+    for (t, with_ca, present, absent) in cases {
+        let target = if with_ca { tls_target() } else { target() };
+        let files = render(t, &Map::new(), &rw(), &ro(), &target, 8080);
+        let text = String::from_utf8(files[0].content.clone()).unwrap();
+        for want in present {
+            assert!(
+                text.contains(want),
+                "{t} ca={with_ca}: no {want:?} in\n{text}"
+            );
+        }
+        for unwanted in absent {
+            assert!(
+                !text.contains(unwanted),
+                "{t} ca={with_ca}: {unwanted:?} in\n{text}"
+            );
+        }
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        if with_ca {
+            assert_eq!(paths, [config_files(t)[0], "ca.crt"], "{t}");
+            assert_eq!(files[1].content, CA_PEM.as_bytes(), "{t}");
+        } else {
+            assert_eq!(paths, [config_files(t)[0]], "{t}");
+        }
+    }
+}
+
+/// libpq URIs as others may write them: the TLS parameters in any order, percent-encoded
+/// or not, and libpq's defaults when absent.
+#[test]
+fn uri_tls_parameters() {
+    let cases = [
+        ("postgresql://u@h/db", "any", "prefer", None),
+        (
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/etc/ca.crt",
+            "any",
+            "verify-full",
+            Some("/etc/ca.crt"),
+        ),
+        (
+            "postgresql://u@h/db?sslrootcert=%2Fa%20b%2Fca.crt&target_session_attrs=standby&sslmode=verify-ca",
+            "standby",
+            "verify-ca",
+            Some("/a b/ca.crt"),
+        ),
+        (
+            "postgresql://u@h/db?connect_timeout=5&sslmode=disable",
+            "any",
+            "disable",
+            None,
+        ),
+        (
+            "postgresql://u@h/db?%73slmode=require",
+            "any",
+            "require",
+            None,
+        ),
+    ];
+    for (text, tsa, sslmode, sslrootcert) in cases {
+        let u = uri::parse(text, "f").unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(
+            (
+                u.target_session_attrs.as_str(),
+                u.sslmode.as_str(),
+                u.sslrootcert.as_deref()
+            ),
+            (tsa, sslmode, sslrootcert),
+            "{text}"
+        );
+    }
+    let err = uri::parse("postgresql://u@h/db?sslmode", "f")
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "f: db-uri: query parameter \"sslmode\" has no value"
+    );
+}
+
+#[test]
+fn a_rootcert_path_with_separators_survives_the_uri() {
+    let built = uri::build(
+        "u",
+        "p",
+        &[("h".into(), 1)],
+        "db",
+        "any",
+        Some(("verify-full", "/odd dir/a&b=c/ca.crt")),
+    );
+    assert!(
+        built.ends_with("&sslrootcert=/odd%20dir/a%26b%3Dc/ca.crt"),
+        "{built}"
+    );
+    let parsed = uri::parse(&built, "f").unwrap();
+    assert_eq!(parsed.sslrootcert.as_deref(), Some("/odd dir/a&b=c/ca.crt"));
 }
 
 #[test]
@@ -191,6 +382,11 @@ fn what_a_service_depends_on_changes_the_bytes() {
             before,
             render(t, &base, &rw(), &ro(), &target(), 2),
             "{t}: port"
+        );
+        assert_ne!(
+            before,
+            render(t, &base, &rw(), &ro(), &tls_target(), 1),
+            "{t}: CA"
         );
         let rotated = creds("svc_api_ro", "rotated");
         let rotated_rw = creds("svc_api_rw", "rotated");
@@ -285,12 +481,14 @@ proptest! {
         dbname in "\\PC{1,20}",
         hosts in proptest::collection::vec(("[a-z0-9.-]{1,15}|[0-9a-f:]{2,15}", 1u16..), 1..4),
         port in 1u16..,
+        with_ca in any::<bool>(),
     ) {
         let c = creds(&user, &password);
         let target = ConnectionTarget {
             hosts,
             dbname,
             target_session_attrs: "prefer-standby".into(),
+            ca_pem: with_ca.then(|| CA_PEM.to_owned()),
         };
         for t in ServiceType::ALL {
             let files = render(t, &Map::new(), &c, &c, &target, port);
@@ -301,6 +499,7 @@ proptest! {
             prop_assert_eq!(&parsed.hosts, &target.hosts);
             prop_assert_eq!(&parsed.target_session_attrs, "prefer-standby");
             prop_assert_eq!(parsed.listen_port, port);
+            prop_assert_eq!(parsed.sslrootcert.is_some(), with_ca);
         }
     }
 }

@@ -1,4 +1,6 @@
-//! libpq connection URIs with several hosts: `postgresql://user:pass@h1:p1,h2:p2/db?...`.
+//! libpq connection URIs with several hosts: `postgresql://user:pass@h1:p1,h2:p2/db?k=v&...`
+//! (libpq docs, "Connection URIs": every part and every query parameter's key and value may
+//! be percent-encoded).
 
 use crate::ParseError;
 
@@ -14,6 +16,13 @@ pub(crate) fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// [`encode`], but keeping `/`, which RFC 3986 allows in a query and libpq reads as itself,
+/// so a path such as `sslrootcert=/etc/berth/service/ca.crt` stays readable. `&` and `=`,
+/// which split libpq's parameters, are still encoded.
+fn encode_query_value(s: &str) -> String {
+    s.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
 pub(crate) fn decode(s: &str) -> Result<String, String> {
@@ -46,22 +55,32 @@ pub(crate) fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// The URI of `user` with `password` to `dbname` on `hosts`; `tls` is `(sslmode,
+/// sslrootcert)`, added as query parameters after `target_session_attrs` when given.
 pub(crate) fn build(
     user: &str,
     password: &str,
     hosts: &[(String, u16)],
     dbname: &str,
     tsa: &str,
+    tls: Option<(&str, &str)>,
 ) -> String {
     let hosts: Vec<String> = hosts.iter().map(|(h, p)| host_port(h, *p)).collect();
-    format!(
+    let mut uri = format!(
         "postgresql://{}:{}@{}/{}?target_session_attrs={}",
         encode(user),
         encode(password),
         hosts.join(","),
         encode(dbname),
-        encode(tsa)
-    )
+        encode_query_value(tsa)
+    );
+    if let Some((sslmode, sslrootcert)) = tls {
+        uri.push_str("&sslmode=");
+        uri.push_str(&encode_query_value(sslmode));
+        uri.push_str("&sslrootcert=");
+        uri.push_str(&encode_query_value(sslrootcert));
+    }
+    uri
 }
 
 pub(crate) struct ParsedUri {
@@ -70,6 +89,8 @@ pub(crate) struct ParsedUri {
     pub hosts: Vec<(String, u16)>,
     pub dbname: String,
     pub target_session_attrs: String,
+    pub sslmode: String,
+    pub sslrootcert: Option<String>,
 }
 
 /// Parses what [`build`] writes (and the general libpq URI shape with the same parts).
@@ -110,10 +131,20 @@ pub(crate) fn parse(uri: &str, file: &str) -> Result<ParsedUri, ParseError> {
         hosts.push((decode(host).map_err(bad)?, port));
     }
     let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+    // libpq's defaults for what the URI leaves out.
     let mut tsa = "any".to_owned();
+    let mut sslmode = "prefer".to_owned();
+    let mut sslrootcert = None;
     for pair in query.split('&').filter(|s| !s.is_empty()) {
-        if let Some(v) = pair.strip_prefix("target_session_attrs=") {
-            tsa = decode(v).map_err(bad)?;
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(format!("query parameter {pair:?} has no value")))?;
+        let value = decode(value).map_err(bad)?;
+        match decode(key).map_err(bad)?.as_str() {
+            "target_session_attrs" => tsa = value,
+            "sslmode" => sslmode = value,
+            "sslrootcert" => sslrootcert = Some(value),
+            _ => {}
         }
     }
     Ok(ParsedUri {
@@ -122,5 +153,7 @@ pub(crate) fn parse(uri: &str, file: &str) -> Result<ParsedUri, ParseError> {
         hosts,
         dbname: decode(path).map_err(bad)?,
         target_session_attrs: tsa,
+        sslmode,
+        sslrootcert,
     })
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::HEADER;
+use crate::{ConnectionTarget, HEADER};
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct HostPort {
@@ -32,4 +32,10 @@ pub(crate) fn to_yaml<T: Serialize>(value: &T) -> Vec<u8> {
     // Structs of strings, numbers and YAML values always serialise.
     let body = serde_yaml::to_string(value).expect("config structs serialise to YAML");
     format!("{HEADER}{body}").into_bytes()
+}
+
+/// The YAML files' `sslmode`: `verify-full` when the target has a CA, else `disable` (what
+/// they said before there was TLS; the YAML files always name one).
+pub(crate) fn sslmode(target: &ConnectionTarget) -> &'static str {
+    target.tls().map_or("disable", |(mode, _)| mode)
 }
