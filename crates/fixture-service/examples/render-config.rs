@@ -4,7 +4,8 @@
 //!
 //!   cargo run -p fixture-service --example render-config -- --type mcp --out DIR \
 //!     --host db1:5432 --host db2:5432 --dbname app --user u --password p \
-//!     --target-session-attrs primary --listen-port 8080 [--config '{"allow_writes":true}']
+//!     --target-session-attrs primary --listen-port 8080 [--config '{"allow_writes":true}'] \
+//!     [--ca fleet-ca.crt]
 
 use std::path::PathBuf;
 
@@ -34,6 +35,10 @@ struct Args {
     /// The service's config object, as JSON.
     #[arg(long, default_value = "{}")]
     config: String,
+    /// The fleet CA (PEM file): rendered as ca.crt, and the service connects with
+    /// sslmode=verify-full against it.
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,6 +53,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         hosts.push((host.to_owned(), port.parse()?));
     }
     let config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&args.config)?;
+    let ca_pem = match &args.ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|e| format!("--ca {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let creds = Credentials {
         username: args.user,
         password: args.password,
@@ -56,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         hosts,
         dbname: args.dbname,
         target_session_attrs: args.target_session_attrs,
-        ca_pem: None,
+        ca_pem,
     };
     std::fs::create_dir_all(&args.out)?;
     for f in service_config::render(

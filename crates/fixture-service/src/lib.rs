@@ -3,9 +3,11 @@
 //!
 //! It does what the real images do with what berth gives them, so end-to-end tests check
 //! berth's side for real: it reads the files `service-config` rendered, connects to Postgres
-//! with the managed credentials following libpq's multi-host rules (see [`connect`]), and
-//! serves `GET /health` (200 only while its connection answers, checked per request) and
-//! `GET /config` (the parsed connection without the password).
+//! with the managed credentials following libpq's multi-host rules (see [`connect`]), over
+//! TLS verified against the fleet CA when the files say `sslmode=verify-full`, and serves
+//! `GET /health` (200 only while its connection answers, checked per request; `ssl` says
+//! whether the server sees the session as TLS) and `GET /config` (the parsed connection
+//! without the password).
 
 pub mod connect;
 pub mod probe;
@@ -25,7 +27,7 @@ use spec::ServiceType;
 use tokio::sync::{RwLock, mpsc};
 use tracing::{info, warn};
 
-use crate::connect::{Role, Session, Verdict, verdict};
+use crate::connect::{Role, Session, Tls, Verdict, verdict};
 
 const HEALTH_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -42,6 +44,8 @@ pub enum StartError {
     Parse(#[from] service_config::ParseError),
     #[error("listening on port {port}: {source}")]
     Listen { port: u16, source: std::io::Error },
+    #[error("{0}")]
+    Tls(#[from] connect::TlsError),
 }
 
 /// Reads and parses the rendered files of `service_type` from `dir`.
@@ -68,6 +72,7 @@ struct Current {
 struct App {
     service_type: ServiceType,
     conn: ParsedConnection,
+    tls: Tls,
     current: RwLock<Option<Current>>,
     /// Generations whose session failed a health check; the manager drops that session.
     failed: mpsc::UnboundedSender<u64>,
@@ -75,10 +80,12 @@ struct App {
     last_health: AtomicU8,
 }
 
-/// Connects, keeps reconnecting, and serves HTTP on `listener` until `shutdown` resolves.
+/// Connects (with `tls`, see [`Tls::from_connection`]), keeps reconnecting, and serves HTTP
+/// on `listener` until `shutdown` resolves.
 pub async fn run(
     service_type: ServiceType,
     conn: ParsedConnection,
+    tls: Tls,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -86,6 +93,7 @@ pub async fn run(
     let app = Arc::new(App {
         service_type,
         conn,
+        tls,
         current: RwLock::new(None),
         failed: failed_tx,
         last_health: AtomicU8::new(0),
@@ -113,17 +121,18 @@ async fn manage_connection(app: Arc<App>, mut failed: mpsc::UnboundedReceiver<u6
     let mut generation = 0u64;
     let mut backoff = RECONNECT_MIN;
     loop {
-        match connect::connect(&app.conn).await {
+        match connect::connect(&app.conn, &app.tls).await {
             Ok(Session {
                 client,
                 mut driver,
                 host,
                 port,
                 role,
+                ssl,
             }) => {
                 generation += 1;
                 backoff = RECONNECT_MIN;
-                info!(%host, port, in_recovery = role.in_recovery, user = %app.conn.username, "connected");
+                info!(%host, port, in_recovery = role.in_recovery, ssl, user = %app.conn.username, "connected");
                 *app.current.write().await = Some(Current {
                     generation,
                     client: Arc::new(client),
@@ -167,6 +176,7 @@ fn base_body(app: &App) -> serde_json::Map<String, Value> {
     body.insert("connected_host".into(), Value::Null);
     body.insert("connected_port".into(), Value::Null);
     body.insert("in_recovery".into(), Value::Null);
+    body.insert("ssl".into(), Value::Null);
     body
 }
 
@@ -185,12 +195,16 @@ async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             body.insert("connected_port".into(), json!(port));
             let answer = tokio::time::timeout(HEALTH_QUERY_TIMEOUT, async {
                 client.simple_query("SELECT 1").await?;
-                connect::role_of(&client).await
+                Ok::<_, tokio_postgres::Error>((
+                    connect::role_of(&client).await?,
+                    connect::ssl_of(&client).await?,
+                ))
             })
             .await;
             match answer {
-                Ok(Ok(role)) => {
+                Ok(Ok((role, ssl))) => {
                     body.insert("in_recovery".into(), json!(role.in_recovery));
+                    body.insert("ssl".into(), json!(ssl));
                     // A failover can turn the server under an open session into the wrong
                     // role; libpq would not notice, but a service pinned to the primary
                     // should stop claiming health and reconnect.
@@ -257,6 +271,8 @@ async fn config(State(app): State<Arc<App>>) -> Json<Value> {
         "dbname": c.dbname,
         "username": c.username,
         "target_session_attrs": c.target_session_attrs,
+        "sslmode": c.sslmode,
+        "sslrootcert": c.sslrootcert,
         "listen_port": c.listen_port,
     }))
 }

@@ -9,7 +9,8 @@ use spec::ServiceType;
 
 /// TEST FIXTURE standing in for the mcp, rag and postgrest images, which cannot be fetched
 /// here. It is none of those services: it reads the config berth rendered for TYPE,
-/// connects to Postgres with it like libpq would (multi-host, target_session_attrs), and
+/// connects to Postgres with it like libpq would (multi-host, target_session_attrs,
+/// sslmode=verify-full against the rendered sslrootcert), and
 /// serves GET /health (200 while the connection answers, else 503) and GET /config.
 #[derive(Parser)]
 #[command(name = "berth-fixture-service", version)]
@@ -71,6 +72,7 @@ async fn main() -> ExitCode {
         .expect("clap requires --type without --probe");
     let started = async {
         let conn = fixture_service::load_config(service_type, &args.config_dir)?;
+        let tls = fixture_service::connect::Tls::from_connection(&conn, &args.config_dir)?;
         let listener = fixture_service::bind(conn.listen_port).await?;
         tracing::info!(
             r#type = service_type.as_str(),
@@ -78,18 +80,19 @@ async fn main() -> ExitCode {
             port = conn.listen_port,
             hosts = ?conn.hosts,
             target_session_attrs = %conn.target_session_attrs,
+            sslmode = %conn.sslmode,
             "test fixture started"
         );
-        Ok::<_, fixture_service::StartError>((conn, listener))
+        Ok::<_, fixture_service::StartError>((conn, tls, listener))
     };
-    let (conn, listener) = match started.await {
+    let (conn, tls, listener) = match started.await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    match fixture_service::run(service_type, conn, listener, shutdown_signal()).await {
+    match fixture_service::run(service_type, conn, tls, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("serving: {e}");

@@ -24,7 +24,8 @@ async fn start(
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        fixture_service::run(ServiceType::Mcp, conn, listener, async {
+        let tls = fixture_service::connect::Tls::Off;
+        fixture_service::run(ServiceType::Mcp, conn, tls, listener, async {
             let _ = stopped.await;
         })
         .await
@@ -72,6 +73,7 @@ async fn health_is_503_while_no_host_answers_and_config_hides_the_password() {
     assert_eq!(health["user"], "svc_x_ro");
     assert_eq!(health["target_session_attrs"], "standby");
     assert!(health["connected_host"].is_null());
+    assert!(health["ssl"].is_null(), "no session, so no answer: {body}");
 
     let (code, body) = probe(&format!("{base}/config")).await.unwrap();
     assert_eq!(code, 200);
@@ -83,6 +85,8 @@ async fn health_is_503_while_no_host_answers_and_config_hides_the_password() {
     );
     assert_eq!(config["username"], "svc_x_ro");
     assert_eq!(config["dbname"], "app");
+    assert_eq!(config["sslmode"], "disable");
+    assert!(config["sslrootcert"].is_null());
     assert!(config.get("password").is_none());
 
     let (code, _) = probe(&format!("{base}/nope")).await.unwrap();
@@ -93,6 +97,50 @@ async fn health_is_503_while_no_host_answers_and_config_hides_the_password() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// What service-config renders with a CA is what the fixture starts from: the CA file lands
+/// beside the config, and the fixture finds it there although the config names it at its
+/// path inside a container.
+#[tokio::test]
+async fn a_config_rendered_with_a_ca_asks_for_verify_full_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(
+        {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p
+        },
+        rcgen::KeyPair::generate().unwrap(),
+    )
+    .unwrap();
+    let creds = Credentials {
+        username: "svc_x_rw".into(),
+        password: "pw".into(),
+    };
+    let target = ConnectionTarget {
+        hosts: vec![("10.0.0.7".into(), 5433)],
+        dbname: "app".into(),
+        target_session_attrs: "primary".into(),
+        ca_pem: Some(ca.pem()),
+    };
+    for t in ServiceType::ALL {
+        for f in service_config::render(t, &Default::default(), &creds, &creds, &target, 8080) {
+            std::fs::write(dir.path().join(&f.path), &f.content).unwrap();
+        }
+        let conn = fixture_service::load_config(t, dir.path()).unwrap();
+        assert_eq!(conn.sslmode, "verify-full", "{t}");
+        assert_eq!(
+            conn.sslrootcert.as_deref(),
+            Some("/etc/berth/service/ca.crt"),
+            "{t}"
+        );
+        let tls = fixture_service::connect::Tls::from_connection(&conn, dir.path()).unwrap();
+        assert!(
+            matches!(tls, fixture_service::connect::Tls::VerifyFull(_)),
+            "{t}"
+        );
+    }
 }
 
 #[tokio::test]
