@@ -1,6 +1,12 @@
 //! A real fleet for black-box tests: etcd, control-plane replicas and agents as separate
-//! processes on free ports, containers on the machine's Docker engine. Tests talk to it only
-//! through the HTTP API, `docker` and `psql` (run inside the Postgres containers).
+//! processes on free ports. Tests talk to it only through the HTTP API, `docker` and `psql`
+//! (run inside the Postgres containers).
+//!
+//! Two topologies. [`Fleet::start`]: every agent drives the machine's Docker engine, as on
+//! one machine. [`Fleet::start_engine_per_host`]: each host is a network namespace with its
+//! own address and its own engine (`deploy/fleet/hosts`, the same script the dev fleet
+//! uses), its agent runs inside it, and instances on different hosts reach each other only
+//! through host addresses and published ports, as on a real fleet.
 //!
 //! Every fleet gets host ids with a random prefix, so fleets of parallel tests (and a dev
 //! fleet on the same engine) never touch each other's containers. Dropping the fleet kills
@@ -17,6 +23,7 @@ use serde_json::{Value, json};
 use test_support::{EtcdServer, free_port};
 
 pub use reqwest;
+pub use spec::ServiceType;
 pub use serde_json;
 
 /// Generous upper bound for anything to converge on a loaded 2-core machine. Waiting is
@@ -54,16 +61,96 @@ fn binary(name: &str) -> PathBuf {
 }
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
+    docker_at(None, args)
+}
+
+/// Runs the docker CLI against `engine` (a DOCKER_HOST such as `unix:///...sock`), or the
+/// machine's engine when None.
+fn docker_at(engine: Option<&str>, args: &[&str]) -> String {
+    let out = docker_command(engine)
         .args(args)
         .output()
         .expect("docker CLI: is Docker installed?");
     assert!(
         out.status.success(),
-        "docker {args:?} failed: {}",
+        "docker {args:?} on {} failed: {}",
+        engine.unwrap_or("the machine's engine"),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn docker_command(engine: Option<&str>) -> Command {
+    let mut c = Command::new("docker");
+    if let Some(e) = engine {
+        c.arg("-H").arg(e);
+    }
+    c
+}
+
+/// The engine-per-host fleet of the test run: `deploy/fleet/hosts` fleet `e2e` on
+/// 10.213.1.0/24 (index 1; the dev fleet has 0). Tests run one at a time and share its
+/// engines; each test's fleet cleans them first.
+const NET_FLEET: &str = "e2e";
+const NET_FLEET_INDEX: &str = "1";
+
+/// One host of an engine-per-host fleet, as `deploy/fleet/hosts` prints it.
+#[derive(Debug, Clone)]
+pub struct NetHost {
+    /// The script's name for it (`host-N`), not the API's host id.
+    pub name: String,
+    pub address: String,
+    pub docker_host: String,
+    pub netns: String,
+}
+
+#[derive(Debug, Clone)]
+struct NetFleet {
+    gateway: String,
+    hosts: Vec<NetHost>,
+}
+
+fn fleet_script(args: &[&str]) -> String {
+    let script = workspace_root().join("deploy/fleet/hosts");
+    let out = Command::new(&script)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "deploy/fleet/hosts {args:?} failed ({})",
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl NetFleet {
+    /// Brings up (or finds) `count` hosts, with no container or network left on them.
+    fn up(count: usize) -> NetFleet {
+        let text = fleet_script(&["up", NET_FLEET, &count.to_string(), NET_FLEET_INDEX]);
+        fleet_script(&["clean", NET_FLEET]);
+        let mut gateway = None;
+        let mut hosts = Vec::new();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["gateway", g] => gateway = Some(g.to_string()),
+                [name, address, docker_host, netns] => hosts.push(NetHost {
+                    name: name.to_string(),
+                    address: address.to_string(),
+                    docker_host: docker_host.to_string(),
+                    netns: netns.to_string(),
+                }),
+                _ => panic!("unexpected line from deploy/fleet/hosts: {line:?}"),
+            }
+        }
+        assert_eq!(hosts.len(), count, "{text}");
+        NetFleet {
+            gateway: gateway.expect("a gateway line"),
+            hosts,
+        }
+    }
 }
 
 /// One process of the fleet, restartable with the same arguments.
@@ -140,6 +227,8 @@ pub struct Fleet {
     control_planes: Vec<(Proc, String)>,
     agents: BTreeMap<String, Proc>,
     http: reqwest::Client,
+    /// Set for an engine-per-host fleet.
+    net: Option<NetFleet>,
 }
 
 impl Fleet {
@@ -150,6 +239,17 @@ impl Fleet {
 
     /// etcd, `replicas` control planes and `agents` agents (which know every replica), all healthy.
     pub async fn start_with(agents: usize, replicas: usize) -> Fleet {
+        Fleet::start_on(agents, replicas, None).await
+    }
+
+    /// etcd and one control plane on the machine, and `agents` hosts each with its own
+    /// network namespace, address and Docker engine, its agent running inside it.
+    pub async fn start_engine_per_host(agents: usize) -> Fleet {
+        let net = NetFleet::up(agents);
+        Fleet::start_on(agents, 1, Some(net)).await
+    }
+
+    async fn start_on(agents: usize, replicas: usize, net: Option<NetFleet>) -> Fleet {
         docker(&["version", "--format", "{{.Server.Version}}"]);
         let prefix = format!("t{:05x}", rand::random::<u32>() & 0xfffff);
         let dir = tempfile::Builder::new()
@@ -167,6 +267,7 @@ impl Fleet {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
+            net,
         };
         for _ in 0..replicas.max(1) {
             fleet.add_control_plane();
@@ -178,7 +279,7 @@ impl Fleet {
             })
             .await;
         for i in 1..=agents {
-            fleet.add_agent(&format!("{}-host-{i}", fleet.prefix));
+            fleet.add_agent(i);
         }
         fleet.wait_hosts_healthy().await;
         fleet
@@ -209,9 +310,14 @@ impl Fleet {
     fn add_control_plane(&mut self) -> usize {
         let index = self.control_planes.len();
         let (http, grpc) = (free_port(), free_port());
+        // Agents in namespaces reach the machine at the fleet's gateway address.
+        let grpc_ip = self
+            .net
+            .as_ref()
+            .map_or("127.0.0.1".to_string(), |n| n.gateway.clone());
         let args = vec![
             format!("--listen=127.0.0.1:{http}"),
-            format!("--grpc-listen=127.0.0.1:{grpc}"),
+            format!("--grpc-listen={grpc_ip}:{grpc}"),
             format!("--etcd-endpoints={}", self.etcd.endpoint()),
             format!(
                 "--data-dir={}",
@@ -250,24 +356,129 @@ impl Fleet {
         urls.join(",")
     }
 
-    fn add_agent(&mut self, host_id: &str) {
-        let port = free_port();
-        let args = vec![
+    /// Starts the agent of the `i`-th host (1-based).
+    fn add_agent(&mut self, i: usize) {
+        let host_id = self.host(i);
+        let mut args = vec![
             format!("--host-id={host_id}"),
-            format!("--listen=127.0.0.1:{port}"),
             format!("--control-plane={}", self.registry_urls()),
-            format!("--data-dir={}", self.agent_data_dir(host_id).display()),
+            format!("--data-dir={}", self.agent_data_dir(&host_id).display()),
             format!("--join-token-file={}", self.join_token_file().display()),
             format!("--ca-file={}", self.ca_file().display()),
         ];
+        let program = match self.net_host(&host_id) {
+            None => {
+                args.push(format!("--listen=127.0.0.1:{}", free_port()));
+                binary("berth-agent")
+            }
+            Some(h) => {
+                // nsenter execs the agent, so the child is the agent itself.
+                let mut ns = vec![
+                    format!("--net={}", h.netns),
+                    "--".into(),
+                    binary("berth-agent").display().to_string(),
+                ];
+                ns.extend(args);
+                args = ns;
+                args.extend([
+                    format!("--listen={}:7100", h.address),
+                    format!("--addresses={}", h.address),
+                    format!("--docker-host={}", h.docker_host),
+                ]);
+                PathBuf::from("nsenter")
+            }
+        };
         let mut proc = Proc {
-            program: binary("berth-agent"),
+            program,
             args,
             log: self.dir.path().join(format!("{host_id}.log")),
             child: None,
         };
         proc.spawn();
-        self.agents.insert(host_id.to_string(), proc);
+        self.agents.insert(host_id, proc);
+    }
+
+    /// The namespace, address and engine of a host of an engine-per-host fleet.
+    pub fn net_host(&self, host_id: &str) -> Option<&NetHost> {
+        let n: usize = host_id.rsplit('-').next()?.parse().ok()?;
+        self.net.as_ref()?.hosts.get(n.checked_sub(1)?)
+    }
+
+    /// The DOCKER_HOST of a host's engine; None: the machine's.
+    pub fn engine(&self, host_id: &str) -> Option<String> {
+        self.net_host(host_id).map(|h| h.docker_host.clone())
+    }
+
+    /// The host whose agent named a container (`berth-{host_id}-{instance_id}`).
+    fn host_of_container(&self, container: &str) -> Option<String> {
+        self.agents
+            .keys()
+            .filter(|h| container.starts_with(&format!("berth-{h}-")))
+            .max_by_key(|h| h.len())
+            .cloned()
+    }
+
+    fn engine_of_container(&self, container: &str) -> Option<String> {
+        self.host_of_container(container)
+            .and_then(|h| self.engine(&h))
+    }
+
+    /// Cuts a host of an engine-per-host fleet off the network (its link goes down).
+    pub fn cut_host(&self, host_id: &str) {
+        let h = self.net_host(host_id).expect("an engine-per-host fleet's host");
+        fleet_script(&["cut", NET_FLEET, &h.name]);
+    }
+
+    /// Undoes [`Fleet::cut_host`].
+    pub fn heal_host(&self, host_id: &str) {
+        let h = self.net_host(host_id).expect("an engine-per-host fleet's host");
+        fleet_script(&["heal", NET_FLEET, &h.name]);
+    }
+
+    /// Runs the docker CLI against the engine of `host_id`.
+    pub fn docker_on(&self, host_id: &str, args: &[&str]) -> String {
+        docker_at(self.engine(host_id).as_deref(), args)
+    }
+
+    /// Like [`Fleet::docker_on`] for a command that may fail: (succeeded, stdout and stderr).
+    pub fn docker_on_status(&self, host_id: &str, args: &[&str]) -> (bool, String) {
+        let out = docker_command(self.engine(host_id).as_deref())
+            .args(args)
+            .output()
+            .expect("docker CLI");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Restarts a host's agent with `extra` arguments added (later flags win in clap).
+    pub fn restart_agent_with(&mut self, host_id: &str, extra: &[String]) {
+        let p = self.agents.get_mut(host_id).expect("known agent");
+        p.kill();
+        p.args.extend(extra.iter().cloned());
+        p.spawn();
+    }
+
+    /// The connection a service instance's rendered config files describe, read back from
+    /// its config directory on the host.
+    pub fn rendered_connection(
+        &self,
+        host_id: &str,
+        instance_id: &str,
+        service_type: spec::ServiceType,
+    ) -> service_config::ParsedConnection {
+        let dir = self.instance_dir(host_id, instance_id).join("config");
+        let files: Vec<service_config::RenderedFile> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| service_config::RenderedFile {
+                path: e.file_name().to_string_lossy().into_owned(),
+                content: std::fs::read(e.path()).expect("config file"),
+            })
+            .collect();
+        service_config::parse_rendered(service_type, &files)
+            .unwrap_or_else(|e| panic!("parse the config in {}: {e}", dir.display()))
     }
 
     pub fn join_token_file(&self) -> PathBuf {
@@ -523,7 +734,7 @@ impl Fleet {
         let mut out = BTreeMap::new();
         for host in self.agents.keys() {
             let filter = format!("label=berth.host-id={host}");
-            let text = docker(&[
+            let text = self.docker_on(host, &[
                 "ps",
                 "-a",
                 "--no-trunc",
@@ -550,14 +761,16 @@ impl Fleet {
     }
 
     pub fn inspect(&self, container: &str) -> Value {
-        let text = docker(&["inspect", container]);
+        let engine = self.engine_of_container(container);
+        let text = docker_at(engine.as_deref(), &["inspect", container]);
         let v: Value = serde_json::from_str(&text).expect("docker inspect JSON");
         v[0].clone()
     }
 
     /// Runs SQL with psql inside a Postgres container, as the superuser on the local socket.
     pub fn psql(&self, container: &str, database: &str, sql: &str) -> String {
-        docker(&[
+        let engine = self.engine_of_container(container);
+        docker_at(engine.as_deref(), &[
             "exec",
             container,
             "psql",
@@ -576,7 +789,8 @@ impl Fleet {
     }
 
     pub fn docker_kill(&self, container: &str) {
-        docker(&["kill", container]);
+        let engine = self.engine_of_container(container);
+        docker_at(engine.as_deref(), &["kill", container]);
     }
 }
 
@@ -589,9 +803,11 @@ impl Drop for Fleet {
         for (p, _) in &mut self.control_planes {
             p.kill();
         }
+        let engines: std::collections::BTreeSet<Option<String>> =
+            self.agents.keys().map(|h| self.engine(h)).collect();
         for host in self.agents.keys() {
             let filter = format!("label=berth.host-id={host}");
-            if let Ok(out) = Command::new("docker")
+            if let Ok(out) = docker_command(self.engine(host).as_deref())
                 .args(["ps", "-aq", "--filter", &filter])
                 .output()
             {
@@ -600,7 +816,7 @@ impl Drop for Fleet {
                     .map(String::from)
                     .collect();
                 if !ids.is_empty() {
-                    let _ = Command::new("docker")
+                    let _ = docker_command(self.engine(host).as_deref())
                         .arg("rm")
                         .arg("-f")
                         .arg("-v")
@@ -611,16 +827,30 @@ impl Drop for Fleet {
         }
         // Networks are named after databases; this fleet's databases carry its prefix.
         // Removed by id: a name can be ambiguous if two networks ever got it.
-        if let Ok(out) = Command::new("docker")
-            .args(["network", "ls", "--format", "{{.ID}} {{.Name}}"])
-            .output()
-        {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((id, name)) = line.split_once(' ')
-                    && name.starts_with(&format!("berth-{}", self.prefix))
-                {
-                    let _ = Command::new("docker").args(["network", "rm", id]).output();
+        for engine in &engines {
+            if let Ok(out) = docker_command(engine.as_deref())
+                .args(["network", "ls", "--format", "{{.ID}} {{.Name}}"])
+                .output()
+            {
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    if let Some((id, name)) = line.split_once(' ')
+                        && name.starts_with(&format!("berth-{}", self.prefix))
+                    {
+                        let _ = docker_command(engine.as_deref())
+                            .args(["network", "rm", id])
+                            .output();
+                    }
                 }
+            }
+        }
+        // A cut host stays cut for the next test otherwise (up heals too, but a test may
+        // also run alone).
+        if let Some(net) = &self.net {
+            for h in &net.hosts {
+                let _ = Command::new(workspace_root().join("deploy/fleet/hosts"))
+                    .args(["heal", NET_FLEET, &h.name])
+                    .stderr(Stdio::null())
+                    .output();
             }
         }
         // Postgres data dirs are owned by the container's postgres user; the test runs as root.
