@@ -2,6 +2,8 @@
 # are recognised. Sourced, not run.
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=../fleet/proc.sh
+source "$repo/deploy/fleet/proc.sh"
 dev=$repo/.dev
 logs=$dev/logs
 run=$dev/run
@@ -27,29 +29,42 @@ die() {
 pid_file() { printf '%s/%s.pid\n' "$run" "$1"; }
 log_file() { printf '%s/%s.log\n' "$logs" "$1"; }
 
-# The word that must appear in a live process's command line for its pid file to be believed:
-# a pid file can outlive its process, and the kernel may hand the pid to something else.
-signature() {
+# The data directory a component is started with: unique to it, so it identifies the process
+# when its pid file is gone.
+data_dir() {
 	case $1 in
-	etcd) printf '%s\n' "--data-dir $dev/etcd" ;;
-	control-plane) printf '%s\n' "--data-dir $dev/control-plane" ;;
-	agent-*) printf '%s\n' "--data-dir $dev/agents/${1#agent-}" ;;
+	etcd) printf '%s\n' "$dev/etcd" ;;
+	control-plane) printf '%s\n' "$dev/control-plane" ;;
+	agent-*) printf '%s\n' "$dev/agents/${1#agent-}" ;;
 	esac
 }
 
-# Prints the pid of COMPONENT if its pid file names a live process that is really it;
-# removes a stale pid file and fails otherwise.
+# The programs a component's process may be: nsenter until it has exec'd the agent.
+programs() {
+	case $1 in
+	etcd) printf '%s\n' etcd ;;
+	control-plane) printf '%s\n' berth-control-plane ;;
+	agent-*) printf '%s\n' berth-agent nsenter ;;
+	esac
+}
+
+# Prints the pid of COMPONENT if it runs, and fails otherwise. Its pid file is believed when
+# the start time it records matches (deploy/fleet/proc.sh), which holds from the fork on, so a
+# process just started and not yet exec'd is never taken for a stale one. Without a valid pid
+# file, a process started with COMPONENT's data directory is still this fleet's (a run that
+# died before recording it, a pid file of the old format): it is taken back, so that a rerun
+# neither starts a second one nor finds the port taken by its own leftover.
 live_pid() {
-	local file pid cmdline
+	local file pids progs
 	file=$(pid_file "$1")
-	[[ -f $file ]] || return 1
-	pid=$(<"$file")
-	if [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]]; then
-		cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
-		if [[ $cmdline == *"$(signature "$1")"* ]]; then
-			printf '%s\n' "$pid"
-			return 0
-		fi
+	pidfile_live "$file" && return 0
+	mapfile -t progs < <(programs "$1")
+	mapfile -t pids < <(pids_with_arg --data-dir "$(data_dir "$1")" "${progs[@]}")
+	if ((${#pids[@]} > 0)); then
+		pidfile_write "$file" "${pids[0]}"
+		log "$1 runs without a valid pid file; recorded its pid ${pids[0]}"
+		printf '%s\n' "${pids[0]}"
+		return 0
 	fi
 	rm -f "$file"
 	return 1
