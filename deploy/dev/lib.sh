@@ -17,6 +17,17 @@ hosts=(host-1 host-2 host-3)
 # host-N listens on 127.0.0.1:$((agent_port_base + N)).
 agent_port_base=7100
 
+# --engine-per-host: the hosts are deploy/fleet/hosts' fleet "dev" on subnet index 0
+# (10.213.0.0/24), each with its own engine; the agents run in the hosts' namespaces and reach
+# the control plane's registry at the fleet's gateway address. The mode of the fleet in .dev
+# is kept in $mode_file.
+fleet_hosts=$repo/deploy/fleet/hosts
+fleet=dev
+fleet_index=0
+mode_file=$dev/mode
+# An agent listens on this port of its host's address in that mode.
+agent_port=7100
+
 # Every process of the fleet, in start order; down stops them in reverse.
 components=(etcd control-plane "${hosts[@]/#/agent-}")
 
