@@ -93,6 +93,9 @@ fn docker_command(engine: Option<&str>) -> Command {
 /// engines; each test's fleet cleans them first.
 const NET_FLEET: &str = "e2e";
 const NET_FLEET_INDEX: &str = "1";
+/// Always this many hosts, whatever a test uses: `up` with fewer would stop the engines a
+/// later test brings back, at the cost of starting an engine and loading its images.
+const NET_FLEET_HOSTS: usize = 3;
 
 /// One host of an engine-per-host fleet, as `deploy/fleet/hosts` prints it.
 #[derive(Debug, Clone)]
@@ -126,8 +129,9 @@ fn fleet_script(args: &[&str]) -> String {
 }
 
 impl NetFleet {
-    /// Brings up (or finds) `count` hosts, with no container or network left on them.
+    /// Brings up (or finds) at least `count` hosts, with no container or network left on them.
     fn up(count: usize) -> NetFleet {
+        let count = count.max(NET_FLEET_HOSTS);
         let text = fleet_script(&["up", NET_FLEET, &count.to_string(), NET_FLEET_INDEX]);
         fleet_script(&["clean", NET_FLEET]);
         let mut gateway = None;
