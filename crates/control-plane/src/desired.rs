@@ -318,9 +318,11 @@ pub fn desired_instances(
             if !primary {
                 let upstream = endpoint(&node.name, primary_host, true);
                 match reach(&upstream, host_id, topology.engine(host_id)) {
-                    Ok((host, port)) => {
-                        conf.push_str(&format!("primary_host={host}\nprimary_port={port}\n"))
-                    }
+                    // The alias names the standby in the primary's pg_stat_replication.
+                    Ok((host, port)) => conf.push_str(&format!(
+                        "primary_host={host}\nprimary_port={port}\napplication_name={}\n",
+                        postgres_alias(&node.name, host_id)
+                    )),
                     Err(e) => unpublished = Some(e.to_string()),
                 }
             }

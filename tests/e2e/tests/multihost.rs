@@ -102,8 +102,11 @@ async fn a_replica_on_another_engine_streams_from_the_primary_over_tls() {
     );
     let (_, took) = fleet
         .wait_for("the rows on the replica", || async {
-            let present = fleet.psql(&replica, "app", "SELECT to_regclass('public.t') IS NOT NULL")
-                == "t"
+            let present = fleet.psql(
+                &replica,
+                "app",
+                "SELECT to_regclass('public.t') IS NOT NULL",
+            ) == "t"
                 && fleet.psql(&replica, "app", "SELECT count(*) FROM t") == "3";
             present.then_some(())
         })
@@ -172,7 +175,10 @@ fn connection_hosts(
     let c = fleet.rendered_connection(host, instance, service_type);
     assert_eq!(c.sslmode, "verify-full", "{instance}");
     assert!(c.sslrootcert.is_some(), "{instance}");
-    c.hosts.into_iter().map(|(h, p)| (h, u64::from(p))).collect()
+    c.hosts
+        .into_iter()
+        .map(|(h, p)| (h, u64::from(p)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -204,7 +210,11 @@ async fn services_on_other_engines_reach_postgres_by_host_address_over_tls() {
         .apply("/v1/databases", &json!({"id": db, "spec": spec}))
         .await;
     let d = fleet.database(&db).await;
-    let port_of = |id: &str| instance(&d, id)["connection_info"]["port"].as_u64().unwrap();
+    let port_of = |id: &str| {
+        instance(&d, id)["connection_info"]["port"]
+            .as_u64()
+            .unwrap()
+    };
     let (n1, n2) = (format!("{db}-n1-{h1}"), format!("{db}-n2-{h2}"));
 
     // Every service instance is running, which means its /health passed: its session to
@@ -255,6 +265,18 @@ async fn services_on_other_engines_reach_postgres_by_host_address_over_tls() {
 
     // The postgrest is healthy only while its connection reaches the primary: cut host-1
     // and it stops being ready; heal it and it is back, with no duplicate container.
+    // The engine counts failed checks only once its own first check passed (before that
+    // they fall in the start period, two minutes), so wait for that first.
+    let rest_container = Fleet::container_name(&h3, &rest);
+    fleet
+        .wait_for(
+            "the engine's own health check of postgrest passing",
+            || async {
+                let state = fleet.inspect(&rest_container);
+                (state["State"]["Health"]["Status"] == "healthy").then_some(())
+            },
+        )
+        .await;
     fleet.cut_host(&h1);
     let (_, took) = fleet
         .wait_for("postgrest on host-3 to lose its database", || async {
@@ -277,7 +299,9 @@ async fn services_on_other_engines_reach_postgres_by_host_address_over_tls() {
             let d = fleet.database(&db).await;
             let pg = instance(&d, &n1)["state"] == "available";
             let s = fleet.service_instances(&db).await;
-            let svc = s.values().all(|s| s["state"] == "running" && s["status"]["ready"] == true);
+            let svc = s
+                .values()
+                .all(|s| s["state"] == "running" && s["status"]["ready"] == true);
             (pg && svc).then_some(())
         })
         .await;
@@ -305,18 +329,23 @@ async fn self_healing_and_delete_on_engines_of_their_own() {
     let before = fleet.containers()[&svc].0.clone();
     fleet.docker_kill(&svc);
     let (_, took) = fleet
-        .wait_for("the killed service container replaced and running", || async {
-            let c = fleet.containers();
-            let (id, state) = c.get(&svc)?;
-            (*id != before && state == "running").then_some(())
-        })
+        .wait_for(
+            "the killed service container replaced and running",
+            || async {
+                let c = fleet.containers();
+                let (id, state) = c.get(&svc)?;
+                (*id != before && state == "running").then_some(())
+            },
+        )
         .await;
     println!("healed on host-2's engine in {took:?}");
     let s = fleet.service_instances(&db).await;
     let (_, took) = fleet
         .wait_for("the healed service ready", || async {
             let s = fleet.service_instances(&db).await;
-            s.values().all(|s| s["status"]["ready"] == true).then_some(())
+            s.values()
+                .all(|s| s["status"]["ready"] == true)
+                .then_some(())
         })
         .await;
     println!("ready again after {took:?} ({} instances)", s.len());
@@ -325,7 +354,10 @@ async fn self_healing_and_delete_on_engines_of_their_own() {
         .call("DELETE", &format!("/v1/databases/{db}"), None)
         .await;
     assert!(status.is_success(), "{status} {body}");
-    let task = body["task"]["task_id"].as_str().expect("task id").to_string();
+    let task = body["task"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_string();
     let t = fleet.wait_task(&db, &task).await;
     assert_eq!(t["status"], "completed", "{t}");
     assert!(
@@ -355,7 +387,9 @@ async fn a_host_the_control_plane_cannot_dial_is_degraded_and_its_task_fails_nam
         .wait_for("host-2 degraded with the reason", || async {
             let h = fleet.get(&format!("/v1/hosts/{h2}")).await;
             let degraded = h["status"]["state"] == "degraded"
-                && h["status"]["error"].as_str().is_some_and(|e| e.contains(&wrong));
+                && h["status"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&wrong));
             degraded.then_some(())
         })
         .await;
