@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use test_support::{EtcdServer, free_port};
 
 pub use reqwest;
-pub use spec::ServiceType;
 pub use serde_json;
+pub use spec::ServiceType;
 
 /// Generous upper bound for anything to converge on a loaded 2-core machine. Waiting is
 /// bounded so a broken system fails the test; how long it took is reported, never asserted.
@@ -429,13 +429,17 @@ impl Fleet {
 
     /// Cuts a host of an engine-per-host fleet off the network (its link goes down).
     pub fn cut_host(&self, host_id: &str) {
-        let h = self.net_host(host_id).expect("an engine-per-host fleet's host");
+        let h = self
+            .net_host(host_id)
+            .expect("an engine-per-host fleet's host");
         fleet_script(&["cut", NET_FLEET, &h.name]);
     }
 
     /// Undoes [`Fleet::cut_host`].
     pub fn heal_host(&self, host_id: &str) {
-        let h = self.net_host(host_id).expect("an engine-per-host fleet's host");
+        let h = self
+            .net_host(host_id)
+            .expect("an engine-per-host fleet's host");
         fleet_script(&["heal", NET_FLEET, &h.name]);
     }
 
@@ -738,15 +742,18 @@ impl Fleet {
         let mut out = BTreeMap::new();
         for host in self.agents.keys() {
             let filter = format!("label=berth.host-id={host}");
-            let text = self.docker_on(host, &[
-                "ps",
-                "-a",
-                "--no-trunc",
-                "--filter",
-                &filter,
-                "--format",
-                "{{.Names}} {{.ID}} {{.State}}",
-            ]);
+            let text = self.docker_on(
+                host,
+                &[
+                    "ps",
+                    "-a",
+                    "--no-trunc",
+                    "--filter",
+                    &filter,
+                    "--format",
+                    "{{.Names}} {{.ID}} {{.State}}",
+                ],
+            );
             for line in text.lines() {
                 let mut parts = line.split_whitespace();
                 if let (Some(name), Some(id), Some(state)) =
@@ -774,20 +781,23 @@ impl Fleet {
     /// Runs SQL with psql inside a Postgres container, as the superuser on the local socket.
     pub fn psql(&self, container: &str, database: &str, sql: &str) -> String {
         let engine = self.engine_of_container(container);
-        docker_at(engine.as_deref(), &[
-            "exec",
-            container,
-            "psql",
-            "-XAtq",
-            "-h",
-            "/var/run/postgresql",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-c",
-            sql,
-        ])
+        docker_at(
+            engine.as_deref(),
+            &[
+                "exec",
+                container,
+                "psql",
+                "-XAtq",
+                "-h",
+                "/var/run/postgresql",
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+        )
         .trim()
         .to_string()
     }
