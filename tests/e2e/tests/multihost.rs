@@ -350,6 +350,36 @@ async fn self_healing_and_delete_on_engines_of_their_own() {
         .await;
     println!("ready again after {took:?} ({} instances)", s.len());
 
+    // The primary comes back on the port it had, so the service on host-2, whose
+    // connection string names host-1's address and that port, is not touched.
+    let pg_id = format!("{db}-n1-{h1}");
+    let pg = Fleet::container_name(&h1, &pg_id);
+    let port = |d: &Value| instance(d, &pg_id)["connection_info"]["port"].clone();
+    let port_before = port(&fleet.database(&db).await);
+    let svc_id = fleet.containers()[&svc].0.clone();
+    fleet.docker_kill(&pg);
+    let (_, took) = fleet
+        .wait_for("the killed primary replaced and available", || async {
+            let d = fleet.database(&db).await;
+            let c = fleet.containers();
+            let replaced = c.get(&pg).is_some_and(|(_, state)| state == "running");
+            (replaced && instance(&d, &pg_id)["state"] == "available").then_some(())
+        })
+        .await;
+    println!("primary healed in {took:?}");
+    assert_eq!(port(&fleet.database(&db).await), port_before);
+    fleet
+        .wait_for("the service connected again", || async {
+            let s = fleet.service_instances(&db).await;
+            s.values().all(|s| s["status"]["ready"] == true).then_some(())
+        })
+        .await;
+    assert_eq!(
+        fleet.containers()[&svc].0,
+        svc_id,
+        "the remote service keeps its container"
+    );
+
     let (status, body) = fleet
         .call("DELETE", &format!("/v1/databases/{db}"), None)
         .await;
