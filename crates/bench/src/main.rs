@@ -11,6 +11,7 @@ mod specs;
 mod stats;
 mod tasks;
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -25,7 +26,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// A database with one node and three services over three hosts, against docker compose, swarm and raw Docker.
+    /// A database with one node and three services over three hosts, by berth on one shared engine and on an
+    /// engine-per-host fleet (needs root), against docker compose, swarm and raw Docker.
     Converge {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
@@ -93,7 +95,32 @@ async fn main() -> anyhow::Result<()> {
         "berth-bench on {} cores; absolute figures are noise on a shared machine, ratios are the result",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    match args.bench {
+    // On SIGINT or SIGTERM the benchmark's future is dropped rather than the process exiting at once, so
+    // every handle's drop runs: processes are killed, containers and the engine-per-host fleet removed.
+    tokio::select! {
+        result = run(args.bench) => result,
+        signal = interrupted() => bail!("{signal}: stopped, cleaned up"),
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives; which one.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers a signal kills the process as before; nothing else changes.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+async fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
         Bench::Converge { rounds } => converge::run(rounds).await?.print(),
         Bench::Api {
             requests,

@@ -1,5 +1,6 @@
-//! The processes a benchmark runs: etcd, the control plane, real agents and the simulated (hollow) agent, all
-//! release builds, each killed when its handle drops, so a failed run leaves no process behind.
+//! The processes a benchmark runs: etcd, the control plane, real agents (on the machine, or each in a host of an
+//! engine-per-host fleet) and the simulated (hollow) agent, all release builds, each killed when its handle
+//! drops, so a failed run leaves no process behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -120,6 +121,9 @@ pub struct StackOptions {
     pub reconcile: bool,
     /// `--host-lease-ttl`, when not the control plane's default.
     pub host_lease_ttl_seconds: Option<u32>,
+    /// The address the agents' registry (gRPC) listens on; 127.0.0.1 when None. Agents in network
+    /// namespaces reach the machine only at their fleet's gateway address.
+    pub grpc_ip: Option<String>,
 }
 
 impl Stack {
@@ -127,9 +131,10 @@ impl Stack {
         let dir = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
         let etcd = EtcdServer::start();
         let (http_port, grpc_port) = (free_port(), free_port());
+        let grpc_ip = options.grpc_ip.as_deref().unwrap_or("127.0.0.1");
         let mut args = vec![
             format!("--listen=127.0.0.1:{http_port}"),
-            format!("--grpc-listen=127.0.0.1:{grpc_port}"),
+            format!("--grpc-listen={grpc_ip}:{grpc_port}"),
             format!("--etcd-endpoints={}", etcd.endpoint()),
             format!("--data-dir={}", dir.path().join("cp").display()),
             format!("--key-file={}", dir.path().join("secret.key").display()),
@@ -156,7 +161,7 @@ impl Stack {
             etcd,
             control_plane,
             api: format!("http://127.0.0.1:{http_port}"),
-            registry: format!("http://127.0.0.1:{grpc_port}"),
+            registry: format!("http://{grpc_ip}:{grpc_port}"),
             dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -190,6 +195,31 @@ impl Stack {
             format!("--join-token-file={}", cp.join("join-token").display()),
             format!("--ca-file={}", cp.join("ca.pem").display()),
         ]
+    }
+
+    /// The last `lines` lines of every process's log in the stack's dir (the benchmarks run them at `warn`,
+    /// so these are their recent complaints): the dir goes with the stack, this is what stays of it.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        let mut out = String::new();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            if !tail.is_empty() {
+                let name = log.file_name().unwrap_or_default().to_string_lossy();
+                out.push_str(&format!("--- {name} (last {} lines)\n", tail.len()));
+                for l in tail {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
     }
 
     pub async fn wait_for<T, F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<T>
@@ -349,4 +379,129 @@ pub fn start_hollow(
         &args,
         stack.dir.path().join(format!("{prefix}.log")),
     )
+}
+
+/// One host of an engine-per-host fleet, as `deploy/fleet/hosts up` prints it.
+#[derive(Debug, Clone)]
+pub struct NetHost {
+    /// The script's name for it (`host-N`), not the API's host id.
+    pub name: String,
+    /// Where the machine and the other hosts reach it, and where its engine publishes ports.
+    pub address: String,
+    /// Its engine (`unix:///...docker.sock`).
+    pub docker_host: String,
+    /// Its network namespace, for `nsenter --net=`.
+    pub netns: String,
+}
+
+/// An engine-per-host fleet made by `deploy/fleet/hosts` (network namespaces on a bridge of their own, a
+/// dockerd each, the images loaded). `down` runs when it drops, so a failed or interrupted run leaves no
+/// namespace, engine or firewall rule behind.
+pub struct EngineFleet {
+    name: String,
+    /// The machine's address on the fleet's bridge: where the hosts reach the control plane.
+    pub gateway: String,
+    pub hosts: Vec<NetHost>,
+}
+
+impl EngineFleet {
+    /// Brings up fleet `name` with `count` hosts on subnet `index` (10.213.INDEX.0/24) and empties its
+    /// engines: `up` keeps what a killed earlier run left running, containers included.
+    pub fn up(name: &str, count: usize, index: u8) -> Result<EngineFleet> {
+        // The guard exists before `up` runs, so a half-made fleet is taken down too.
+        let mut fleet = EngineFleet {
+            name: name.to_string(),
+            gateway: String::new(),
+            hosts: Vec::new(),
+        };
+        let text = fleet_script(&["up", name, &count.to_string(), &index.to_string()])?;
+        fleet_script(&["clean", name])?;
+        for line in text.lines() {
+            match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["gateway", g] => fleet.gateway = g.to_string(),
+                [name, address, docker_host, netns] => fleet.hosts.push(NetHost {
+                    name: name.to_string(),
+                    address: address.to_string(),
+                    docker_host: docker_host.to_string(),
+                    netns: netns.to_string(),
+                }),
+                _ => bail!("unexpected line from deploy/fleet/hosts up: {line:?}"),
+            }
+        }
+        // Callers pick host N as `hosts[N - 1]`.
+        let in_order = (1..=count).map(|n| format!("host-{n}"));
+        if fleet.gateway.is_empty() || !fleet.hosts.iter().map(|h| h.name.clone()).eq(in_order) {
+            bail!(
+                "deploy/fleet/hosts up printed no gateway or not host-1..{count} in order:\n{text}"
+            );
+        }
+        Ok(fleet)
+    }
+}
+
+impl Drop for EngineFleet {
+    fn drop(&mut self) {
+        if let Err(e) = fleet_script(&["down", &self.name]) {
+            eprintln!(
+                "{e:#}; remove the fleet with: deploy/fleet/hosts down {}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Runs `deploy/fleet/hosts`; its stdout. Its log lines (stderr) go to the bench's stderr.
+fn fleet_script(args: &[&str]) -> Result<String> {
+    let script = workspace_root().join("deploy/fleet/hosts");
+    let out = Command::new(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "deploy/fleet/hosts {} failed ({})",
+            args.join(" "),
+            out.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts a real agent for `host_id` joined to the stack's fleet. With `on` None it runs on the machine and
+/// drives the machine's engine (every host then shares it); with a host of an [`EngineFleet`] it runs inside
+/// that host's namespace, listens and publishes at its address and drives its engine.
+pub fn start_agent(stack: &Stack, host_id: &str, on: Option<&NetHost>) -> Result<Proc> {
+    let mut args = vec![
+        format!("--host-id={host_id}"),
+        format!("--control-plane={}", stack.registry),
+        format!("--data-dir={}", stack.dir.path().join(host_id).display()),
+    ];
+    args.extend(stack.join_args());
+    let log = stack.dir.path().join(format!("{host_id}.log"));
+    match on {
+        None => {
+            args.push(format!("--listen=127.0.0.1:{}", free_port()));
+            Proc::spawn(&binary("berth-agent"), &args, log)
+        }
+        Some(h) => {
+            args.extend([
+                // The namespace is the host's alone, so the agent's usual port is free.
+                format!("--listen={}:7100", h.address),
+                format!("--addresses={}", h.address),
+                format!("--docker-host={}", h.docker_host),
+            ]);
+            // nsenter execs the agent, so the process killed on drop is the agent itself. Only the network
+            // namespace is entered: the agent's data dir and the engine's bind mounts stay the machine's.
+            // (`ip netns exec` would remount /sys; deploy/fleet/hosts explains why that matters.)
+            let mut ns = vec![
+                format!("--net={}", h.netns),
+                "--".into(),
+                binary("berth-agent").display().to_string(),
+            ];
+            ns.extend(args);
+            Proc::spawn(Path::new("nsenter"), &ns, log)
+        }
+    }
 }

@@ -57,6 +57,7 @@ async fn start_fleet(hosts: usize) -> Result<Fleet> {
         Stack::start(StackOptions {
             reconcile: true,
             host_lease_ttl_seconds: Some(HOST_LEASE_TTL_SECONDS),
+            ..Default::default()
         })
         .await?,
     );
