@@ -90,9 +90,19 @@ fn docker_command(engine: Option<&str>) -> Command {
 
 /// The engine-per-host fleet of the test run: `deploy/fleet/hosts` fleet `e2e` on
 /// 10.213.1.0/24 (index 1; the dev fleet has 0). Tests run one at a time and share its
-/// engines; each test's fleet cleans them first.
-const NET_FLEET: &str = "e2e";
-const NET_FLEET_INDEX: &str = "1";
+/// engines; each test's fleet cleans them first. `BERTH_E2E_NET_FLEET=NAME:INDEX` picks
+/// another, so that two test runs on one machine do not clean each other's engines.
+fn net_fleet() -> (String, String) {
+    match std::env::var("BERTH_E2E_NET_FLEET") {
+        Ok(v) => {
+            let (name, index) = v
+                .split_once(':')
+                .expect("BERTH_E2E_NET_FLEET is NAME:INDEX, e.g. e2e2:3");
+            (name.to_string(), index.to_string())
+        }
+        Err(_) => ("e2e".to_string(), "1".to_string()),
+    }
+}
 /// Always this many hosts, whatever a test uses: `up` with fewer would stop the engines a
 /// later test brings back, at the cost of starting an engine and loading its images.
 const NET_FLEET_HOSTS: usize = 3;
@@ -132,8 +142,9 @@ impl NetFleet {
     /// Brings up (or finds) at least `count` hosts, with no container or network left on them.
     fn up(count: usize) -> NetFleet {
         let count = count.max(NET_FLEET_HOSTS);
-        let text = fleet_script(&["up", NET_FLEET, &count.to_string(), NET_FLEET_INDEX]);
-        fleet_script(&["clean", NET_FLEET]);
+        let (name, index) = net_fleet();
+        let text = fleet_script(&["up", &name, &count.to_string(), &index]);
+        fleet_script(&["clean", &name]);
         let mut gateway = None;
         let mut hosts = Vec::new();
         for line in text.lines() {
@@ -432,7 +443,7 @@ impl Fleet {
         let h = self
             .net_host(host_id)
             .expect("an engine-per-host fleet's host");
-        fleet_script(&["cut", NET_FLEET, &h.name]);
+        fleet_script(&["cut", &net_fleet().0, &h.name]);
     }
 
     /// Undoes [`Fleet::cut_host`].
@@ -440,7 +451,7 @@ impl Fleet {
         let h = self
             .net_host(host_id)
             .expect("an engine-per-host fleet's host");
-        fleet_script(&["heal", NET_FLEET, &h.name]);
+        fleet_script(&["heal", &net_fleet().0, &h.name]);
     }
 
     /// Runs the docker CLI against the engine of `host_id`.
@@ -862,7 +873,7 @@ impl Drop for Fleet {
         if let Some(net) = &self.net {
             for h in &net.hosts {
                 let _ = Command::new(workspace_root().join("deploy/fleet/hosts"))
-                    .args(["heal", NET_FLEET, &h.name])
+                    .args(["heal", &net_fleet().0, &h.name])
                     .stderr(Stdio::null())
                     .output();
             }
