@@ -3,6 +3,7 @@
 
 mod api;
 mod converge;
+mod engine_fleet;
 mod follow;
 mod procs;
 mod profile;

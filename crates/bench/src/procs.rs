@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use test_support::{EtcdServer, free_port};
 
+use crate::engine_fleet::{EngineFleet, NetHost};
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -269,15 +271,21 @@ impl Stack {
 
     pub async fn wait_hosts_healthy(&self, want: usize, limit: Duration) -> Result<()> {
         self.wait_for(&format!("{want} healthy hosts"), limit, || async {
-            let hosts = self.get("/v1/hosts").await.ok()?;
-            let healthy = hosts["hosts"]
+            (self.healthy_hosts().await? >= want).then_some(())
+        })
+        .await
+    }
+
+    /// How many hosts the API calls healthy; None while it does not answer.
+    pub async fn healthy_hosts(&self) -> Option<usize> {
+        let hosts = self.get("/v1/hosts").await.ok()?;
+        Some(
+            hosts["hosts"]
                 .as_array()?
                 .iter()
                 .filter(|h| h["status"]["state"] == "healthy")
-                .count();
-            (healthy >= want).then_some(())
-        })
-        .await
+                .count(),
+        )
     }
 
     /// Sum of etcd's handled unary gRPC requests, by method, from its /metrics.
@@ -381,98 +389,62 @@ pub fn start_hollow(
     )
 }
 
-/// One host of an engine-per-host fleet, as `deploy/fleet/hosts up` prints it.
-#[derive(Debug, Clone)]
-pub struct NetHost {
-    /// The script's name for it (`host-N`), not the API's host id.
-    pub name: String,
-    /// Where the machine and the other hosts reach it, and where its engine publishes ports.
-    pub address: String,
-    /// Its engine (`unix:///...docker.sock`).
-    pub docker_host: String,
-    /// Its network namespace, for `nsenter --net=`.
-    pub netns: String,
-}
-
-/// An engine-per-host fleet made by `deploy/fleet/hosts` (network namespaces on a bridge of their own, a
-/// dockerd each, the images loaded). `down` runs when it drops, so a failed or interrupted run leaves no
-/// namespace, engine or firewall rule behind.
-pub struct EngineFleet {
-    name: String,
-    /// The machine's address on the fleet's bridge: where the hosts reach the control plane.
-    pub gateway: String,
-    pub hosts: Vec<NetHost>,
-}
-
-impl EngineFleet {
-    /// Brings up fleet `name` with `count` hosts on subnet `index` (10.213.INDEX.0/24) and empties its
-    /// engines: `up` keeps what a killed earlier run left running, containers included.
-    pub fn up(name: &str, count: usize, index: u8) -> Result<EngineFleet> {
-        // The guard exists before `up` runs, so a half-made fleet is taken down too.
-        let mut fleet = EngineFleet {
-            name: name.to_string(),
-            gateway: String::new(),
-            hosts: Vec::new(),
-        };
-        let text = fleet_script(&["up", name, &count.to_string(), &index.to_string()])?;
-        fleet_script(&["clean", name])?;
-        for line in text.lines() {
-            match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                ["gateway", g] => fleet.gateway = g.to_string(),
-                [name, address, docker_host, netns] => fleet.hosts.push(NetHost {
-                    name: name.to_string(),
-                    address: address.to_string(),
-                    docker_host: docker_host.to_string(),
-                    netns: netns.to_string(),
-                }),
-                _ => bail!("unexpected line from deploy/fleet/hosts up: {line:?}"),
+/// Starts a real agent for each of `host_ids`, on the machine (`fleet` None) or host N in host N of `fleet`
+/// (see [`start_agent`]), and waits until every host is healthy.
+///
+/// An agent on the machine listens on a port [`free_port`] found free a moment before it starts; another
+/// process may take it in between (the machine runs other work), and the agent then exits. Such an agent is
+/// started again on another port, a few times at most; any other exit is a failure, with the logs' tails.
+pub async fn start_agents(
+    stack: &Stack,
+    host_ids: &[String],
+    fleet: Option<&EngineFleet>,
+) -> Result<Vec<Proc>> {
+    const RESTARTS: usize = 3;
+    let limit = Duration::from_secs(60);
+    let on = |i: usize| fleet.map(|f| &f.hosts[i]);
+    let mut agents = Vec::new();
+    for (i, h) in host_ids.iter().enumerate() {
+        agents.push(start_agent(stack, h, on(i))?);
+    }
+    let (started, mut restarts) = (Instant::now(), 0);
+    while stack.healthy_hosts().await.unwrap_or(0) < host_ids.len() {
+        for (i, agent) in agents.iter_mut().enumerate() {
+            if agent.child.try_wait()?.is_none() {
+                continue;
             }
-        }
-        // Callers pick host N as `hosts[N - 1]`.
-        let in_order = (1..=count).map(|n| format!("host-{n}"));
-        if fleet.gateway.is_empty() || !fleet.hosts.iter().map(|h| h.name.clone()).eq(in_order) {
-            bail!(
-                "deploy/fleet/hosts up printed no gateway or not host-1..{count} in order:\n{text}"
-            );
-        }
-        Ok(fleet)
-    }
-}
-
-impl Drop for EngineFleet {
-    fn drop(&mut self) {
-        if let Err(e) = fleet_script(&["down", &self.name]) {
+            let log = stack.dir.path().join(format!("{}.log", host_ids[i]));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if !text.contains("Address already in use") || restarts == RESTARTS {
+                bail!(
+                    "the agent of {} exited\n{}",
+                    host_ids[i],
+                    stack.log_tails(20)
+                );
+            }
             eprintln!(
-                "{e:#}; remove the fleet with: deploy/fleet/hosts down {}",
-                self.name
+                "the agent of {} lost its port to another process; starting it on another",
+                host_ids[i]
+            );
+            restarts += 1;
+            *agent = start_agent(stack, &host_ids[i], on(i))?;
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "{} hosts not healthy within {limit:?}\n{}",
+                host_ids.len(),
+                stack.log_tails(20)
             );
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Runs `deploy/fleet/hosts`; its stdout. Its log lines (stderr) go to the bench's stderr.
-fn fleet_script(args: &[&str]) -> Result<String> {
-    let script = workspace_root().join("deploy/fleet/hosts");
-    let out = Command::new(&script)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "deploy/fleet/hosts {} failed ({})",
-            args.join(" "),
-            out.status
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(agents)
 }
 
 /// Starts a real agent for `host_id` joined to the stack's fleet. With `on` None it runs on the machine and
 /// drives the machine's engine (every host then shares it); with a host of an [`EngineFleet`] it runs inside
 /// that host's namespace, listens and publishes at its address and drives its engine.
-pub fn start_agent(stack: &Stack, host_id: &str, on: Option<&NetHost>) -> Result<Proc> {
+fn start_agent(stack: &Stack, host_id: &str, on: Option<&NetHost>) -> Result<Proc> {
     let mut args = vec![
         format!("--host-id={host_id}"),
         format!("--control-plane={}", stack.registry),

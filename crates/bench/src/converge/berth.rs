@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::procs::{EngineFleet, Proc, Stack, StackOptions, start_agent};
+use crate::engine_fleet::EngineFleet;
+use crate::procs::{Proc, Stack, StackOptions, start_agents};
 use crate::specs::three_services;
 use crate::tasks::{TaskWatch, task_id};
 
@@ -114,27 +115,16 @@ impl Berth {
             Topology::EnginePerHost => (format!("benchnet{id:04x}"), format!("cn{id:04x}")),
         };
         let hosts: Vec<String> = (1..=3).map(|i| format!("{host_prefix}-host-{i}")).collect();
-        let mut berth = Berth {
+        let agents = start_agents(&stack, &hosts, fleet.as_ref()).await?;
+        Ok(Berth {
             topology,
             watch: TaskWatch::start(&stack.etcd.endpoint(), "/berth").await?,
             hosts,
             db_prefix,
-            agents: Vec::new(),
+            agents,
             stack,
             fleet,
-        };
-        for (i, h) in berth.hosts.iter().enumerate() {
-            let on = berth.fleet.as_ref().map(|f| &f.hosts[i]);
-            berth.agents.push(start_agent(&berth.stack, h, on)?);
-        }
-        if let Err(e) = berth
-            .stack
-            .wait_hosts_healthy(3, Duration::from_secs(60))
-            .await
-        {
-            bail!("{e}\n{}", berth.stack.log_tails(20));
-        }
-        Ok(berth)
+        })
     }
 
     /// The id of this variant's database of round `r`.
