@@ -1,8 +1,10 @@
 //! A host's side of the fleet's mutual TLS, shared by the real agent and the simulated one.
 //!
-//! A host joins by presenting the fleet's join token to a control plane it authenticates with
-//! the fleet CA (as `control-plane.berth`), and gets back a certificate for its host id. With
-//! it, the host serves the agent API to control planes only and calls the registry as itself.
+//! A host joins by presenting the fleet's join token (or a re-join token an operator issued for
+//! it) to a control plane it authenticates with the fleet CA (as `control-plane.berth`), with a
+//! certificate signing request for a key it made itself, and gets back a certificate for its
+//! host id. The key never leaves the host. With the certificate, the host serves the agent API
+//! to control planes only and calls the registry as itself.
 //! Where the certificate is kept is the caller's business: the agent stores it in its data dir,
 //! the simulated agent holds it in memory.
 
@@ -19,6 +21,8 @@ use tonic::transport::{
 pub enum JoinError {
     #[error("the control plane refused to let this host join: {0}")]
     Refused(String),
+    #[error("cannot make a key and certificate signing request: {0}")]
+    Csr(#[from] pki::PkiError),
     #[error("invalid control plane URL {url}: {source}")]
     InvalidUrl {
         url: String,
@@ -34,15 +38,26 @@ pub struct AgentTls {
     pub ca_pem: String,
 }
 
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTls")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .field("ca_pem", &self.ca_pem)
+            .finish()
+    }
+}
+
 impl AgentTls {
     /// The host id the certificate was issued to, if it is a readable agent certificate.
     pub fn issued_to(&self) -> Option<String> {
         pki::pem_to_der(&self.cert_pem).and_then(|der| pki::peer_host_id(&der))
     }
 
-    /// Asks the control planes, in turn, for a certificate for `host_id` in exchange for the join
-    /// token. Unreachable control planes are retried with backoff until `stop` (then `None`); a
-    /// refused token is final.
+    /// Makes a key and asks the control planes, in turn, to sign a certificate for it as
+    /// `host_id` in exchange for the join token (the fleet's, or a re-join token for this
+    /// host). Unreachable control planes are retried with backoff until `stop` (then `None`); a
+    /// refusal (a wrong token, a host id that already joined) is final.
     pub async fn join(
         host_id: &str,
         control_planes: &[String],
@@ -53,12 +68,14 @@ impl AgentTls {
         let trust_control_plane = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca_pem))
             .domain_name(pki::CONTROL_PLANE_NAME);
+        let own = pki::agent_csr(host_id)?;
         let mut backoff = Duration::from_millis(200);
         for attempt in 0usize.. {
             let url = &control_planes[attempt % control_planes.len()];
             let request = JoinRequest {
                 host_id: host_id.to_string(),
                 join_token: join_token.to_string(),
+                csr_pem: own.csr_pem.clone(),
             };
             let channel = registry_channel(url, trust_control_plane.clone())?;
             match RegistryClient::new(channel).join(request).await {
@@ -67,14 +84,17 @@ impl AgentTls {
                     tracing::info!(host_id, control_plane = %url, "joined the fleet");
                     return Ok(Some(AgentTls {
                         cert_pem: r.cert_pem,
-                        key_pem: r.key_pem,
+                        key_pem: own.key_pem,
                         ca_pem: r.ca_pem,
                     }));
                 }
                 Err(s)
                     if matches!(
                         s.code(),
-                        tonic::Code::Unauthenticated | tonic::Code::InvalidArgument
+                        tonic::Code::Unauthenticated
+                            | tonic::Code::InvalidArgument
+                            | tonic::Code::AlreadyExists
+                            | tonic::Code::PermissionDenied
                     ) =>
                 {
                     return Err(JoinError::Refused(s.message().to_string()));

@@ -40,10 +40,13 @@ impl Registry for FakeRegistry {
         if r.join_token != TOKEN {
             return Err(Status::unauthenticated("the join token is not valid"));
         }
-        let id = self.authority.issue_agent(&r.host_id).unwrap();
+        // As the control plane does: sign the agent's own key; the key never travels.
+        let issued = self
+            .authority
+            .sign_agent_csr(&r.host_id, &r.csr_pem)
+            .unwrap();
         Ok(Response::new(JoinResponse {
-            cert_pem: id.cert_pem,
-            key_pem: id.key_pem,
+            cert_pem: issued.cert_pem,
             ca_pem: self.authority.cert_pem().to_string(),
         }))
     }
@@ -211,6 +214,9 @@ async fn joins_then_registers_with_retry_heartbeats_and_registers_again_when_for
         panic!("expected a join first")
     };
     assert_eq!(join.host_id, host_id);
+    // The agent sends a signing request for a key it keeps; no private key travels.
+    assert!(join.csr_pem.contains("BEGIN CERTIFICATE REQUEST"));
+    assert!(!join.csr_pem.contains("PRIVATE KEY"));
     let Call::Register(first) = next_call(&mut rx).await else {
         panic!("expected a registration after joining")
     };

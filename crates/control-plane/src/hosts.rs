@@ -66,15 +66,26 @@ pub(crate) fn liveness(docker_ok: bool, docker_error: &str) -> HostLiveness {
 /// The ids of registered hosts, as this replica last read them, so that validating a spec does
 /// not cost a read of every host record per request (it was half the etcd requests of a create).
 ///
-/// Host records are never deleted, so the set only grows: an id in the cache is certainly
-/// registered, and an id missing from it may be newly registered, which [`KnownHosts::refresh`]
-/// settles with one read. If hosts ever become removable, this needs a watch instead.
+/// An id missing from the cache may be newly registered, which [`KnownHosts::refresh`] settles
+/// with one read. Host records are deleted only by an operator (`DELETE /v1/hosts/{id}`, which
+/// refuses while a spec names the host); the replica that serves it forgets the id, others keep
+/// it until their next refresh, so a spec naming it there is accepted and waits for the host.
 #[derive(Clone, Default)]
 pub struct KnownHosts(Arc<RwLock<Arc<BTreeSet<String>>>>);
 
 impl KnownHosts {
     pub fn cached(&self) -> Arc<BTreeSet<String>> {
         self.0.read().expect("known hosts lock").clone()
+    }
+
+    /// Drops a removed host from the cache.
+    pub fn forget(&self, host_id: &str) {
+        let mut ids = self.0.write().expect("known hosts lock");
+        if ids.contains(host_id) {
+            let mut less = (**ids).clone();
+            less.remove(host_id);
+            *ids = Arc::new(less);
+        }
     }
 
     /// Reads every registered host again; returns the new set.

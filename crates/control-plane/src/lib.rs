@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod instances;
 pub mod leader;
+pub mod operator;
 pub mod postgres_tls;
 pub mod reconciler;
 pub mod registry;
@@ -58,6 +59,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let authenticate = settings.api_auth_enabled()?;
     let state = build_state(&settings).await?;
     let tls = Arc::new(
         tls::FleetTls::load(
@@ -75,6 +77,11 @@ pub async fn run(
         .await
         .with_context(|| format!("listen on {}", settings.grpc_listen))?;
     tracing::info!(http = %settings.listen, grpc = %settings.grpc_listen, "control plane serving");
+    if authenticate {
+        tracing::info!("API authentication: bearer tokens (berth-control-plane token create)");
+    } else {
+        tracing::warn!(listen = %settings.listen, "API authentication is OFF: every caller that reaches the API can read and change every database");
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -98,8 +105,9 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             stopped(stop_rx.clone()),
         );
-    let http_server =
-        axum::serve(http, api::router(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let auth = api::auth::ApiAuth::new(state.store.clone(), authenticate);
+    let http_server = axum::serve(http, api::router(state, auth))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
     let served = tokio::try_join!(async { grpc_server.await.context("gRPC server") }, async {
         http_server.await.context("HTTP server")
     },);

@@ -56,6 +56,33 @@ pub struct Settings {
     /// Seconds an agent's host lease lives without a heartbeat.
     #[arg(long, env = "BERTH_HOST_LEASE_TTL", default_value_t = 5)]
     pub host_lease_ttl: i64,
+    /// Bearer-token authentication of the HTTP API (ADR 012): `auto` is on unless LISTEN is
+    /// a loopback address. `/v1/version` and `/metrics` are always open.
+    #[arg(long, env = "BERTH_API_AUTH", value_enum, default_value_t = ApiAuthMode::Auto)]
+    pub api_auth: ApiAuthMode,
+    /// Lets `--api-auth off` serve the API on a non-loopback address: anyone who reaches it
+    /// can then read and change every database.
+    #[arg(long, env = "BERTH_ALLOW_UNAUTHENTICATED_API")]
+    pub allow_unauthenticated_api: bool,
+}
+
+/// Whether the HTTP API asks for bearer tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiAuthMode {
+    /// On, unless the API listens on a loopback address only.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(
+        "the API would listen on {listen} without authentication; anyone who reaches it could read and \
+         change every database. Use --api-auth on (or auto) and create a token with \
+         `berth-control-plane token create`, or pass --allow-unauthenticated-api if that is really meant"
+    )]
+    OpenApiBeyondLoopback { listen: SocketAddr },
 }
 
 impl Settings {
@@ -63,5 +90,66 @@ impl Settings {
         self.key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+
+    /// Whether the API authenticates requests: always beyond loopback, unless the operator
+    /// both turned it off and allowed an open API explicitly
+    /// ([`SettingsError::OpenApiBeyondLoopback`] otherwise).
+    pub fn api_auth_enabled(&self) -> Result<bool, SettingsError> {
+        let loopback = self.listen.ip().is_loopback();
+        match self.api_auth {
+            ApiAuthMode::On => Ok(true),
+            ApiAuthMode::Auto => Ok(!loopback),
+            ApiAuthMode::Off if loopback || self.allow_unauthenticated_api => Ok(false),
+            ApiAuthMode::Off => Err(SettingsError::OpenApiBeyondLoopback {
+                listen: self.listen,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> Settings {
+        Settings::parse_from(std::iter::once("berth-control-plane").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_api_authenticates_whenever_it_listens_beyond_loopback() {
+        assert!(!settings(&[]).api_auth_enabled().unwrap());
+        assert!(
+            !settings(&["--listen", "[::1]:3000"])
+                .api_auth_enabled()
+                .unwrap()
+        );
+        assert!(settings(&["--api-auth", "on"]).api_auth_enabled().unwrap());
+        assert!(
+            settings(&["--listen", "0.0.0.0:3000"])
+                .api_auth_enabled()
+                .unwrap()
+        );
+        assert!(
+            settings(&["--listen", "10.0.0.5:3000"])
+                .api_auth_enabled()
+                .unwrap()
+        );
+        let refused = settings(&["--listen", "0.0.0.0:3000", "--api-auth", "off"])
+            .api_auth_enabled()
+            .unwrap_err();
+        assert!(refused.to_string().contains("0.0.0.0:3000"), "{refused}");
+        assert!(
+            !settings(&[
+                "--listen",
+                "0.0.0.0:3000",
+                "--api-auth",
+                "off",
+                "--allow-unauthenticated-api"
+            ])
+            .api_auth_enabled()
+            .unwrap()
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! The fleet CA and the join token live sealed in etcd, created by whichever replica starts
 //! first, so every replica signs with the same CA. Each replica issues itself a
 //! `control-plane.berth` certificate at start. Agents get theirs by presenting the join token
-//! once (Registry.Join); after that every call in either direction is mutually authenticated.
+//! once with a certificate signing request (Registry.Join; the registry decides who may join);
+//! after that every call in either direction is mutually authenticated.
 //! For operators (and the dev fleet), a replica writes the CA certificate and the join token
 //! into its data dir.
 
@@ -87,12 +88,18 @@ impl FleetTls {
 
     /// Whether `token` is the fleet's join token, compared in constant time.
     pub fn join_token_matches(&self, token: &str) -> bool {
-        let (a, b) = (self.join_token.as_bytes(), token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        use subtle::ConstantTimeEq;
+        self.join_token.as_bytes().ct_eq(token.as_bytes()).into()
     }
 
-    pub fn issue_agent(&self, host_id: &str) -> Result<pki::Identity, pki::PkiError> {
-        self.authority.issue_agent(host_id)
+    /// Signs a joining agent's certificate signing request as `host_id` (see
+    /// [`pki::Authority::sign_agent_csr`]).
+    pub fn sign_agent_csr(
+        &self,
+        host_id: &str,
+        csr_pem: &str,
+    ) -> Result<pki::Issued, pki::PkiError> {
+        self.authority.sign_agent_csr(host_id, csr_pem)
     }
 
     /// The registry's server side: clients may come without a certificate (to join), and
@@ -138,6 +145,16 @@ fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), TlsError> {
 
 /// The host id of the agent certificate a gRPC caller presented, if any.
 pub fn caller_host_id<T>(request: &tonic::Request<T>) -> Option<String> {
+    caller_certificate(request).map(|(host, _)| host)
+}
+
+/// The host id and serial number (lower-case hex) of the agent certificate a gRPC caller
+/// presented, if any.
+pub fn caller_certificate<T>(request: &tonic::Request<T>) -> Option<(String, String)> {
     let certs = request.peer_certs()?;
-    certs.first().and_then(|c| pki::peer_host_id(c.as_ref()))
+    let der = certs.first()?;
+    Some((
+        pki::peer_host_id(der.as_ref())?,
+        pki::serial_hex(der.as_ref())?,
+    ))
 }

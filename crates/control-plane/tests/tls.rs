@@ -1,10 +1,12 @@
 //! The registry and the agent channel are mutually authenticated: a caller without a fleet
-//! certificate, or with another host's, is refused.
+//! certificate, or with another host's, is refused. A host id joins once: a second join with
+//! the fleet's token is refused, removing a host revokes its certificate, and a re-join token
+//! is bound to its host and used once.
 
 mod common;
 
 use agent_proto::HeartbeatRequest;
-use common::ControlPlane;
+use common::{ControlPlane, HostIdentity};
 use test_support::EtcdServer;
 use tonic::Code;
 
@@ -27,6 +29,7 @@ async fn joining_needs_the_token_and_calls_need_the_hosts_own_certificate() {
         .join(agent_proto::JoinRequest {
             host_id: "host-1".into(),
             join_token: "guess".into(),
+            csr_pem: pki::agent_csr("host-1").unwrap().csr_pem,
         })
         .await
         .unwrap_err();
@@ -196,4 +199,148 @@ async fn the_control_plane_only_talks_to_the_agent_of_the_host_it_dials() {
             .to_string(),
     };
     assert!(!wrong.is_empty());
+}
+
+async fn heartbeat_as(
+    cp: &ControlPlane,
+    host: &str,
+    identity: &HostIdentity,
+) -> Result<bool, tonic::Status> {
+    cp.registry(Some(identity))
+        .await
+        .heartbeat(heartbeat(host))
+        .await
+        .map(|r| r.into_inner().known)
+}
+
+async fn register_as(
+    cp: &ControlPlane,
+    host: &str,
+    identity: &HostIdentity,
+) -> Result<(), tonic::Status> {
+    cp.registry(Some(identity))
+        .await
+        .register(ControlPlane::register_request(host))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_join_for_a_host_id_that_already_joined_is_refused() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    let real = cp.join("host-2").await;
+    register_as(&cp, "host-2", &real).await.unwrap();
+
+    // An impostor with the fleet's join token asks for host-2: refused, and host-2 keeps the
+    // address its own agent registered.
+    let refused = cp
+        .try_join("host-2", &cp.join_token())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused}");
+    assert!(
+        refused.message().contains("DELETE /v1/hosts/host-2"),
+        "{refused}"
+    );
+    let (_, host) = cp.call("GET", "/v1/hosts/host-2", None).await;
+    assert_eq!(host["agent_address"], "https://127.0.0.1:1", "{host}");
+
+    // A host id that joined but has not registered yet is taken too.
+    cp.join("host-3").await;
+    let refused = cp
+        .try_join("host-3", &cp.join_token())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused}");
+
+    // The real host goes on.
+    assert!(heartbeat_as(&cp, "host-2", &real).await.unwrap());
+}
+
+#[tokio::test]
+async fn removing_a_host_revokes_its_certificate_and_frees_its_id() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    let old = cp.join("host-1").await;
+    register_as(&cp, "host-1", &old).await.unwrap();
+
+    let (status, removed) = cp.call("DELETE", "/v1/hosts/host-1", None).await;
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["revoked_certificate_serial"], old.serial().as_str());
+    let (status, _) = cp.call("GET", "/v1/hosts/host-1", None).await;
+    assert_eq!(status, 404);
+    let (status, body) = cp.call("DELETE", "/v1/hosts/host-1", None).await;
+    assert_eq!(status, 404, "{body}");
+
+    // The old certificate is refused on every call from now on.
+    let refused = register_as(&cp, "host-1", &old).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("revoked"), "{refused}");
+    let refused = heartbeat_as(&cp, "host-1", &old).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+
+    // The id joins again with the fleet's token, as a new machine would.
+    let new = cp.join("host-1").await;
+    register_as(&cp, "host-1", &new).await.unwrap();
+    assert!(register_as(&cp, "host-1", &old).await.is_err());
+}
+
+#[tokio::test]
+async fn a_host_a_database_runs_on_is_not_removed() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    cp.register("host-1").await;
+    let body = r#"{"id": "db1", "spec": {"database_name": "db1", "nodes": [{"name": "n1", "host_ids": ["host-1"]}]}}"#;
+    let (status, created) = cp.call("POST", "/v1/databases", Some(body)).await;
+    assert_eq!(status, 200, "{created}");
+    let (status, refused) = cp.call("DELETE", "/v1/hosts/host-1", None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["name"], "conflict");
+    assert!(
+        refused["message"].as_str().unwrap().contains("db1"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_rejoin_token_is_bound_to_its_host_used_once_and_replaces_the_certificate() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    let old = cp.join("host-1").await;
+    register_as(&cp, "host-1", &old).await.unwrap();
+    cp.register("host-2").await;
+
+    let (status, body) = cp.call("POST", "/v1/hosts/host-1/rejoin-token", None).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["rejoin_token"].as_str().unwrap().to_string();
+    let (status, _) = cp.call("POST", "/v1/hosts/nope/rejoin-token", None).await;
+    assert_eq!(status, 404);
+
+    // Bound to host-1: it buys nothing for host-2 nor for a new host id.
+    for other in ["host-2", "host-9"] {
+        let refused = cp.try_join(other, &token).await.err().expect("refused");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{other}: {refused}");
+    }
+    // host-1 re-joins with it once; its old certificate is revoked.
+    let new = cp.try_join("host-1", &token).await.unwrap();
+    register_as(&cp, "host-1", &new).await.unwrap();
+    let refused = heartbeat_as(&cp, "host-1", &old).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    let refused = cp
+        .try_join("host-1", &token)
+        .await
+        .err()
+        .expect("single use");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused}");
+
+    // Only hashes are stored: neither the re-join token nor any private key is in etcd.
+    let dump = cp.store().await.dump().await.unwrap();
+    for (key, value) in dump {
+        let text = String::from_utf8_lossy(&value);
+        assert!(!text.contains(&token), "{key} holds the re-join token");
+        assert!(!text.contains("PRIVATE KEY"), "{key} holds a private key");
+    }
 }

@@ -35,11 +35,10 @@ impl Registry for FakeRegistry {
         if r.join_token != self.token {
             return Err(Status::unauthenticated("wrong token"));
         }
-        let issued = self.ca.issue_agent(&r.host_id).unwrap();
+        let issued = self.ca.sign_agent_csr(&r.host_id, &r.csr_pem).unwrap();
         self.joined.lock().unwrap().push(r.host_id);
         Ok(Response::new(agent_proto::v1::JoinResponse {
             cert_pem: issued.cert_pem,
-            key_pem: issued.key_pem,
             ca_pem: self.ca.cert_pem().to_string(),
         }))
     }

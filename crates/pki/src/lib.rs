@@ -7,11 +7,17 @@
 //! - a control plane's, named `control-plane.berth`: agents serve commands only to clients
 //!   presenting it (an agent's certificate, though signed by the same CA, is refused).
 //!
+//! An agent's key never leaves its host: the agent makes a PKCS #10 certificate signing
+//! request ([`agent_csr`], RFC 2986) and the CA signs it ([`Authority::sign_agent_csr`]),
+//! taking only the public key from the request and the names from the host id it was given.
+//! Every such certificate gets a random serial number (RFC 5280 §4.1.2.2), which is what a
+//! revocation names ([`serial_hex`]).
+//!
 //! Keys are ECDSA P-256. Nothing here does I/O: callers store the PEM where they want.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 
 /// The name every control-plane replica's certificate carries.
@@ -26,6 +32,49 @@ pub enum PkiError {
     HostId(String),
     #[error("a server certificate needs at least one name")]
     NoNames,
+    /// The request is not PEM, not PKCS #10, or its signature does not verify with the key it
+    /// carries (so whoever sent it does not hold that key).
+    #[error("the certificate signing request is not valid: {0}")]
+    InvalidCsr(rcgen::Error),
+}
+
+/// A certificate signing request and the private key it was made with, PEM. The key stays
+/// with whoever made the request; only `csr_pem` is sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyAndCsr {
+    pub key_pem: String,
+    pub csr_pem: String,
+}
+
+impl std::fmt::Debug for KeyAndCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAndCsr")
+            .field("key_pem", &"<redacted>")
+            .field("csr_pem", &self.csr_pem)
+            .finish()
+    }
+}
+
+/// A certificate the CA signed, and its serial number as lower-case hex (what a revocation
+/// names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub serial: String,
+}
+
+/// A new ECDSA P-256 key for `host_id`'s agent and a certificate signing request for it. The
+/// request asks for `{host_id}.agents.berth`, but the CA decides the names itself: see
+/// [`Authority::sign_agent_csr`].
+pub fn agent_csr(host_id: &str) -> Result<KeyAndCsr, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![agent_server_name(host_id)])?;
+    params.distinguished_name = name(&format!("berth agent {host_id}"));
+    let csr = params.serialize_request(&key)?;
+    Ok(KeyAndCsr {
+        key_pem: key.serialize_pem(),
+        csr_pem: csr.pem()?,
+    })
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -88,21 +137,54 @@ impl Authority {
         &self.ca.cert_pem
     }
 
-    /// A certificate for `host_id`'s agent, usable as server (it serves the agent API) and
-    /// as client (it calls the registry).
+    /// A certificate and a new key for `host_id`'s agent, usable as server (it serves the
+    /// agent API) and as client (it calls the registry). For tests and tools that stand in
+    /// for agents: the registry itself only signs requests ([`Authority::sign_agent_csr`]),
+    /// so it never holds an agent's key.
     pub fn issue_agent(&self, host_id: &str) -> Result<Identity, PkiError> {
-        let valid = !host_id.is_empty()
-            && host_id.len() <= 63
-            && host_id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid {
-            return Err(PkiError::HostId(host_id.to_string()));
-        }
+        check_host_id(host_id)?;
         self.issue(
             &agent_server_name(host_id),
             &format!("berth agent {host_id}"),
         )
+    }
+
+    /// Signs an agent's certificate signing request for `host_id`: the certificate carries the
+    /// request's public key and nothing else of it. Its name is `{host_id}.agents.berth`
+    /// whatever the request asked for, it is usable as server and client, valid until 2036,
+    /// and has a random 159-bit serial number.
+    ///
+    /// Errors: `host_id` is not a DNS label ([`PkiError::HostId`]); the request does not parse
+    /// or its signature does not verify ([`PkiError::InvalidCsr`]).
+    pub fn sign_agent_csr(&self, host_id: &str, csr_pem: &str) -> Result<Issued, PkiError> {
+        check_host_id(host_id)?;
+        let request =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::InvalidCsr)?;
+        let ca_key = KeyPair::from_pem(&self.ca.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?;
+        let mut params = CertificateParams::new(vec![agent_server_name(host_id)])?;
+        params.distinguished_name = name(&format!("berth agent {host_id}"));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        // rcgen's default serial is a hash of the public key: an agent that joins again with
+        // the same key would get the serial of a certificate that may have been revoked.
+        let mut serial: [u8; 20] = rand::random();
+        serial[0] &= 0x7f; // positive, and at most 20 octets (RFC 5280 §4.1.2.2)
+        serial[0] |= 0x40; // no leading zero octet, so the hex form is canonical
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let signed = CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        }
+        .signed_by(&issuer)?;
+        Ok(Issued {
+            cert_pem: signed.pem(),
+            serial: hex(&serial),
+        })
     }
 
     /// A certificate for a control-plane replica (server of the registry, client of agents).
@@ -160,6 +242,33 @@ impl Authority {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// Host ids name certificates as a DNS label: 1 to 63 of `a-z`, `0-9`, `-` (RFC 1035 §2.3.1).
+fn check_host_id(host_id: &str) -> Result<(), PkiError> {
+    let valid = !host_id.is_empty()
+        && host_id.len() <= 63
+        && host_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(PkiError::HostId(host_id.to_string()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The serial number of a DER certificate as lower-case hex without leading zero octets, or
+/// None if it does not parse. The TLS layer has already checked the CA signed it.
+pub fn serial_hex(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let raw = cert.raw_serial();
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    Some(hex(&raw[start..]))
 }
 
 fn name(common_name: &str) -> DistinguishedName {
@@ -233,6 +342,51 @@ mod tests {
         assert!(ca.issue_agent("Host_1").is_err());
         assert!(ca.issue_agent("").is_err());
         assert!(ca.issue_agent("a.b").is_err());
+    }
+
+    #[test]
+    fn a_signed_request_names_the_host_it_was_signed_for_and_keeps_the_requesters_key() {
+        let ca = Authority::generate().unwrap();
+        // The request asks for host-1; the CA was told host-2 and that is what it signs.
+        let request = agent_csr("host-1").unwrap();
+        let issued = ca.sign_agent_csr("host-2", &request.csr_pem).unwrap();
+        let der = pem_to_der(&issued.cert_pem).unwrap();
+        assert_eq!(peer_host_id(&der).as_deref(), Some("host-2"));
+        assert_eq!(serial_hex(&der).as_deref(), Some(issued.serial.as_str()));
+        assert_eq!(issued.serial.len(), 40);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let key = KeyPair::from_pem(&request.key_pem).unwrap();
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        // Serials differ even for the same key.
+        let again = ca.sign_agent_csr("host-2", &request.csr_pem).unwrap();
+        assert_ne!(again.serial, issued.serial);
+        assert!(!format!("{request:?}").contains(&request.key_pem));
+    }
+
+    #[test]
+    fn requests_that_do_not_verify_are_refused() {
+        let ca = Authority::generate().unwrap();
+        let request = agent_csr("h").unwrap();
+        assert!(matches!(
+            ca.sign_agent_csr("h", "not a request"),
+            Err(PkiError::InvalidCsr(_))
+        ));
+        // One bit of the signed body flipped: the signature no longer verifies.
+        let mut der = pem_to_der(&request.csr_pem).unwrap();
+        der[40] ^= 1;
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let tampered = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{b64}\n-----END CERTIFICATE REQUEST-----\n"
+        );
+        assert!(ca.sign_agent_csr("h", &tampered).is_err());
+        assert!(matches!(
+            ca.sign_agent_csr("H_1", &request.csr_pem),
+            Err(PkiError::HostId(_))
+        ));
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! | `{p}/hosts/{host}` | [`spec::Host`] | written at registration, kept while the host is unreachable |
 //! | `{p}/host-alive/{host}` | liveness | attached to the host's lease: gone = unreachable |
 //! | `{p}/host-dial/{host}` | [`crate::HostDialFailure`] | written by the leader while it cannot dial the host's agent |
+//! | `{p}/host-certs/{host}` | [`crate::HostCertificate`] | the serial of the host's one valid certificate; claimed by its join |
+//! | `{p}/revoked-certs/{serial}` | [`crate::RevokedCertificate`] | the deny list |
+//! | `{p}/rejoin-tokens/{host}` | [`crate::RejoinToken`] | SHA-256 only; deleted when used |
+//! | `{p}/api-tokens/{id}` | [`crate::ApiTokenRecord`] | API bearer tokens: SHA-256 of the secret, scope |
 //!
 //! The spec, the record and the task of one request are written in one transaction.
 
@@ -50,6 +54,10 @@ impl Keys {
     }
     pub fn task(&self, db: &str, task: &str) -> String {
         format!("{}/tasks/{db}/{task}", self.prefix)
+    }
+    /// Every task log of one database.
+    pub fn database_task_logs(&self, db: &str) -> String {
+        format!("{}/task-logs/{db}/", self.prefix)
     }
     pub fn task_logs(&self, db: &str, task: &str) -> String {
         format!("{}/task-logs/{db}/{task}/", self.prefix)
@@ -93,6 +101,24 @@ impl Keys {
     }
     pub fn host_dial(&self, host: &str) -> String {
         format!("{}/host-dial/{host}", self.prefix)
+    }
+    pub fn host_cert(&self, host: &str) -> String {
+        format!("{}/host-certs/{host}", self.prefix)
+    }
+    pub fn revoked_certs(&self) -> String {
+        format!("{}/revoked-certs/", self.prefix)
+    }
+    pub fn revoked_cert(&self, serial: &str) -> String {
+        format!("{}/revoked-certs/{serial}", self.prefix)
+    }
+    pub fn rejoin_token(&self, host: &str) -> String {
+        format!("{}/rejoin-tokens/{host}", self.prefix)
+    }
+    pub fn api_tokens(&self) -> String {
+        format!("{}/api-tokens/", self.prefix)
+    }
+    pub fn api_token(&self, id: &str) -> String {
+        format!("{}/api-tokens/{id}", self.prefix)
     }
 }
 

@@ -4,8 +4,10 @@
 //! another (create, update of a spec, task transitions) is one etcd transaction with a
 //! revision compare, so two writers cannot both win: the loser gets [`StoreError::Conflict`].
 
+pub mod identity;
 pub mod keys;
 pub mod sealed;
+pub mod tokens;
 
 use chrono::{DateTime, Utc};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
@@ -13,8 +15,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 use spec::{DatabaseSpec, DatabaseState, Host, Task, TaskLogEntry};
 
+pub use identity::{CertificateStanding, HostCertificate, RejoinToken, RevokedCertificate};
 pub use keys::Keys;
 pub use sealed::{SealError, SecretBox};
+pub use tokens::{ApiTokenRecord, TokenScope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -413,6 +413,25 @@ impl Fleet {
         self.agents.insert(host_id, proc);
     }
 
+    /// A command that runs one more agent as `host_id` against this fleet's control planes,
+    /// with the fleet's join token and CA, keeping its state in `data_dir` and listening on a
+    /// free port of 127.0.0.1; the fleet does not track it. For tests of who may join.
+    pub fn extra_agent_command(&self, host_id: &str, data_dir: &Path) -> Command {
+        let mut c = Command::new(binary("berth-agent"));
+        c.args([
+            format!("--host-id={host_id}"),
+            format!("--control-plane={}", self.registry_urls()),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--join-token-file={}", self.join_token_file().display()),
+            format!("--ca-file={}", self.ca_file().display()),
+            format!("--listen=127.0.0.1:{}", free_port()),
+        ])
+        .env("BERTH_LOG", "info,h2=warn,tower=warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+        c
+    }
+
     /// The namespace, address and engine of a host of an engine-per-host fleet.
     pub fn net_host(&self, host_id: &str) -> Option<&NetHost> {
         let n: usize = host_id.rsplit('-').next()?.parse().ok()?;

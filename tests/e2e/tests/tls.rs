@@ -67,3 +67,33 @@ async fn an_agent_refuses_callers_that_are_not_the_control_plane() {
             .all(|h| h["agent_address"].as_str().unwrap().starts_with("https://"))
     );
 }
+
+/// The attack of issue 14: a second agent started with the fleet's join token and a host id
+/// that is already registered. It must not get a certificate, and the host must keep its
+/// address and its agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_impostor_with_the_join_token_cannot_take_over_a_registered_host() {
+    let fleet = Fleet::start(2).await;
+    let victim = fleet.host(2);
+    let before = fleet.get(&format!("/v1/hosts/{victim}")).await;
+    let data = tempfile::tempdir().unwrap();
+
+    let impostor = tokio::process::Command::from(fleet.extra_agent_command(&victim, data.path()))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(e2e::CONVERGE, impostor)
+        .await
+        .expect("the impostor agent is refused and exits, rather than running as the host")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("already joined"), "{log}");
+    assert!(
+        !data.path().join("tls/agent.pem").exists(),
+        "the impostor got a certificate"
+    );
+
+    let after = fleet.get(&format!("/v1/hosts/{victim}")).await;
+    assert_eq!(after["agent_address"], before["agent_address"], "{after}");
+    assert_eq!(after["status"]["state"], "healthy", "{after}");
+}

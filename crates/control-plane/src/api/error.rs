@@ -7,6 +7,12 @@ use spec::{ApiErrorBody, FieldError, InvalidInput};
 pub enum ApiError {
     #[error("{0}")]
     InvalidInput(InvalidInput),
+    /// No credentials, or invalid ones (401; the caller adds `WWW-Authenticate`, RFC 6750).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials that do not allow the request (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("database {0:?} already exists")]
@@ -31,6 +37,8 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::DatabaseAlreadyExists(_) => (StatusCode::CONFLICT, "database_already_exists"),
             ApiError::DatabaseNotModifiable(_) => (StatusCode::CONFLICT, "database_not_modifiable"),

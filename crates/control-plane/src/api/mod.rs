@@ -1,5 +1,6 @@
 //! The v1 HTTP API. Handlers are thin: they parse, call the store, and shape the answer.
 
+pub mod auth;
 mod databases;
 pub mod error;
 mod hosts;
@@ -15,7 +16,8 @@ use crate::state::AppState;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 
-pub fn router(state: AppState) -> Router {
+/// The API's routes behind bearer-token authentication ([`auth`]), which `auth` may leave off.
+pub fn router(state: AppState, auth: auth::ApiAuth) -> Router {
     Router::new()
         .route(
             "/v1/databases",
@@ -35,11 +37,16 @@ pub fn router(state: AppState) -> Router {
             post(tasks::cancel),
         )
         .route("/v1/hosts", get(hosts::list))
-        .route("/v1/hosts/{id}", get(hosts::get))
+        .route("/v1/hosts/{id}", get(hosts::get).delete(hosts::remove))
+        .route("/v1/hosts/{id}/rejoin-token", post(hosts::rejoin_token))
         .route("/v1/version", get(version))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_token,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

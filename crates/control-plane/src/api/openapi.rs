@@ -18,6 +18,8 @@ use utoipa::OpenApi;
         super::tasks::cancel,
         super::hosts::list,
         super::hosts::get,
+        super::hosts::remove,
+        super::hosts::rejoin_token,
     ),
     components(schemas(
         spec::ApiErrorBody,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_proto::registry_client::RegistryClient;
-use agent_proto::{JoinRequest, JoinResponse, RegisterRequest};
+use agent_proto::{JoinRequest, RegisterRequest};
 use control_plane::settings::Settings;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -24,9 +24,28 @@ pub struct ControlPlane {
     _dir: tempfile::TempDir,
 }
 
+/// What a host holds after joining: its certificate and the key it made itself.
+#[derive(Clone)]
+pub struct HostIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl HostIdentity {
+    /// The certificate's serial number, as the deny list names it.
+    pub fn serial(&self) -> String {
+        pki::serial_hex(&pki::pem_to_der(&self.cert_pem).unwrap()).unwrap()
+    }
+}
+
 impl ControlPlane {
     /// A replica serving the API only: hosts registered here have no agent behind them.
     pub async fn start(etcd: &EtcdServer) -> Self {
+        Self::start_with(etcd, |_| {}).await
+    }
+
+    /// Like [`ControlPlane::start`], with `adjust` applied to the settings first.
+    pub async fn start_with(etcd: &EtcdServer, adjust: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (http, grpc) = (free_port(), free_port());
         let settings = Settings {
@@ -48,7 +67,11 @@ impl ControlPlane {
             leader_lease_ttl: 5,
             replica_id: None,
             join_token: None,
+            api_auth: control_plane::settings::ApiAuthMode::Auto,
+            allow_unauthenticated_api: false,
         };
+        let mut settings = settings;
+        adjust(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let s = settings.clone();
         tokio::spawn(async move {
@@ -109,7 +132,7 @@ impl ControlPlane {
         Ok(RegistryClient::new(channel))
     }
 
-    pub async fn registry(&self, identity: Option<&JoinResponse>) -> RegistryClient<Channel> {
+    pub async fn registry(&self, identity: Option<&HostIdentity>) -> RegistryClient<Channel> {
         let ca = self.ca_pem();
         self.registry_with(
             &ca,
@@ -119,18 +142,29 @@ impl ControlPlane {
         .unwrap()
     }
 
-    /// Joins as `host_id` with the fleet's token; returns the issued certificate.
-    pub async fn join(&self, host_id: &str) -> JoinResponse {
+    /// Joins as `host_id` with `token`, as an agent does: with a key of its own and a
+    /// certificate signing request for it.
+    pub async fn try_join(
+        &self,
+        host_id: &str,
+        token: &str,
+    ) -> Result<HostIdentity, tonic::Status> {
+        let own = pki::agent_csr(host_id).unwrap();
         let request = JoinRequest {
             host_id: host_id.into(),
-            join_token: self.join_token(),
+            join_token: token.into(),
+            csr_pem: own.csr_pem,
         };
-        self.registry(None)
-            .await
-            .join(request)
-            .await
-            .unwrap()
-            .into_inner()
+        let answer = self.registry(None).await.join(request).await?.into_inner();
+        Ok(HostIdentity {
+            cert_pem: answer.cert_pem,
+            key_pem: own.key_pem,
+        })
+    }
+
+    /// Joins as `host_id` with the fleet's token; returns the host's certificate and key.
+    pub async fn join(&self, host_id: &str) -> HostIdentity {
+        self.try_join(host_id, &self.join_token()).await.unwrap()
     }
 
     pub fn register_request(host_id: &str) -> RegisterRequest {
@@ -158,8 +192,22 @@ impl ControlPlane {
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        self.call_as(None, method, path, body).await
+    }
+
+    /// A call with `Authorization: Bearer <token>` when `token` is given.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
         let client = reqwest::Client::new();
         let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")
