@@ -15,10 +15,12 @@
 //! - reported `Failed`, `Stopped` or `Missing`: `Apply(Heal)`, or `Apply(Update)` when its
 //!   `spec_hash` also differs (or is unknown);
 //! - reported `Running` or `Creating` with another (or unknown) `spec_hash`: `Apply(Update)`;
-//! - reported `Running` or `Creating` with the desired `spec_hash`: `Resize` when there is
-//!   no record or the record differs (resources, or a stale `spec_hash`: the container is
-//!   right, only the record lags), nothing otherwise (a `Creating` container is in
-//!   progress, not failed).
+//! - reported `Running` or `Creating` with the desired `spec_hash`: `Apply(LiftLimits)` when
+//!   the desired resources remove a cpu or memory limit the container has (the engine
+//!   cannot lift a limit in place); else `Resize` when there is no record, the record
+//!   differs (resources, or a stale `spec_hash`: the container is right, only the record
+//!   lags) or the container's reported limits differ; nothing otherwise (a `Creating`
+//!   container is in progress, not failed).
 //!
 //! The executor of `Apply` and `Resize` records the desired `spec_hash` and resources once
 //! the step succeeded; that is what makes the next plan empty.
@@ -41,8 +43,13 @@
 //! 4. services: `Apply`/`Resize`, and service `Remove`s;
 //! 5. `DropRoles` (after the service's containers are gone);
 //! 6. Postgres `Remove`s.
+//!
+//! Fixed host ports: on each host, a step that takes a port runs after every step of the
+//! plan that frees it (a phase is split, or the taking step waits for a later plan); see
+//! the `ports` module.
 
 mod planner;
+mod ports;
 pub mod routing;
 mod types;
 

@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::types::{
     AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, Plan, PlanInput,
-    Step,
+    Resources, Step,
 };
 
 /// Phases, in execution order. Each exists because of a dependency of a later one.
 #[derive(Clone, Copy)]
 #[repr(usize)]
-enum Phase {
+pub(crate) enum Phase {
     /// Replicas clone from their primary.
     PostgresPrimaries,
     PostgresReplicas,
@@ -23,11 +23,11 @@ enum Phase {
     PostgresRemoves,
 }
 
-const PHASES: usize = Phase::PostgresRemoves as usize + 1;
+pub(crate) const PHASES: usize = Phase::PostgresRemoves as usize + 1;
 
 /// Instances are identified by host and id together: the id alone names the container on
 /// its host, and a stray report of the same id on another host is another container.
-type Key<'a> = (&'a str, &'a str);
+pub(crate) type Key<'a> = (&'a str, &'a str);
 
 /// Computes what to do next for one database. Pure and deterministic; see the crate docs for
 /// the rules.
@@ -167,7 +167,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         });
     }
 
-    let phases = phases
+    let phases = crate::ports::order_handovers(phases, &desired, &observed)
         .into_iter()
         .filter(|p| !p.is_empty())
         .map(|mut p| {
@@ -207,10 +207,18 @@ fn instance_step(
     if !same_hash {
         return Some(apply(ApplyReason::Update));
     }
-    // Running or Creating from the desired spec: only the limits may lag. A missing or stale
-    // record with a matching container (a leader crashed between the step and its record)
-    // is repaired by a Resize, which records the desired hash and resources it sets.
-    if record.is_some_and(|r| r.resources == d.resources && r.spec_hash == d.spec_hash) {
+    // Running or Creating from the desired spec: only the limits may lag. The container's
+    // own limits decide when the agent reports them, else the record's.
+    let current = o.resources.or(record.map(|r| r.resources));
+    if current.is_some_and(|c| lifts_a_limit(c, d.resources)) {
+        return Some(apply(ApplyReason::LiftLimits));
+    }
+    // A missing or stale record with a matching container (a leader crashed between the
+    // step and its record) is repaired by a Resize, which records the desired hash and
+    // resources it sets.
+    let record_current =
+        record.is_some_and(|r| r.resources == d.resources && r.spec_hash == d.spec_hash);
+    if record_current && o.resources.is_none_or(|r| r == d.resources) {
         return None;
     }
     Some(Step::Resize {
@@ -218,6 +226,13 @@ fn instance_step(
         host_id: d.host_id.clone(),
         resources: d.resources,
     })
+}
+
+/// Whether going from `current` to `desired` removes a cpu or memory limit (0 = unlimited):
+/// the one change of limits the engine cannot make in place.
+pub(crate) fn lifts_a_limit(current: Resources, desired: Resources) -> bool {
+    (current.nano_cpus > 0 && desired.nano_cpus == 0)
+        || (current.memory_bytes > 0 && desired.memory_bytes == 0)
 }
 
 /// One report per instance. Should an agent report the same instance twice, the one that

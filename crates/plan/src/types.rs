@@ -44,6 +44,10 @@ pub struct DesiredInstance {
     /// is known. `spec_hash` is then meaningless.
     #[serde(default)]
     pub waiting: bool,
+    /// Host ports it publishes on a fixed number (the spec's `port`; not the ones an agent
+    /// picks). A step that takes one waits for the steps on the same host that free it.
+    #[serde(default)]
+    pub host_ports: BTreeSet<u16>,
 }
 
 /// What an agent reports about a container.
@@ -76,6 +80,13 @@ pub struct ObservedInstance {
     /// The desired spec_hash the container was created from (a label), None if unknown.
     pub spec_hash: Option<String>,
     pub status: ObservedStatus,
+    /// The container's limits as the engine reports them; None when the agent does not say
+    /// (then the record's resources stand in for them).
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// Host ports the container holds now.
+    #[serde(default)]
+    pub host_ports: BTreeSet<u16>,
 }
 
 /// What the control plane recorded after a successful step (etcd), so a restarted leader knows what it applied.
@@ -115,6 +126,10 @@ pub enum ApplyReason {
     Update,
     /// The container failed, stopped or disappeared.
     Heal,
+    /// Only a cpu or memory limit is lifted. The engine cannot do that in place (a zero in
+    /// its update API means "leave as is", and it refuses the values that would mean
+    /// "unlimited"), so the container is replaced with one without the limit.
+    LiftLimits,
 }
 
 /// One idempotent action. `Apply` means "ensure the container matches the desired instance

@@ -129,6 +129,7 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     spec_hash: HASHES[hash].to_string(),
                     resources: RESOURCES[res],
                     waiting: false,
+                    host_ports: Default::default(),
                 });
             }
         }
@@ -143,6 +144,7 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     spec_hash: HASHES[hash].to_string(),
                     resources: RESOURCES[res],
                     waiting: false,
+                    host_ports: Default::default(),
                 });
             }
         }
@@ -192,6 +194,8 @@ fn plan_input(deleting_allowed: bool) -> impl Strategy<Value = PlanInput> {
                             kind: kind.clone(),
                             spec_hash: hash.map(|h| HASHES[h].to_string()),
                             status: STATUSES[status],
+                            resources: None,
+                            host_ports: Default::default(),
                         });
                     }
                     if let Some((hash, res)) = rec {
@@ -244,6 +248,8 @@ fn simulate(input: &PlanInput, plan: &Plan) -> PlanInput {
                     kind: d.kind.clone(),
                     spec_hash: Some(d.spec_hash.clone()),
                     status: ObservedStatus::Running,
+                    resources: None,
+                    host_ports: Default::default(),
                 });
                 next.applied.push(record_of(d));
             }
@@ -359,6 +365,23 @@ fn converged(input: &PlanInput) -> PlanInput {
 
 fn services_of(input: &PlanInput) -> Vec<String> {
     desired_services(input).into_iter().collect()
+}
+
+/// Whether `step`'s instance goes from limits to none (cpu or memory) between `base` and `changed`.
+fn lifts(base: &PlanInput, changed: &PlanInput, step: &Step) -> bool {
+    let find = |input: &PlanInput| {
+        input
+            .desired
+            .iter()
+            .find(|d| {
+                Some(d.instance_id.as_str()) == step.instance_id()
+                    && Some(d.host_id.as_str()) == step.host_id()
+            })
+            .map(|d| d.resources)
+            .unwrap()
+    };
+    let (from, to) = (find(base), find(changed));
+    (from.nano_cpus > 0 && to.nano_cpus == 0) || (from.memory_bytes > 0 && to.memory_bytes == 0)
 }
 
 proptest! {
@@ -500,7 +523,9 @@ proptest! {
         for step in p.steps() {
             match step {
                 Step::Apply { reason: ApplyReason::Update, .. } if hash => {}
-                Step::Resize { .. } if !hash => {}
+                // Removing a limit needs a new container; any other change of limits does not.
+                Step::Apply { reason: ApplyReason::LiftLimits, .. } if !hash => prop_assert!(lifts(&base, &changed, step)),
+                Step::Resize { .. } if !hash => prop_assert!(!lifts(&base, &changed, step)),
                 other => prop_assert!(false, "unexpected {other:?}"),
             }
             touched.insert(key_of_step(step).unwrap());
@@ -510,7 +535,7 @@ proptest! {
         prop_assert!(plan(&simulate(&changed, &p)).is_empty());
     }
 
-    /// (c) From a converged state, removing one service from the desired set plans only
+        /// (c) From a converged state, removing one service from the desired set plans only
     /// its Removes and its DropRoles.
     #[test]
     fn removing_one_service_touches_only_it(input in plan_input(false), which in any::<Index>()) {

@@ -39,6 +39,7 @@ fn desired(
         spec_hash: hash.to_string(),
         resources,
         waiting: false,
+        host_ports: BTreeSet::new(),
     }
 }
 
@@ -55,6 +56,8 @@ fn observed(
         kind,
         spec_hash: hash.map(str::to_string),
         status,
+        resources: None,
+        host_ports: BTreeSet::new(),
     }
 }
 
@@ -726,4 +729,119 @@ fn plan_serializes_as_tagged_steps() {
         ]]})
     );
     assert_eq!(serde_json::from_value::<Plan>(json).unwrap(), p);
+}
+
+/// Removing a limit cannot be done in place (the engine's update API reads 0 as "leave as
+/// is"): the container is replaced, whether the record or the container tells the limits.
+#[test]
+fn lifting_a_limit_replaces_the_container() {
+    let unlimited = Resources::default();
+    let cpu_only = Resources {
+        nano_cpus: 500_000_000,
+        memory_bytes: 0,
+    };
+    let mut i = input();
+    i.desired.push(desired("s", "h1", svc("a"), "H", unlimited));
+    i.observed.push(observed(
+        "s",
+        "h1",
+        svc("a"),
+        Some("H"),
+        ObservedStatus::Running,
+    ));
+    i.applied.push(record("s", "h1", svc("a"), "H", R1));
+    i.roles = set(&["a"]);
+    assert_eq!(
+        plan(&i).phases,
+        vec![vec![apply("s", "h1", ApplyReason::LiftLimits)]]
+    );
+    // Only the memory limit goes: still a new container.
+    i.desired[0].resources = cpu_only;
+    assert_eq!(
+        plan(&i).phases,
+        vec![vec![apply("s", "h1", ApplyReason::LiftLimits)]]
+    );
+    // The container's own limits win over a record that lags.
+    i.applied[0].resources = cpu_only;
+    i.observed[0].resources = Some(R1);
+    assert_eq!(
+        plan(&i).phases,
+        vec![vec![apply("s", "h1", ApplyReason::LiftLimits)]]
+    );
+    // Lowering or raising a limit stays in place, and so does adding one.
+    i.observed[0].resources = Some(cpu_only);
+    i.desired[0].resources = R1;
+    assert_eq!(plan(&i).phases, vec![vec![resize("s", "h1", R1)]]);
+    // A container changed behind our back (`docker update`) is set back.
+    i.applied[0].resources = R1;
+    assert_eq!(plan(&i).phases, vec![vec![resize("s", "h1", R1)]]);
+    i.observed[0].resources = Some(R1);
+    assert!(plan(&i).is_empty());
+}
+
+fn with_ports(mut d: DesiredInstance, ports: &[u16]) -> DesiredInstance {
+    d.host_ports = ports.iter().copied().collect();
+    d
+}
+
+fn holding(mut o: ObservedInstance, ports: &[u16]) -> ObservedInstance {
+    o.host_ports = ports.iter().copied().collect();
+    o
+}
+
+/// The reported case: one update drops m2 and adds m3 with m2's fixed port on the same
+/// host. The removal finishes before the creation starts; elsewhere nothing waits.
+#[test]
+fn a_fixed_port_is_handed_over_after_its_holder_is_removed() {
+    let mut i = input();
+    i.roles = set(&["m2", "m3", "other"]);
+    i.desired
+        .push(with_ports(desired("m3", "h1", svc("m3"), "H", R1), &[8100]));
+    i.desired.push(with_ports(
+        desired("o", "h2", svc("other"), "H", R1),
+        &[8100],
+    ));
+    i.observed.push(holding(
+        observed("m2", "h1", svc("m2"), Some("H"), ObservedStatus::Running),
+        &[8100],
+    ));
+    i.applied.push(record("m2", "h1", svc("m2"), "H", R1));
+    assert_eq!(
+        plan(&i).phases,
+        vec![
+            // The same port on another host does not wait.
+            vec![remove("m2", "h1"), apply("o", "h2", ApplyReason::Create)],
+            vec![apply("m3", "h1", ApplyReason::Create)],
+            vec![drop_roles("m2")],
+        ]
+    );
+}
+
+/// A port held by a Postgres instance that goes in the last phase: the service that wants
+/// it waits for the next plan rather than fail on it.
+#[test]
+fn a_port_freed_in_a_later_phase_defers_its_taker() {
+    let mut i = input();
+    i.roles = set(&["a"]);
+    i.desired.push(desired("p1", "h1", pg("n1", true), "H", R1));
+    i.desired
+        .push(with_ports(desired("s", "h1", svc("a"), "H", R1), &[6000]));
+    for id in ["p1", "p2"] {
+        i.observed.push(observed(
+            id,
+            "h1",
+            pg(if id == "p1" { "n1" } else { "n2" }, true),
+            Some("H"),
+            ObservedStatus::Running,
+        ));
+        i.applied.push(record(
+            id,
+            "h1",
+            pg(if id == "p1" { "n1" } else { "n2" }, true),
+            "H",
+            R1,
+        ));
+    }
+    i.observed[1].host_ports = [6000].into();
+    assert_eq!(plan(&i).phases, vec![vec![remove("p2", "h1")]]);
 }
