@@ -215,6 +215,7 @@ impl<R: ContainerRuntime> Ops<R> {
                 .get(LABEL_SPEC_HASH)
                 .cloned()
                 .unwrap_or_default(),
+            sequence: self.hub.sequence(),
         }
     }
 
@@ -251,7 +252,7 @@ impl<R: ContainerRuntime> Ops<R> {
             } else if current.nano_cpus == spec.nano_cpus
                 && current.memory_bytes == spec.memory_bytes
             {
-                self.store_spec(&dir, &spec, &hash)?;
+                self.store_spec(&dir, &spec, &hash).await?;
                 progress
                     .log(
                         "container already matches the spec",
@@ -280,7 +281,7 @@ impl<R: ContainerRuntime> Ops<R> {
                 self.runtime
                     .update_resources(&current.id, spec.nano_cpus, spec.memory_bytes)
                     .await?;
-                self.store_spec(&dir, &spec, &hash)?;
+                self.store_spec(&dir, &spec, &hash).await?;
                 let info = self
                     .our_container(&spec.instance_id)
                     .await?
@@ -293,16 +294,27 @@ impl<R: ContainerRuntime> Ops<R> {
             }
         }
 
-        dir.ensure()?;
         progress
             .log(
                 "writing config files",
                 &[("count", spec.files.len().to_string())],
             )
             .await;
-        dir.write_config(&spec)?;
-        if spec.data_mount_path.is_some() {
-            let data = dir.ensure_data_dir(&spec.user)?;
+        // Files are fsynced one by one and may be given to another user recursively: off
+        // the async threads, which also carry every other operation and the heartbeats.
+        let data = {
+            let (dir, spec) = (dir.clone(), spec.clone());
+            blocking(move || {
+                dir.ensure()?;
+                dir.write_config(&spec)?;
+                spec.data_mount_path
+                    .is_some()
+                    .then(|| dir.ensure_data_dir(&spec.user))
+                    .transpose()
+            })
+            .await?
+        };
+        if let Some(data) = data {
             progress
                 .log(
                     "data directory ready",
@@ -340,7 +352,10 @@ impl<R: ContainerRuntime> Ops<R> {
             _ => ApplyAction::Created,
         };
 
-        let mut chosen = dir.read_ports()?;
+        let mut chosen = {
+            let dir = dir.clone();
+            blocking(move || dir.read_ports()).await?
+        };
         let config = instance::container_config(&self.host_id, &spec, &hash, &dir, &chosen);
         // Subscribe before starting so that no state change between start and wait is missed.
         let (_, changes) = self.hub.subscribe();
@@ -353,7 +368,7 @@ impl<R: ContainerRuntime> Ops<R> {
             }
             (created, _) => created?,
         };
-        self.store_spec(&dir, &spec, &hash)?;
+        self.store_spec(&dir, &spec, &hash).await?;
         progress
             .log("container created", &[("container_id", id.clone())])
             .await;
@@ -376,7 +391,10 @@ impl<R: ContainerRuntime> Ops<R> {
             .await?
             .ok_or_else(|| OpError::NotFound(spec.instance_id.clone()))?;
         if self.remember_chosen_ports(&spec, &info, &mut chosen) {
-            dir.write_ports(&chosen)?;
+            {
+                let (dir, chosen) = (dir.clone(), chosen.clone());
+                blocking(move || dir.write_ports(&chosen)).await?;
+            }
             let list: Vec<String> = chosen.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
             progress
                 .log("host ports chosen", &[("ports", list.join(","))])
@@ -390,18 +408,23 @@ impl<R: ContainerRuntime> Ops<R> {
         Ok(self.result(&info, action, false))
     }
 
-    fn store_spec(
+    async fn store_spec(
         &self,
         dir: &InstanceDir,
         spec: &InstanceSpec,
         hash: &str,
     ) -> std::io::Result<()> {
-        dir.ensure()?;
-        dir.write_spec(&StoredSpec {
+        let stored = StoredSpec {
             instance_id: spec.instance_id.clone(),
             spec_hash: hash.to_string(),
             labels: instance::container_labels(&self.host_id, spec, hash),
+        };
+        let dir = dir.clone();
+        blocking(move || {
+            dir.ensure()?;
+            dir.write_spec(&stored)
         })
+        .await
     }
 
     /// Records the host ports the engine picked for `host_port: 0`; true when something new was learned.
@@ -589,7 +612,11 @@ impl<R: ContainerRuntime> Ops<R> {
             progress.log("no container to remove", &[]).await;
         }
         let dir = InstanceDir::new(&self.data_dir, instance_id);
-        let data_deleted = dir.remove(delete_data)?;
+        // A data directory can be large: deleting it must not hold up the async threads.
+        let data_deleted = {
+            let dir = dir.clone();
+            blocking(move || dir.remove(delete_data)).await?
+        };
         progress
             .log(
                 if delete_data {
@@ -694,6 +721,15 @@ impl<R: ContainerRuntime> Ops<R> {
             engine_id,
         }
     }
+}
+
+/// Runs blocking filesystem work (fsync, recursive delete or chown) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// What this machine has, for when the engine cannot tell us.

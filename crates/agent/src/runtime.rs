@@ -413,9 +413,14 @@ fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
                 Some(HealthStatusEnum::UNHEALTHY) => HealthStatus::Unhealthy,
                 _ => HealthStatus::None,
             };
-            let last = h.log.and_then(|l| l.into_iter().last());
-            let output = last.as_ref().and_then(|r| r.output.clone());
-            let at = last.as_ref().and_then(|r| parse_time(r.end.as_deref()));
+            let log = h.log.unwrap_or_default();
+            let output = log.last().and_then(|r| r.output.clone());
+            // When the check last passed: a failing run is not a sign of health.
+            let at = log
+                .iter()
+                .rev()
+                .find(|r| r.exit_code == Some(0))
+                .and_then(|r| parse_time(r.end.as_deref()));
             (status, output, at)
         }
         None => (HealthStatus::None, None, None),

@@ -114,7 +114,10 @@ impl<R: ContainerRuntime> Agent for AgentService<R> {
             .resize(&req.instance_id, req.nano_cpus, req.memory_bytes)
             .instrument(span)
             .await?;
-        Ok(Response::new(ResizeResult { applied }))
+        Ok(Response::new(ResizeResult {
+            applied,
+            sequence: self.hub.sequence(),
+        }))
     }
 
     async fn exec_instance(

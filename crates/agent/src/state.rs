@@ -22,9 +22,11 @@ use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerStatus, HealthStatus, RuntimeResult,
 };
 
-#[derive(Default)]
 struct Inner {
     states: BTreeMap<String, InstanceState>,
+    /// The last observation number given out (see `InstanceState.sequence`). It starts at
+    /// the agent's start time in microseconds, so a restarted agent never reuses a number.
+    sequence: u64,
     /// Containers the engine asked to terminate gracefully (SIGTERM/SIGINT, `docker stop`): their exit is a stop,
     /// not a failure.
     asked_to_stop: HashSet<String>,
@@ -34,7 +36,38 @@ struct Inner {
     passed_start_probe: HashSet<String>,
 }
 
+impl Default for Inner {
+    fn default() -> Self {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Inner {
+            states: BTreeMap::new(),
+            sequence: now,
+            asked_to_stop: HashSet::new(),
+            passed_start_probe: HashSet::new(),
+        }
+    }
+}
+
+/// Two states equal but for their observation numbers.
+fn same_state(a: &InstanceState, b: &InstanceState) -> bool {
+    InstanceState {
+        sequence: 0,
+        ..a.clone()
+    } == InstanceState {
+        sequence: 0,
+        ..b.clone()
+    }
+}
+
 impl Inner {
+    /// Stamps `state` with the next observation number.
+    fn stamp(&mut self, state: &mut InstanceState) {
+        self.sequence += 1;
+        state.sequence = self.sequence;
+    }
+
     fn state_of(&mut self, info: &ContainerInfo) -> InstanceState {
         let mut state = state_from_container(info, self.asked_to_stop.contains(&info.id));
         if info.health != HealthStatus::Starting {
@@ -86,21 +119,28 @@ impl<R: ContainerRuntime> StateHub<R> {
     pub fn subscribe(&self) -> (InstanceEvent, broadcast::Receiver<InstanceEvent>) {
         let inner = self.lock();
         let rx = self.tx.subscribe();
-        (snapshot_event(&inner.states), rx)
+        (snapshot_event(&inner), rx)
     }
 
     pub fn snapshot(&self) -> InstanceEvent {
-        snapshot_event(&self.lock().states)
+        snapshot_event(&self.lock())
     }
 
     pub fn get(&self, instance_id: &str) -> Option<InstanceState> {
         self.lock().states.get(instance_id).cloned()
     }
 
+    /// The last observation number published: a subscriber that has seen it has seen every
+    /// state published before.
+    pub fn sequence(&self) -> u64 {
+        self.lock().sequence
+    }
+
     /// Called by RemoveInstance once the instance is gone for good.
     pub fn forget(&self, instance_id: &str) {
         let mut inner = self.lock();
         if inner.states.remove(instance_id).is_some() {
+            inner.sequence += 1;
             let _ = self.tx.send(InstanceEvent {
                 event: Some(instance_event::Event::RemovedInstanceId(
                     instance_id.to_string(),
@@ -114,13 +154,15 @@ impl<R: ContainerRuntime> StateHub<R> {
     pub fn note_start_probe_passed(&self, instance_id: &str, container_id: &str) {
         let mut inner = self.lock();
         inner.passed_start_probe.insert(container_id.to_string());
-        let Some(state) = inner.states.get_mut(instance_id) else {
+        let Some(mut state) = inner.states.get(instance_id).cloned() else {
             return;
         };
         if state.container_id == container_id && state.health == Health::Starting as i32 {
             state.health = Health::Healthy as i32;
+            inner.stamp(&mut state);
+            inner.states.insert(instance_id.to_string(), state.clone());
             let _ = self.tx.send(InstanceEvent {
-                event: Some(instance_event::Event::Changed(state.clone())),
+                event: Some(instance_event::Event::Changed(state)),
             });
         }
     }
@@ -142,8 +184,13 @@ impl<R: ContainerRuntime> StateHub<R> {
             }
         };
         match new_state {
-            Some(state) => {
-                if inner.states.get(instance_id) != Some(&state) {
+            Some(mut state) => {
+                if inner
+                    .states
+                    .get(instance_id)
+                    .is_none_or(|old| !same_state(old, &state))
+                {
+                    inner.stamp(&mut state);
                     inner.states.insert(instance_id.to_string(), state.clone());
                     let _ = self.tx.send(InstanceEvent {
                         event: Some(instance_event::Event::Changed(state)),
@@ -152,6 +199,7 @@ impl<R: ContainerRuntime> StateHub<R> {
             }
             None => {
                 if inner.states.remove(instance_id).is_some() {
+                    inner.sequence += 1;
                     let _ = self.tx.send(InstanceEvent {
                         event: Some(instance_event::Event::RemovedInstanceId(
                             instance_id.to_string(),
@@ -187,8 +235,14 @@ impl<R: ContainerRuntime> StateHub<R> {
         let live: HashSet<&String> = containers.iter().map(|c| &c.id).collect();
         inner.asked_to_stop.retain(|id| live.contains(id));
         inner.passed_start_probe.retain(|id| live.contains(id));
+        for (id, state) in &mut states {
+            match inner.states.get(id) {
+                Some(old) if same_state(old, state) => state.sequence = old.sequence,
+                _ => inner.stamp(state),
+            }
+        }
         inner.states = states;
-        let _ = self.tx.send(snapshot_event(&inner.states));
+        let _ = self.tx.send(snapshot_event(&inner));
         self.synced.send_replace(true);
         Ok(())
     }
@@ -256,7 +310,14 @@ impl<R: ContainerRuntime> StateHub<R> {
                 match next {
                     Some(Ok(ev)) => {
                         backoff = Duration::from_millis(200);
-                        if ev.action.starts_with("exec_") || ev.action.starts_with("attach") {
+                        // The engine runs each health check as an exec and says so only
+                        // through `exec_start` (its `health_status` event comes on changes
+                        // only): re-reading the container then is what moves
+                        // `last_health_at` with every check that passed.
+                        let health_check_ran = ev.action.starts_with("exec_start");
+                        if (ev.action.starts_with("exec_") && !health_check_ran)
+                            || ev.action.starts_with("attach")
+                        {
                             continue;
                         }
                         self.note_event(&ev.container_id, &ev.action, &ev.attributes);
@@ -288,10 +349,11 @@ impl<R: ContainerRuntime> StateHub<R> {
     }
 }
 
-fn snapshot_event(states: &BTreeMap<String, InstanceState>) -> InstanceEvent {
+fn snapshot_event(inner: &Inner) -> InstanceEvent {
     InstanceEvent {
         event: Some(instance_event::Event::Snapshot(InstanceSnapshot {
-            instances: states.values().cloned().collect(),
+            instances: inner.states.values().cloned().collect(),
+            sequence: inner.sequence,
         })),
     }
 }
@@ -388,6 +450,10 @@ pub fn state_from_container(info: &ContainerInfo, asked_to_stop: bool) -> Instan
             .cloned()
             .unwrap_or_default(),
         finished_at: info.finished_at.map(Into::into),
+        nano_cpus: Some(info.nano_cpus),
+        memory_bytes: Some(info.memory_bytes),
+        // Stamped when published.
+        sequence: 0,
     }
 }
 

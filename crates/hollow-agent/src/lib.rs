@@ -366,6 +366,8 @@ impl Shared {
                 action: ApplyAction::Unchanged as i32,
                 resize_applied: false,
                 spec_hash: hash,
+                // No observation numbers: a reader takes every state as the newest.
+                sequence: 0,
             };
             return (result, false);
         }
@@ -419,6 +421,7 @@ impl Shared {
             } as i32,
             resize_applied: false,
             spec_hash: hash,
+            sequence: 0,
         };
         (result, true)
     }
@@ -450,6 +453,7 @@ impl Shared {
         let snapshot = InstanceEvent {
             event: Some(instance_event::Event::Snapshot(InstanceSnapshot {
                 instances: instances.values().cloned().collect(),
+                sequence: 0,
             })),
         };
         (snapshot, rx)
@@ -545,7 +549,10 @@ impl Agent for HollowService {
                 request.instance_id
             )));
         }
-        Ok(Response::new(ResizeResult { applied: true }))
+        Ok(Response::new(ResizeResult {
+            applied: true,
+            sequence: 0,
+        }))
     }
 
     async fn exec_instance(
