@@ -127,6 +127,9 @@ pub enum TaskType {
     Create,
     Update,
     Delete,
+    /// A change the control plane made on its own, outside any request: healing a container
+    /// that died, or finishing what a failed task left undone. Its log says what and why.
+    Reconcile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

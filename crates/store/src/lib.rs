@@ -6,7 +6,9 @@
 
 pub mod identity;
 pub mod keys;
+pub mod memory;
 pub mod sealed;
+mod state;
 pub mod tokens;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +19,9 @@ use spec::{DatabaseSpec, DatabaseState, Host, Task, TaskLogEntry};
 
 pub use identity::{CertificateStanding, HostCertificate, RejoinToken, RevokedCertificate};
 pub use keys::Keys;
+pub use memory::MemoryStore;
 pub use sealed::{SealError, SecretBox};
+pub use state::{StateStore, TaskChange};
 pub use tokens::{ApiTokenRecord, TokenScope};
 
 #[derive(Debug, thiserror::Error)]
@@ -269,16 +273,63 @@ impl Store {
 
     // ---- databases ----
 
-    /// Writes a new database's spec, record and first task in one transaction.
-    /// Fails with [`StoreError::AlreadyExists`] when the id is taken.
+    /// Writes a new database's spec, record and first task in one transaction, removing the
+    /// tasks and logs of an earlier database of the same id (a deleted database's history
+    /// stays readable until its id is taken again). Fails with [`StoreError::AlreadyExists`]
+    /// when the id is taken.
     pub async fn create_database(
         &self,
         record: &DatabaseRecord,
         spec: &DatabaseSpec,
         task: &Task,
     ) -> Result<()> {
+        let with_prefix = || Some(etcd_client::DeleteOptions::new().with_prefix());
+        let k = &self.keys;
+        // etcd refuses a put inside a range the same transaction deletes: the old tasks go
+        // as the ranges before and after the new task's key.
+        let tasks = k.tasks(&record.id);
+        let new_task = k.task(&task.database_id, &task.task_id);
+        let range = |from: Vec<u8>, to: Vec<u8>| {
+            TxnOp::delete(from, Some(etcd_client::DeleteOptions::new().with_range(to)))
+        };
+        let mut ops = vec![
+            range(tasks.clone().into_bytes(), new_task.clone().into_bytes()),
+            range(keys::key_after(&new_task), keys::prefix_end(&tasks)),
+            TxnOp::delete(k.database_task_logs(&record.id), with_prefix()),
+        ];
+        ops.extend(self.generation_ops(record, spec, task));
         // An absent key's mod revision is 0.
-        match self.write_generation(0, record, spec, task).await? {
+        let compare = Compare::mod_revision(k.database_spec(&record.id), CompareOp::Equal, 0);
+        match self.guarded_txn(vec![compare], ops).await? {
+            true => Ok(()),
+            false => Err(StoreError::AlreadyExists),
+        }
+    }
+
+    fn generation_ops(
+        &self,
+        record: &DatabaseRecord,
+        spec: &DatabaseSpec,
+        task: &Task,
+    ) -> Vec<TxnOp> {
+        let k = &self.keys;
+        vec![
+            TxnOp::put(
+                k.database_spec(&record.id),
+                encode(&self.sealed_spec(spec)),
+                None,
+            ),
+            TxnOp::put(k.database_record(&record.id), encode(record), None),
+            TxnOp::put(k.task(&task.database_id, &task.task_id), encode(task), None),
+        ]
+    }
+
+    /// Adds a task no request made (the reconciler's `reconcile` tasks), unless its id is taken.
+    pub async fn create_task(&self, task: &Task) -> Result<()> {
+        let key = self.keys.task(&task.database_id, &task.task_id);
+        let compare = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let put = TxnOp::put(key, encode(task), None);
+        match self.guarded_txn(vec![compare], vec![put]).await? {
             true => Ok(()),
             false => Err(StoreError::AlreadyExists),
         }
@@ -293,15 +344,9 @@ impl Store {
         spec: &DatabaseSpec,
         task: &Task,
     ) -> Result<bool> {
-        let k = &self.keys;
-        let spec_key = k.database_spec(&record.id);
-        let compare =
-            Compare::mod_revision(spec_key.clone(), CompareOp::Equal, expected_spec_revision);
-        let ops = vec![
-            TxnOp::put(spec_key, encode(&self.sealed_spec(spec)), None),
-            TxnOp::put(k.database_record(&record.id), encode(record), None),
-            TxnOp::put(k.task(&task.database_id, &task.task_id), encode(task), None),
-        ];
+        let spec_key = self.keys.database_spec(&record.id);
+        let compare = Compare::mod_revision(spec_key, CompareOp::Equal, expected_spec_revision);
+        let ops = self.generation_ops(record, spec, task);
         self.guarded_txn(vec![compare], ops).await
     }
 
