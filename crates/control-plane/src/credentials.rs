@@ -25,6 +25,11 @@ pub struct ServiceCredentials {
     /// Whether both roles were created on every node's primary.
     #[serde(default)]
     pub roles_created: bool,
+    /// The service was removed but dropping its roles failed, at this spec generation and
+    /// for this reason. The roles are kept and the drop is not retried until the spec
+    /// changes again, so one failing cleanup cannot hold every later change back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_error: Option<(u64, String)>,
 }
 
 /// 32 characters from a 62-letter alphabet: about 190 bits, and nothing that needs quoting
@@ -58,6 +63,7 @@ impl DatabaseCredentials {
                     ro_password: generate_password(),
                     rw_password: generate_password(),
                     roles_created: false,
+                    drop_error: None,
                 }
             });
         }
@@ -136,22 +142,38 @@ pub fn create_roles_sql(
     sql
 }
 
-/// SQL that revokes and drops a service's roles, idempotently. Objects the roles own are
-/// handed to the superuser first, so dropping a service never destroys user data.
-pub fn drop_roles_sql(service_id: &str) -> String {
-    let mut sql = String::from("BEGIN;\n");
-    for suffix in ["ro", "rw"] {
-        let role = role_name(service_id, suffix);
-        let r = quote_ident(&role);
-        sql.push_str(&format!(
-            "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN \
-             EXECUTE 'REASSIGN OWNED BY {esc} TO postgres'; EXECUTE 'DROP OWNED BY {esc}'; END IF; END $$;\n\
-             DROP ROLE IF EXISTS {r};\n",
-            lit = quote_literal(&role),
-            esc = r.replace('\'', "''"),
-        ));
+/// A psql script that prints the name of every database of an instance that accepts
+/// connections, one per line.
+pub fn list_databases_sql() -> String {
+    "\\pset format unaligned\n\\pset tuples_only on\n\
+     SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1;\n"
+        .to_string()
+}
+
+/// A psql script that revokes and drops a service's roles, idempotently. In each of
+/// `databases` (every database of the instance: `REASSIGN OWNED` and `DROP OWNED` act on
+/// the current database only), objects the roles own are handed to the superuser, so
+/// dropping a service never destroys user data, and privileges granted to them are revoked;
+/// then the roles are dropped from `home`, the database's own.
+pub fn drop_roles_sql(service_id: &str, databases: &[String], home: &str) -> String {
+    let roles = ["ro", "rw"].map(|suffix| role_name(service_id, suffix));
+    let mut sql = String::new();
+    for database in databases {
+        sql.push_str(&format!("\\connect {}\n", quote_ident(database)));
+        for role in &roles {
+            let r = quote_ident(role);
+            sql.push_str(&format!(
+                "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN \
+                 EXECUTE 'REASSIGN OWNED BY {esc} TO postgres'; EXECUTE 'DROP OWNED BY {esc}'; END IF; END $$;\n",
+                lit = quote_literal(role),
+                esc = r.replace('\'', "''"),
+            ));
+        }
     }
-    sql.push_str("COMMIT;\n");
+    sql.push_str(&format!("\\connect {}\n", quote_ident(home)));
+    for role in &roles {
+        sql.push_str(&format!("DROP ROLE IF EXISTS {};\n", quote_ident(role)));
+    }
     sql
 }
 
@@ -205,10 +227,34 @@ mod tests {
             ro_password: "p'1".into(),
             rw_password: "p2".into(),
             roles_created: false,
+            drop_error: None,
         };
         let sql = create_roles_sql("my_db", "svc-1", &creds);
         assert!(sql.contains("PASSWORD 'p''1'"));
         assert!(sql.contains("\"svc_svc_1_rw\""));
-        assert!(drop_roles_sql("svc-1").contains("DROP ROLE IF EXISTS \"svc_svc_1_ro\""));
+        assert!(
+            drop_roles_sql("svc-1", &[], "my_db").contains("DROP ROLE IF EXISTS \"svc_svc_1_ro\"")
+        );
+    }
+
+    /// What the roles own or were granted is cleared in every database, not only the
+    /// service's own: a grant in `postgres` would otherwise keep the role from being dropped.
+    #[test]
+    fn dropping_clears_every_database_before_the_roles_go() {
+        let dbs = ["app".to_string(), "postgres".to_string()];
+        let sql = drop_roles_sql("gx", &dbs, "app");
+        let at = |needle: &str| {
+            sql.find(needle)
+                .unwrap_or_else(|| panic!("{needle} in {sql}"))
+        };
+        let in_postgres = at("\\connect \"postgres\"");
+        assert!(at("\\connect \"app\"") < in_postgres);
+        let cleared_there = sql[in_postgres..].find("DROP OWNED BY \"svc_gx_ro\"");
+        assert!(cleared_there.is_some(), "{sql}");
+        let drop = sql.rfind("DROP ROLE IF EXISTS \"svc_gx_ro\"").unwrap();
+        assert!(
+            drop > in_postgres && sql.rfind("\\connect \"app\"").unwrap() < drop,
+            "{sql}"
+        );
     }
 }

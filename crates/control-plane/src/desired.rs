@@ -175,6 +175,11 @@ fn finish(
     res: Resources,
 ) -> Desired {
     let hash = plan::spec_hash(&c);
+    let host_ports = c
+        .ports
+        .iter()
+        .filter_map(|(_, _, host)| host.filter(|p| *p != 0))
+        .collect();
     let pb_kind = match kind {
         InstanceKind::Postgres { .. } => pb::InstanceKind::Postgres,
         InstanceKind::Service { .. } => pb::InstanceKind::Service,
@@ -228,6 +233,7 @@ fn finish(
             spec_hash: hash,
             resources: res,
             waiting: false,
+            host_ports,
         },
         spec,
         waiting_for: None,

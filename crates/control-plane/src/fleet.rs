@@ -1,5 +1,11 @@
 //! The leader's live view of what runs on every host, fed by each agent's WatchInstances
 //! stream: a full snapshot on connect, then one message per change. Nothing here polls.
+//!
+//! The stream is the one writer of observed state. Every state carries the agent's
+//! observation number, and a state older than the one held for its instance is dropped, so
+//! a late message can never undo a newer one. Whoever acts on an agent's reply (an apply's
+//! result) waits until the stream has delivered that reply's number ([`Fleet::wait_seen`])
+//! instead of writing what it believes into the view.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -11,7 +17,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use chrono::Utc;
-use store::{HostDialFailure, Store};
+use store::{HostDialFailure, StateStore};
 
 use crate::desired::HostPlacement;
 
@@ -24,6 +30,8 @@ const DATABASE_LABEL: &str = "berth.database-id";
 struct HostView {
     /// True once the current stream delivered its snapshot: only then is `instances` complete.
     synced: bool,
+    /// The highest observation number the stream delivered.
+    sequence: u64,
     instances: HashMap<String, InstanceState>,
     /// Instance ids by database: a pass over one database must not scan the whole fleet.
     by_database: HashMap<String, BTreeSet<String>>,
@@ -81,12 +89,18 @@ impl Drop for HostConn {
 #[derive(Clone)]
 pub struct Fleet {
     views: Arc<Mutex<HashMap<String, HostView>>>,
+    /// Woken by every message of every stream (for [`Fleet::wait_seen`]).
+    seen: Arc<tokio::sync::Notify>,
+    /// Databases whose instances passed a health check since the last
+    /// [`Fleet::take_health_changes`]: worth a write, but not a pass of their own.
+    health_changed: Arc<Mutex<BTreeSet<String>>>,
     conns: Arc<Mutex<HashMap<String, HostConn>>>,
     /// Where each registered host is and which engine it runs, as last read.
     placements: Arc<Mutex<BTreeMap<String, HostPlacement>>>,
     dial: Arc<DialFailures>,
     pokes: mpsc::UnboundedSender<Poke>,
-    tls: Arc<crate::tls::FleetTls>,
+    /// None: a fleet that never dials (unit tests feed it with [`Fleet::ingest`]).
+    tls: Option<Arc<crate::tls::FleetTls>>,
 }
 
 fn database_of(state: &InstanceState) -> Option<String> {
@@ -96,12 +110,23 @@ fn database_of(state: &InstanceState) -> Option<String> {
 impl Fleet {
     /// `store` is the leader's (fenced): dial failures are recorded there for the API.
     pub fn new(
-        store: Store,
+        store: Arc<dyn StateStore>,
         pokes: mpsc::UnboundedSender<Poke>,
         tls: Arc<crate::tls::FleetTls>,
     ) -> Self {
         Fleet {
+            tls: Some(tls),
+            ..Fleet::offline(Some(store), pokes)
+        }
+    }
+
+    /// A fleet that knows where hosts are but dials none: what it observes is what
+    /// [`Fleet::ingest`] is given.
+    pub fn offline(store: Option<Arc<dyn StateStore>>, pokes: mpsc::UnboundedSender<Poke>) -> Self {
+        Fleet {
             views: Default::default(),
+            seen: Default::default(),
+            health_changed: Default::default(),
             conns: Default::default(),
             placements: Default::default(),
             dial: Arc::new(DialFailures {
@@ -109,8 +134,64 @@ impl Fleet {
                 failing: Mutex::default(),
             }),
             pokes,
-            tls,
+            tls: None,
         }
+    }
+
+    /// Takes in one message of a host's stream, as the stream's watcher does; returns the
+    /// databases whose reconciliation it concerns (a snapshot concerns every one it names).
+    pub fn ingest(&self, host_id: &str, event: Option<instance_event::Event>) -> BTreeSet<String> {
+        let changes = apply_event(&self.views, host_id, event);
+        self.health_changed
+            .lock()
+            .expect("fleet lock")
+            .extend(changes.health_only);
+        self.seen.notify_waiters();
+        changes.touched
+    }
+
+    /// Marks a host's stream as broken: until its next snapshot nothing is known there.
+    pub fn unsync(&self, host_id: &str) -> bool {
+        let was = self
+            .views
+            .lock()
+            .expect("fleet lock")
+            .get_mut(host_id)
+            .map(|v| std::mem::take(&mut v.synced));
+        self.seen.notify_waiters();
+        was == Some(true)
+    }
+
+    /// Waits until `host_id`'s stream has delivered observation `sequence` (so the view
+    /// holds everything an agent reply with that number reported), the stream broke, or
+    /// `limit` passed. True when the observation arrived.
+    pub async fn wait_seen(&self, host_id: &str, sequence: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.seen.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.host_sequence(host_id) {
+                Some(seen) if seen >= sequence => return true,
+                None => return false,
+                Some(_) => {}
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// The highest observation number a synced host's stream delivered; None when the host
+    /// is not synced.
+    pub fn host_sequence(&self, host_id: &str) -> Option<u64> {
+        let views = self.views.lock().expect("fleet lock");
+        views.get(host_id).filter(|v| v.synced).map(|v| v.sequence)
+    }
+
+    /// Databases with health checks seen passing since the last call.
+    pub fn take_health_changes(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.health_changed.lock().expect("fleet lock"))
     }
 
     /// Connects to every registered host and drops the others; remembers where each is.
@@ -129,6 +210,9 @@ impl Fleet {
             .iter()
             .map(|h| (h.id.clone(), h.agent_address.clone()))
             .collect();
+        let Some(tls) = self.tls.clone() else {
+            return;
+        };
         let mut conns = self.conns.lock().expect("fleet lock");
         conns.retain(|id, c| hosts.get(id) == Some(&c.address));
         for (id, address) in &hosts {
@@ -143,7 +227,7 @@ impl Fleet {
                     .trim_start_matches("https://")
             );
             let endpoint = match Endpoint::from_shared(url)
-                .and_then(|e| e.tls_config(self.tls.agent_client(id)))
+                .and_then(|e| e.tls_config(tls.agent_client(id)))
             {
                 Ok(e) => e,
                 Err(e) => {
@@ -161,9 +245,7 @@ impl Fleet {
                 id.clone(),
                 address.clone(),
                 client.clone(),
-                self.views.clone(),
-                self.pokes.clone(),
-                self.dial.clone(),
+                self.clone(),
             ));
             conns.insert(
                 id.clone(),
@@ -239,11 +321,13 @@ impl Fleet {
             .collect()
     }
 
-    /// Records what an agent said in reply to a command, without waiting for its event.
-    pub fn note(&self, host_id: &str, state: InstanceState) {
-        if let Some(v) = self.views.lock().expect("fleet lock").get_mut(host_id) {
-            v.insert(state);
-        }
+    /// The state a synced host reports for one instance.
+    pub fn instance(&self, host_id: &str, instance_id: &str) -> Option<InstanceState> {
+        let views = self.views.lock().expect("fleet lock");
+        views
+            .get(host_id)
+            .filter(|v| v.synced)
+            .and_then(|v| v.instances.get(instance_id).cloned())
     }
 
     pub fn forget(&self, host_id: &str, instance_id: &str) {
@@ -266,7 +350,8 @@ pub struct DialFailure {
 
 /// Hosts this replica cannot dial, and their record in etcd for the API.
 struct DialFailures {
-    store: Store,
+    /// None for an offline fleet.
+    store: Option<Arc<dyn StateStore>>,
     failing: Mutex<HashMap<String, DialFailure>>,
 }
 
@@ -300,7 +385,8 @@ impl DialFailures {
         };
         if let Some(failure) = record {
             tracing::warn!(host_id, address, error = %failure.error, "cannot dial the host's agent");
-            if let Err(e) = self.store.put_host_dial_failure(host_id, &failure).await {
+            let Some(store) = &self.store else { return };
+            if let Err(e) = store.put_host_dial_failure(host_id, &failure).await {
                 tracing::warn!(host_id, error = %e, "cannot record the dial failure");
             }
         }
@@ -310,7 +396,8 @@ impl DialFailures {
         let was = self.failing.lock().expect("fleet lock").remove(host_id);
         if was.is_some_and(|f| f.recorded) {
             tracing::info!(host_id, "the host's agent can be dialled again");
-            if let Err(e) = self.store.clear_host_dial_failure(host_id).await {
+            let Some(store) = &self.store else { return };
+            if let Err(e) = store.clear_host_dial_failure(host_id).await {
                 tracing::warn!(host_id, error = %e, "cannot clear the dial failure");
             }
         }
@@ -336,15 +423,15 @@ async fn watch_host(
     host_id: String,
     address: String,
     mut client: AgentClient<Channel>,
-    views: Arc<Mutex<HashMap<String, HostView>>>,
-    pokes: mpsc::UnboundedSender<Poke>,
-    dial: Arc<DialFailures>,
+    fleet: Fleet,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    use backon::BackoffBuilder;
+    let policy = crate::retry::stream_policy();
+    let mut backoff = policy.build();
     loop {
         match client.watch_instances(WatchRequest {}).await {
             Ok(response) => {
-                dial.reached(&host_id).await;
+                fleet.dial.reached(&host_id).await;
                 let mut stream = response.into_inner();
                 loop {
                     let message = stream.message().await;
@@ -356,59 +443,76 @@ async fn watch_host(
                             break;
                         }
                     };
-                    backoff = Duration::from_millis(200);
+                    backoff = policy.build();
                     let snapshot = matches!(event, Some(instance_event::Event::Snapshot(_)));
-                    let touched = apply_event(&views, &host_id, event);
+                    let touched = fleet.ingest(&host_id, event);
                     if snapshot {
                         // A host that (re)appeared may lack instances that should run there.
-                        let _ = pokes.send(None);
+                        let _ = fleet.pokes.send(None);
                     } else {
                         for db in touched {
-                            let _ = pokes.send(Some(db));
+                            let _ = fleet.pokes.send(Some(db));
                         }
                     }
                 }
             }
             Err(e) => {
                 tracing::debug!(host_id = %host_id, error = %e, "agent not reachable");
-                dial.failed(&host_id, &address, error_chain(&e)).await;
+                fleet.dial.failed(&host_id, &address, error_chain(&e)).await;
             }
         }
         // Until the next snapshot, what we knew may be stale: plan nothing on this host.
-        let was_synced = views
-            .lock()
-            .expect("fleet lock")
-            .get_mut(&host_id)
-            .map(|v| std::mem::take(&mut v.synced));
-        if was_synced == Some(true) {
-            let _ = pokes.send(None);
+        if fleet.unsync(&host_id) {
+            let _ = fleet.pokes.send(None);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(3));
+        let delay = backoff.next().unwrap_or(crate::retry::STREAM_MAX_DELAY);
+        tokio::time::sleep(delay).await;
     }
 }
 
-/// Applies one event to the host's view; returns the databases it concerned.
+/// What one message changed.
+#[derive(Default)]
+struct Changes {
+    /// Databases whose instances changed in a way the reconciler acts on.
+    touched: BTreeSet<String>,
+    /// Databases where only a passing health check's time moved.
+    health_only: BTreeSet<String>,
+}
+
+/// Equal but for the time of the last passing health check and the observation number.
+fn same_but_health_time(a: &InstanceState, b: &InstanceState) -> bool {
+    let strip = |s: &InstanceState| InstanceState {
+        last_health_at: None,
+        sequence: 0,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Applies one event to the host's view; returns what it changed. A state older than the
+/// one held for its instance (a lower observation number) is dropped.
 fn apply_event(
     views: &Mutex<HashMap<String, HostView>>,
     host_id: &str,
     event: Option<instance_event::Event>,
-) -> BTreeSet<String> {
+) -> Changes {
     let mut views = views.lock().expect("fleet lock");
     let view = views.entry(host_id.to_string()).or_default();
-    let mut touched = BTreeSet::new();
+    let mut changes = Changes::default();
     match event {
         Some(instance_event::Event::Snapshot(snapshot)) => {
-            touched.extend(view.by_database.keys().cloned());
+            changes.touched.extend(view.by_database.keys().cloned());
             let synced = view.synced;
             *view = HostView {
                 synced,
                 ..HostView::default()
             };
+            let newest = snapshot.instances.iter().map(|s| s.sequence).max();
+            view.sequence = snapshot.sequence.max(newest.unwrap_or(0));
             for state in snapshot.instances {
                 view.insert(state);
             }
-            touched.extend(view.by_database.keys().cloned());
+            changes.touched.extend(view.by_database.keys().cloned());
             view.synced = true;
             tracing::info!(
                 host_id,
@@ -417,17 +521,28 @@ fn apply_event(
             );
         }
         Some(instance_event::Event::Changed(state)) => {
-            touched.extend(database_of(&state));
+            let old = view.instances.get(&state.instance_id);
+            if old.is_some_and(|o| o.sequence > state.sequence) {
+                tracing::debug!(host_id, instance_id = %state.instance_id, "dropped a stale state");
+                return changes;
+            }
+            view.sequence = view.sequence.max(state.sequence);
+            let health_only = old.is_some_and(|o| same_but_health_time(o, &state));
+            let db = database_of(&state);
+            match health_only {
+                true => changes.health_only.extend(db),
+                false => changes.touched.extend(db),
+            }
             view.insert(state);
         }
         Some(instance_event::Event::RemovedInstanceId(id)) => {
             if let Some(old) = view.remove(&id) {
-                touched.extend(database_of(&old));
+                changes.touched.extend(database_of(&old));
             }
         }
         None => {}
     }
-    touched
+    changes
 }
 
 #[cfg(test)]

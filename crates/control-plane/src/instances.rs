@@ -38,6 +38,10 @@ pub struct ObservedView {
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The agent's observation number this view was made from (0: none): a view made from
+    /// an older observation never replaces a newer one.
+    #[serde(default)]
+    pub sequence: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,10 @@ pub struct InstanceRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub observed: ObservedView,
+    /// Why the last apply failed (the engine refused the container, a port was taken),
+    /// until one succeeds: a container that never started has no state of its own to say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_error: Option<String>,
 }
 
 impl InstanceRecord {
@@ -70,8 +78,9 @@ fn timestamp(t: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
         .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
 }
 
-/// How an agent's report of a container reads in the API.
-pub fn view_of(state: Option<&InstanceState>) -> ObservedView {
+/// How an agent's report of a container reads in the API. `host_sequence` is the host's
+/// observation number, which dates the absence of a report.
+pub fn view_of(state: Option<&InstanceState>, host_sequence: u64) -> ObservedView {
     let Some(s) = state else {
         return ObservedView {
             phase: Phase::Failed,
@@ -81,6 +90,7 @@ pub fn view_of(state: Option<&InstanceState>) -> ObservedView {
             last_health_at: None,
             ready: false,
             error: Some("the container is missing".into()),
+            sequence: host_sequence,
         };
     };
     let status = InstanceStatus::try_from(s.state).unwrap_or(InstanceStatus::Unspecified);
@@ -124,6 +134,16 @@ pub fn view_of(state: Option<&InstanceState>) -> ObservedView {
         last_health_at: timestamp(&s.last_health_at),
         ready,
         error,
+        sequence: s.sequence,
+    }
+}
+
+/// Why an instance is not running: the failed apply's reason when it has one (its
+/// container may never have existed), else what was observed.
+fn error_of(r: &InstanceRecord) -> Option<String> {
+    match (&r.apply_error, r.observed.phase) {
+        (Some(e), phase) if phase != Phase::Running => Some(e.clone()),
+        _ => r.observed.error.clone(),
     }
 }
 
@@ -166,7 +186,7 @@ pub fn api_view(
             error: if unknown {
                 Some("the host is unreachable".into())
             } else {
-                o.error.clone()
+                error_of(r)
             },
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -194,7 +214,7 @@ pub fn api_view(
             error: if unknown {
                 Some("the host is unreachable".into())
             } else {
-                o.error.clone()
+                error_of(r)
             },
             created_at: r.created_at,
             updated_at: r.updated_at,

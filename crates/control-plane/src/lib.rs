@@ -12,6 +12,7 @@ pub mod operator;
 pub mod postgres_tls;
 pub mod reconciler;
 pub mod registry;
+pub mod retry;
 pub mod settings;
 pub mod state;
 pub mod tasks;

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use spec::{Task, TaskStatus, TaskType};
-use store::{Store, StoreError};
+use store::{StateStore, StoreError};
 
 pub fn new_task(database_id: &str, task_type: TaskType) -> Task {
     let now = Utc::now();
@@ -32,11 +32,16 @@ pub enum CancelError {
 }
 
 /// Asks a task to stop. A pending task is canceled at once; a running one is marked
-/// `canceling` and its runner stops it between two steps.
-pub async fn cancel(store: &Store, database_id: &str, task_id: &str) -> Result<Task, CancelError> {
+/// `canceling` and its runner stops it between two steps. Either way none of its remaining
+/// steps runs, and the database is `failed` until the next spec (ADR 013).
+pub async fn cancel(
+    store: &dyn StateStore,
+    database_id: &str,
+    task_id: &str,
+) -> Result<Task, CancelError> {
     let mut ended = None;
     let result = store
-        .update_task(database_id, task_id, |task| match task.status {
+        .update_task(database_id, task_id, &mut |task| match task.status {
             TaskStatus::Pending => {
                 task.status = TaskStatus::Canceled;
                 task.completed_at = Some(Utc::now());
@@ -80,14 +85,14 @@ pub async fn cancel(store: &Store, database_id: &str, task_id: &str) -> Result<T
 /// Moves a task to `status`, with completion time and error for terminal ones.
 /// Returns the task as stored; a task that already ended is left as it is.
 pub async fn transition(
-    store: &Store,
+    store: &dyn StateStore,
     database_id: &str,
     task_id: &str,
     status: TaskStatus,
     error: Option<String>,
 ) -> Result<Task, StoreError> {
     store
-        .update_task(database_id, task_id, |task| {
+        .update_task(database_id, task_id, &mut |task| {
             if task.status.is_terminal() || task.status == status {
                 return false;
             }

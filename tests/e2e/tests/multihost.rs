@@ -371,7 +371,9 @@ async fn self_healing_and_delete_on_engines_of_their_own() {
     fleet
         .wait_for("the service connected again", || async {
             let s = fleet.service_instances(&db).await;
-            s.values().all(|s| s["status"]["ready"] == true).then_some(())
+            s.values()
+                .all(|s| s["status"]["ready"] == true)
+                .then_some(())
         })
         .await;
     assert_eq!(

@@ -155,6 +155,7 @@ pub async fn capture(
             ro_password: verifier("ro")?,
             rw_password: verifier("rw")?,
             roles_created: false,
+            drop_error: None,
         };
         role_sql.push(create_roles_sql(&database_name, service, &creds));
     }

@@ -1,0 +1,140 @@
+//! A service's two Postgres roles on every node's primary.
+
+use std::collections::BTreeSet;
+
+use agent_proto::ExecRequest;
+use plan::InstanceKind;
+
+use super::pass::Pass;
+use super::{ReconcileError, Reconciler};
+use crate::credentials::{
+    DatabaseCredentials, create_roles_sql, drop_roles_sql, list_databases_sql, psql_argv,
+};
+
+impl Reconciler {
+    /// Creates (or drops) a service's two roles on every node's primary, with the SQL on
+    /// stdin so passwords never appear in a process list, an env or a log.
+    ///
+    /// Dropping first hands over or drops what the roles own or were granted in every
+    /// database of the instance (`REASSIGN OWNED`/`DROP OWNED` act on the current database
+    /// only), so a grant an operator made elsewhere cannot keep the role alive.
+    pub(crate) async fn roles(
+        &self,
+        pass: &Pass,
+        service_id: &str,
+        create: bool,
+    ) -> Result<(), ReconcileError> {
+        let db = &pass.db;
+        let mut creds: DatabaseCredentials = self.credentials(&db.record.id).await?;
+        let secrets: Vec<String> = creds
+            .services
+            .get(service_id)
+            .map(|c| vec![c.ro_password.clone(), c.rw_password.clone()])
+            .unwrap_or_default();
+        // Every desired primary (the planner only asks once each one runs); when dropping,
+        // also primaries that were applied, in case a node is on its way out.
+        let is_primary =
+            |k: &InstanceKind| matches!(k, InstanceKind::Postgres { primary: true, .. });
+        let mut primaries: BTreeSet<(String, String)> = pass
+            .desired
+            .values()
+            .filter(|d| is_primary(&d.plan.kind))
+            .map(|d| (d.plan.host_id.clone(), d.plan.instance_id.clone()))
+            .collect();
+        if !create {
+            primaries.extend(
+                pass.records
+                    .values()
+                    .filter(|r| is_primary(&r.kind))
+                    .map(|r| (r.host_id.clone(), r.instance_id.clone())),
+            );
+        }
+        if primaries.is_empty() {
+            return Err(ReconcileError::Step(
+                "the database has no Postgres primary".into(),
+            ));
+        }
+        for (host_id, instance_id) in primaries {
+            let sql = if create {
+                let svc = creds.services.get(service_id).ok_or_else(|| {
+                    ReconcileError::Step(format!("no credentials for service {service_id}"))
+                })?;
+                create_roles_sql(&db.spec.database_name, service_id, svc)
+            } else {
+                let listed = self
+                    .psql(
+                        &host_id,
+                        &instance_id,
+                        &db.spec.database_name,
+                        list_databases_sql(),
+                        &secrets,
+                    )
+                    .await?;
+                let databases: Vec<String> = listed
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect();
+                drop_roles_sql(service_id, &databases, &db.spec.database_name)
+            };
+            self.psql(
+                &host_id,
+                &instance_id,
+                &db.spec.database_name,
+                sql,
+                &secrets,
+            )
+            .await?;
+        }
+        // Re-read: another step of the pass may have changed the document meanwhile.
+        creds = self.credentials(&db.record.id).await?;
+        if create {
+            if let Some(c) = creds.services.get_mut(service_id) {
+                c.roles_created = true;
+                c.drop_error = None;
+            }
+        } else {
+            creds.services.remove(service_id);
+        }
+        self.put_credentials(&db.record.id, &creds).await?;
+        Ok(())
+    }
+
+    /// Runs `sql` with psql on a primary; returns its output. Secrets are masked in errors.
+    async fn psql(
+        &self,
+        host_id: &str,
+        instance_id: &str,
+        database_name: &str,
+        sql: String,
+        secrets: &[String],
+    ) -> Result<String, ReconcileError> {
+        let out = self
+            .agents
+            .exec(
+                host_id,
+                ExecRequest {
+                    instance_id: instance_id.to_string(),
+                    argv: psql_argv(database_name),
+                    stdin: sql.into_bytes(),
+                    user: "postgres".into(),
+                    timeout_ms: 30_000,
+                },
+            )
+            .await
+            .map_err(|s| ReconcileError::Step(s.message().to_string()))?;
+        if out.exit_code != 0 {
+            let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            for s in secrets {
+                stderr = stderr.replace(s.as_str(), "***");
+            }
+            return Err(ReconcileError::Step(format!(
+                "psql on {instance_id} exited {}: {}",
+                out.exit_code,
+                stderr.trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
