@@ -68,8 +68,9 @@ pub(crate) fn liveness(docker_ok: bool, docker_error: &str) -> HostLiveness {
 ///
 /// An id missing from the cache may be newly registered, which [`KnownHosts::refresh`] settles
 /// with one read. Host records are deleted only by an operator (`DELETE /v1/hosts/{id}`, which
-/// refuses while a spec names the host); the replica that serves it forgets the id, others keep
-/// it until their next refresh, so a spec naming it there is accepted and waits for the host.
+/// refuses while a spec names the host): the replica that serves it forgets the id at once, and
+/// every replica forgets it when its watch of the host records ([`KnownHosts::follow`]) sees
+/// the delete (ADR 010, ADR 011).
 #[derive(Clone, Default)]
 pub struct KnownHosts(Arc<RwLock<Arc<BTreeSet<String>>>>);
 
@@ -85,6 +86,39 @@ impl KnownHosts {
             let mut less = (**ids).clone();
             less.remove(host_id);
             *ids = Arc::new(less);
+        }
+    }
+
+    /// Forgets every host whose record is deleted, for as long as it runs: a watch of the
+    /// host records, re-established after errors. Only deletes matter: an id missing from
+    /// the cache is read on demand.
+    pub async fn follow(self, store: Store) {
+        use etcd_client::{EventType, WatchOptions};
+        let prefix = store.keys().hosts();
+        loop {
+            let mut client = store.client();
+            match client
+                .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+                .await
+            {
+                Ok(mut stream) => {
+                    while let Ok(Some(response)) = stream.message().await {
+                        for event in response.events() {
+                            if event.event_type() != EventType::Delete {
+                                continue;
+                            }
+                            if let Some(kv) = event.kv() {
+                                let key = String::from_utf8_lossy(kv.key());
+                                if let Some(id) = key.strip_prefix(&prefix) {
+                                    self.forget(id);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watch of host records failed; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
 

@@ -106,12 +106,14 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             stopped(stop_rx.clone()),
         );
+    let forgetting = tokio::spawn(state.known_hosts.clone().follow(state.store.clone()));
     let auth = api::auth::ApiAuth::new(state.store.clone(), authenticate);
     let http_server = axum::serve(http, api::router(state, auth))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let served = tokio::try_join!(async { grpc_server.await.context("gRPC server") }, async {
         http_server.await.context("HTTP server")
     },);
+    forgetting.abort();
     if let Some(l) = leading {
         l.abort();
     }

@@ -67,9 +67,10 @@ async fn an_unauthenticated_call_gets_401_and_a_read_only_token_cannot_write() {
     assert_eq!(status, 400, "{body}");
 
     // A wrong secret for a real id, a made-up token, another scheme: all 401 invalid_token.
-    let (id_part, _) = writer.rsplit_once('_').unwrap();
+    // (The secret is base64url, which may itself hold '_': split with the parser.)
+    let (writer_id, _) = control_plane::api::auth::parse(&writer).unwrap();
     for bad in [
-        format!("{id_part}_wrong"),
+        format!("berth_{writer_id}_wrong"),
         "berth_0123456789ab_x".into(),
         "nonsense".into(),
     ] {
@@ -90,7 +91,7 @@ async fn an_unauthenticated_call_gets_401_and_a_read_only_token_cannot_write() {
     for (key, value) in cp.store().await.dump().await.unwrap() {
         let text = String::from_utf8_lossy(&value);
         for t in [&reader, &writer] {
-            let secret = t.rsplit_once('_').unwrap().1;
+            let (_, secret) = control_plane::api::auth::parse(t).unwrap();
             assert!(!text.contains(secret), "{key} holds a token's secret");
         }
     }
