@@ -581,4 +581,89 @@ mod tests {
         );
         assert!(v.remove("a").is_none());
     }
+
+    fn offline() -> Fleet {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let f = Fleet::offline(None, tx);
+        f.ingest(
+            "h",
+            Some(instance_event::Event::Snapshot(
+                agent_proto::InstanceSnapshot::default(),
+            )),
+        );
+        f
+    }
+
+    fn numbered(id: &str, sequence: u64, state: agent_proto::InstanceStatus) -> InstanceState {
+        InstanceState {
+            sequence,
+            state: state as i32,
+            ..state_of(id)
+        }
+    }
+
+    fn state_of(id: &str) -> InstanceState {
+        state(id, "db1")
+    }
+
+    /// One writer and a sequence number: a late, older state never replaces a newer one.
+    #[test]
+    fn a_stale_state_never_wins() {
+        use agent_proto::InstanceStatus::{Failed, Running};
+        let f = offline();
+        let changed = |s| Some(instance_event::Event::Changed(s));
+        assert_eq!(f.ingest("h", changed(numbered("a", 5, Failed))).len(), 1);
+        assert!(f.ingest("h", changed(numbered("a", 4, Running))).is_empty());
+        assert_eq!(f.instance("h", "a").unwrap().state(), Failed);
+        assert_eq!(f.host_sequence("h"), Some(5));
+        f.ingest("h", changed(numbered("a", 6, Running)));
+        assert_eq!(f.instance("h", "a").unwrap().state(), Running);
+    }
+
+    /// A passing health check only moves a time: no pass for it, only a later write.
+    #[test]
+    fn a_health_check_alone_wakes_nobody_but_is_remembered() {
+        let f = offline();
+        let changed = |s| Some(instance_event::Event::Changed(s));
+        let first = numbered("a", 1, agent_proto::InstanceStatus::Running);
+        f.ingest("h", changed(first.clone()));
+        let checked = InstanceState {
+            sequence: 2,
+            last_health_at: Some(prost_types::Timestamp {
+                seconds: 100,
+                nanos: 0,
+            }),
+            ..first
+        };
+        assert!(f.ingest("h", changed(checked)).is_empty());
+        assert_eq!(f.take_health_changes(), BTreeSet::from(["db1".to_string()]));
+        assert!(f.take_health_changes().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_an_observation_ends_when_it_arrives_or_the_stream_breaks() {
+        let f = offline();
+        let waiter = {
+            let f = f.clone();
+            tokio::spawn(async move { f.wait_seen("h", 3, Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        f.ingest(
+            "h",
+            Some(instance_event::Event::Changed(numbered(
+                "a",
+                3,
+                agent_proto::InstanceStatus::Running,
+            ))),
+        );
+        assert!(waiter.await.unwrap());
+        let broken = {
+            let f = f.clone();
+            tokio::spawn(async move { f.wait_seen("h", 9, Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        f.unsync("h");
+        assert!(!broken.await.unwrap());
+        assert!(!f.wait_seen("nowhere", 1, Duration::from_secs(1)).await);
+    }
 }

@@ -51,7 +51,7 @@ pub(crate) enum Outcome {
 }
 
 /// What [`Reconciler::load`] found.
-enum Loaded {
+pub(crate) enum Loaded {
     Gone,
     /// The current task is canceled or being canceled: nothing may be planned for its spec.
     Canceled(Box<StoredDatabase>, Task),
@@ -258,7 +258,7 @@ impl Reconciler {
         Ok(None)
     }
 
-    async fn load(
+    pub(crate) async fn load(
         &self,
         database_id: &str,
         state: &mut WorkerState,
