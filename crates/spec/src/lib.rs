@@ -9,6 +9,7 @@
 //!   and the cross-field rules. It calls everything below.
 //! - [`ident`]: what an id, a node name and a Postgres identifier may look like.
 //! - [`quantity`]: `cpus` and `memory` strings.
+//! - [`limits`]: `cpus` and `memory` against the hosts a service is placed on.
 //! - [`manifest`]: version syntax and resolution of versions to images.
 //! - [`catalog`]: each service type's `config` keys, rules and defaults (one module per
 //!   type), and which keys hold secrets.
@@ -19,6 +20,7 @@ pub mod catalog;
 mod check;
 pub mod error;
 pub mod ident;
+pub mod limits;
 pub mod manifest;
 pub mod model;
 pub mod parse;

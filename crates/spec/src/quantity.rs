@@ -6,6 +6,13 @@
 /// Nanocpus in one millicpu, the finest CPU step a spec can ask for.
 pub const NANOS_PER_MILLICPU: i64 = 1_000_000;
 
+/// The smallest cpu limit accepted: 0.01 CPUs (10 millicpus).
+///
+/// Docker 20.10 checks `NanoCPUs` only against the host's cpu count, and runc then fails
+/// the start with `cpu.cfs_quota_us: invalid argument` below 0.01 (a quota under 1 ms of its
+/// 100 ms period); refusing it here turns that late task failure into an immediate 400.
+pub const MIN_MILLICPUS: i64 = 10;
+
 /// The smallest memory limit accepted: 6 MiB.
 ///
 /// Docker 20.10 refuses a container memory limit under 6 MiB (6_291_456 bytes) at create
@@ -19,7 +26,7 @@ const MEMORY_EXPECTED: &str =
 /// Parses a CPU quantity into Docker nanocpus.
 ///
 /// Accepts a decimal count with at most three decimals (`"0.5"`, `"2"`, `"1.250"`) or whole
-/// millicpus (`"500m"`). The smallest value is one millicpu.
+/// millicpus (`"500m"`). The smallest value is [`MIN_MILLICPUS`] (0.01).
 pub fn parse_cpus(s: &str) -> Result<i64, String> {
     let millis: i64 = if let Some(digits) = s.strip_suffix('m') {
         if !is_digits(digits) {
@@ -45,8 +52,11 @@ pub fn parse_cpus(s: &str) -> Result<i64, String> {
             .and_then(|m| m.checked_add(frac))
             .ok_or("is too large")?
     };
-    if millis == 0 {
-        return Err("must be at least 0.001 (\"1m\")".into());
+    if millis < MIN_MILLICPUS {
+        return Err(
+            "must be at least 0.01 (\"10m\"), the smallest cpu limit the container engine accepts"
+                .into(),
+        );
     }
     millis
         .checked_mul(NANOS_PER_MILLICPU)
@@ -133,8 +143,9 @@ mod tests {
             ("0.5", 500_000_000),
             ("2", 2_000_000_000),
             ("500m", 500_000_000),
-            ("1m", 1_000_000),
-            ("0.001", 1_000_000),
+            ("10m", 10_000_000),
+            ("0.01", 10_000_000),
+            ("0.011", 11_000_000),
             ("1.25", 1_250_000_000),
             ("1.250", 1_250_000_000),
             ("16", 16_000_000_000),
@@ -152,6 +163,11 @@ mod tests {
             "0",
             "0.0",
             "0m",
+            "1m",
+            "9m",
+            "0.001",
+            "0.005",
+            "0.009",
             "-1",
             "-0.5",
             "-500m",

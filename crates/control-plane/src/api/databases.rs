@@ -84,6 +84,28 @@ async fn parse_with_hosts<T>(
     }
 }
 
+/// Refuses cpu and memory limits that a host the service is placed on cannot give, as
+/// registered (`GET /v1/hosts`): read only when the spec sets a limit.
+async fn check_limits(app: &AppState, spec: &DatabaseSpec) -> Result<(), ApiError> {
+    if !spec::limits::has_limits(spec) {
+        return Ok(());
+    }
+    let hosts = app
+        .store
+        .list_hosts()
+        .await?
+        .into_iter()
+        .map(|h| {
+            let capacity = spec::limits::HostCapacity {
+                cpus: h.cpus,
+                memory_bytes: h.memory_bytes,
+            };
+            (h.id, capacity)
+        })
+        .collect();
+    spec::limits::check_against_hosts(spec, &hosts).map_err(ApiError::InvalidInput)
+}
+
 async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
     app.store
         .get_database(id)
@@ -110,6 +132,7 @@ pub(crate) async fn create(
         parse_create_request(&body, &ctx)
     })
     .await?;
+    check_limits(&app, &request.spec).await?;
     let id = request
         .id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -242,6 +265,7 @@ pub(crate) async fn update(
         parse_update_request(&body, &ctx)
     })
     .await?;
+    check_limits(&app, &spec).await?;
     let (record, task) = write_generation(
         &app,
         &current,
