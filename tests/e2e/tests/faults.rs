@@ -52,13 +52,22 @@ async fn a_killed_service_container_comes_back_without_a_request() {
         after["created_at"], before["created_at"],
         "healing keeps the instance's identity"
     );
-    let tasks_after = fleet.get(&format!("/v1/databases/{db}/tasks")).await["tasks"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert_eq!(
-        tasks_after, tasks_before,
-        "healing needs no request and makes no task"
+    // Healing needs no request; what it did is on a task of type reconcile.
+    let (heal, _) = fleet
+        .wait_for("the heal's reconcile task to end", || async {
+            let tasks = fleet.get(&format!("/v1/databases/{db}/tasks")).await;
+            let tasks = tasks["tasks"].as_array()?.clone();
+            (tasks.len() == tasks_before + 1 && tasks[0]["status"] == "completed")
+                .then(|| tasks[0].clone())
+        })
+        .await;
+    assert_eq!(heal["type"], "reconcile", "{heal}");
+    let log = fleet.task_log(&db, heal["task_id"].as_str().unwrap()).await;
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("restoring service instance mcp-server")),
+        "{}",
+        log.join("\n")
     );
     assert_eq!(
         fleet
@@ -138,6 +147,11 @@ async fn a_paused_agent_past_its_lease_converges_without_duplicates() {
         .apply("/v1/databases", &json!({"id": db, "spec": spec.clone()}))
         .await;
     let before = names(&fleet);
+    let before_ids: std::collections::BTreeMap<String, String> = fleet
+        .containers()
+        .into_iter()
+        .map(|(name, (id, _))| (name, id))
+        .collect();
 
     println!("injecting: SIGSTOP of the agent of {h2} beyond its lease");
     fleet.pause_agent(&h2);
@@ -160,17 +174,32 @@ async fn a_paused_agent_past_its_lease_converges_without_duplicates() {
         .wait_task(&db, resp["task"]["task_id"].as_str().unwrap())
         .await;
     println!(
-        "converged after the partition healed in {:?}: task {}",
-        started.elapsed(),
-        task["status"]
+        "the update's task ended {} after the partition healed in {:?}",
+        task["status"],
+        started.elapsed()
     );
+    // The update may have failed at once (its host was away when it started); then the
+    // control plane finishes it in a reconcile task when the host is back. Either way the
+    // proof is the container: a new one, running the new model. (Before, this waited for
+    // "running" only, which the old container's record still said while its replacement
+    // was being made, and then found no container.)
+    let id = format!("{db}-mcp-server-{h2}");
+    let name = Fleet::container_name(&h2, &id);
+    let old_container = before_ids[&name].clone();
     fleet
         .wait_for("the service to run with the new model", || async {
-            let s = fleet
-                .service_instances(&db)
-                .await
-                .remove(&format!("{db}-mcp-server-{h2}"))?;
-            (s["state"] == "running").then_some(())
+            let s = fleet.service_instances(&db).await.remove(&id)?;
+            let container = s["status"]["container_id"].as_str()?.to_string();
+            let config =
+                std::fs::read_to_string(fleet.instance_dir(&h2, &id).join("config/config.yaml"))
+                    .ok()?;
+            let now = fleet.containers().get(&name)?.clone();
+            (s["state"] == "running"
+                && container != old_container
+                && now.0 == container
+                && now.1 == "running"
+                && config.contains("m2"))
+            .then_some(())
         })
         .await;
     assert_eq!(names(&fleet), before, "no duplicated instance");

@@ -23,6 +23,14 @@ fn paths(body: &Value) -> Vec<String> {
         .collect()
 }
 
+/// What a rejected request could change about a stored database: its spec, its state and
+/// when it was made. Not its instances' `last_health_at` or `updated_at`: those move on
+/// their own, with the engine's health checks.
+fn what_a_request_changes(d: &Value) -> Value {
+    json!({"id": d["id"], "spec": d["spec"], "state": d["state"], "created_at": d["created_at"],
+           "updated_at": d["updated_at"]})
+}
+
 /// Creates the database the bad requests are aimed at and waits until it is at rest.
 async fn stored_database(fleet: &Fleet, db: &str) -> Value {
     let spec = base_spec(&fleet.host(1));
@@ -36,7 +44,11 @@ async fn stored_database(fleet: &Fleet, db: &str) -> Value {
         })
         .await;
     println!("database available after {took:?}");
-    before
+    what_a_request_changes(&before)
+}
+
+async fn current(fleet: &Fleet, db: &str) -> Value {
+    what_a_request_changes(&fleet.database(db).await)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,6 +109,18 @@ async fn every_invalid_service_field_is_a_400_naming_it() {
         ("negative port", "port", json!(-1), at("port")),
         ("port not a number", "port", json!("8080"), at("port")),
         ("cpus not a quantity", "cpus", json!("lots"), at("cpus")),
+        (
+            "cpus below the engine's minimum of 0.01",
+            "cpus",
+            json!("0.005"),
+            at("cpus"),
+        ),
+        (
+            "memory below the engine's minimum of 6 MiB",
+            "memory",
+            json!("5Mi"),
+            at("memory"),
+        ),
         ("cpus a number", "cpus", json!(1), at("cpus")),
         (
             "memory not a quantity",
@@ -160,7 +184,7 @@ async fn every_invalid_service_field_is_a_400_naming_it() {
             "create, {what} stored a database"
         );
 
-        assert_eq!(fleet.database(&db).await, before, "after {what}");
+        assert_eq!(current(&fleet, &db).await, before, "after {what}");
     }
 
     // Several wrong fields at once: every one is named.
@@ -180,7 +204,7 @@ async fn every_invalid_service_field_is_a_400_naming_it() {
     named.sort();
     assert_eq!(named, [at("cpus"), at("memory"), at("port")], "{body}");
 
-    assert_eq!(fleet.database(&db).await, before);
+    assert_eq!(current(&fleet, &db).await, before);
     assert_eq!(
         fleet.get(&format!("/v1/databases/{db}/tasks")).await,
         tasks_before,
@@ -219,7 +243,7 @@ async fn malformed_unknown_and_duplicate_requests() {
         let answer: Value = resp.json().await.expect("a JSON error body");
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body:?}: {answer}");
         assert_eq!(answer["name"], "invalid_input", "{path} {body:?}: {answer}");
-        unchanged(&format!("POST {path} {body:?}"), fleet.database(&db).await);
+        unchanged(&format!("POST {path} {body:?}"), current(&fleet, &db).await);
     }
 
     // Unknown ids: 404 with the one error shape.
@@ -250,7 +274,7 @@ async fn malformed_unknown_and_duplicate_requests() {
         assert_eq!(answer["name"], "not_found", "{method} {path}: {answer}");
         assert!(answer["message"].is_string(), "{method} {path}: {answer}");
     }
-    unchanged("the 404s", fleet.database(&db).await);
+    unchanged("the 404s", current(&fleet, &db).await);
 
     // A second create of the same id is a conflict and leaves the first alone.
     let mut other = base_spec(&fleet.host(1));
@@ -265,7 +289,7 @@ async fn malformed_unknown_and_duplicate_requests() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(answer["name"], "database_already_exists", "{answer}");
-    unchanged("the duplicate create", fleet.database(&db).await);
+    unchanged("the duplicate create", current(&fleet, &db).await);
 
     // The finished create task cannot be canceled any more.
     let (status, answer) = fleet
@@ -277,10 +301,50 @@ async fn malformed_unknown_and_duplicate_requests() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(answer["name"], "task_not_cancelable", "{answer}");
-    unchanged("the late cancel", fleet.database(&db).await);
+    unchanged("the late cancel", current(&fleet, &db).await);
     assert_eq!(
         fleet.get(&format!("/v1/databases/{db}/tasks")).await,
         tasks,
         "a rejected request changed the task history"
     );
+}
+
+/// Failure 2: limits the chosen host cannot give passed validation and failed the task
+/// with the engine's message. Bounds come from the host as `GET /v1/hosts` shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_beyond_the_host_are_a_400_naming_the_field() {
+    let fleet = Fleet::start(1).await;
+    let h1 = fleet.host(1);
+    let host = fleet.get(&format!("/v1/hosts/{h1}")).await;
+    let cpus = host["cpus"].as_u64().expect("cpus");
+    let memory = host["memory_bytes"].as_u64().expect("memory_bytes");
+    let db = fleet.db_id("bounds");
+    for (field, value) in [
+        ("cpus", json!((cpus + 1).to_string())),
+        ("memory", json!((memory + 1).to_string())),
+    ] {
+        let mut spec = base_spec(&h1);
+        spec["services"][0][field] = value.clone();
+        let (status, body) = fleet
+            .call(
+                "POST",
+                "/v1/databases",
+                Some(&json!({"id": db, "spec": spec})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field} {value}: {body}");
+        let path = format!("spec.services[0].{field}");
+        assert_eq!(paths(&body), [path.as_str()], "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(&h1),
+            "names the host: {body}"
+        );
+    }
+    // At the bounds, accepted.
+    let mut spec = base_spec(&h1);
+    spec["services"][0]["cpus"] = json!(cpus.to_string());
+    spec["services"][0]["memory"] = json!("256Mi");
+    fleet
+        .apply("/v1/databases", &json!({"id": db, "spec": spec}))
+        .await;
 }
