@@ -35,6 +35,14 @@ pub enum OpError {
     NotRunning(String),
     #[error("instance {instance_id} failed to start: {reason}")]
     StartFailed { instance_id: String, reason: String },
+    #[error(
+        "image {image} is not on this host's engine and its pull policy is never: build or load it \
+         on the host (deploy/images), or publish it to a registry and set image_pull_policy \
+         if_not_present in the manifest"
+    )]
+    ImageMissing { image: String },
+    #[error("image {image} is not on this host's engine and pulling it failed: {reason}")]
+    ImagePull { image: String, reason: String },
     #[error("instance {instance_id} not ready after {waited:?}: {reason}")]
     ReadyTimeout {
         instance_id: String,
@@ -55,6 +63,9 @@ impl From<OpError> for Status {
             OpError::NotFound(_) => Status::not_found(message),
             OpError::NotRunning(_) => Status::failed_precondition(message),
             OpError::StartFailed { .. } => Status::aborted(message),
+            OpError::ImageMissing { .. } | OpError::ImagePull { .. } => {
+                Status::failed_precondition(message)
+            }
             OpError::ReadyTimeout { .. } => Status::deadline_exceeded(message),
         }
     }
@@ -294,6 +305,8 @@ impl<R: ContainerRuntime> Ops<R> {
             }
         }
 
+        // Before anything is replaced: a missing image must not cost the running container.
+        self.ensure_image(&spec, progress).await?;
         progress
             .log(
                 "writing config files",
@@ -406,6 +419,30 @@ impl<R: ContainerRuntime> Ops<R> {
             .log("instance ready", &[("container_id", id.clone())])
             .await;
         Ok(self.result(&info, action, false))
+    }
+
+    /// Makes sure the engine has the spec's image, pulling it if the pull policy allows.
+    async fn ensure_image(&self, spec: &InstanceSpec, progress: &Progress) -> Result<(), OpError> {
+        if self.runtime.image_present(&spec.image).await? {
+            return Ok(());
+        }
+        let image = spec.image.clone();
+        if spec.pull_policy() != agent_proto::v1::ImagePullPolicy::IfNotPresent {
+            return Err(OpError::ImageMissing { image });
+        }
+        progress
+            .log("pulling image", &[("image", image.clone())])
+            .await;
+        match self.runtime.pull_image(&image).await {
+            Ok(()) => {
+                progress.log("image pulled", &[("image", image)]).await;
+                Ok(())
+            }
+            Err(e) => Err(OpError::ImagePull {
+                image,
+                reason: e.to_string(),
+            }),
+        }
     }
 
     async fn store_spec(

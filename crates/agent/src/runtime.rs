@@ -243,6 +243,21 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = RuntimeResult<ExecOutput>> + Send;
     /// Container events for containers carrying the label, from `since` (unix seconds) on.
     fn events(&self, label: (&str, &str), since: i64) -> EventStream;
+    /// Whether the engine has `image` (a reference such as `registry:5000/berth/postgres:15`).
+    /// The default, for engines that do not say, is yes: creating the container then tells.
+    fn image_present(&self, image: &str) -> impl Future<Output = RuntimeResult<bool>> + Send {
+        let _ = image;
+        async { Ok(true) }
+    }
+    /// Pulls `image` from the registry its reference names, returning once it is on the engine.
+    fn pull_image(&self, image: &str) -> impl Future<Output = RuntimeResult<()>> + Send {
+        let image = image.to_string();
+        async move {
+            Err(RuntimeError::Other(format!(
+                "this engine cannot pull {image}"
+            )))
+        }
+    }
 }
 
 /// The engine API version this agent is written against. bollard 0.21 defaults to a newer one than the
@@ -831,6 +846,33 @@ impl ContainerRuntime for DockerRuntime {
         tokio::time::timeout(timeout, run)
             .await
             .map_err(|_| RuntimeError::Timeout(timeout))?
+    }
+
+    async fn image_present(&self, image: &str) -> RuntimeResult<bool> {
+        match self.client().inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) => match RuntimeError::from(e) {
+                RuntimeError::NotFound(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn pull_image(&self, image: &str) -> RuntimeResult<()> {
+        // The engine splits a reference into repository and tag itself when given it whole
+        // as fromImage; a digest reference works the same way.
+        let options = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let mut progress = self.client().create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            let step = step?;
+            if let Some(detail) = step.error_detail.and_then(|d| d.message) {
+                return Err(RuntimeError::Other(detail));
+            }
+        }
+        Ok(())
     }
 
     fn events(&self, label: (&str, &str), since: i64) -> EventStream {

@@ -224,6 +224,7 @@ fn finish(
         health_check: c.health_check.map(health),
         user: String::new(),
         stop_timeout_seconds: c.stop_timeout_seconds,
+        pull_policy: pb::ImagePullPolicy::Never as i32,
     };
     Desired {
         plan: DesiredInstance {
@@ -237,6 +238,15 @@ fn finish(
         },
         spec,
         waiting_for: None,
+    }
+}
+
+/// The agent's pull policy for a manifest entry's. Not part of the spec hash: how an image gets
+/// onto the engine does not change the container.
+fn pull_policy(p: spec::manifest::PullPolicy) -> pb::ImagePullPolicy {
+    match p {
+        spec::manifest::PullPolicy::Never => pb::ImagePullPolicy::Never,
+        spec::manifest::PullPolicy::IfNotPresent => pb::ImagePullPolicy::IfNotPresent,
     }
 }
 
@@ -359,7 +369,8 @@ pub fn desired_instances(
                 node: node.name.clone(),
                 primary,
             };
-            let d = finish(database_id, id, host_id, kind, "", c, resources(None, 0)?);
+            let mut d = finish(database_id, id, host_id, kind, "", c, resources(None, 0)?);
+            d.spec.pull_policy = pull_policy(postgres.pull_policy) as i32;
             out.push(match unpublished {
                 Some(why) => waiting(d, why),
                 None => d,
@@ -442,7 +453,8 @@ pub fn desired_instances(
                 service_id: service.service_id.clone(),
             };
             let id = plan::service_instance_id(database_id, &service.service_id, host_id);
-            let d = finish(database_id, id, host_id, kind, &service.service_id, c, res);
+            let mut d = finish(database_id, id, host_id, kind, &service.service_id, c, res);
+            d.spec.pull_policy = pull_policy(image.pull_policy) as i32;
             out.push(match unpublished {
                 Some(why) => waiting(d, why),
                 None => d,

@@ -3,9 +3,16 @@
 //!
 //! JSON shape:
 //! ```json
-//! {"postgres": [{"version": "17", "image": "postgres:17.6-bookworm", "default": true}],
-//!  "services": {"mcp": [{"version": "1.0.0", "image": "ghcr.io/pgedge/postgres-mcp:1.0.0", "default": true}]}}
+//! {"image_pull_policy": "never",
+//!  "postgres": [{"version": "15", "image": "berth/postgres:15", "default": true}],
+//!  "services": {"mcp": [{"version": "1.0.0", "image": "ghcr.io/pgedge/postgres-mcp:1.0.0",
+//!                        "default": true, "image_pull_policy": "if_not_present"}]}}
 //! ```
+//! `image_pull_policy` (Kubernetes' terms) says what an agent does when the image is not on its
+//! engine: `never` (the default) fails the step naming the image, `if_not_present` pulls it from
+//! the registry its reference names. Set at the top it is every entry's default; an entry may
+//! set its own. Postgres images must be berth's (`deploy/images/postgres`): they read the
+//! `berth.conf` the agents write (passwords, replication, TLS), which a stock image ignores.
 //! Versions are 1 to 3 dot-separated numbers. A request resolves as follows: `latest` is the
 //! entry marked default; a version equal to an entry's is that entry; a shorter version is
 //! the highest entry it prefixes (`1.0` is the highest `1.0.x`, `1` the highest `1.x.y`).
@@ -33,6 +40,20 @@ pub struct ResolvedImage {
     pub health_check: Option<Vec<String>>,
     /// Plain settings the image reads from its environment (never secrets: those go in files).
     pub env: BTreeMap<String, String>,
+    /// What an agent does when the image is not on its engine.
+    pub pull_policy: PullPolicy,
+}
+
+/// What an agent does when an instance's image is not on its engine (Kubernetes'
+/// `imagePullPolicy`, without `Always`: a tag that moves would make one spec run different code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Fail the step, naming the image: it must be built or loaded on the host.
+    #[default]
+    Never,
+    /// Pull it from the registry its reference names, then run it.
+    IfNotPresent,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +77,8 @@ pub enum ManifestError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
+    #[serde(default)]
+    image_pull_policy: PullPolicy,
     postgres: Vec<RawEntry>,
     #[serde(default)]
     services: BTreeMap<String, Vec<RawEntry>>,
@@ -72,6 +95,8 @@ struct RawEntry {
     health_check: Option<Vec<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    image_pull_policy: Option<PullPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +106,7 @@ struct Entry {
     image: String,
     health_check: Option<Vec<String>>,
     env: BTreeMap<String, String>,
+    pull_policy: PullPolicy,
 }
 
 /// One kind's entries, sorted by ascending version, plus the default's index.
@@ -91,7 +117,11 @@ struct Versions {
 }
 
 impl Versions {
-    fn load(kind: &str, raw: Vec<RawEntry>) -> Result<Self, ManifestError> {
+    fn load(
+        kind: &str,
+        raw: Vec<RawEntry>,
+        pull_policy: PullPolicy,
+    ) -> Result<Self, ManifestError> {
         if raw.is_empty() {
             return Err(ManifestError::Empty {
                 kind: kind.to_string(),
@@ -132,6 +162,7 @@ impl Versions {
                 image: e.image,
                 health_check: e.health_check,
                 env: e.env,
+                pull_policy: e.image_pull_policy.unwrap_or(pull_policy),
             });
         }
         entries.sort_by(|a, b| a.parts.cmp(&b.parts));
@@ -159,6 +190,7 @@ impl Versions {
             image: entry.image.clone(),
             health_check: entry.health_check.clone(),
             env: entry.env.clone(),
+            pull_policy: entry.pull_policy,
         })
     }
 
@@ -180,11 +212,14 @@ impl Manifest {
     /// service type may be left out, in which case no version of it resolves.
     pub fn from_json(text: &str) -> Result<Manifest, ManifestError> {
         let raw: RawManifest = serde_json::from_str(text)?;
-        let postgres = Versions::load("postgres", raw.postgres)?;
+        let postgres = Versions::load("postgres", raw.postgres, raw.image_pull_policy)?;
         let mut services = BTreeMap::new();
         for (name, entries) in raw.services {
             let t = ServiceType::parse(&name).ok_or(ManifestError::UnknownServiceType(name))?;
-            services.insert(t, Versions::load(t.as_str(), entries)?);
+            services.insert(
+                t,
+                Versions::load(t.as_str(), entries, raw.image_pull_policy)?,
+            );
         }
         Ok(Manifest { postgres, services })
     }
@@ -290,7 +325,40 @@ mod tests {
             image: image.into(),
             health_check: None,
             env: BTreeMap::new(),
+            pull_policy: PullPolicy::Never,
         })
+    }
+
+    fn pulled(r: Option<ResolvedImage>) -> Option<ResolvedImage> {
+        r.map(|r| ResolvedImage {
+            pull_policy: PullPolicy::IfNotPresent,
+            ..r
+        })
+    }
+
+    #[test]
+    fn pull_policy_defaults_to_never_and_entries_override_the_manifest() {
+        let m = Manifest::from_json(TEST).unwrap();
+        assert_eq!(
+            m.resolve_postgres(None).unwrap().pull_policy,
+            PullPolicy::Never
+        );
+        let text = r#"{"image_pull_policy": "if_not_present",
+            "postgres": [{"version": "15", "image": "p", "default": true, "image_pull_policy": "never"}],
+            "services": {"mcp": [{"version": "1.0.0", "image": "m", "default": true}]}}"#;
+        let m = Manifest::from_json(text).unwrap();
+        assert_eq!(
+            m.resolve_postgres(None).unwrap().pull_policy,
+            PullPolicy::Never
+        );
+        assert_eq!(
+            m.resolve_service(ServiceType::Mcp, "latest")
+                .unwrap()
+                .pull_policy,
+            PullPolicy::IfNotPresent
+        );
+        let bad = r#"{"image_pull_policy": "always", "postgres": [{"version": "15", "image": "p", "default": true}]}"#;
+        assert!(Manifest::from_json(bad).is_err());
     }
 
     #[test]
@@ -338,14 +406,18 @@ mod tests {
         let prod = Manifest::builtin();
         assert_eq!(
             prod.resolve_service(ServiceType::Mcp, "latest"),
-            resolved("1.0.0", "ghcr.io/pgedge/postgres-mcp:1.0.0")
+            pulled(resolved("1.0.0", "ghcr.io/pgedge/postgres-mcp:1.0.0"))
         );
         assert_eq!(
             prod.resolve_service(ServiceType::Postgrest, "12"),
-            resolved("12.2.3", "postgrest/postgrest:v12.2.3")
+            pulled(resolved("12.2.3", "postgrest/postgrest:v12.2.3"))
         );
         assert!(prod.resolve_service(ServiceType::Rag, "1.0").is_some());
-        assert_eq!(prod.postgres_versions(), ["16", "17"]);
+        // Postgres is berth's own image (it reads berth.conf), built by deploy/images.
+        assert_eq!(prod.postgres_versions(), ["15"]);
+        let postgres = prod.resolve_postgres(None).unwrap();
+        assert_eq!(postgres.image, "berth/postgres:15");
+        assert_eq!(postgres.pull_policy, PullPolicy::Never);
 
         let local = Manifest::from_json(LOCAL_MANIFEST).unwrap();
         let postgres = local.resolve_postgres(None).unwrap();

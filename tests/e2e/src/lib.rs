@@ -238,7 +238,8 @@ pub struct Fleet {
     pub etcd: EtcdServer,
     prefix: String,
     dir: tempfile::TempDir,
-    manifest: PathBuf,
+    /// None: the control plane's built-in manifest.
+    manifest: Option<PathBuf>,
     control_planes: Vec<(Proc, String)>,
     agents: BTreeMap<String, Proc>,
     http: reqwest::Client,
@@ -264,7 +265,23 @@ impl Fleet {
         Fleet::start_on(agents, 1, Some(net)).await
     }
 
+    /// etcd, one control plane reading `manifest` (None: its built-in one, as a deployment
+    /// without `--manifest` runs) and `agents` agents, all healthy.
+    pub async fn start_with_manifest(agents: usize, manifest: Option<&Path>) -> Fleet {
+        Fleet::start_full(agents, 1, None, manifest.map(Path::to_path_buf)).await
+    }
+
     async fn start_on(agents: usize, replicas: usize, net: Option<NetFleet>) -> Fleet {
+        let local = workspace_root().join("specs/service-versions.local.json");
+        Fleet::start_full(agents, replicas, net, Some(local)).await
+    }
+
+    async fn start_full(
+        agents: usize,
+        replicas: usize,
+        net: Option<NetFleet>,
+        manifest: Option<PathBuf>,
+    ) -> Fleet {
         docker(&["version", "--format", "{{.Server.Version}}"]);
         let prefix = format!("t{:05x}", rand::random::<u32>() & 0xfffff);
         let dir = tempfile::Builder::new()
@@ -275,7 +292,7 @@ impl Fleet {
             etcd: EtcdServer::start(),
             prefix,
             dir,
-            manifest: workspace_root().join("specs/service-versions.local.json"),
+            manifest,
             control_planes: Vec::new(),
             agents: BTreeMap::new(),
             http: reqwest::Client::builder()
@@ -330,7 +347,7 @@ impl Fleet {
             .net
             .as_ref()
             .map_or("127.0.0.1".to_string(), |n| n.gateway.clone());
-        let args = vec![
+        let mut args = vec![
             format!("--listen=127.0.0.1:{http}"),
             format!("--grpc-listen={grpc_ip}:{grpc}"),
             format!("--etcd-endpoints={}", self.etcd.endpoint()),
@@ -343,11 +360,13 @@ impl Fleet {
                 "--key-file={}",
                 self.dir.path().join("secret.key").display()
             ),
-            format!("--manifest={}", self.manifest.display()),
             format!("--replica-id=cp{index}"),
             "--leader-lease-ttl=3".into(),
             "--host-lease-ttl=3".into(),
         ];
+        if let Some(m) = &self.manifest {
+            args.push(format!("--manifest={}", m.display()));
+        }
         let mut proc = Proc {
             program: binary("berth-control-plane"),
             args,

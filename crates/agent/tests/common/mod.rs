@@ -339,6 +339,7 @@ pub fn web_spec(instance_id: &str, index_html: &str) -> InstanceSpec {
         }),
         user: String::new(),
         stop_timeout_seconds: 1,
+        pull_policy: agent_proto::v1::ImagePullPolicy::Never as i32,
     }
 }
 

@@ -19,7 +19,7 @@ fn base() -> Value {
         "id": "example",
         "spec": {
             "database_name": "example",
-            "postgres_version": "17",
+            "postgres_version": "15",
             "port": 5432,
             "nodes": [
                 {"name": "n1", "host_ids": ["host-1"]},
@@ -182,7 +182,7 @@ fn base_parses_and_keeps_what_was_written() {
     );
     assert_eq!(req.spec.services[1].version, "12.2");
     assert_eq!(req.spec.port, Some(5432));
-    assert_eq!(req.spec.postgres_version.as_deref(), Some("17"));
+    assert_eq!(req.spec.postgres_version.as_deref(), Some("15"));
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn accepted_variants() {
         vec![("/spec/services", Some(Value::Null))],
         vec![("/spec/services", Some(json!([])))],
         vec![("/spec/postgres_version", s("latest"))],
-        vec![("/spec/postgres_version", s("16"))],
+        vec![("/spec/postgres_version", s("15"))],
         vec![("/spec/postgres_version", None)],
         vec![("/spec/port", Some(json!(0)))],
         vec![("/spec/port", Some(json!(65535)))],
@@ -307,8 +307,8 @@ fn spec_rules() {
             vec![("spec.database_name", "expected a string")],
         ),
         (
-            vec![("/spec/postgres_version", s("15"))],
-            vec![("spec.postgres_version", "available: latest, 16, 17")],
+            vec![("/spec/postgres_version", s("14"))],
+            vec![("spec.postgres_version", "available: latest, 15")],
         ),
         (
             vec![("/spec/postgres_version", s("v17"))],
