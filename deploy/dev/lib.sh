@@ -4,25 +4,44 @@
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=../fleet/proc.sh
 source "$repo/deploy/fleet/proc.sh"
-dev=$repo/.dev
+# A second fleet beside a developer's (the test of up and down does this) sets its own state
+# dir, ports, host ids and engine-per-host fleet name; the defaults are the dev fleet's.
+#   BERTH_DEV_DIR          state dir (default <repo>/.dev)
+#   BERTH_DEV_PORT_BASE    etcd BASE and BASE+1, API BASE+2, registry BASE+3, agents BASE+10+N
+#   BERTH_DEV_HOST_PREFIX  host ids PREFIX-1..3 (default host)
+#   BERTH_DEV_FLEET        deploy/fleet/hosts fleet name (default dev)
+#   BERTH_DEV_BIN_DIR      where berth-control-plane and berth-agent are (default target/debug)
+#   BERTH_DEV_SKIP_BUILD=1 use what is installed and built; install and build nothing
+dev=${BERTH_DEV_DIR:-$repo/.dev}
 logs=$dev/logs
 run=$dev/run
-bin_dir=${CARGO_TARGET_DIR:-$repo/target}/debug
+bin_dir=${BERTH_DEV_BIN_DIR:-${CARGO_TARGET_DIR:-$repo/target}/debug}
+skip_build=${BERTH_DEV_SKIP_BUILD:-}
 
-etcd_client=127.0.0.1:2479
-etcd_peer=127.0.0.1:2480
-api=127.0.0.1:3000
-grpc=127.0.0.1:3001
-hosts=(host-1 host-2 host-3)
-# host-N listens on 127.0.0.1:$((agent_port_base + N)).
-agent_port_base=7100
+if [[ -n ${BERTH_DEV_PORT_BASE:-} ]]; then
+	port_base=$BERTH_DEV_PORT_BASE
+	etcd_client=127.0.0.1:$port_base
+	etcd_peer=127.0.0.1:$((port_base + 1))
+	api=127.0.0.1:$((port_base + 2))
+	grpc=127.0.0.1:$((port_base + 3))
+	agent_port_base=$((port_base + 10))
+else
+	etcd_client=127.0.0.1:2479
+	etcd_peer=127.0.0.1:2480
+	api=127.0.0.1:3000
+	grpc=127.0.0.1:3001
+	# host-N listens on 127.0.0.1:$((agent_port_base + N)).
+	agent_port_base=7100
+fi
+host_prefix=${BERTH_DEV_HOST_PREFIX:-host}
+hosts=("$host_prefix-1" "$host_prefix-2" "$host_prefix-3")
 
 # --engine-per-host: the hosts are deploy/fleet/hosts' fleet "dev" on subnet index 0
 # (10.213.0.0/24), each with its own engine; the agents run in the hosts' namespaces and reach
 # the control plane's registry at the fleet's gateway address. The mode of the fleet in .dev
 # is kept in $mode_file.
 fleet_hosts=$repo/deploy/fleet/hosts
-fleet=dev
+fleet=${BERTH_DEV_FLEET:-dev}
 fleet_index=0
 mode_file=$dev/mode
 # An agent listens on this port of its host's address in that mode.

@@ -60,6 +60,12 @@ fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// The path of a binary of this workspace (`berth-control-plane`, `berth-agent`), built first
+/// if needed.
+pub fn built_binary(name: &str) -> PathBuf {
+    binary(name)
+}
+
 fn docker(args: &[&str]) -> String {
     docker_at(None, args)
 }
