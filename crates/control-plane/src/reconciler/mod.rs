@@ -77,6 +77,10 @@ pub(crate) struct WorkerState {
     failures: usize,
     /// The task the attempts are counted for.
     task_id: Option<String>,
+    /// After a task gave up: the spec generation it gave up on, and until when passes with
+    /// no request's task only observe. Without it, every event (a health check, a container
+    /// of the database changing) would open another reconcile task that fails the same way.
+    quiet: Option<(u64, tokio::time::Instant)>,
 }
 
 pub struct Reconciler {

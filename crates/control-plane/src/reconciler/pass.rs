@@ -79,6 +79,15 @@ impl Reconciler {
             };
             let (reachable, alive) = self.reachable_hosts().await?;
             self.refresh_views(&mut pass, &reachable).await?;
+            if pass.task.is_none()
+                && state.quiet.is_some_and(|(generation, until)| {
+                    generation == pass.db.record.generation && tokio::time::Instant::now() < until
+                })
+            {
+                // The last task gave up on this very spec a moment ago: observe only, until
+                // the spec changes or the quiet time is over (the safety-net sweep then tries).
+                return Ok(Outcome::Done);
+            }
             let input = self.plan_input(&pass, &reachable);
             let plan = plan::plan(&input);
             if plan.is_empty() {
@@ -181,7 +190,13 @@ impl Reconciler {
             }
             None => {
                 let attempts = state.failures;
-                *state = WorkerState::default();
+                *state = WorkerState {
+                    quiet: Some((
+                        pass.db.record.generation,
+                        tokio::time::Instant::now() + super::SAFETY_NET_PERIOD,
+                    )),
+                    ..WorkerState::default()
+                };
                 self.fail(pass, &format!("{error} (after {attempts} attempts)"))
                     .await?;
                 Ok(Outcome::GaveUp(crate::retry::MAX_DELAY))

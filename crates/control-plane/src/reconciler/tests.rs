@@ -626,6 +626,40 @@ async fn an_instance_that_never_started_is_recorded_failed_with_the_field_to_cha
     assert_eq!(h.state().await, DatabaseState::Failed);
 }
 
+/// After a task gave up, the events that keep coming (health checks, the failing
+/// container itself) do not each open a reconcile task that fails the same way; the next
+/// spec, or the safety net's sweep after the quiet time, tries again.
+#[tokio::test(start_paused = true)]
+async fn a_task_that_gave_up_is_not_retried_by_every_event() {
+    let h = harness();
+    *h.agents.on_apply.lock().unwrap() = Some(Box::new(|_: &Harness, instance: &str| {
+        instance
+            .contains("mcp")
+            .then(|| "port is already allocated".to_string())
+    }));
+    h.create(spec_with(json!([service("mcp")]))).await;
+    let mut state = WorkerState::default();
+    loop {
+        match h.pass(&mut state).await {
+            Outcome::RetryIn(_) => continue,
+            Outcome::GaveUp(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let applies = h.agents.calls().len();
+    for _ in 0..5 {
+        assert_eq!(h.pass(&mut state).await, Outcome::Done);
+    }
+    assert_eq!(h.agents.calls().len(), applies, "{:?}", h.agents.calls());
+    assert_eq!(h.tasks().await.len(), 1);
+    // After the quiet time, a pass tries again, as a reconcile task.
+    tokio::time::advance(super::SAFETY_NET_PERIOD).await;
+    assert!(matches!(h.pass(&mut state).await, Outcome::RetryIn(_)));
+    let tasks = h.tasks().await;
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[1].task_type, TaskType::Reconcile);
+}
+
 /// A failed attempt is retried within its task; one that then succeeds completes it.
 #[tokio::test(start_paused = true)]
 async fn a_failed_attempt_is_retried_within_its_task() {
