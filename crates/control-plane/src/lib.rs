@@ -2,6 +2,7 @@
 //! bookkeeping, and (on the elected leader) the reconciler that makes the fleet match the specs.
 
 pub mod api;
+pub mod api_tls;
 pub mod credentials;
 pub mod desired;
 pub mod fleet;
@@ -61,6 +62,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let authenticate = settings.api_auth_enabled()?;
+    settings.api_tls_enabled()?;
     let state = build_state(&settings).await?;
     let tls = Arc::new(
         tls::FleetTls::load(
@@ -77,7 +79,14 @@ pub async fn run(
     let grpc = TcpListener::bind(settings.grpc_listen)
         .await
         .with_context(|| format!("listen on {}", settings.grpc_listen))?;
-    tracing::info!(http = %settings.listen, grpc = %settings.grpc_listen, "control plane serving");
+    let api_tls = api_tls::server_config(&settings, tls.authority()).context("API TLS")?;
+    tracing::info!(
+        http = %settings.listen,
+        grpc = %settings.grpc_listen,
+        api_tls = api_tls.is_some(),
+        api_client_certs = settings.api_client_certs,
+        "control plane serving"
+    );
     if authenticate {
         tracing::info!("API authentication: bearer tokens (berth-control-plane token create)");
     } else {
@@ -108,8 +117,21 @@ pub async fn run(
         );
     let forgetting = tokio::spawn(state.known_hosts.clone().follow(state.store.clone()));
     let auth = api::auth::ApiAuth::new(state.store.clone(), authenticate);
-    let http_server = axum::serve(http, api::router(state, auth))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let router = api::router(state, auth);
+    let http_server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+    > = match api_tls {
+        Some(config) => Box::pin(
+            axum::serve(api_tls::TlsListener::new(http, config)?, router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ),
+        None => Box::pin(
+            axum::serve(http, router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ),
+    };
     let served = tokio::try_join!(async { grpc_server.await.context("gRPC server") }, async {
         http_server.await.context("HTTP server")
     },);

@@ -64,6 +64,22 @@ pub struct Settings {
     /// can then read and change every database.
     #[arg(long, env = "BERTH_ALLOW_UNAUTHENTICATED_API")]
     pub allow_unauthenticated_api: bool,
+    /// Serve the API over HTTPS with a certificate the fleet CA issues at every start for
+    /// these names (DNS names or IP addresses, comma separated). Clients trust the fleet CA:
+    /// DATA_DIR/ca.pem.
+    #[arg(long, env = "BERTH_API_TLS_NAMES", value_delimiter = ',', conflicts_with_all = ["api_tls_cert", "api_tls_key"])]
+    pub api_tls_names: Vec<String>,
+    /// Serve the API over HTTPS with this certificate (PEM, chain first to last) instead.
+    #[arg(long, env = "BERTH_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --api-tls-cert.
+    #[arg(long, env = "BERTH_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// Mutual TLS: the API accepts only clients presenting a certificate signed by the fleet
+    /// CA (`berth-control-plane client-cert create`). Needs API TLS. Bearer tokens are still
+    /// checked when authentication is on.
+    #[arg(long, env = "BERTH_API_CLIENT_CERTS")]
+    pub api_client_certs: bool,
 }
 
 /// Whether the HTTP API asks for bearer tokens.
@@ -83,6 +99,10 @@ pub enum SettingsError {
          `berth-control-plane token create`, or pass --allow-unauthenticated-api if that is really meant"
     )]
     OpenApiBeyondLoopback { listen: SocketAddr },
+    #[error(
+        "--api-client-certs needs the API to serve TLS: give --api-tls-names, or --api-tls-cert and --api-tls-key"
+    )]
+    ClientCertsWithoutTls,
 }
 
 impl Settings {
@@ -90,6 +110,26 @@ impl Settings {
         self.key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+
+    /// The names the fleet CA issues the API's certificate for (empty ones dropped: an empty
+    /// `BERTH_API_TLS_NAMES` means none).
+    pub fn api_tls_names(&self) -> Vec<String> {
+        self.api_tls_names
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    /// Whether the API serves TLS; refuses mutual TLS without it
+    /// ([`SettingsError::ClientCertsWithoutTls`]).
+    pub fn api_tls_enabled(&self) -> Result<bool, SettingsError> {
+        let tls = self.api_tls_cert.is_some() || !self.api_tls_names().is_empty();
+        if self.api_client_certs && !tls {
+            return Err(SettingsError::ClientCertsWithoutTls);
+        }
+        Ok(tls)
     }
 
     /// Whether the API authenticates requests: always beyond loopback, unless the operator
@@ -150,6 +190,25 @@ mod tests {
             ])
             .api_auth_enabled()
             .unwrap()
+        );
+    }
+
+    #[test]
+    fn mutual_tls_needs_tls() {
+        assert!(!settings(&[]).api_tls_enabled().unwrap());
+        assert!(
+            settings(&["--api-tls-names", "cp.example,10.0.0.5"])
+                .api_tls_enabled()
+                .unwrap()
+        );
+        assert!(matches!(
+            settings(&["--api-client-certs"]).api_tls_enabled(),
+            Err(SettingsError::ClientCertsWithoutTls)
+        ));
+        assert!(
+            settings(&["--api-tls-names", "cp", "--api-client-certs"])
+                .api_tls_enabled()
+                .unwrap()
         );
     }
 }

@@ -77,6 +77,24 @@ impl FleetTls {
         })
     }
 
+    /// The fleet CA alone, for operator commands: written to no file. Like a replica's first
+    /// start, it creates the CA if the fleet has none yet.
+    pub async fn authority_of(store: &Store) -> Result<pki::Authority, TlsError> {
+        let fresh_ca = pki::Authority::generate()?;
+        let candidate = PkiDocument {
+            ca_cert_pem: fresh_ca.identity().cert_pem.clone(),
+            ca_key_pem: fresh_ca.identity().key_pem.clone(),
+            join_token: crate::credentials::generate_password(),
+        };
+        let doc: PkiDocument = store
+            .create_sealed_if_absent(&store.keys().pki(), &candidate)
+            .await?;
+        Ok(pki::Authority::from_identity(pki::Identity {
+            cert_pem: doc.ca_cert_pem,
+            key_pem: doc.ca_key_pem,
+        }))
+    }
+
     pub fn ca_pem(&self) -> &str {
         self.authority.cert_pem()
     }
@@ -121,7 +139,7 @@ impl FleetTls {
     }
 }
 
-fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| TlsError::File {

@@ -187,6 +187,28 @@ impl Authority {
         })
     }
 
+    /// A certificate and a new key for a client of the HTTP API's mutual TLS, named
+    /// `{name}.clients.berth` and usable as client only: it opens the TLS handshake and
+    /// nothing else (agents serve control planes only, by name).
+    ///
+    /// Errors: `name` is not a DNS label ([`PkiError::HostId`]).
+    pub fn issue_api_client(&self, name: &str) -> Result<Identity, PkiError> {
+        check_host_id(name)?;
+        let ca_key = KeyPair::from_pem(&self.ca.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![format!("{name}.clients.berth")])?;
+        params.distinguished_name = self::name(&format!("berth API client {name}"));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// A certificate for a control-plane replica (server of the registry, client of agents).
     pub fn issue_control_plane(&self) -> Result<Identity, PkiError> {
         self.issue(CONTROL_PLANE_NAME, "berth control plane")

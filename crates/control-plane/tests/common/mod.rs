@@ -69,6 +69,10 @@ impl ControlPlane {
             join_token: None,
             api_auth: control_plane::settings::ApiAuthMode::Auto,
             allow_unauthenticated_api: false,
+            api_tls_names: vec![],
+            api_tls_cert: None,
+            api_tls_key: None,
+            api_client_certs: false,
         };
         let mut settings = settings;
         adjust(&mut settings);
@@ -81,15 +85,23 @@ impl ControlPlane {
             .await
             .expect("control plane runs");
         });
-        let base = format!("http://127.0.0.1:{http}");
+        let tls = settings.api_tls_enabled().unwrap_or(false);
+        let base = format!("{}://127.0.0.1:{http}", if tls { "https" } else { "http" });
         let client = reqwest::Client::new();
         for _ in 0..100 {
-            if client
-                .get(format!("{base}/v1/version"))
-                .send()
-                .await
-                .is_ok()
-            {
+            // With TLS on, this client trusts no fleet CA: the port accepting is the sign.
+            let up = if tls {
+                tokio::net::TcpStream::connect(("127.0.0.1", http))
+                    .await
+                    .is_ok()
+            } else {
+                client
+                    .get(format!("{base}/v1/version"))
+                    .send()
+                    .await
+                    .is_ok()
+            };
+            if up {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
