@@ -9,13 +9,44 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now. The kernel hands out ephemeral ports in sequence,
-/// so a port freed here is unlikely to be taken again before the caller binds it.
+/// A port nobody listens on right now, from 20000-32767: below the kernel's ephemeral range
+/// (32768 and up), where Docker picks the host ports it chooses for containers. A test
+/// process taking a port there could grab one an agent chose and keeps for a container that
+/// is down for a moment, and the container's re-creation would then fail with "port is
+/// already allocated".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+    use rand_free::next;
+    for _ in 0..1000 {
+        let port = 20_000 + (next() % 12_768) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32767 on 127.0.0.1")
+}
+
+/// A small generator for [`free_port`]: a test binary's tests run in threads of one process
+/// and nextest runs many processes, so each draw mixes the time, the pid and a counter.
+mod rand_free {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    pub fn next() -> u64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut x = nanos
+            ^ (u64::from(std::process::id()) << 32)
+            ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        // splitmix64's finaliser: neighbouring inputs give unrelated outputs.
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
 }
 
 /// Path of the etcd binary, or a panic that tells the reader how to get one.
