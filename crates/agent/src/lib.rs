@@ -61,7 +61,7 @@ pub struct AgentConfig {
     /// The fleet's join token, needed on the first start only (the control plane writes it to
     /// its data dir as `join-token`).
     #[arg(long, env = "BERTH_AGENT_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
+    pub join_token: Option<secrecy::SecretString>,
     /// A file holding the join token.
     #[arg(
         long,
@@ -188,7 +188,7 @@ pub async fn serve(
         None
     } else {
         let token = match (&config.join_token, &config.join_token_file) {
-            (Some(t), _) => Some(t.clone()),
+            (Some(t), _) => Some(secrecy::ExposeSecret::expose_secret(t).to_string()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|source| tls::TlsError::File {

@@ -141,7 +141,7 @@ fn agent_config(
         listen: agent_addr,
         advertise: Some("10.1.2.3:7100".into()),
         control_plane: vec![format!("http://{cp_addr}")],
-        join_token: Some(token.to_string()),
+        join_token: Some(token.into()),
         join_token_file: None,
         ca_file: Some(ca_file.to_path_buf()),
         data_dir: Some(data_dir.to_path_buf()),

@@ -1,16 +1,26 @@
 //! Generated passwords of a database: its superuser, its replication role and the two
 //! managed roles of each service. Kept in etcd with every password sealed; never returned
 //! by the API, never logged, and handed to containers only through their config files.
+//! Passwords are [`SecretString`]s: `Debug` prints `[REDACTED]`, and reading one takes an
+//! explicit `expose_secret()`.
 
 use std::collections::BTreeMap;
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Serializes a secret as its plain value: for the store, which seals it (ADR 005).
+fn expose<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose_secret())
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DatabaseCredentials {
-    pub superuser_password: String,
-    pub replication_password: String,
+    #[serde(serialize_with = "expose")]
+    pub superuser_password: SecretString,
+    #[serde(serialize_with = "expose")]
+    pub replication_password: SecretString,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceCredentials>,
     /// Each Postgres instance's TLS certificate and key, by instance id.
@@ -18,10 +28,12 @@ pub struct DatabaseCredentials {
     pub postgres_certs: BTreeMap<String, crate::postgres_tls::PostgresCert>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServiceCredentials {
-    pub ro_password: String,
-    pub rw_password: String,
+    #[serde(serialize_with = "expose")]
+    pub ro_password: SecretString,
+    #[serde(serialize_with = "expose")]
+    pub rw_password: SecretString,
     /// Whether both roles were created on every node's primary.
     #[serde(default)]
     pub roles_created: bool,
@@ -33,13 +45,14 @@ pub struct ServiceCredentials {
 }
 
 /// 32 characters from a 62-letter alphabet: about 190 bits, and nothing that needs quoting
-/// in SQL, URLs or YAML.
-pub fn generate_password() -> String {
+/// in SQL, URLs or YAML (and which SASLprep leaves as it is, see [`crate::scram`]).
+pub fn generate_password() -> SecretString {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..32)
+    let password: String = (0..32)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+        .collect();
+    password.into()
 }
 
 impl DatabaseCredentials {
@@ -105,18 +118,38 @@ pub fn psql_argv(database_name: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// The SCRAM-SHA-256 verifiers ([`crate::scram`]) of a service's two role passwords: what
+/// Postgres is given instead of the passwords.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleVerifiers {
+    pub ro: String,
+    pub rw: String,
+}
+
+impl RoleVerifiers {
+    /// Fresh verifiers (new salts) of `creds`' passwords.
+    pub fn of(creds: &ServiceCredentials) -> Self {
+        RoleVerifiers {
+            ro: crate::scram::verifier(creds.ro_password.expose_secret()),
+            rw: crate::scram::verifier(creds.rw_password.expose_secret()),
+        }
+    }
+}
+
 /// SQL that creates (or updates) a service's two roles on a primary, idempotently.
-/// `_ro` reads everything in the public schema; `_rw` also writes.
+/// `_ro` reads everything in the public schema; `_rw` also writes. Passwords are set as
+/// SCRAM-SHA-256 verifiers, so the SQL holds no password: Postgres logs a failing
+/// statement whole, and psql may echo it.
 pub fn create_roles_sql(
     database_name: &str,
     service_id: &str,
-    creds: &ServiceCredentials,
+    verifiers: &RoleVerifiers,
 ) -> String {
     let ro = role_name(service_id, "ro");
     let rw = role_name(service_id, "rw");
     let db = quote_ident(database_name);
     let mut sql = String::from("BEGIN;\n");
-    for (role, password) in [(&ro, &creds.ro_password), (&rw, &creds.rw_password)] {
+    for (role, verifier) in [(&ro, &verifiers.ro), (&rw, &verifiers.rw)] {
         let r = quote_ident(role);
         sql.push_str(&format!(
             "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {r} LOGIN; END IF; END $$;\n\
@@ -127,7 +160,7 @@ pub fn create_roles_sql(
              GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {r};\n\
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r};\n",
             lit = quote_literal(role),
-            pw = quote_literal(password),
+            pw = quote_literal(verifier),
         ));
     }
     let r = quote_ident(&rw);
@@ -207,6 +240,7 @@ mod tests {
     #[test]
     fn passwords_are_long_and_distinct() {
         let (a, b) = (generate_password(), generate_password());
+        let (a, b) = (a.expose_secret(), b.expose_secret());
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
@@ -216,9 +250,9 @@ mod tests {
     fn ensure_services_adds_only_missing_ones() {
         let mut c = DatabaseCredentials::generate();
         assert!(c.ensure_services(["a", "b"]));
-        let before = c.clone();
+        let before = serde_json::to_value(&c).unwrap();
         assert!(!c.ensure_services(["a", "b"]));
-        assert_eq!(c, before);
+        assert_eq!(serde_json::to_value(&c).unwrap(), before);
     }
 
     #[test]
@@ -229,12 +263,36 @@ mod tests {
             roles_created: false,
             drop_error: None,
         };
-        let sql = create_roles_sql("my_db", "svc-1", &creds);
-        assert!(sql.contains("PASSWORD 'p''1'"));
+        let sql = create_roles_sql("my_db", "svc-1", &RoleVerifiers::of(&creds));
+        assert_eq!(
+            sql.matches("PASSWORD 'SCRAM-SHA-256$4096:").count(),
+            2,
+            "{sql}"
+        );
+        assert!(!sql.contains("p''1") && !sql.contains("'p2'"), "{sql}");
         assert!(sql.contains("\"svc_svc_1_rw\""));
         assert!(
             drop_roles_sql("svc-1", &[], "my_db").contains("DROP ROLE IF EXISTS \"svc_svc_1_ro\"")
         );
+    }
+
+    #[test]
+    fn debug_shows_no_password() {
+        let mut c = DatabaseCredentials::generate();
+        c.ensure_services(["mcp"]);
+        let debug = format!("{c:?}");
+        let svc = &c.services["mcp"];
+        for secret in [
+            &c.superuser_password,
+            &c.replication_password,
+            &svc.ro_password,
+            &svc.rw_password,
+        ] {
+            assert!(!debug.contains(secret.expose_secret()), "{debug}");
+        }
+        // The store still gets the values, to seal them.
+        let stored = serde_json::to_string(&c).unwrap();
+        assert!(stored.contains(c.superuser_password.expose_secret()));
     }
 
     /// What the roles own or were granted is cleared in every database, not only the

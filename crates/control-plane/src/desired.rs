@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use agent_proto as pb;
 use plan::routing::{PostgresEndpoint, connection_hosts, reach, target_session_attrs};
 use plan::{DesiredInstance, InstanceKind, Resources};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use spec::manifest::Manifest;
 use spec::{DatabaseSpec, ServiceSpec};
@@ -93,6 +94,9 @@ pub fn postgres_cert_names(
 }
 
 /// One instance to run: what the planner compares, and what the agent applies.
+/// Its `Debug` leaves out the contents of the config files (`berth.conf` holds the superuser
+/// and replication passwords, service configs hold API keys and role passwords): the
+/// agent protocol's `ConfigFile` redacts them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub plan: DesiredInstance,
@@ -328,7 +332,9 @@ pub fn desired_instances(
             let id = plan::postgres_instance_id(database_id, &node.name, host_id);
             let mut conf = format!(
                 "superuser_password={}\ndatabase={}\nreplication_user=replicator\nreplication_password={}\n",
-                creds.superuser_password, spec.database_name, creds.replication_password
+                creds.superuser_password.expose_secret(),
+                spec.database_name,
+                creds.replication_password.expose_secret()
             );
             let mut unpublished = None;
             if !primary {
@@ -392,11 +398,11 @@ pub fn desired_instances(
             .ok_or_else(|| DesiredError::MissingCredentials(service.service_id.clone()))?;
         let rw = service_config::Credentials {
             username: role_name(&service.service_id, "rw"),
-            password: svc_creds.rw_password.clone(),
+            password: svc_creds.rw_password.expose_secret().to_string(),
         };
         let ro = service_config::Credentials {
             username: role_name(&service.service_id, "ro"),
-            password: svc_creds.ro_password.clone(),
+            password: svc_creds.ro_password.expose_secret().to_string(),
         };
         let config = spec::catalog::effective_config(service.service_type, &service.config);
         let attrs = target_session_attrs(service, &config);
@@ -594,8 +600,8 @@ mod tests {
         for inst in build(&spec_with(mcp("m", None)), &c, &one_engine()) {
             let env = format!("{:?}", inst.spec.env);
             assert!(
-                !env.contains(&c.superuser_password)
-                    && !env.contains(&c.services["mcp-server"].rw_password)
+                !env.contains(c.superuser_password.expose_secret())
+                    && !env.contains(c.services["mcp-server"].rw_password.expose_secret())
             );
         }
     }

@@ -14,6 +14,7 @@ pub mod postgres_tls;
 pub mod reconciler;
 pub mod registry;
 pub mod retry;
+pub mod scram;
 pub mod settings;
 pub mod state;
 pub mod tasks;
@@ -68,7 +69,10 @@ pub async fn run(
         tls::FleetTls::load(
             &state.store,
             &settings.data_dir,
-            settings.join_token.as_deref(),
+            settings
+                .join_token
+                .as_ref()
+                .map(secrecy::ExposeSecret::expose_secret),
         )
         .await
         .context("fleet CA")?,

@@ -52,7 +52,7 @@ pub struct Settings {
     /// The token agents present once to get their certificate. Default: the stored one, or a
     /// new random one on the fleet's first start; either way it is written to DATA_DIR/join-token.
     #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
+    pub join_token: Option<secrecy::SecretString>,
     /// Seconds an agent's host lease lives without a heartbeat.
     #[arg(long, env = "BERTH_HOST_LEASE_TTL", default_value_t = 5)]
     pub host_lease_ttl: i64,

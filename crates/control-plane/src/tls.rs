@@ -21,6 +21,15 @@ struct PkiDocument {
     join_token: String,
 }
 
+/// A new join token; it is written to the data dir in plain text, so it leaves the secret
+/// wrapper here.
+fn generate_token() -> String {
+    use secrecy::ExposeSecret;
+    crate::credentials::generate_password()
+        .expose_secret()
+        .to_string()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(transparent)]
@@ -52,8 +61,7 @@ impl FleetTls {
         let candidate = PkiDocument {
             ca_cert_pem: fresh_ca.identity().cert_pem.clone(),
             ca_key_pem: fresh_ca.identity().key_pem.clone(),
-            join_token: join_token
-                .map_or_else(crate::credentials::generate_password, str::to_string),
+            join_token: join_token.map_or_else(generate_token, str::to_string),
         };
         let key = store.keys().pki();
         let mut doc: PkiDocument = store.create_sealed_if_absent(&key, &candidate).await?;
@@ -84,7 +92,7 @@ impl FleetTls {
         let candidate = PkiDocument {
             ca_cert_pem: fresh_ca.identity().cert_pem.clone(),
             ca_key_pem: fresh_ca.identity().key_pem.clone(),
-            join_token: crate::credentials::generate_password(),
+            join_token: generate_token(),
         };
         let doc: PkiDocument = store
             .create_sealed_if_absent(&store.keys().pki(), &candidate)

@@ -69,7 +69,9 @@ impl std::fmt::Display for ServiceType {
 }
 
 /// One element of `services`: a supporting service with one instance per host.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Its `Debug` shows the config without its secrets and names where they were
+/// ([`crate::secrets::split_secrets`]).
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceSpec {
     pub service_id: String,
     pub service_type: ServiceType,
@@ -88,6 +90,25 @@ pub struct ServiceSpec {
     pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_connection: Option<DatabaseConnection>,
+}
+
+impl std::fmt::Debug for ServiceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (config, secrets) = crate::secrets::split_secrets(&self.config);
+        let secrets: Vec<String> = secrets.into_iter().map(|(pointer, _)| pointer).collect();
+        f.debug_struct("ServiceSpec")
+            .field("service_id", &self.service_id)
+            .field("service_type", &self.service_type)
+            .field("version", &self.version)
+            .field("host_ids", &self.host_ids)
+            .field("config", &config)
+            .field("redacted_secrets", &secrets)
+            .field("port", &self.port)
+            .field("cpus", &self.cpus)
+            .field("memory", &self.memory)
+            .field("database_connection", &self.database_connection)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -387,4 +387,19 @@ mod tests {
         assert!(redacted.services[1].config.is_empty());
         assert_eq!(redacted.nodes, spec.nodes);
     }
+
+    #[test]
+    fn debug_of_a_spec_shows_no_secret() {
+        let spec = spec_with(vec![service(
+            "a",
+            ServiceType::Rag,
+            json!({"pipelines": [{"rag_llm": {"api_key": "sk-NESTED"}}], "jwt_secret": "JWT-X"}),
+        )]);
+        let debug = format!("{spec:?}");
+        assert!(
+            !debug.contains("sk-NESTED") && !debug.contains("JWT-X"),
+            "{debug}"
+        );
+        assert!(debug.contains("/pipelines/0/rag_llm/api_key"), "{debug}");
+    }
 }

@@ -12,7 +12,7 @@ use bollard::models::HealthConfig;
 use bollard::query_parameters::InspectContainerOptions;
 
 use agent::runtime::DockerRuntime;
-use control_plane::credentials::{ServiceCredentials, create_roles_sql, role_name};
+use control_plane::credentials::{RoleVerifiers, create_roles_sql, role_name};
 
 use super::berth::Berth;
 use super::engine::psql;
@@ -151,13 +151,11 @@ pub async fn capture(
                 .cloned()
                 .with_context(|| format!("berth created no role {role}"))
         };
-        let creds = ServiceCredentials {
-            ro_password: verifier("ro")?,
-            rw_password: verifier("rw")?,
-            roles_created: false,
-            drop_error: None,
+        let verifiers = RoleVerifiers {
+            ro: verifier("ro")?,
+            rw: verifier("rw")?,
         };
-        role_sql.push(create_roles_sql(&database_name, service, &creds));
+        role_sql.push(create_roles_sql(&database_name, service, &verifiers));
     }
     Ok(Captured {
         containers,

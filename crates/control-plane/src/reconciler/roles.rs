@@ -4,11 +4,13 @@ use std::collections::BTreeSet;
 
 use agent_proto::ExecRequest;
 use plan::InstanceKind;
+use secrecy::ExposeSecret;
 
 use super::pass::Pass;
 use super::{ReconcileError, Reconciler};
 use crate::credentials::{
-    DatabaseCredentials, create_roles_sql, drop_roles_sql, list_databases_sql, psql_argv,
+    DatabaseCredentials, RoleVerifiers, create_roles_sql, drop_roles_sql, list_databases_sql,
+    psql_argv,
 };
 
 impl Reconciler {
@@ -29,7 +31,11 @@ impl Reconciler {
         let secrets: Vec<String> = creds
             .services
             .get(service_id)
-            .map(|c| vec![c.ro_password.clone(), c.rw_password.clone()])
+            .map(|c| {
+                [&c.ro_password, &c.rw_password]
+                    .map(|p| p.expose_secret().to_string())
+                    .to_vec()
+            })
             .unwrap_or_default();
         // Every desired primary (the planner only asks once each one runs); when dropping,
         // also primaries that were applied, in case a node is on its way out.
@@ -59,7 +65,7 @@ impl Reconciler {
                 let svc = creds.services.get(service_id).ok_or_else(|| {
                     ReconcileError::Step(format!("no credentials for service {service_id}"))
                 })?;
-                create_roles_sql(&db.spec.database_name, service_id, svc)
+                create_roles_sql(&db.spec.database_name, service_id, &RoleVerifiers::of(svc))
             } else {
                 let listed = self
                     .psql(
