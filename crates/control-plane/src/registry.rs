@@ -39,7 +39,9 @@ impl RegistryService {
 }
 
 fn unavailable(e: store::StoreError) -> Status {
-    if e.is_unavailable() {
+    if e.is_out_of_space() {
+        Status::resource_exhausted(e.to_string())
+    } else if e.is_unavailable() {
         Status::unavailable(e.to_string())
     } else {
         Status::internal(e.to_string())

@@ -4,6 +4,7 @@
 //! another (create, update of a spec, task transitions) is one etcd transaction with a
 //! revision compare, so two writers cannot both win: the loser gets [`StoreError::Conflict`].
 
+mod history;
 pub mod identity;
 pub mod keys;
 pub mod memory;
@@ -27,7 +28,14 @@ pub use tokens::{ApiTokenRecord, TokenScope};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(etcd_client::Error),
+    /// etcd's db reached its quota (`--quota-backend-bytes`, 2 GiB by default) and it raised
+    /// its NOSPACE alarm: it refuses every write, but reads work, until an operator compacts,
+    /// defragments and disarms the alarm (deploy/systemd/README.md, ADR 014).
+    #[error(
+        "etcd is out of space: it refuses writes until it is compacted, defragmented and its alarm disarmed ({0})"
+    )]
+    NoSpace(etcd_client::Error),
     #[error("stored value at {key} does not decode: {source}")]
     Decode {
         key: String,
@@ -45,11 +53,32 @@ pub enum StoreError {
     Fenced,
 }
 
+impl From<etcd_client::Error> for StoreError {
+    fn from(e: etcd_client::Error) -> Self {
+        // etcd's ErrGRPCNoSpace: RESOURCE_EXHAUSTED "etcdserver: mvcc: database space
+        // exceeded" (api/v3rpc/rpctypes). RESOURCE_EXHAUSTED alone also means "too many
+        // requests", which is not this.
+        match &e {
+            etcd_client::Error::GRpcStatus(s)
+                if s.message().contains("database space exceeded") =>
+            {
+                StoreError::NoSpace(e)
+            }
+            _ => StoreError::Etcd(e),
+        }
+    }
+}
+
 impl StoreError {
     /// Whether trying again later may succeed (etcd down or a leader change), as opposed to
     /// a verdict about the request itself.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Etcd(_))
+    }
+
+    /// etcd refuses writes because its db is full ([`StoreError::NoSpace`]).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StoreError::NoSpace(_))
     }
 }
 

@@ -295,6 +295,59 @@ impl StateStore for MemoryStore {
         Ok(entry)
     }
 
+    async fn append_logs(
+        &self,
+        db: &str,
+        task_id: &str,
+        lines: Vec<(String, Map<String, Value>)>,
+    ) -> Result<Vec<TaskLogEntry>> {
+        let mut d = self.lock();
+        d.write()?;
+        let mut out = Vec::with_capacity(lines.len());
+        for (message, fields) in lines {
+            let entry = TaskLogEntry {
+                id: uuid::Uuid::now_v7().to_string(),
+                timestamp: Utc::now(),
+                message,
+                fields,
+            };
+            let key = (db.to_string(), task_id.to_string(), entry.id.clone());
+            d.logs.insert(key, entry.clone());
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    async fn delete_tasks(&self, db: &str, task_ids: &[String]) -> Result<()> {
+        let mut d = self.lock();
+        d.write()?;
+        let gone: std::collections::BTreeSet<&String> = task_ids.iter().collect();
+        d.tasks.retain(|(d, t), _| d != db || !gone.contains(t));
+        d.logs.retain(|(d, t, _), _| d != db || !gone.contains(t));
+        Ok(())
+    }
+
+    async fn forget_history(&self, db: &str) -> Result<bool> {
+        let mut d = self.lock();
+        if d.fenced {
+            return Err(StoreError::Fenced);
+        }
+        if d.databases.contains_key(db) {
+            return Ok(false);
+        }
+        d.write()?;
+        d.tasks.retain(|(d, _), _| d != db);
+        d.logs.retain(|(d, _, _), _| d != db);
+        Ok(true)
+    }
+
+    async fn databases_with_history(&self) -> Result<Vec<String>> {
+        let d = self.lock();
+        let ids: std::collections::BTreeSet<String> =
+            d.tasks.keys().map(|(db, _)| db.clone()).collect();
+        Ok(ids.into_iter().collect())
+    }
+
     async fn read_log(
         &self,
         db: &str,

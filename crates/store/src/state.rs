@@ -95,6 +95,24 @@ pub trait StateStore: Send + Sync {
         fields: Map<String, Value>,
     ) -> Result<TaskLogEntry>;
 
+    /// Appends lines in one write, in order (a batch of an agent's progress lines).
+    async fn append_logs(
+        &self,
+        db: &str,
+        task_id: &str,
+        lines: Vec<(String, Map<String, Value>)>,
+    ) -> Result<Vec<TaskLogEntry>>;
+
+    /// Deletes these tasks of `db` with their logs; absent ones are fine (ADR 014).
+    async fn delete_tasks(&self, db: &str, task_ids: &[String]) -> Result<()>;
+
+    /// Deletes every task and log of `db` if no database of that id exists, in one write
+    /// that checks it; returns whether it deleted (false: the id is taken again).
+    async fn forget_history(&self, db: &str) -> Result<bool>;
+
+    /// Ids of the databases that have tasks, existing or deleted.
+    async fn databases_with_history(&self) -> Result<Vec<String>>;
+
     /// Up to `limit` entries after `after_entry_id` (exclusive), oldest first.
     async fn read_log(
         &self,
@@ -202,6 +220,27 @@ impl StateStore for crate::Store {
         fields: Map<String, Value>,
     ) -> Result<TaskLogEntry> {
         crate::Store::append_log(self, db, task_id, message, fields).await
+    }
+
+    async fn append_logs(
+        &self,
+        db: &str,
+        task_id: &str,
+        lines: Vec<(String, Map<String, Value>)>,
+    ) -> Result<Vec<TaskLogEntry>> {
+        crate::Store::append_logs(self, db, task_id, lines).await
+    }
+
+    async fn delete_tasks(&self, db: &str, task_ids: &[String]) -> Result<()> {
+        crate::Store::delete_tasks(self, db, task_ids).await
+    }
+
+    async fn forget_history(&self, db: &str) -> Result<bool> {
+        crate::Store::forget_history(self, db).await
+    }
+
+    async fn databases_with_history(&self) -> Result<Vec<String>> {
+        crate::Store::databases_with_history(self).await
     }
 
     async fn read_log(

@@ -248,6 +248,74 @@ async fn suite(s: &dyn StateStore) {
     );
 }
 
+/// Batched log lines, deleting tasks, and forgetting a deleted database's history (ADR 014).
+async fn history(s: &dyn StateStore) {
+    let t1 = task("h", TaskType::Create);
+    s.create_database(&record("h", 1, &t1), &spec("m1"), &t1)
+        .await
+        .unwrap();
+    s.append_log("h", &t1.task_id, "first".into(), Map::new())
+        .await
+        .unwrap();
+    let lines = (0..150)
+        .map(|i| (format!("line {i}"), Map::new()))
+        .collect();
+    let batch = s.append_logs("h", &t1.task_id, lines).await.unwrap();
+    assert_eq!(batch.len(), 150);
+    let log = s.read_log("h", &t1.task_id, None, 1000).await.unwrap();
+    let messages: Vec<&str> = log.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages.len(), 151);
+    assert_eq!((messages[0], messages[150]), ("first", "line 149"));
+    assert!(
+        messages[1..]
+            .iter()
+            .enumerate()
+            .all(|(i, m)| *m == format!("line {i}"))
+    );
+    // The reading cursor pages through a batch as through single lines.
+    let page = s
+        .read_log("h", &t1.task_id, Some(&log[100].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(page[0].message, "line 100");
+
+    let t2 = task("h", TaskType::Update);
+    s.create_task(&t2).await.unwrap();
+    s.append_log("h", &t2.task_id, "kept".into(), Map::new())
+        .await
+        .unwrap();
+    s.delete_tasks("h", std::slice::from_ref(&t1.task_id))
+        .await
+        .unwrap();
+    assert!(s.get_task("h", &t1.task_id).await.unwrap().is_none());
+    assert!(
+        s.read_log("h", &t1.task_id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.read_log("h", &t2.task_id, None, 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(s.databases_with_history().await.unwrap(), ["h"]);
+
+    // The history of an existing database is not forgotten; of a deleted one it is.
+    assert!(!s.forget_history("h").await.unwrap());
+    assert!(s.get_task("h", &t2.task_id).await.unwrap().is_some());
+    let d = s.get_database("h").await.unwrap().unwrap();
+    s.remove_database("h", d.spec_revision).await.unwrap();
+    assert!(s.forget_history("h").await.unwrap());
+    assert!(s.get_task("h", &t2.task_id).await.unwrap().is_none());
+    assert!(
+        s.read_log("h", &t2.task_id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.databases_with_history().await.unwrap().is_empty());
+}
+
 /// After `depose`, every write of the deposed handle fails as fenced and changes nothing.
 async fn fencing(s: &dyn StateStore, depose: impl AsyncFnOnce()) {
     let t = task("fenced", TaskType::Create);
@@ -294,6 +362,7 @@ async fn fencing(s: &dyn StateStore, depose: impl AsyncFnOnce()) {
 #[tokio::test]
 async fn the_in_memory_store_conforms() {
     suite(&MemoryStore::new()).await;
+    history(&MemoryStore::new()).await;
     let m = MemoryStore::new();
     fencing(&m, async || m.depose()).await;
 }
@@ -312,6 +381,7 @@ async fn etcd_conforms() {
         }
     };
     suite(&connect("/conformance").await).await;
+    history(&connect("/history").await).await;
 
     // A leader's fenced handle, then the leader key gone (its lease expired).
     let s = connect("/fencing").await;

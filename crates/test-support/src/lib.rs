@@ -73,10 +73,19 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Flags after the defaults (`--quota-backend-bytes=...`, or `--auto-compaction-*`,
+    /// which then replace the default compaction).
+    extra_args: Vec<String>,
 }
 
 impl EtcdServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A member started with more flags, e.g. a small `--quota-backend-bytes` to reach
+    /// etcd's space alarm, or a faster `--auto-compaction-*` for a benchmark.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-etcd-")
             .tempdir()
@@ -86,6 +95,7 @@ impl EtcdServer {
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -123,6 +133,18 @@ impl EtcdServer {
             .append(true)
             .open(&log_path)
             .expect("etcd log file");
+        let overridden = self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--auto-compaction"));
+        let compaction = if overridden {
+            &[][..]
+        } else {
+            &[
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=10000",
+            ][..]
+        };
         let child = Command::new(etcd_binary())
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
@@ -133,6 +155,10 @@ impl EtcdServer {
             .arg(format!("--initial-cluster=test={peer}"))
             // Tests churn many small keys; a short snapshot interval keeps restarts fast.
             .arg("--snapshot-count=10000")
+            // As every deployment runs it (ADR 014): without compaction etcd keeps every
+            // revision of every key.
+            .args(compaction)
+            .args(&self.extra_args)
             .arg("--log-level=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

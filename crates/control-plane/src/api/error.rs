@@ -25,6 +25,9 @@ pub enum ApiError {
     TaskNotCancelable(String),
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// etcd reached its quota and refuses writes (507, RFC 4918 section 11.5).
+    #[error("{0}")]
+    OutOfSpace(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TaskNotCancelable(_) => (StatusCode::CONFLICT, "task_not_cancelable"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::OutOfSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "etcd_out_of_space"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
     }
@@ -52,7 +56,9 @@ impl ApiError {
 
 impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
-        if e.is_unavailable() {
+        if e.is_out_of_space() {
+            ApiError::OutOfSpace(e.to_string())
+        } else if e.is_unavailable() {
             ApiError::Unavailable(e.to_string())
         } else {
             ApiError::Internal(e.to_string())
@@ -76,5 +82,26 @@ impl IntoResponse for ApiError {
             errors,
         };
         (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// etcd's NOSPACE is a 507 that says so, not a 503 "unavailable".
+    #[test]
+    fn etcd_out_of_space_is_507() {
+        let status = etcd_client::Error::GRpcStatus(tonic::Status::resource_exhausted(
+            "etcdserver: mvcc: database space exceeded",
+        ));
+        let e = ApiError::from(store::StoreError::from(status));
+        assert_eq!(e.parts().0, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(e.to_string().contains("etcd is out of space"), "{e}");
+        let busy = etcd_client::Error::GRpcStatus(tonic::Status::resource_exhausted(
+            "etcdserver: too many requests",
+        ));
+        let e = ApiError::from(store::StoreError::from(busy));
+        assert_eq!(e.parts().0, StatusCode::SERVICE_UNAVAILABLE);
     }
 }
