@@ -13,6 +13,7 @@ pub mod operator;
 pub mod postgres_tls;
 pub mod reconciler;
 pub mod registry;
+pub mod retention;
 pub mod retry;
 pub mod scram;
 pub mod settings;
@@ -175,6 +176,10 @@ async fn lead(state: AppState, settings: Settings, tls: Arc<tls::FleetTls>) {
             tls.clone(),
         );
         let watcher = tokio::spawn(watch_changes(state.store.clone(), pokes.clone()));
+        let retention = tokio::spawn(retention::run(
+            Arc::new(state.store.fenced(leadership.fence.clone())),
+            settings.retention(),
+        ));
         let mut lost = leadership.lost.clone();
         reconciler
             .run(poked, async move {
@@ -182,6 +187,7 @@ async fn lead(state: AppState, settings: Settings, tls: Arc<tls::FleetTls>) {
             })
             .await;
         watcher.abort();
+        retention.abort();
         reconciler.shutdown();
         tracing::warn!(replica_id = %id, "stepped down as leader");
     }

@@ -80,6 +80,18 @@ pub struct Settings {
     /// checked when authentication is on.
     #[arg(long, env = "BERTH_API_CLIENT_CERTS")]
     pub api_client_certs: bool,
+    /// Tasks (with their logs) kept per database, newest first (ADR 014).
+    #[arg(long, env = "BERTH_TASK_RETENTION_COUNT", default_value_t = 100)]
+    pub task_retention_count: usize,
+    /// Days an ended task is kept, even among the newest TASK_RETENTION_COUNT.
+    #[arg(long, env = "BERTH_TASK_RETENTION_DAYS", default_value_t = 30)]
+    pub task_retention_days: u64,
+    /// Days a deleted database's tasks and logs stay readable after its last task ended.
+    #[arg(long, env = "BERTH_DELETED_HISTORY_DAYS", default_value_t = 7)]
+    pub deleted_history_days: u64,
+    /// Seconds between the leader's retention sweeps.
+    #[arg(long, env = "BERTH_RETENTION_SWEEP_SECONDS", default_value_t = 60)]
+    pub retention_sweep_seconds: u64,
 }
 
 /// Whether the HTTP API asks for bearer tokens.
@@ -106,6 +118,17 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// The retention policy the flags make.
+    pub fn retention(&self) -> crate::retention::Retention {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        crate::retention::Retention {
+            keep_tasks: self.task_retention_count,
+            max_age: day * u32::try_from(self.task_retention_days).unwrap_or(u32::MAX),
+            deleted_grace: day * u32::try_from(self.deleted_history_days).unwrap_or(u32::MAX),
+            period: std::time::Duration::from_secs(self.retention_sweep_seconds.max(1)),
+        }
+    }
+
     pub fn key_file(&self) -> PathBuf {
         self.key_file
             .clone()
@@ -191,6 +214,15 @@ mod tests {
             .api_auth_enabled()
             .unwrap()
         );
+    }
+
+    #[test]
+    fn retention_defaults_keep_100_tasks_and_30_days() {
+        let r = settings(&[]).retention();
+        assert_eq!(r, crate::retention::Retention::default());
+        let r =
+            settings(&["--task-retention-count", "5", "--task-retention-days", "1"]).retention();
+        assert_eq!((r.keep_tasks, r.max_age.as_secs()), (5, 24 * 3600));
     }
 
     #[test]

@@ -73,6 +73,10 @@ impl ControlPlane {
             api_tls_cert: None,
             api_tls_key: None,
             api_client_certs: false,
+            task_retention_count: 100,
+            task_retention_days: 30,
+            deleted_history_days: 7,
+            retention_sweep_seconds: 60,
         };
         let mut settings = settings;
         adjust(&mut settings);
