@@ -16,6 +16,7 @@
 pub mod agents;
 mod observe;
 mod pass;
+mod relay;
 mod roles;
 mod steps;
 mod task_log;

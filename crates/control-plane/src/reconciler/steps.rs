@@ -2,17 +2,14 @@
 
 use std::time::Instant;
 
-use agent_proto::{
-    ApplyInstanceRequest, RemoveInstanceRequest, ResizeInstanceRequest, apply_event,
-};
+use agent_proto::{ApplyInstanceRequest, RemoveInstanceRequest, ResizeInstanceRequest};
 use chrono::Utc;
-use futures::StreamExt;
 use plan::{ApplyReason, InstanceKind, Step};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use spec::TaskStatus;
 
-use super::agents::Events;
 use super::pass::Pass;
+use super::relay::relay;
 use super::task_log::{TaskLog, fields};
 use super::{ReconcileError, Reconciler, SEEN_TIMEOUT};
 use crate::instances::{InstanceRecord, ObservedView, Phase, view_of};
@@ -446,37 +443,6 @@ impl Reconciler {
             .await?;
         Ok(())
     }
-}
-
-/// Copies an agent's progress lines into the task log, tagged with host and instance, until
-/// the stream ends; returns the apply result if the stream carried one.
-async fn relay(
-    stream: &mut Events,
-    log: &TaskLog,
-    host_id: &str,
-    instance_id: &str,
-) -> Result<Option<agent_proto::ApplyResult>, ReconcileError> {
-    let mut result = None;
-    while let Some(message) = stream.next().await {
-        match message {
-            Ok(event) => match event.event {
-                Some(apply_event::Event::Log(line)) => {
-                    let mut f: Map<String, Value> = line
-                        .fields
-                        .into_iter()
-                        .map(|(k, v)| (k, json!(v)))
-                        .collect();
-                    f.insert("host_id".into(), json!(host_id));
-                    f.insert("instance_id".into(), json!(instance_id));
-                    log.line(line.message, f).await?;
-                }
-                Some(apply_event::Event::Result(r)) => result = Some(r),
-                _ => {}
-            },
-            Err(s) => return Err(ReconcileError::Step(s.message().to_string())),
-        }
-    }
-    Ok(result)
 }
 
 fn step_name(step: &Step) -> &'static str {

@@ -87,6 +87,25 @@ impl TaskLog {
         }
     }
 
+    /// Lines that record a change, written in one batch (an agent's progress lines, ADR 014):
+    /// like [`TaskLog::line`] each, in one store write.
+    pub async fn lines(&self, lines: Vec<(String, Map<String, Value>)>) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        for (message, fields) in &lines {
+            tracing::info!(database_id = %self.database_id, fields = %serde_json::Value::Object(fields.clone()), "{message}");
+        }
+        match self.ensure_task().await? {
+            Some(task_id) => self
+                .store
+                .append_logs(&self.database_id, &task_id, lines)
+                .await
+                .map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// A line about waiting, not a change: it goes to an open task only.
     pub async fn note(
         &self,
