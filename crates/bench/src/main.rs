@@ -5,6 +5,7 @@ mod api;
 mod converge;
 mod engine_fleet;
 mod follow;
+mod history;
 mod procs;
 mod profile;
 mod scale;
@@ -66,6 +67,15 @@ enum Bench {
         interval_ms: u64,
         #[arg(long, default_value_t = 50)]
         poll_ms: u64,
+    },
+    /// Update tasks against simulated hosts with etcd's db size sampled: retention and compaction at work.
+    History {
+        #[arg(long, default_value_t = 10000)]
+        updates: usize,
+        #[arg(long, default_value_t = 20)]
+        databases: usize,
+        #[arg(long, default_value_t = 10)]
+        lines: u32,
     },
     /// All four with their defaults, scaled by --scale and --rounds.
     All {
@@ -153,6 +163,17 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
             lines_per_apply: lines,
             line_interval_ms: interval_ms,
             poll_ms,
+        })
+        .await?
+        .print(),
+        Bench::History {
+            updates,
+            databases,
+            lines,
+        } => history::run(history::HistoryOptions {
+            updates,
+            databases,
+            lines_per_apply: lines,
         })
         .await?
         .print(),

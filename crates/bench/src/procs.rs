@@ -126,12 +126,16 @@ pub struct StackOptions {
     /// The address the agents' registry (gRPC) listens on; 127.0.0.1 when None. Agents in network
     /// namespaces reach the machine only at their fleet's gateway address.
     pub grpc_ip: Option<String>,
+    /// Flags for etcd beyond test-support's (an `--auto-compaction-*` replaces its compaction).
+    pub etcd_args: Vec<&'static str>,
+    /// Flags for the control plane beyond the stack's own.
+    pub control_plane_args: Vec<String>,
 }
 
 impl Stack {
     pub async fn start(options: StackOptions) -> Result<Stack> {
         let dir = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
-        let etcd = EtcdServer::start();
+        let etcd = EtcdServer::start_with(&options.etcd_args);
         let (http_port, grpc_port) = (free_port(), free_port());
         let grpc_ip = options.grpc_ip.as_deref().unwrap_or("127.0.0.1");
         let mut args = vec![
@@ -154,6 +158,7 @@ impl Stack {
         if let Some(ttl) = options.host_lease_ttl_seconds {
             args.push(format!("--host-lease-ttl={ttl}"));
         }
+        args.extend(options.control_plane_args.iter().cloned());
         let control_plane = Proc::spawn(
             &binary("berth-control-plane"),
             &args,
