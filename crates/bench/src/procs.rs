@@ -37,7 +37,26 @@ pub fn build_binaries() -> Result<()> {
     if product_bin_dir().is_none() {
         args.extend(["--bin", "berth-control-plane", "--bin", "berth-agent"]);
     }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // What `cargo run` set for the bench itself. Some build scripts (ring's) rerun when CARGO_MANIFEST_DIR
+    // changes, so with it this build and `cargo run`'s own would each rebuild the TLS stack and everything
+    // above it for the other, minutes on every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cargo.env_remove(&*name);
+        }
+    }
+    let status = cargo
         .args(&args)
         .current_dir(workspace_root())
         .status()
