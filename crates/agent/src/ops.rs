@@ -574,8 +574,25 @@ impl<R: ContainerRuntime> Ops<R> {
                     _ = probe_ticker.tick(), if probing => {
                         let argv = start_probe.as_deref().unwrap_or_default();
                         if self.start_probe_passes(container_id, argv).await {
+                            // A container that exits at once can still answer a check that
+                            // ran in its first milliseconds: it counts as started only if it
+                            // still runs after the check.
+                            let mut info = match self.runtime.inspect(container_id).await? {
+                                Some(now) if now.status == ContainerStatus::Running => now,
+                                Some(now) => {
+                                    return Err(OpError::StartFailed {
+                                        instance_id: spec.instance_id.clone(),
+                                        reason: exit_reason(&now),
+                                    });
+                                }
+                                None => {
+                                    return Err(OpError::StartFailed {
+                                        instance_id: spec.instance_id.clone(),
+                                        reason: "container disappeared while starting".into(),
+                                    });
+                                }
+                            };
                             self.hub.note_start_probe_passed(&spec.instance_id, container_id);
-                            let mut info = info;
                             info.health = HealthStatus::Healthy;
                             return Ok(info);
                         }

@@ -799,3 +799,21 @@ async fn a_worker_that_panics_is_restarted_and_said_on_the_task() {
         "{log:?}"
     );
 }
+
+/// A host whose lease ran out while nothing was asked: every event used to open a reconcile
+/// task and fail it ("hosts are unreachable"), dozens a second, pushing the real history out
+/// of the task list. Nothing was asked, so nothing fails: no task, the state untouched.
+#[tokio::test(start_paused = true)]
+async fn a_lost_host_opens_no_task_while_nothing_was_asked() {
+    let h = harness();
+    h.create(spec_with(json!([service("mcp")]))).await;
+    assert_eq!(h.settle().await, Outcome::Done);
+    assert_eq!(h.state().await, DatabaseState::Available);
+    let before = h.tasks().await.len();
+    h.store.set_liveness(HOST, None);
+    for _ in 0..5 {
+        assert_eq!(h.settle().await, Outcome::Done);
+    }
+    assert_eq!(h.tasks().await.len(), before, "{:?}", h.tasks().await);
+    assert_eq!(h.state().await, DatabaseState::Available);
+}
