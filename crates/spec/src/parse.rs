@@ -157,6 +157,19 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
                     None
                 }
             });
+    // The Postgres database of that name is the data: an update cannot rename it (nothing
+    // would create the new one, and services would be pointed at it).
+    if let (Some(previous), Some(name)) = (ctx.previous, &database_name)
+        && previous.database_name != *name
+    {
+        e.push(
+            o.at("database_name"),
+            format!(
+                "cannot change: the database holds {:?}; create a new database for another name",
+                previous.database_name
+            ),
+        );
+    }
     let postgres_version = o.str("postgres_version", e).map(str::to_string);
     if let Some(version) = &postgres_version {
         check_postgres_version(version, &o.at("postgres_version"), ctx.manifest, e);

@@ -852,6 +852,14 @@ fn updates_keep_omitted_secrets() {
     );
     assert_eq!(spec.services[0].config["llm_model"], json!("m2"));
 
+    // The database's name is its data: an update cannot rename it.
+    let mut renamed = body.clone();
+    set(&mut renamed, "/spec/database_name", s("other"));
+    let err = parse_update_request(&renamed, &ctx).unwrap_err();
+    assert_eq!(err.errors.len(), 1, "{err:?}");
+    assert_eq!(err.errors[0].path, "spec.database_name");
+    assert!(err.errors[0].message.contains("cannot change"), "{err:?}");
+
     // A service of another type under the same id starts afresh.
     let mut retyped = body.clone();
     set(
