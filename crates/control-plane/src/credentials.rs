@@ -37,6 +37,11 @@ pub struct ServiceCredentials {
     /// Whether both roles were created on every node's primary.
     #[serde(default)]
     pub roles_created: bool,
+    /// The primaries (instance ids) the roles were last created on. A node added later has
+    /// a primary missing here, so the roles are created there too before a service is
+    /// pointed at it.
+    #[serde(default)]
+    pub roles_on: std::collections::BTreeSet<String>,
     /// The service was removed but dropping its roles failed, at this spec generation and
     /// for this reason. The roles are kept and the drop is not retried until the spec
     /// changes again, so one failing cleanup cannot hold every later change back.
@@ -76,6 +81,7 @@ impl DatabaseCredentials {
                     ro_password: generate_password(),
                     rw_password: generate_password(),
                     roles_created: false,
+                    roles_on: Default::default(),
                     drop_error: None,
                 }
             });
@@ -261,6 +267,7 @@ mod tests {
             ro_password: "p'1".into(),
             rw_password: "p2".into(),
             roles_created: false,
+            roles_on: Default::default(),
             drop_error: None,
         };
         let sql = create_roles_sql("my_db", "svc-1", &RoleVerifiers::of(&creds));

@@ -501,6 +501,17 @@ impl Reconciler {
                 super::observe::observed_instance(&host, &s, pass.records.get(&s.instance_id))
             })
             .collect();
+        let primaries: BTreeSet<String> = pass
+            .desired
+            .values()
+            .filter(|d| {
+                matches!(
+                    d.plan.kind,
+                    plan::InstanceKind::Postgres { primary: true, .. }
+                )
+            })
+            .map(|d| d.plan.instance_id.clone())
+            .collect();
         let mut hosts: BTreeSet<String> = pass
             .desired
             .values()
@@ -531,6 +542,12 @@ impl Reconciler {
                 .services
                 .iter()
                 .filter(|(_, c)| c.roles_created)
+                // A service still wanted counts as having its roles only where every
+                // primary has them; one no longer wanted needs them dropped wherever they are.
+                .filter(|(id, c)| {
+                    !pass.db.spec.services.iter().any(|s| &s.service_id == *id)
+                        || primaries.is_subset(&c.roles_on)
+                })
                 .filter(|(_, c)| c.drop_error.as_ref().is_none_or(|(g, _)| *g != generation))
                 .map(|(id, _)| id.clone())
                 .collect(),

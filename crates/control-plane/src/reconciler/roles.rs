@@ -60,6 +60,7 @@ impl Reconciler {
                 "the database has no Postgres primary".into(),
             ));
         }
+        let instances: BTreeSet<String> = primaries.iter().map(|(_, id)| id.clone()).collect();
         for (host_id, instance_id) in primaries {
             let sql = if create {
                 let svc = creds.services.get(service_id).ok_or_else(|| {
@@ -98,6 +99,7 @@ impl Reconciler {
         if create {
             if let Some(c) = creds.services.get_mut(service_id) {
                 c.roles_created = true;
+                c.roles_on = instances;
                 c.drop_error = None;
             }
         } else {

@@ -817,3 +817,36 @@ async fn a_lost_host_opens_no_task_while_nothing_was_asked() {
     assert_eq!(h.tasks().await.len(), before, "{:?}", h.tasks().await);
     assert_eq!(h.state().await, DatabaseState::Available);
 }
+
+/// A node added after its services: its primary gets the services' roles before any
+/// service is pointed at it (the roles were recorded once per service, so the new primary
+/// never got them and the services' logins to it failed).
+#[tokio::test(start_paused = true)]
+async fn a_node_added_later_gets_the_services_roles() {
+    let h = harness();
+    let one = spec_with(json!([service("mcp")]));
+    h.create(one.clone()).await;
+    assert_eq!(h.settle().await, Outcome::Done);
+    let mut two = one;
+    two.nodes
+        .push(serde_json::from_value(json!({"name": "n2", "host_ids": [HOST]})).unwrap());
+    let task = h.update(two).await;
+    assert_eq!(h.settle().await, Outcome::Done);
+    assert_eq!(h.task(&task.task_id).await.status, TaskStatus::Completed);
+    let n2 = plan::postgres_instance_id(DB, "n2", HOST);
+    assert!(
+        h.agents.calls().contains(&format!("exec {n2}")),
+        "the roles were made on n2's primary: {:?}",
+        h.agents.calls()
+    );
+    let log = h.log(&task.task_id).await;
+    let roles = log
+        .iter()
+        .position(|l| l.starts_with("creating roles of service mcp"))
+        .unwrap_or_else(|| panic!("{log:?}"));
+    let repointed = log
+        .iter()
+        .position(|l| l.starts_with("updating service instance mcp"))
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert!(roles < repointed, "{log:?}");
+}
