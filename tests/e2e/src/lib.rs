@@ -176,6 +176,8 @@ impl NetFleet {
 
 /// One process of the fleet, restartable with the same arguments.
 struct Proc {
+    /// BERTH_LOG: what the process logs.
+    log_filter: &'static str,
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -191,7 +193,7 @@ impl Proc {
             .expect("log file");
         let child = Command::new(&self.program)
             .args(&self.args)
-            .env("BERTH_LOG", "info,h2=warn,tower=warn")
+            .env("BERTH_LOG", self.log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -251,7 +253,12 @@ pub struct Fleet {
     http: reqwest::Client,
     /// Set for an engine-per-host fleet.
     net: Option<NetFleet>,
+    /// BERTH_LOG of every process the fleet starts.
+    log_filter: &'static str,
 }
+
+/// What the fleet's processes log unless a test asks for more.
+const DEFAULT_LOG_FILTER: &str = "info,h2=warn,tower=warn";
 
 impl Fleet {
     /// etcd, one control plane and `agents` agents, all healthy.
@@ -274,12 +281,26 @@ impl Fleet {
     /// etcd, one control plane reading `manifest` (None: its built-in one, as a deployment
     /// without `--manifest` runs) and `agents` agents, all healthy.
     pub async fn start_with_manifest(agents: usize, manifest: Option<&Path>) -> Fleet {
-        Fleet::start_full(agents, 1, None, manifest.map(Path::to_path_buf)).await
+        Fleet::start_full(
+            agents,
+            1,
+            None,
+            manifest.map(Path::to_path_buf),
+            DEFAULT_LOG_FILTER,
+        )
+        .await
     }
 
     async fn start_on(agents: usize, replicas: usize, net: Option<NetFleet>) -> Fleet {
         let local = workspace_root().join("specs/service-versions.local.json");
-        Fleet::start_full(agents, replicas, net, Some(local)).await
+        Fleet::start_full(agents, replicas, net, Some(local), DEFAULT_LOG_FILTER).await
+    }
+
+    /// Like [`Fleet::start`], every process logging at `log_filter` (BERTH_LOG), e.g.
+    /// `debug` for a test that reads the logs whole.
+    pub async fn start_logging(agents: usize, log_filter: &'static str) -> Fleet {
+        let local = workspace_root().join("specs/service-versions.local.json");
+        Fleet::start_full(agents, 1, None, Some(local), log_filter).await
     }
 
     async fn start_full(
@@ -287,6 +308,7 @@ impl Fleet {
         replicas: usize,
         net: Option<NetFleet>,
         manifest: Option<PathBuf>,
+        log_filter: &'static str,
     ) -> Fleet {
         docker(&["version", "--format", "{{.Server.Version}}"]);
         let prefix = format!("t{:05x}", rand::random::<u32>() & 0xfffff);
@@ -306,6 +328,7 @@ impl Fleet {
                 .build()
                 .expect("http client"),
             net,
+            log_filter,
         };
         for _ in 0..replicas.max(1) {
             fleet.add_control_plane();
@@ -374,6 +397,7 @@ impl Fleet {
             args.push(format!("--manifest={}", m.display()));
         }
         let mut proc = Proc {
+            log_filter: self.log_filter,
             program: binary("berth-control-plane"),
             args,
             log: self.dir.path().join(format!("cp{index}.log")),
@@ -429,6 +453,7 @@ impl Fleet {
             }
         };
         let mut proc = Proc {
+            log_filter: self.log_filter,
             program,
             args,
             log: self.dir.path().join(format!("{host_id}.log")),
