@@ -69,8 +69,6 @@ impl std::fmt::Display for ServiceType {
 }
 
 /// One element of `services`: a supporting service with one instance per host.
-/// Its `Debug` shows the config without its secrets and names where they were
-/// ([`crate::secrets::split_secrets`]).
 #[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceSpec {
     pub service_id: String,
@@ -92,6 +90,8 @@ pub struct ServiceSpec {
     pub database_connection: Option<DatabaseConnection>,
 }
 
+/// The config without its secrets, naming where they were ([`crate::secrets::split_secrets`]):
+/// a spec in a log or an assertion message shows no API key.
 impl std::fmt::Debug for ServiceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (config, secrets) = crate::secrets::split_secrets(&self.config);
