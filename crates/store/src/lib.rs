@@ -754,16 +754,23 @@ impl Store {
 
     /// Liveness of every host whose lease is alive, by host id.
     pub async fn host_liveness(&self) -> Result<std::collections::BTreeMap<String, HostLiveness>> {
-        let prefix = self.keys.host_alive_prefix();
+        self.by_host_id(&self.keys.host_alive_prefix()).await
+    }
+
+    /// Every value under `prefix`, keyed by the rest of its key (a host id).
+    async fn by_host_id<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, T>> {
         let resp = self
             .client
             .kv_client()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .get(prefix, Some(GetOptions::new().with_prefix()))
             .await?;
         let mut out = std::collections::BTreeMap::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key());
-            if let Some(id) = key.strip_prefix(&prefix) {
+            if let Some(id) = key.strip_prefix(prefix) {
                 out.insert(id.to_string(), decode(kv.key(), kv.value())?);
             }
         }
@@ -823,20 +830,7 @@ impl Store {
     pub async fn host_dial_failures(
         &self,
     ) -> Result<std::collections::BTreeMap<String, HostDialFailure>> {
-        let prefix = self.keys.host_dial_prefix();
-        let resp = self
-            .client
-            .kv_client()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let mut out = std::collections::BTreeMap::new();
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            if let Some(id) = key.strip_prefix(&prefix) {
-                out.insert(id.to_string(), decode(kv.key(), kv.value())?);
-            }
-        }
-        Ok(out)
+        self.by_host_id(&self.keys.host_dial_prefix()).await
     }
 
     pub async fn grant_lease(&self, ttl_seconds: i64) -> Result<i64> {
