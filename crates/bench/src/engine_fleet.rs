@@ -2,24 +2,9 @@
 //! each with its own address and dockerd, the images loaded. This wraps the script's `up` (parsing what it
 //! prints) and takes the fleet `down` when dropped; [`crate::procs`] runs the hosts' agents inside them.
 
-use std::process::{Command, Stdio};
-
-use anyhow::{Context, Result, bail};
-
-use crate::procs::workspace_root;
-
-/// One host of an engine-per-host fleet, as `deploy/fleet/hosts up` prints it.
-#[derive(Debug, Clone)]
-pub struct NetHost {
-    /// The script's name for it (`host-N`), not the API's host id.
-    pub name: String,
-    /// Where the machine and the other hosts reach it, and where its engine publishes ports.
-    pub address: String,
-    /// Its engine (`unix:///...docker.sock`).
-    pub docker_host: String,
-    /// Its network namespace, for `nsenter --net=`.
-    pub netns: String,
-}
+use anyhow::{Result, anyhow};
+pub use test_support::net_fleet::NetHost;
+use test_support::net_fleet::{NetFleet, fleet_hosts};
 
 /// An engine-per-host fleet made by `deploy/fleet/hosts` (network namespaces on a bridge of their own, a
 /// dockerd each, the images loaded). `down` runs when it drops, so a failed or interrupted run leaves no
@@ -43,25 +28,9 @@ impl EngineFleet {
         };
         let text = fleet_script(&["up", name, &count.to_string(), &index.to_string()])?;
         fleet_script(&["clean", name])?;
-        for line in text.lines() {
-            match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                ["gateway", g] => fleet.gateway = g.to_string(),
-                [name, address, docker_host, netns] => fleet.hosts.push(NetHost {
-                    name: name.to_string(),
-                    address: address.to_string(),
-                    docker_host: docker_host.to_string(),
-                    netns: netns.to_string(),
-                }),
-                _ => bail!("unexpected line from deploy/fleet/hosts up: {line:?}"),
-            }
-        }
-        // Callers pick host N as `hosts[N - 1]`.
-        let in_order = (1..=count).map(|n| format!("host-{n}"));
-        if fleet.gateway.is_empty() || !fleet.hosts.iter().map(|h| h.name.clone()).eq(in_order) {
-            bail!(
-                "deploy/fleet/hosts up printed no gateway or not host-1..{count} in order:\n{text}"
-            );
-        }
+        let NetFleet { gateway, hosts } = NetFleet::parse(&text, count).map_err(|e| anyhow!(e))?;
+        fleet.gateway = gateway;
+        fleet.hosts = hosts;
         Ok(fleet)
     }
 }
@@ -77,21 +46,6 @@ impl Drop for EngineFleet {
     }
 }
 
-/// Runs `deploy/fleet/hosts`; its stdout. Its log lines (stderr) go to the bench's stderr.
 fn fleet_script(args: &[&str]) -> Result<String> {
-    let script = workspace_root().join("deploy/fleet/hosts");
-    let out = Command::new(&script)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "deploy/fleet/hosts {} failed ({})",
-            args.join(" "),
-            out.status
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    fleet_hosts(args).map_err(|e| anyhow!(e))
 }

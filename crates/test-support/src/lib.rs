@@ -3,6 +3,8 @@
 //! Tests talk to a real etcd, never an in-memory imitation, so they exercise the same
 //! transactions, leases and watches production does.
 
+pub mod net_fleet;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -113,65 +113,20 @@ fn net_fleet() -> (String, String) {
 /// later test brings back, at the cost of starting an engine and loading its images.
 const NET_FLEET_HOSTS: usize = 3;
 
-/// One host of an engine-per-host fleet, as `deploy/fleet/hosts` prints it.
-#[derive(Debug, Clone)]
-pub struct NetHost {
-    /// The script's name for it (`host-N`), not the API's host id.
-    pub name: String,
-    pub address: String,
-    pub docker_host: String,
-    pub netns: String,
-}
-
-#[derive(Debug, Clone)]
-struct NetFleet {
-    gateway: String,
-    hosts: Vec<NetHost>,
-}
+use test_support::net_fleet::NetFleet;
+pub use test_support::net_fleet::NetHost;
 
 fn fleet_script(args: &[&str]) -> String {
-    let script = workspace_root().join("deploy/fleet/hosts");
-    let out = Command::new(&script)
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "deploy/fleet/hosts {args:?} failed ({})",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    test_support::net_fleet::fleet_hosts(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl NetFleet {
-    /// Brings up (or finds) at least `count` hosts, with no container or network left on them.
-    fn up(count: usize) -> NetFleet {
-        let count = count.max(NET_FLEET_HOSTS);
-        let (name, index) = net_fleet();
-        let text = fleet_script(&["up", &name, &count.to_string(), &index]);
-        fleet_script(&["clean", &name]);
-        let mut gateway = None;
-        let mut hosts = Vec::new();
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["gateway", g] => gateway = Some(g.to_string()),
-                [name, address, docker_host, netns] => hosts.push(NetHost {
-                    name: name.to_string(),
-                    address: address.to_string(),
-                    docker_host: docker_host.to_string(),
-                    netns: netns.to_string(),
-                }),
-                _ => panic!("unexpected line from deploy/fleet/hosts: {line:?}"),
-            }
-        }
-        assert_eq!(hosts.len(), count, "{text}");
-        NetFleet {
-            gateway: gateway.expect("a gateway line"),
-            hosts,
-        }
-    }
+/// Brings up (or finds) at least `count` hosts, with no container or network left on them.
+fn net_fleet_up(count: usize) -> NetFleet {
+    let count = count.max(NET_FLEET_HOSTS);
+    let (name, index) = net_fleet();
+    let text = fleet_script(&["up", &name, &count.to_string(), &index]);
+    fleet_script(&["clean", &name]);
+    NetFleet::parse(&text, count).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One process of the fleet, restartable with the same arguments.
@@ -274,7 +229,7 @@ impl Fleet {
     /// etcd and one control plane on the machine, and `agents` hosts each with its own
     /// network namespace, address and Docker engine, its agent running inside it.
     pub async fn start_engine_per_host(agents: usize) -> Fleet {
-        let net = NetFleet::up(agents);
+        let net = net_fleet_up(agents);
         Fleet::start_on(agents, 1, Some(net)).await
     }
 
