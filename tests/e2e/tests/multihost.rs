@@ -117,46 +117,35 @@ async fn a_replica_on_another_engine_streams_from_the_primary_over_tls() {
     let walsenders = sessions(&fleet, &primary, "a.backend_type = 'walsender'");
     assert_eq!(walsenders, [(address(&fleet, &h2), true)]);
 
+    // From host-2's engine, psql to the primary's published address with `conninfo` added:
+    // (succeeded, output).
+    let connect = |conninfo: &str| {
+        fleet.docker_on_status(
+            &h2,
+            &[
+                "exec",
+                "-e",
+                "PGCONNECT_TIMEOUT=5",
+                &replica,
+                "psql",
+                "-XAtqw",
+                &format!(
+                    "host={} port={primary_port} dbname=app user=postgres {conninfo}",
+                    address(&fleet, &h1)
+                ),
+                "-c",
+                "SELECT 1",
+            ],
+        )
+    };
     // Without TLS the primary refuses a client from another host outright.
-    let refused = fleet.docker_on_status(
-        &h2,
-        &[
-            "exec",
-            "-e",
-            "PGCONNECT_TIMEOUT=5",
-            &replica,
-            "psql",
-            "-XAtq",
-            &format!(
-                "host={} port={primary_port} dbname=app user=postgres sslmode=disable",
-                address(&fleet, &h1)
-            ),
-            "-c",
-            "SELECT 1",
-        ],
-    );
+    let refused = connect("sslmode=disable");
     assert!(
         !refused.0 && refused.1.contains("no encryption"),
         "a connection without TLS must be refused by pg_hba: {refused:?}"
     );
     // With TLS and the fleet CA it gets as far as the password.
-    let tls = fleet.docker_on_status(
-        &h2,
-        &[
-            "exec",
-            "-e",
-            "PGCONNECT_TIMEOUT=5",
-            &replica,
-            "psql",
-            "-XAtqw",
-            &format!(
-                "host={} port={primary_port} dbname=app user=postgres sslmode=verify-full sslrootcert=/etc/berth/postgres/ca.crt",
-                address(&fleet, &h1)
-            ),
-            "-c",
-            "SELECT 1",
-        ],
-    );
+    let tls = connect("sslmode=verify-full sslrootcert=/etc/berth/postgres/ca.crt");
     assert!(
         !tls.0 && tls.1.contains("password"),
         "verify-full against the fleet CA reaches authentication: {tls:?}"
