@@ -114,8 +114,12 @@ impl Reconciler {
             ("instance_id", &instance),
             ("step", step_name(step)),
         ]);
+        // `status` and `duration_ms` let a follower (the CLI's progress display) pair a
+        // step's start with its end without parsing messages.
+        let mut start_fields = f.clone();
+        start_fields.insert("status".into(), json!("started"));
         pass.log
-            .line(format!("{what} on {host}"), f.clone())
+            .line(format!("{what} on {host}"), start_fields)
             .await?;
         let result = match step {
             Step::Apply {
@@ -162,19 +166,23 @@ impl Reconciler {
                 }
             }
         };
-        let took = format!("{:.1}s", started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        let took = format!("{:.1}s", elapsed.as_secs_f64());
+        let mut f = f;
+        f.insert("duration_ms".into(), json!(elapsed.as_millis() as u64));
         let result = result.map_err(|e| match e {
             ReconcileError::Step(m) => ReconcileError::Step(self.in_spec_terms(pass, step, m)),
             other => other,
         });
         match &result {
             Ok(_) => {
+                f.insert("status".into(), json!("done"));
                 pass.log
                     .line(format!("{what} on {host}: done in {took}"), f)
                     .await?
             }
             Err(e) => {
-                let mut f = f;
+                f.insert("status".into(), json!("failed"));
                 f.insert("error".into(), json!(e.to_string()));
                 pass.log
                     .line(format!("{what} on {host}: failed after {took}: {e}"), f)
