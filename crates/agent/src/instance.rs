@@ -277,12 +277,14 @@ impl InstanceDir {
     }
 
     pub fn ensure(&self) -> std::io::Result<()> {
+        crate::blocking::assert_allowed("creating an instance directory");
         create_private_dir(&self.root)
     }
 
     /// Writes the config files into a fresh directory and swaps it in, so files dropped from the spec disappear
     /// and a half-written set is never mounted.
     pub fn write_config(&self, spec: &InstanceSpec) -> std::io::Result<()> {
+        crate::blocking::assert_allowed("writing config files");
         let staging = self.root.join("config.new");
         if staging.exists() {
             std::fs::remove_dir_all(&staging)?;
@@ -316,6 +318,7 @@ impl InstanceDir {
     }
 
     pub fn ensure_data_dir(&self, user: &str) -> std::io::Result<PathBuf> {
+        crate::blocking::assert_allowed("preparing a data directory");
         let dir = self.data_dir();
         create_private_dir(&dir)?;
         if let Some((uid, gid)) = parse_user(user) {
@@ -333,6 +336,7 @@ impl InstanceDir {
     }
 
     pub fn write_ports(&self, ports: &ChosenPorts) -> std::io::Result<()> {
+        crate::blocking::assert_allowed("writing chosen ports");
         write_atomic(
             &self.root.join(PORTS_FILE),
             &serde_json::to_vec_pretty(ports).map_err(std::io::Error::other)?,
@@ -340,6 +344,7 @@ impl InstanceDir {
     }
 
     pub fn write_spec(&self, stored: &StoredSpec) -> std::io::Result<()> {
+        crate::blocking::assert_allowed("writing the stored spec");
         write_atomic(
             &self.root.join(SPEC_FILE),
             &serde_json::to_vec_pretty(stored).map_err(std::io::Error::other)?,
@@ -353,6 +358,7 @@ impl InstanceDir {
 
     /// Removes what RemoveInstance removes: everything, or everything but the data and the chosen ports.
     pub fn remove(&self, delete_data: bool) -> std::io::Result<bool> {
+        crate::blocking::assert_allowed("removing an instance directory");
         if !self.root.exists() {
             return Ok(false);
         }

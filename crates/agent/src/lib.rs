@@ -5,6 +5,7 @@
 //! `berth.host-id=<host_id>`; it never lists, watches or touches a container without its own host id, so several
 //! agents can share one engine.
 
+pub mod blocking;
 pub mod instance;
 pub mod ops;
 pub mod registration;

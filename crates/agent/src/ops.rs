@@ -317,7 +317,7 @@ impl<R: ContainerRuntime> Ops<R> {
         // the async threads, which also carry every other operation and the heartbeats.
         let data = {
             let (dir, spec) = (dir.clone(), spec.clone());
-            blocking(move || {
+            crate::blocking::run(move || {
                 dir.ensure()?;
                 dir.write_config(&spec)?;
                 spec.data_mount_path
@@ -367,7 +367,7 @@ impl<R: ContainerRuntime> Ops<R> {
 
         let mut chosen = {
             let dir = dir.clone();
-            blocking(move || dir.read_ports()).await?
+            crate::blocking::run(move || dir.read_ports()).await?
         };
         let config = instance::container_config(&self.host_id, &spec, &hash, &dir, &chosen);
         // Subscribe before starting so that no state change between start and wait is missed.
@@ -406,7 +406,7 @@ impl<R: ContainerRuntime> Ops<R> {
         if self.remember_chosen_ports(&spec, &info, &mut chosen) {
             {
                 let (dir, chosen) = (dir.clone(), chosen.clone());
-                blocking(move || dir.write_ports(&chosen)).await?;
+                crate::blocking::run(move || dir.write_ports(&chosen)).await?;
             }
             let list: Vec<String> = chosen.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
             progress
@@ -457,7 +457,7 @@ impl<R: ContainerRuntime> Ops<R> {
             labels: instance::container_labels(&self.host_id, spec, hash),
         };
         let dir = dir.clone();
-        blocking(move || {
+        crate::blocking::run(move || {
             dir.ensure()?;
             dir.write_spec(&stored)
         })
@@ -669,7 +669,7 @@ impl<R: ContainerRuntime> Ops<R> {
         // A data directory can be large: deleting it must not hold up the async threads.
         let data_deleted = {
             let dir = dir.clone();
-            blocking(move || dir.remove(delete_data)).await?
+            crate::blocking::run(move || dir.remove(delete_data)).await?
         };
         progress
             .log(
@@ -775,15 +775,6 @@ impl<R: ContainerRuntime> Ops<R> {
             engine_id,
         }
     }
-}
-
-/// Runs blocking filesystem work (fsync, recursive delete or chown) on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(std::io::Error::other)?
 }
 
 /// What this machine has, for when the engine cannot tell us.

@@ -240,6 +240,26 @@ async fn config_change_recreates_with_new_content_and_the_same_chosen_port() {
     agent.shutdown().await;
 }
 
+/// Writing and fsyncing config files, preparing a data directory and deleting it run on the
+/// blocking pool. The agent serves from this test's only async thread, and in this debug build
+/// `agent::blocking::assert_allowed` panics on blocking filesystem work done there.
+#[tokio::test(flavor = "current_thread")]
+async fn filesystem_work_of_apply_and_remove_runs_off_the_async_thread() {
+    let mut agent = TestAgent::start("fs-off-runtime").await;
+    let spec = web_spec("web-fs", "x");
+    assert!(
+        spec.data_mount_path.is_some(),
+        "the spec has a data directory"
+    );
+    agent.apply(spec).await.expect("apply");
+    assert!(agent.instance_dir("web-fs").join("data").is_dir());
+
+    let removed = agent.remove("web-fs", true).await.expect("remove");
+    assert!(removed.data_deleted);
+    assert!(!agent.instance_dir("web-fs").exists());
+    agent.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_deletes_container_and_instance_dir_and_is_idempotent() {
     let docker = docker().await;
