@@ -17,13 +17,17 @@ const TASKS_PER_TXN: usize = 50;
 
 impl Store {
     /// Appends `lines` to a task's log in one transaction, one key per line, in order.
-    /// Entry ids are UUIDv7, monotonic within this process, so key order is line order.
+    /// Entry ids are UUIDv7, monotonic within this process, so key order is line order; the
+    /// appends of one task are serialised, so revision order is key order too (what a
+    /// follower of the log relies on, `follow`).
     pub async fn append_logs(
         &self,
         db: &str,
         task_id: &str,
         lines: Vec<(String, Map<String, Value>)>,
     ) -> Result<Vec<TaskLogEntry>> {
+        // Ids are taken and committed under the task's lock, so etcd holds them in id order.
+        let _in_order = self.append_lock(db, task_id).lock().await;
         let entries: Vec<TaskLogEntry> = lines
             .into_iter()
             .map(|(message, fields)| TaskLogEntry {

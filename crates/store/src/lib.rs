@@ -4,6 +4,7 @@
 //! another (create, update of a spec, task transitions) is one etcd transaction with a
 //! revision compare, so two writers cannot both win: the loser gets [`StoreError::Conflict`].
 
+mod follow;
 mod history;
 mod hosts;
 pub mod identity;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 use spec::{DatabaseSpec, DatabaseState, Task, TaskLogEntry};
 
+pub use follow::LogFollower;
 pub use identity::{CertificateStanding, HostCertificate, RejoinToken, RevokedCertificate};
 pub use keys::Keys;
 pub use memory::MemoryStore;
@@ -52,6 +54,10 @@ pub enum StoreError {
     NotFound,
     #[error("this replica is no longer the leader; the write was refused")]
     Fenced,
+    /// A watch ended that its reader needed to go on (etcd closed or canceled it, e.g.
+    /// because the revision it needed was compacted); watching again from a cursor resumes.
+    #[error("{0}")]
+    WatchEnded(String),
 }
 
 impl From<etcd_client::Error> for StoreError {
@@ -74,7 +80,7 @@ impl StoreError {
     /// Whether trying again later may succeed (etcd down or a leader change), as opposed to
     /// a verdict about the request itself.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Etcd(_))
+        matches!(self, StoreError::Etcd(_) | StoreError::WatchEnded(_))
     }
 
     /// etcd refuses writes because its db is full ([`StoreError::NoSpace`]).
@@ -162,7 +168,14 @@ pub struct Store {
     secrets: SecretBox,
     is_secret_key: fn(&str) -> bool,
     fence: Option<Fence>,
+    /// Serialises the log appends of one task within this process, so that entry ids (taken
+    /// when a line is written) reach etcd in id order: a follower of the log then sees key
+    /// order, and a cursor never skips a line committed after a later id. Striped by task.
+    appends: std::sync::Arc<[tokio::sync::Mutex<()>; APPEND_STRIPES]>,
 }
+
+/// How many locks the log appends of all tasks share (see `Store::appends`).
+const APPEND_STRIPES: usize = 64;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,6 +219,7 @@ impl Store {
             secrets,
             is_secret_key,
             fence: None,
+            appends: std::sync::Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
         })
     }
 
@@ -586,6 +600,7 @@ impl Store {
         message: impl Into<String>,
         fields: Map<String, Value>,
     ) -> Result<TaskLogEntry> {
+        let _in_order = self.append_lock(db, task_id).lock().await;
         let entry = TaskLogEntry {
             id: uuid::Uuid::now_v7().to_string(),
             timestamp: Utc::now(),
@@ -599,6 +614,14 @@ impl Store {
         );
         self.guarded_txn(vec![], vec![put]).await?;
         Ok(entry)
+    }
+
+    /// The lock that keeps one task's appends in id order (`Store::appends`).
+    fn append_lock(&self, db: &str, task_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (db, task_id).hash(&mut h);
+        &self.appends[(h.finish() % APPEND_STRIPES as u64) as usize]
     }
 
     /// Up to `limit` entries strictly after `after_entry_id`, oldest first.

@@ -1,6 +1,11 @@
+use std::time::Duration;
+
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use spec::{ListTasksResponse, Task, TaskLog};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use spec::{ListTasksResponse, Task, TaskLog, TaskLogEntry};
 use store::ListOrder;
 
 use super::{ApiError, QueryParams};
@@ -94,16 +99,27 @@ pub(crate) async fn get(
 #[utoipa::path(get, path = "/v1/databases/{id}/tasks/{task_id}/log", tag = "tasks",
     params(("id" = String, Path), ("task_id" = String, Path),
            ("after_entry_id" = Option<String>, Query, description = "exclusive cursor: the last entry id already seen"),
-           ("limit" = Option<i64>, Query, description = "1..=1000, default 100")),
-    responses((status = 200, body = TaskLog), (status = 404, body = spec::ApiErrorBody)))]
+           ("limit" = Option<i64>, Query, description = "1..=1000, default 100; ignored with `follow`"),
+           ("follow" = Option<bool>, Query, description = "`true`: stream the log as newline-delimited JSON \
+               (`application/x-ndjson`), one `TaskLogEntry` per line in entry order, starting after \
+               `after_entry_id`: the entries already written, then each new one as it is written. The body \
+               ends once the task has ended (completed, failed, canceled) and every entry up to then was sent. \
+               When nothing is written for 15 s a blank line is sent as a keep-alive; skip blank lines. A body \
+               that breaks off without a clean end is resumed with `after_entry_id` = the last id received.")),
+    responses((status = 200, description = "a page of the log; with `follow=true`, the stream of its entries",
+               content((TaskLog = "application/json"), (TaskLogEntry = "application/x-ndjson"))),
+              (status = 400, body = spec::ApiErrorBody), (status = 404, body = spec::ApiErrorBody)))]
 pub(crate) async fn log(
     State(app): State<AppState>,
     Path((id, task_id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-) -> Result<Json<TaskLog>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query);
     let limit = params.limit(100, 1000)?;
     let after = uuid_param(&params, "after_entry_id")?;
+    if bool_param(&params, "follow")? {
+        return follow(app, id, task_id, after).await;
+    }
     // Read the status before the entries: a caller that sees a terminal status then knows
     // the entries it got include the last one.
     let task = find_task(&app, &id, &task_id).await?;
@@ -118,7 +134,65 @@ pub(crate) async fn log(
         task_status: task.status,
         last_entry_id,
         entries,
-    }))
+    })
+    .into_response())
+}
+
+/// `true` or `false` (also `1` / `0`); absent is false.
+fn bool_param(params: &QueryParams, name: &str) -> Result<bool, ApiError> {
+    match params.get(name) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::invalid(
+            name,
+            format!("expected true or false, got {other:?}"),
+        )),
+    }
+}
+
+/// With nothing to send for this long, a follower gets a blank line: it keeps proxies and
+/// load balancers from closing an idle stream, and tells the client the server is there.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The log as NDJSON until the task ends (see [`log`]). The follower is owned by the body
+/// stream, so a client that goes away drops it, and with it its etcd watch.
+async fn follow(
+    app: AppState,
+    id: String,
+    task_id: String,
+    after: Option<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("task {task_id:?} of database {id:?} not found"));
+    if uuid::Uuid::parse_str(&task_id).is_err() {
+        return Err(not_found());
+    }
+    let follower = app
+        .store
+        .follow_log(&id, &task_id, after.as_deref())
+        .await?
+        .ok_or_else(not_found)?;
+    let lines = futures::stream::unfold(Some(follower), move |state| async move {
+        let mut follower = state?;
+        match tokio::time::timeout(KEEP_ALIVE, follower.next()).await {
+            Err(_) => Some((Ok(Bytes::from_static(b"\n")), Some(follower))),
+            Ok(Ok(Some(entry))) => {
+                let mut line = serde_json::to_vec(&entry).expect("log entries serialize");
+                line.push(b'\n');
+                Some((Ok(Bytes::from(line)), Some(follower)))
+            }
+            Ok(Ok(None)) => None,
+            // The body breaks off instead of ending cleanly: the client knows to resume.
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "following a task log failed");
+                Some((Err(e), None))
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 #[utoipa::path(post, path = "/v1/databases/{id}/tasks/{task_id}/cancel", tag = "tasks",
