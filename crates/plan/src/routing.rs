@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use spec::{DatabaseSpec, NodeSpec, ServiceSpec, ServiceType, TargetSessionAttrs};
+use spec::{DatabaseSpec, NodeSpec, ServiceSpec, TargetSessionAttrs};
 
 /// One Postgres instance and the two ways to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,42 +118,28 @@ pub fn connection_hosts(
 
 /// The `target_session_attrs` of a service's connection string.
 ///
-/// An explicit `database_connection.target_session_attrs` wins. Otherwise by type: mcp
-/// needs the primary only when its (effective) config sets `allow_writes`, and prefers a
-/// standby otherwise; postgrest serves writes, so `read-write`; rag only reads, so
-/// `prefer-standby`.
+/// An explicit `database_connection.target_session_attrs` wins. Otherwise the service type's
+/// default from the catalog ([`spec::catalog::default_target_session_attrs`], which
+/// `GET /v1/service-types` shows): mcp needs the primary only when its (effective) config sets
+/// `allow_writes`, and prefers a standby otherwise; postgrest serves writes, so `read-write`;
+/// rag only reads, so `prefer-standby`.
 pub fn target_session_attrs(
     service: &ServiceSpec,
     effective_config: &Map<String, Value>,
 ) -> TargetSessionAttrs {
-    if let Some(explicit) = service
+    service
         .database_connection
         .as_ref()
         .and_then(|c| c.target_session_attrs)
-    {
-        return explicit;
-    }
-    match service.service_type {
-        ServiceType::Mcp => {
-            if effective_config
-                .get("allow_writes")
-                .and_then(Value::as_bool)
-                == Some(true)
-            {
-                TargetSessionAttrs::Primary
-            } else {
-                TargetSessionAttrs::PreferStandby
-            }
-        }
-        ServiceType::Postgrest => TargetSessionAttrs::ReadWrite,
-        ServiceType::Rag => TargetSessionAttrs::PreferStandby,
-    }
+        .unwrap_or_else(|| {
+            spec::catalog::default_target_session_attrs(service.service_type, effective_config)
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use spec::DatabaseConnection;
+    use spec::{DatabaseConnection, ServiceType};
 
     use super::*;
 

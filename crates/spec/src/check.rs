@@ -114,47 +114,6 @@ impl<'a> Obj<'a> {
         Some(s)
     }
 
-    /// An optional string that, when given, must not be empty.
-    pub(crate) fn non_empty_str(&self, key: &str, errors: &mut Errors) -> Option<&'a str> {
-        let s = self.str(key, errors)?;
-        if s.is_empty() {
-            errors.push(self.at(key), "must not be empty");
-            return None;
-        }
-        Some(s)
-    }
-
-    pub(crate) fn bool(&self, key: &str, errors: &mut Errors) -> Option<bool> {
-        match self.get(key)? {
-            Value::Bool(b) => Some(*b),
-            other => {
-                errors.push(
-                    self.at(key),
-                    format!("expected true or false, got {}", kind(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// An integer within `lo..=hi`.
-    pub(crate) fn int(&self, key: &str, lo: i64, hi: i64, errors: &mut Errors) -> Option<i64> {
-        let v = self.get(key)?;
-        expect_int(v, &self.at(key), lo, hi, errors)
-    }
-
-    /// A number (integer or not) within `lo..=hi`.
-    pub(crate) fn number(&self, key: &str, lo: f64, hi: f64, errors: &mut Errors) -> Option<f64> {
-        let v = self.get(key)?;
-        match v.as_f64() {
-            Some(n) if (lo..=hi).contains(&n) => Some(n),
-            _ => {
-                errors.push(self.at(key), format!("expected a number from {lo} to {hi}"));
-                None
-            }
-        }
-    }
-
     /// A string among `allowed`.
     pub(crate) fn one_of(
         &self,

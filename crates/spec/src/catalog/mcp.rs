@@ -5,154 +5,137 @@
 //! keeps the stored one, so refusing an unused credential would refuse the caller's own
 //! earlier spec. Settings (`llm_*`, `embedding_*`) are refused when their feature is off.
 
-use serde_json::{Map, Value};
+use super::fields::{Cond, Field, Format, Kind, Lit, text};
+use super::{ServiceRules, SessionAttrsRule};
+use crate::{ServiceType, TargetSessionAttrs};
 
-use super::{ServiceConfigRules, require_provider_credential};
-use crate::check::{Errors, Obj, is_http_url};
-use crate::{FieldError, ServiceType};
+const LLM_ON: Cond = Cond::new("llm_enabled", &[Lit::Bool(true)]);
+const EMBEDDING_ON: Cond = Cond::new("embedding_enabled", &[Lit::Bool(true)]);
 
-pub(super) struct Mcp;
+const fn llm_provider(provider: &'static [Lit]) -> Cond {
+    Cond::new("llm_provider", provider)
+}
 
-const KEYS: &[&str] = &[
-    "llm_enabled",
-    "llm_provider",
-    "llm_model",
-    "llm_temperature",
-    "llm_max_tokens",
-    "anthropic_api_key",
-    "openai_api_key",
-    "voyage_api_key",
-    "ollama_url",
-    "allow_writes",
-    "pool_max_conns",
-    "embedding_enabled",
-    "embedding_provider",
-    "embedding_model",
+const fn embedding_provider(provider: &'static [Lit]) -> Cond {
+    Cond::new("embedding_provider", provider)
+}
+
+const FIELDS: &[Field] = &[
+    Field::new(
+        "llm_enabled",
+        Kind::Bool,
+        "Serve an LLM chat endpoint beside the MCP tools.",
+    )
+    .default(Lit::Bool(false)),
+    Field::new(
+        "llm_provider",
+        Kind::Enum(&["anthropic", "openai", "ollama"]),
+        "Who runs the LLM; its credential is then required.",
+    )
+    .required_when(&[LLM_ON])
+    .allowed_when(LLM_ON)
+    .example(Lit::Str("anthropic")),
+    Field::new(
+        "llm_model",
+        text(Format::Plain),
+        "The provider's model name.",
+    )
+    .required_when(&[LLM_ON])
+    .allowed_when(LLM_ON)
+    .example(Lit::Str("claude-sonnet-4-5")),
+    Field::new(
+        "llm_temperature",
+        Kind::Number { min: 0.0, max: 2.0 },
+        "Sampling temperature; the provider's default when absent.",
+    )
+    .allowed_when(LLM_ON),
+    Field::new(
+        "llm_max_tokens",
+        Kind::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+        "Most tokens one answer may use; the provider's default when absent.",
+    )
+    .allowed_when(LLM_ON),
+    Field::new(
+        "anthropic_api_key",
+        text(Format::Plain),
+        "Anthropic API key.",
+    )
+    .required_when(&[llm_provider(&[Lit::Str("anthropic")])])
+    .example(Lit::Str("sk-ant-example")),
+    Field::new(
+        "openai_api_key",
+        text(Format::Plain),
+        "OpenAI API key, for the LLM and for embeddings.",
+    )
+    .required_when(&[
+        llm_provider(&[Lit::Str("openai")]),
+        embedding_provider(&[Lit::Str("openai")]),
+    ])
+    .example(Lit::Str("sk-example")),
+    Field::new("voyage_api_key", text(Format::Plain), "Voyage AI API key.")
+        .required_when(&[embedding_provider(&[Lit::Str("voyage")])])
+        .example(Lit::Str("pa-example")),
+    Field::new(
+        "ollama_url",
+        text(Format::HttpUrl),
+        "Where the Ollama server is, for the LLM and for embeddings.",
+    )
+    .required_when(&[
+        llm_provider(&[Lit::Str("ollama")]),
+        embedding_provider(&[Lit::Str("ollama")]),
+    ])
+    .example(Lit::Str("http://ollama:11434")),
+    Field::new(
+        "allow_writes",
+        Kind::Bool,
+        "Let the MCP tools write; the service then connects to the primary.",
+    )
+    .default(Lit::Bool(false)),
+    Field::new(
+        "pool_max_conns",
+        Kind::Int { min: 1, max: 100 },
+        "Most database connections the server keeps open.",
+    ),
+    Field::new(
+        "embedding_enabled",
+        Kind::Bool,
+        "Compute embeddings for the similarity-search tools.",
+    )
+    .default(Lit::Bool(false)),
+    Field::new(
+        "embedding_provider",
+        Kind::Enum(&["openai", "voyage", "ollama"]),
+        "Who computes the embeddings; its credential is then required.",
+    )
+    .required_when(&[EMBEDDING_ON])
+    .allowed_when(EMBEDDING_ON)
+    .example(Lit::Str("openai")),
+    Field::new(
+        "embedding_model",
+        text(Format::Plain),
+        "The provider's embedding model name.",
+    )
+    .required_when(&[EMBEDDING_ON])
+    .allowed_when(EMBEDDING_ON)
+    .example(Lit::Str("text-embedding-3-small")),
 ];
 
-const LLM_PROVIDERS: &[&str] = &["anthropic", "openai", "ollama"];
-const EMBEDDING_PROVIDERS: &[&str] = &["openai", "voyage", "ollama"];
-const LLM_SETTINGS: &[&str] = &[
-    "llm_provider",
-    "llm_model",
-    "llm_temperature",
-    "llm_max_tokens",
-];
-const EMBEDDING_SETTINGS: &[&str] = &["embedding_provider", "embedding_model"];
-
-fn credential_for(provider: &str) -> Option<&'static str> {
-    match provider {
-        "anthropic" => Some("anthropic_api_key"),
-        "openai" => Some("openai_api_key"),
-        "voyage" => Some("voyage_api_key"),
-        "ollama" => Some("ollama_url"),
-        _ => None,
-    }
-}
-
-impl ServiceConfigRules for Mcp {
-    fn service_type(&self) -> ServiceType {
-        ServiceType::Mcp
-    }
-
-    fn validate(&self, config: &Map<String, Value>, path: &str) -> Vec<FieldError> {
-        let mut e = Errors::default();
-        let o = Obj {
-            map: config,
-            path: path.to_string(),
-        };
-        o.deny_unknown(KEYS, &mut e);
-
-        let llm_enabled = enabled_flag(&o, "llm_enabled", &mut e);
-        let llm_provider = o.one_of("llm_provider", LLM_PROVIDERS, &mut e);
-        o.non_empty_str("llm_model", &mut e);
-        o.number("llm_temperature", 0.0, 2.0, &mut e);
-        o.int("llm_max_tokens", 1, i64::MAX, &mut e);
-        for key in ["anthropic_api_key", "openai_api_key", "voyage_api_key"] {
-            o.non_empty_str(key, &mut e);
-        }
-        if let Some(url) = o.str("ollama_url", &mut e)
-            && !is_http_url(url)
-        {
-            e.push(o.at("ollama_url"), "expected an http:// or https:// URL");
-        }
-        o.bool("allow_writes", &mut e);
-        o.int("pool_max_conns", 1, 100, &mut e);
-        let embedding_enabled = enabled_flag(&o, "embedding_enabled", &mut e);
-        let embedding_provider = o.one_of("embedding_provider", EMBEDDING_PROVIDERS, &mut e);
-        o.non_empty_str("embedding_model", &mut e);
-
-        feature_rules(
-            &o,
-            llm_enabled,
-            "llm_enabled",
-            LLM_SETTINGS,
-            llm_provider,
-            "llm_provider",
-            &mut e,
-        );
-        feature_rules(
-            &o,
-            embedding_enabled,
-            "embedding_enabled",
-            EMBEDDING_SETTINGS,
-            embedding_provider,
-            "embedding_provider",
-            &mut e,
-        );
-        e.0
-    }
-
-    fn apply_defaults(&self, config: &mut Map<String, Value>) {
-        for key in ["llm_enabled", "allow_writes", "embedding_enabled"] {
-            config.entry(key).or_insert(Value::Bool(false));
-        }
-    }
-}
-
-/// The state of an on/off flag: absent reads as off; `None` when it has the wrong type, so
-/// the rules that depend on it are skipped rather than piling guesses onto the type error.
-fn enabled_flag(o: &Obj<'_>, key: &str, e: &mut Errors) -> Option<bool> {
-    if o.has(key) {
-        o.bool(key, e)
-    } else {
-        Some(false)
-    }
-}
-
-/// When a feature is on, its provider and model are required along with the provider's
-/// credential; when off, none of its settings may be given.
-fn feature_rules(
-    o: &Obj<'_>,
-    enabled: Option<bool>,
-    flag: &str,
-    settings: &[&str],
-    provider: Option<&str>,
-    provider_key: &str,
-    e: &mut Errors,
-) {
-    match enabled {
-        Some(true) => {
-            // settings[0] is the provider key and settings[1] the model key.
-            for key in &settings[..2] {
-                if !o.has(key) {
-                    e.push(o.at(key), format!("is required when {flag} is true"));
-                }
-            }
-            if let Some(provider) = provider {
-                require_provider_credential(o, provider, provider_key, credential_for, e);
-            }
-        }
-        Some(false) => {
-            for key in settings {
-                if o.has(key) {
-                    e.push(o.at(key), format!("is only allowed when {flag} is true"));
-                }
-            }
-        }
-        None => {}
-    }
-}
+pub(super) const MCP: ServiceRules = ServiceRules {
+    service_type: ServiceType::Mcp,
+    summary: "A Model Context Protocol server over the database, optionally an LLM proxy and an embedding client.",
+    fields: FIELDS,
+    extra_defaults: None,
+    session_attrs: SessionAttrsRule {
+        default: TargetSessionAttrs::PreferStandby,
+        when: &[(
+            Cond::new("allow_writes", &[Lit::Bool(true)]),
+            TargetSessionAttrs::Primary,
+        )],
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -1,54 +1,84 @@
 //! The service catalog: per service type, which `config` keys are accepted, their rules and
-//! their defaults.
+//! their defaults, and the defaults a service's connection gets.
 //!
-//! Each type lives in its own module implementing [`ServiceConfigRules`]; [`rules`] is the
-//! only table. Adding a type is a new `ServiceType` variant, one module, and one match arm
-//! here (the match is exhaustive, so forgetting the arm does not compile).
+//! Each type lives in its own module as one [`ServiceRules`] value whose [`fields`] table is
+//! what validation reads and what `GET /v1/service-types` describes ([`describe`]). Adding a
+//! type is a new `ServiceType` variant, one module, and one match arm in [`rules`] (the match
+//! is exhaustive, so forgetting the arm does not compile).
 //!
 //! Validation is strict: unknown keys are rejected. A `null` value reads as "absent".
 //! Defaults are not written into the stored spec (the spec echoes what the user wrote);
 //! whoever renders a container's configuration asks for [`effective_config`].
 
+pub mod describe;
+pub mod example;
+pub mod fields;
 mod mcp;
 mod postgrest;
 mod rag;
+pub mod schema;
 
 use serde_json::{Map, Value};
 
-use crate::{FieldError, ServiceType};
+use self::fields::{Cond, Field};
+use crate::check::{Errors, Obj};
+use crate::{FieldError, ServiceType, TargetSessionAttrs};
 
-/// The config rules of one service type.
-pub trait ServiceConfigRules: Sync {
-    fn service_type(&self) -> ServiceType;
+/// Everything the catalog knows about one service type.
+#[derive(Debug)]
+pub struct ServiceRules {
+    pub service_type: ServiceType,
+    /// One sentence: what the service is.
+    pub summary: &'static str,
+    /// The keys of `config`, in the order errors about them are reported.
+    pub fields: &'static [Field],
+    /// The `target_session_attrs` its connection string gets when the spec's
+    /// `database_connection` sets none.
+    pub session_attrs: SessionAttrsRule,
+    /// Defaults a table cannot state (rag's pipelines inheriting `defaults`), applied after
+    /// the table's own.
+    extra_defaults: Option<fn(&mut Map<String, Value>)>,
+}
 
-    /// Every error in `config`, with paths under `path` (`spec.services[0].config`).
-    fn validate(&self, config: &Map<String, Value>, path: &str) -> Vec<FieldError>;
-
-    /// Fills in the defaults of keys the user left out; never overwrites a given value.
-    fn apply_defaults(&self, config: &mut Map<String, Value>);
+/// The `target_session_attrs` a service type gets by default: the first `when` whose condition
+/// holds in the service's effective config, else `default`.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionAttrsRule {
+    pub default: TargetSessionAttrs,
+    pub when: &'static [(Cond, TargetSessionAttrs)],
 }
 
 /// The rules of a service type.
-pub fn rules(service_type: ServiceType) -> &'static dyn ServiceConfigRules {
+pub fn rules(service_type: ServiceType) -> &'static ServiceRules {
     match service_type {
-        ServiceType::Mcp => &mcp::Mcp,
-        ServiceType::Postgrest => &postgrest::Postgrest,
-        ServiceType::Rag => &rag::Rag,
+        ServiceType::Mcp => &mcp::MCP,
+        ServiceType::Postgrest => &postgrest::POSTGREST,
+        ServiceType::Rag => &rag::RAG,
     }
 }
 
-/// Every error in a service's `config`, with paths under `path`.
+/// Every error in a service's `config`, with paths under `path` (`spec.services[0].config`).
 pub fn validate_config(
     service_type: ServiceType,
     config: &Map<String, Value>,
     path: &str,
 ) -> Vec<FieldError> {
-    rules(service_type).validate(config, path)
+    let mut e = Errors::default();
+    let o = Obj {
+        map: config,
+        path: path.to_string(),
+    };
+    fields::check_object(&o, rules(service_type).fields, &mut e);
+    e.0
 }
 
-/// Fills in a config's defaults in place.
+/// Fills in a config's defaults in place; never overwrites a given value.
 pub fn apply_defaults(service_type: ServiceType, config: &mut Map<String, Value>) {
-    rules(service_type).apply_defaults(config);
+    let rules = rules(service_type);
+    fields::apply_table_defaults(rules.fields, config);
+    if let Some(extra) = rules.extra_defaults {
+        extra(config);
+    }
 }
 
 /// The config a service actually runs with: the user's config plus defaults.
@@ -59,6 +89,21 @@ pub fn effective_config(
     let mut effective = config.clone();
     apply_defaults(service_type, &mut effective);
     effective
+}
+
+/// The `target_session_attrs` a service of `service_type` gets when its spec sets none, from
+/// its effective config ([`effective_config`]).
+pub fn default_target_session_attrs(
+    service_type: ServiceType,
+    effective_config: &Map<String, Value>,
+) -> TargetSessionAttrs {
+    let rules = rules(service_type);
+    rules
+        .session_attrs
+        .when
+        .iter()
+        .find(|(cond, _)| fields::holds_in(effective_config, rules.fields, cond))
+        .map_or(rules.session_attrs.default, |(_, attrs)| *attrs)
 }
 
 /// Whether a config key holds a secret: it contains `api_key`, `secret` or `password`, or
@@ -90,23 +135,8 @@ fn strip_nulls_value(v: &mut Value) {
     }
 }
 
-/// Requires the credential a provider needs; `when` names the field that chose the provider.
-fn require_provider_credential(
-    obj: &crate::check::Obj<'_>,
-    provider: &str,
-    when: &str,
-    key_for: impl Fn(&str) -> Option<&'static str>,
-    errors: &mut crate::check::Errors,
-) {
-    if let Some(key) = key_for(provider)
-        && !obj.has(key)
-    {
-        errors.push(
-            obj.at(key),
-            format!("is required when {when} is {provider}"),
-        );
-    }
-}
+#[cfg(test)]
+mod table_tests;
 
 #[cfg(test)]
 pub(crate) mod test_util {
@@ -198,7 +228,7 @@ mod tests {
     #[test]
     fn every_type_has_its_own_rules() {
         for t in ServiceType::ALL {
-            assert_eq!(rules(t).service_type(), t);
+            assert_eq!(rules(t).service_type, t);
         }
     }
 

@@ -1,116 +1,75 @@
 //! `postgrest`: a REST API over the database's schemas.
 
-use serde_json::{Map, Value};
-
-use super::ServiceConfigRules;
-use crate::check::{Errors, Obj, expect_str, index, kind};
-use crate::ident::validate_pg_identifier;
-use crate::{FieldError, ServiceType};
-
-pub(super) struct Postgrest;
-
-const KEYS: &[&str] = &[
-    "db_schemas",
-    "db_anon_role",
-    "db_pool",
-    "max_rows",
-    "jwt_secret",
-    "jwt_aud",
-    "server_cors_allowed_origins",
-];
+use super::fields::{Field, Format, Kind, Lit, text};
+use super::{ServiceRules, SessionAttrsRule};
+use crate::{ServiceType, TargetSessionAttrs};
 
 /// PostgREST refuses shorter HS256 secrets.
 const MIN_JWT_SECRET_CHARS: usize = 32;
 
-pub(super) const DEFAULT_SCHEMAS: &str = "public";
-pub(super) const DEFAULT_POOL: i64 = 10;
+const FIELDS: &[Field] = &[
+    Field::new(
+        "db_schemas",
+        Kind::SchemaList,
+        "The schemas to serve: one name, a comma-separated list, or an array.",
+    )
+    .default(Lit::Str("public")),
+    Field::new(
+        "db_anon_role",
+        Kind::String {
+            min_chars: 0,
+            format: Format::PgRole,
+        },
+        "The role unauthenticated requests run as; not one starting with `pg_`.",
+    )
+    .example(Lit::Str("web_anon")),
+    Field::new(
+        "db_pool",
+        Kind::Int { min: 1, max: 30 },
+        "Database connections in PostgREST's pool.",
+    )
+    .default(Lit::Int(10)),
+    Field::new(
+        "max_rows",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+        "Most rows one response returns.",
+    ),
+    Field::new(
+        "jwt_secret",
+        Kind::String {
+            min_chars: MIN_JWT_SECRET_CHARS,
+            format: Format::Plain,
+        },
+        "The HS256 secret that signs accepted JWTs, at least 32 characters.",
+    )
+    .example(Lit::Str("an-example-secret-of-32-characters")),
+    Field::new(
+        "jwt_aud",
+        text(Format::Plain),
+        "The audience a JWT must name.",
+    ),
+    Field::new(
+        "server_cors_allowed_origins",
+        text(Format::Plain),
+        "Origins allowed to call the API from a browser, comma-separated.",
+    )
+    .example(Lit::Str("https://example.com")),
+];
 
-impl ServiceConfigRules for Postgrest {
-    fn service_type(&self) -> ServiceType {
-        ServiceType::Postgrest
-    }
-
-    fn validate(&self, config: &Map<String, Value>, path: &str) -> Vec<FieldError> {
-        let mut e = Errors::default();
-        let o = Obj {
-            map: config,
-            path: path.to_string(),
-        };
-        o.deny_unknown(KEYS, &mut e);
-
-        if let Some(v) = o.get("db_schemas") {
-            validate_schemas(v, &o.at("db_schemas"), &mut e);
-        }
-        if let Some(role) = o.str("db_anon_role", &mut e) {
-            if let Err(msg) = validate_pg_identifier(role) {
-                e.push(o.at("db_anon_role"), msg);
-            } else if role.starts_with("pg_") {
-                e.push(
-                    o.at("db_anon_role"),
-                    "role names starting with \"pg_\" are reserved by Postgres",
-                );
-            }
-        }
-        o.int("db_pool", 1, 30, &mut e);
-        o.int("max_rows", 1, 10_000, &mut e);
-        if let Some(secret) = o.str("jwt_secret", &mut e)
-            && secret.chars().count() < MIN_JWT_SECRET_CHARS
-        {
-            e.push(
-                o.at("jwt_secret"),
-                format!("must be at least {MIN_JWT_SECRET_CHARS} characters"),
-            );
-        }
-        o.non_empty_str("jwt_aud", &mut e);
-        o.non_empty_str("server_cors_allowed_origins", &mut e);
-        e.0
-    }
-
-    fn apply_defaults(&self, config: &mut Map<String, Value>) {
-        config
-            .entry("db_schemas")
-            .or_insert_with(|| Value::String(DEFAULT_SCHEMAS.into()));
-        config
-            .entry("db_pool")
-            .or_insert_with(|| Value::from(DEFAULT_POOL));
-    }
-}
-
-/// `db_schemas` is one schema, a comma-separated list (PostgREST's own syntax), or an
-/// array; every schema must be a distinct Postgres identifier.
-fn validate_schemas(v: &Value, path: &str, e: &mut Errors) {
-    let mut seen: Vec<String> = Vec::new();
-    let mut check = |name: &str, at: String, e: &mut Errors| {
-        if let Err(msg) = validate_pg_identifier(name) {
-            e.push(at, format!("schema \"{name}\" {msg}"));
-        } else if seen.iter().any(|s| s == name) {
-            e.push(at, format!("schema \"{name}\" is listed twice"));
-        }
-        seen.push(name.to_string());
-    };
-    match v {
-        Value::String(s) => {
-            for name in s.split(',') {
-                check(name.trim(), path.to_string(), e);
-            }
-        }
-        Value::Array(items) if items.is_empty() => e.push(path, "must list at least one schema"),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                if let Some(name) = expect_str(item, &index(path, i), e) {
-                    check(name, index(path, i), e);
-                }
-            }
-        }
-        other => e.push(
-            path,
-            format!(
-                "expected a string or an array of strings, got {}",
-                kind(other)
-            ),
-        ),
-    }
-}
+pub(super) const POSTGREST: ServiceRules = ServiceRules {
+    service_type: ServiceType::Postgrest,
+    summary: "A REST API over the database's schemas.",
+    fields: FIELDS,
+    extra_defaults: None,
+    // It serves writes.
+    session_attrs: SessionAttrsRule {
+        default: TargetSessionAttrs::ReadWrite,
+        when: &[],
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -10,189 +10,194 @@
 
 use serde_json::{Map, Value};
 
-use super::{ServiceConfigRules, require_provider_credential};
-use crate::check::{Errors, Obj, index, is_http_url};
-use crate::ident::{validate_id, validate_pg_identifier};
-use crate::{FieldError, ServiceType};
+use super::fields::{Cond, Field, Format, Kind, Lit, text};
+use super::{ServiceRules, SessionAttrsRule};
+use crate::{ServiceType, TargetSessionAttrs};
 
-pub(super) struct Rag;
-
-const KEYS: &[&str] = &["pipelines", "defaults"];
-const PIPELINE_KEYS: &[&str] = &[
-    "name",
-    "description",
-    "tables",
-    "embedding_llm",
-    "rag_llm",
-    "token_budget",
-    "top_n",
-];
-const TABLE_KEYS: &[&str] = &["table", "text_column", "vector_column"];
-const LLM_KEYS: &[&str] = &["provider", "model", "api_key", "base_url"];
-const DEFAULTS_KEYS: &[&str] = &["token_budget", "top_n"];
-const EMBEDDING_PROVIDERS: &[&str] = &["openai", "voyage", "ollama"];
-const RAG_PROVIDERS: &[&str] = &["anthropic", "openai", "ollama"];
 /// The settings a pipeline inherits from `defaults`.
 const INHERITED: &[&str] = &["token_budget", "top_n"];
 
-fn credential_for(provider: &str) -> Option<&'static str> {
-    match provider {
-        "anthropic" | "openai" | "voyage" => Some("api_key"),
-        "ollama" => Some("base_url"),
-        _ => None,
-    }
+const TOKEN_BUDGET: Field = Field::new(
+    "token_budget",
+    Kind::Int {
+        min: 1,
+        max: i64::MAX,
+    },
+    "Most tokens of retrieved text given to the LLM.",
+);
+const TOP_N: Field = Field::new(
+    "top_n",
+    Kind::Int { min: 1, max: 100 },
+    "How many of the closest rows are retrieved.",
+);
+
+const TABLE_FIELDS: &[Field] = &[
+    Field::new(
+        "table",
+        text(Format::TableName),
+        "`table` or `schema.table`.",
+    )
+    .required()
+    .example(Lit::Str("documents")),
+    Field::new(
+        "text_column",
+        text(Format::PgIdentifier),
+        "The column holding the text.",
+    )
+    .required()
+    .example(Lit::Str("content")),
+    Field::new(
+        "vector_column",
+        text(Format::PgIdentifier),
+        "The column holding the text's embedding.",
+    )
+    .required()
+    .example(Lit::Str("embedding")),
+];
+
+const HOSTED_EMBEDDING: &[Cond] = &[Cond::new(
+    "provider",
+    &[Lit::Str("openai"), Lit::Str("voyage")],
+)];
+const HOSTED_RAG: &[Cond] = &[Cond::new(
+    "provider",
+    &[Lit::Str("anthropic"), Lit::Str("openai")],
+)];
+const OLLAMA: &[Cond] = &[Cond::new("provider", &[Lit::Str("ollama")])];
+
+/// `api_key` for the hosted providers, `base_url` for Ollama.
+const fn llm_fields(
+    providers: &'static [&'static str],
+    hosted: &'static [Cond],
+    example: &'static str,
+) -> [Field; 4] {
+    [
+        Field::new("provider", Kind::Enum(providers), "Who runs the model.")
+            .required()
+            .example(Lit::Str(example)),
+        Field::new("model", text(Format::Plain), "The provider's model name.")
+            .required()
+            .example(Lit::Str("example-model")),
+        Field::new("api_key", text(Format::Plain), "The provider's API key.")
+            .required_when(hosted)
+            .example(Lit::Str("sk-example")),
+        Field::new(
+            "base_url",
+            text(Format::HttpUrl),
+            "Where the provider's server is; required for Ollama.",
+        )
+        .required_when(OLLAMA)
+        .example(Lit::Str("http://ollama:11434")),
+    ]
 }
 
-impl ServiceConfigRules for Rag {
-    fn service_type(&self) -> ServiceType {
-        ServiceType::Rag
-    }
+const EMBEDDING_LLM_FIELDS: &[Field] =
+    &llm_fields(&["openai", "voyage", "ollama"], HOSTED_EMBEDDING, "openai");
+const RAG_LLM_FIELDS: &[Field] =
+    &llm_fields(&["anthropic", "openai", "ollama"], HOSTED_RAG, "anthropic");
 
-    fn validate(&self, config: &Map<String, Value>, path: &str) -> Vec<FieldError> {
-        let mut e = Errors::default();
-        let o = Obj {
-            map: config,
-            path: path.to_string(),
-        };
-        o.deny_unknown(KEYS, &mut e);
+const PIPELINE_FIELDS: &[Field] = &[
+    Field::new(
+        "name",
+        text(Format::Id),
+        "Unique among the pipelines; the path the pipeline is served under.",
+    )
+    .required()
+    .example(Lit::Str("docs")),
+    Field::new(
+        "description",
+        Kind::String {
+            min_chars: 0,
+            format: Format::Plain,
+        },
+        "What the pipeline answers questions about.",
+    ),
+    Field::new(
+        "tables",
+        Kind::Objects {
+            fields: TABLE_FIELDS,
+            noun: "table",
+            unique: None,
+        },
+        "The tables searched.",
+    )
+    .required(),
+    Field::new(
+        "embedding_llm",
+        Kind::Object(EMBEDDING_LLM_FIELDS),
+        "The model that embeds questions, the one that embedded the tables.",
+    )
+    .required(),
+    Field::new(
+        "rag_llm",
+        Kind::Object(RAG_LLM_FIELDS),
+        "The model that answers.",
+    )
+    .required(),
+    Field {
+        description: "Most tokens of retrieved text given to the LLM; `defaults.token_budget` when absent.",
+        ..TOKEN_BUDGET
+    },
+    Field {
+        description: "How many of the closest rows are retrieved; `defaults.top_n` when absent.",
+        ..TOP_N
+    },
+];
 
-        if o.require("pipelines", &mut e).is_some()
-            && let Some(pipelines) = o.array("pipelines", &mut e)
-        {
-            if pipelines.is_empty() {
-                e.push(o.at("pipelines"), "must list at least one pipeline");
-            }
-            let mut names: Vec<&str> = Vec::new();
-            for (i, p) in pipelines.iter().enumerate() {
-                if let Some(p) = Obj::of(p, index(&o.at("pipelines"), i), &mut e)
-                    && let Some(name) = validate_pipeline(&p, &mut e)
-                {
-                    if names.contains(&name) {
-                        e.push(p.at("name"), format!("duplicate pipeline name \"{name}\""));
-                    }
-                    names.push(name);
-                }
-            }
-        }
-        if let Some(defaults) = o.object("defaults", &mut e) {
-            defaults.deny_unknown(DEFAULTS_KEYS, &mut e);
-            tuning(&defaults, &mut e);
-        }
-        e.0
-    }
+const FIELDS: &[Field] = &[
+    Field::new(
+        "pipelines",
+        Kind::Objects {
+            fields: PIPELINE_FIELDS,
+            noun: "pipeline",
+            unique: Some("name"),
+        },
+        "The named pipelines the server answers with.",
+    )
+    .required(),
+    Field::new(
+        "defaults",
+        Kind::Object(&[TOKEN_BUDGET, TOP_N]),
+        "Settings for pipelines that do not set their own.",
+    ),
+];
 
-    fn apply_defaults(&self, config: &mut Map<String, Value>) {
-        let Some(Value::Object(defaults)) = config.get("defaults") else {
-            return;
-        };
-        let inherited: Vec<(&str, Value)> = INHERITED
-            .iter()
-            .filter_map(|k| {
-                defaults
-                    .get(*k)
-                    .filter(|v| !v.is_null())
-                    .map(|v| (*k, v.clone()))
-            })
-            .collect();
-        let Some(Value::Array(pipelines)) = config.get_mut("pipelines") else {
-            return;
-        };
-        for pipeline in pipelines.iter_mut() {
-            if let Value::Object(p) = pipeline {
-                for (key, value) in &inherited {
-                    if p.get(*key).is_none_or(Value::is_null) {
-                        p.insert((*key).to_string(), value.clone());
-                    }
-                }
-            }
-        }
-    }
-}
+pub(super) const RAG: ServiceRules = ServiceRules {
+    service_type: ServiceType::Rag,
+    summary: "A retrieval-augmented generation server with named pipelines over the database's tables.",
+    fields: FIELDS,
+    extra_defaults: Some(inherit_defaults),
+    // It only reads.
+    session_attrs: SessionAttrsRule {
+        default: TargetSessionAttrs::PreferStandby,
+        when: &[],
+    },
+};
 
-/// Checks one pipeline; returns its name when valid, for the uniqueness check.
-fn validate_pipeline<'a>(p: &Obj<'a>, e: &mut Errors) -> Option<&'a str> {
-    p.deny_unknown(PIPELINE_KEYS, e);
-    let name = p.req_str("name", e).filter(|name| match validate_id(name) {
-        Ok(()) => true,
-        Err(msg) => {
-            e.push(p.at("name"), msg);
-            false
-        }
-    });
-    p.str("description", e);
-
-    if p.require("tables", e).is_some()
-        && let Some(tables) = p.array("tables", e)
-    {
-        if tables.is_empty() {
-            e.push(p.at("tables"), "must list at least one table");
-        }
-        for (i, t) in tables.iter().enumerate() {
-            if let Some(t) = Obj::of(t, index(&p.at("tables"), i), e) {
-                t.deny_unknown(TABLE_KEYS, e);
-                if let Some(table) = t.req_str("table", e) {
-                    validate_table_name(table, &t.at("table"), e);
-                }
-                for key in ["text_column", "vector_column"] {
-                    if let Some(column) = t.req_str(key, e)
-                        && let Err(msg) = validate_pg_identifier(column)
-                    {
-                        e.push(t.at(key), msg);
-                    }
-                }
-            }
-        }
-    }
-
-    for (key, providers) in [
-        ("embedding_llm", EMBEDDING_PROVIDERS),
-        ("rag_llm", RAG_PROVIDERS),
-    ] {
-        if p.require(key, e).is_some()
-            && let Some(llm) = p.object(key, e)
-        {
-            validate_llm(&llm, providers, e);
-        }
-    }
-    tuning(p, e);
-    name
-}
-
-fn validate_llm(llm: &Obj<'_>, providers: &[&'static str], e: &mut Errors) {
-    llm.deny_unknown(LLM_KEYS, e);
-    let provider = if llm.require("provider", e).is_some() {
-        llm.one_of("provider", providers, e)
-    } else {
-        None
-    };
-    llm.req_str("model", e);
-    llm.non_empty_str("api_key", e);
-    if let Some(url) = llm.str("base_url", e)
-        && !is_http_url(url)
-    {
-        e.push(llm.at("base_url"), "expected an http:// or https:// URL");
-    }
-    if let Some(provider) = provider {
-        require_provider_credential(llm, provider, "provider", credential_for, e);
-    }
-}
-
-/// `token_budget` and `top_n`, in a pipeline or in `defaults`.
-fn tuning(o: &Obj<'_>, e: &mut Errors) {
-    o.int("token_budget", 1, i64::MAX, e);
-    o.int("top_n", 1, 100, e);
-}
-
-/// `table` or `schema.table`, each part a Postgres identifier.
-fn validate_table_name(name: &str, path: &str, e: &mut Errors) {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() > 2 {
-        e.push(path, "expected \"table\" or \"schema.table\"");
+/// Copies `defaults.token_budget` and `defaults.top_n` into the pipelines that leave them out.
+fn inherit_defaults(config: &mut Map<String, Value>) {
+    let Some(Value::Object(defaults)) = config.get("defaults") else {
         return;
-    }
-    for part in parts {
-        if let Err(msg) = validate_pg_identifier(part) {
-            e.push(path, format!("\"{part}\" {msg}"));
+    };
+    let inherited: Vec<(&str, Value)> = INHERITED
+        .iter()
+        .filter_map(|k| {
+            defaults
+                .get(*k)
+                .filter(|v| !v.is_null())
+                .map(|v| (*k, v.clone()))
+        })
+        .collect();
+    let Some(Value::Array(pipelines)) = config.get_mut("pipelines") else {
+        return;
+    };
+    for pipeline in pipelines.iter_mut() {
+        if let Value::Object(p) = pipeline {
+            for (key, value) in &inherited {
+                if p.get(*key).is_none_or(Value::is_null) {
+                    p.insert((*key).to_string(), value.clone());
+                }
+            }
         }
     }
 }
