@@ -130,6 +130,8 @@ pub enum TaskType {
     /// A change the control plane made on its own, outside any request: healing a container
     /// that died, or finishing what a failed task left undone. Its log says what and why.
     Reconcile,
+    /// `DELETE /v1/hosts/{host_id}`: a task of scope `host`.
+    RemoveHost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -152,13 +154,17 @@ impl TaskStatus {
     }
 }
 
-/// One asynchronous operation on a database.
+/// One asynchronous operation on a database (scope `database`) or on a host (scope `host`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub task_id: String,
+    /// The database, for tasks of scope `database`; absent for a host's tasks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub database_id: String,
-    /// Always `database` for now; kept for compatibility with the reference API.
+    /// `database` or `host` ([`TaskScope`]), as in the reference API.
+    #[schema(value_type = crate::TaskScope)]
     pub scope: String,
+    /// The database id or the host id the task belongs to, per `scope`.
     pub entity_id: String,
     #[serde(rename = "type")]
     pub task_type: TaskType,
@@ -251,10 +257,21 @@ pub struct ListHostsResponse {
     pub hosts: Vec<Host>,
 }
 
+/// `GET /v1/version`; `revision`, `revision_time` and `arch` as in the reference API's
+/// `VersionInfo`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionResponse {
     pub version: String,
     pub api_version: String,
+    /// The git commit the server was built from, or `unknown` when it was not built from a
+    /// git checkout.
+    pub revision: String,
+    /// The commit's time; absent when the revision is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_time: Option<DateTime<Utc>>,
+    /// The CPU architecture the server was built for, in Go's terms as the reference API
+    /// reports it (`amd64`, `arm64`).
+    pub arch: String,
 }
 
 /// The one error body of the API.

@@ -16,6 +16,7 @@
 //! - [`secrets`]: redacting, splitting and carrying over secret config values.
 
 pub mod api;
+pub mod bodies;
 pub mod catalog;
 mod check;
 pub mod error;
@@ -28,6 +29,8 @@ pub mod quantity;
 pub mod secrets;
 
 pub use api::*;
+pub use bodies::*;
+pub use catalog::describe::ListServiceTypesResponse;
 pub use error::{FieldError, InvalidInput};
 pub use manifest::{BUILTIN_MANIFEST, LOCAL_MANIFEST, Manifest, ManifestError, ResolvedImage};
 pub use model::*;

@@ -166,6 +166,16 @@ impl Store {
     /// token go, and its certificate goes on the deny list, in one transaction. Returns the
     /// revoked serial, if a certificate was recorded; Ok(None) also when there was no such host.
     pub async fn remove_host(&self, host_id: &str) -> Result<Option<String>> {
+        self.remove_host_with(host_id, |_| Vec::new()).await
+    }
+
+    /// [`Store::remove_host`], with the operations `extra` returns in the same transaction;
+    /// `extra` gets the serial about to be revoked and may be called again after a conflict.
+    pub(crate) async fn remove_host_with(
+        &self,
+        host_id: &str,
+        extra: impl Fn(Option<&str>) -> Vec<TxnOp>,
+    ) -> Result<Option<String>> {
         loop {
             let previous = self.host_certificate(host_id).await?;
             let cert_key = self.keys.host_cert(host_id);
@@ -183,6 +193,7 @@ impl Store {
                 }
                 None => Compare::create_revision(cert_key, CompareOp::Equal, 0),
             };
+            ops.extend(extra(previous.as_ref().map(|p| p.value.serial.as_str())));
             let txn = Txn::new().when([compare]).and_then(ops);
             if self.client.kv_client().txn(txn).await?.succeeded() {
                 return Ok(previous.map(|p| p.value.serial));

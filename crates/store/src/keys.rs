@@ -7,6 +7,8 @@
 //! | `{p}/databases/{db}/record` | [`crate::DatabaseRecord`] | state, timestamps, the current task |
 //! | `{p}/tasks/{db}/{task}` | [`spec::Task`] | task ids are UUIDv7, so key order is creation order |
 //! | `{p}/task-logs/{db}/{task}/{entry}` | [`spec::TaskLogEntry`] | one key per line; entry ids are UUIDv7 |
+//! | `{p}/host-tasks/{host}/{task}` | [`spec::Task`] | tasks of scope `host` (a host's removal); kept after the host goes |
+//! | `{p}/host-task-logs/{host}/{task}/{entry}` | [`spec::TaskLogEntry`] | their logs |
 //! | `{p}/instances/{db}/{instance}` | instance record | what was applied where, and its last observed status |
 //! | `{p}/credentials/{db}` | credentials | generated passwords, sealed |
 //! | `{p}/pki` | CA and join token | sealed whole |
@@ -64,6 +66,22 @@ impl Keys {
     }
     pub fn task_log_entry(&self, db: &str, task: &str, entry: &str) -> String {
         format!("{}/task-logs/{db}/{task}/{entry}", self.prefix)
+    }
+    /// Every task of scope `host`.
+    pub fn all_host_tasks(&self) -> String {
+        format!("{}/host-tasks/", self.prefix)
+    }
+    pub fn host_tasks(&self, host: &str) -> String {
+        format!("{}/host-tasks/{host}/", self.prefix)
+    }
+    pub fn host_task(&self, host: &str, task: &str) -> String {
+        format!("{}/host-tasks/{host}/{task}", self.prefix)
+    }
+    pub fn host_task_logs(&self, host: &str, task: &str) -> String {
+        format!("{}/host-task-logs/{host}/{task}/", self.prefix)
+    }
+    pub fn host_task_log_entry(&self, host: &str, task: &str, entry: &str) -> String {
+        format!("{}/host-task-logs/{host}/{task}/{entry}", self.prefix)
     }
     pub fn all_instances(&self) -> String {
         format!("{}/instances/", self.prefix)

@@ -6,6 +6,7 @@
 
 mod follow;
 mod history;
+mod host_tasks;
 mod hosts;
 pub mod identity;
 pub mod keys;
@@ -21,6 +22,7 @@ use serde_json::{Map, Value};
 use spec::{DatabaseSpec, DatabaseState, Task, TaskLogEntry};
 
 pub use follow::LogFollower;
+pub use host_tasks::LogLine;
 pub use identity::{CertificateStanding, HostCertificate, RejoinToken, RevokedCertificate};
 pub use keys::Keys;
 pub use memory::MemoryStore;

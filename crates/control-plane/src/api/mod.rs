@@ -140,10 +140,27 @@ fn percent_decode(s: &str) -> String {
 }
 
 async fn version() -> axum::Json<spec::VersionResponse> {
-    axum::Json(spec::VersionResponse {
+    axum::Json(version_info())
+}
+
+/// What this build is: the crate version, and the commit and its time that `build.rs`
+/// recorded; the architecture in Go's names, as the reference API reports it.
+pub fn version_info() -> spec::VersionResponse {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    spec::VersionResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         api_version: "v1".into(),
-    })
+        revision: env!("BERTH_REVISION").into(),
+        revision_time: chrono::DateTime::parse_from_rfc3339(env!("BERTH_REVISION_TIME"))
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        arch: arch.into(),
+    }
 }
 
 async fn openapi() -> axum::response::Response {
