@@ -190,7 +190,15 @@ pub struct TaskLogEntry {
 /// A page of a task's log, read with an exclusive cursor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskLog {
+    /// The database, for a task of scope `database` (the reference API keeps it beside
+    /// `entity_id`, deprecated); absent for a host's task.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub database_id: String,
+    /// `database` or `host`.
+    #[schema(value_type = crate::TaskScope)]
+    pub scope: String,
+    /// The database id or the host id, per `scope`.
+    pub entity_id: String,
     pub task_id: String,
     pub task_status: TaskStatus,
     /// The id of the last entry returned, or the cursor the caller sent when there was none.

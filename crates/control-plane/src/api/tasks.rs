@@ -129,6 +129,8 @@ pub(crate) async fn log(
         .await?;
     let last_entry_id = entries.last().map(|e| e.id.clone()).or(after);
     Ok(Json(TaskLog {
+        scope: "database".into(),
+        entity_id: id.clone(),
         database_id: id,
         task_id,
         task_status: task.status,
