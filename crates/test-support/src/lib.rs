@@ -78,6 +78,8 @@ pub struct EtcdServer {
     /// Flags after the defaults (`--quota-backend-bytes=...`, or `--auto-compaction-*`,
     /// which then replace the default compaction).
     extra_args: Vec<String>,
+    /// Addresses served besides 127.0.0.1, on the same client port.
+    also_on: Vec<std::net::IpAddr>,
 }
 
 impl EtcdServer {
@@ -88,6 +90,16 @@ impl EtcdServer {
     /// A member started with more flags, e.g. a small `--quota-backend-bytes` to reach
     /// etcd's space alarm, or a faster `--auto-compaction-*` for a benchmark.
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_inner(extra_args, Vec::new())
+    }
+
+    /// A member that also serves clients on `address` (same port), e.g. a Docker network's
+    /// gateway, so that containers on that network reach it at [`EtcdServer::endpoint_on`].
+    pub fn start_also_on(address: std::net::IpAddr) -> Self {
+        Self::start_inner(&[], vec![address])
+    }
+
+    fn start_inner(extra_args: &[&str], also_on: Vec<std::net::IpAddr>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-etcd-")
             .tempdir()
@@ -98,9 +110,19 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            also_on,
         };
         server.spawn();
         server
+    }
+
+    /// `http://ADDRESS:PORT`, for clients that reach this member at another address it
+    /// serves ([`EtcdServer::start_also_on`]).
+    pub fn endpoint_on(&self, address: std::net::IpAddr) -> String {
+        format!(
+            "http://{}",
+            std::net::SocketAddr::new(address, self.client_port)
+        )
     }
 
     /// `http://127.0.0.1:PORT`, for etcd clients.
@@ -127,7 +149,10 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self) {
-        let client = self.endpoint();
+        let client = std::iter::once(self.endpoint())
+            .chain(self.also_on.iter().map(|a| self.endpoint_on(*a)))
+            .collect::<Vec<_>>()
+            .join(",");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log_path = self.dir.path().join("etcd.log");
         let log = std::fs::OpenOptions::new()
