@@ -11,6 +11,7 @@ mod hosts;
 pub mod identity;
 pub mod keys;
 pub mod memory;
+mod metered;
 pub mod sealed;
 mod state;
 pub mod tokens;
@@ -214,7 +215,12 @@ impl Store {
                 std::time::Duration::from_secs(5),
             )
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(options)).await?;
+        let client = Client::connect_with_balanced_channel(
+            endpoints,
+            Some(options),
+            metered::MeteredChannel,
+        )
+        .await?;
         Ok(Store {
             client,
             keys: Keys::new(prefix),
