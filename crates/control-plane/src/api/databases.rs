@@ -114,7 +114,7 @@ async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
 }
 
 #[utoipa::path(post, path = "/v1/databases", tag = "databases",
-    request_body(content = serde_json::Value, description = "`{id?, spec}`"),
+    request_body(content = spec::CreateDatabaseRequest, description = "`{id?, spec}`"),
     responses((status = 200, body = CreateDatabaseResponse), (status = 400, body = spec::ApiErrorBody),
               (status = 409, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id))]
@@ -191,8 +191,8 @@ pub(crate) async fn list(
     Ok(Json(ListDatabasesResponse { databases }))
 }
 
-#[utoipa::path(get, path = "/v1/databases/{id}", tag = "databases",
-    params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/databases/{database_id}", tag = "databases",
+    params(("database_id" = String, Path)),
     responses((status = 200, body = Database), (status = 404, body = spec::ApiErrorBody)))]
 pub(crate) async fn get(
     State(app): State<AppState>,
@@ -238,9 +238,9 @@ async fn write_generation(
     Ok((record, task))
 }
 
-#[utoipa::path(post, path = "/v1/databases/{id}", tag = "databases",
-    params(("id" = String, Path)),
-    request_body(content = serde_json::Value, description = "`{spec}`: a declarative full replace"),
+#[utoipa::path(post, path = "/v1/databases/{database_id}", tag = "databases",
+    params(("database_id" = String, Path)),
+    request_body(content = spec::UpdateDatabaseRequest, description = "`{spec}`: a declarative full replace"),
     responses((status = 200, body = CreateDatabaseResponse), (status = 400, body = spec::ApiErrorBody),
               (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id = %id))]
@@ -285,8 +285,8 @@ pub(crate) struct DeleteDatabaseResponse {
     task: Task,
 }
 
-#[utoipa::path(delete, path = "/v1/databases/{id}", tag = "databases",
-    params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/databases/{database_id}", tag = "databases",
+    params(("database_id" = String, Path)),
     responses((status = 200, body = DeleteDatabaseResponse), (status = 404, body = spec::ApiErrorBody),
               (status = 409, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id = %id))]

@@ -42,8 +42,8 @@ async fn ensure_database(app: &AppState, id: &str) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/databases/{id}/tasks", tag = "tasks",
-    params(("id" = String, Path),
+#[utoipa::path(get, path = "/v1/databases/{database_id}/tasks", tag = "tasks",
+    params(("database_id" = String, Path),
            ("after_task_id" = Option<String>, Query, description = "exclusive cursor"),
            ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
            ("sort_order" = Option<String>, Query, description = "`desc` (newest first, default) or `asc`")),
@@ -86,8 +86,8 @@ async fn find_task(app: &AppState, id: &str, task_id: &str) -> Result<Task, ApiE
         .ok_or_else(not_found)
 }
 
-#[utoipa::path(get, path = "/v1/databases/{id}/tasks/{task_id}", tag = "tasks",
-    params(("id" = String, Path), ("task_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/databases/{database_id}/tasks/{task_id}", tag = "tasks",
+    params(("database_id" = String, Path), ("task_id" = String, Path)),
     responses((status = 200, body = Task), (status = 404, body = spec::ApiErrorBody)))]
 pub(crate) async fn get(
     State(app): State<AppState>,
@@ -96,8 +96,8 @@ pub(crate) async fn get(
     Ok(Json(find_task(&app, &id, &task_id).await?))
 }
 
-#[utoipa::path(get, path = "/v1/databases/{id}/tasks/{task_id}/log", tag = "tasks",
-    params(("id" = String, Path), ("task_id" = String, Path),
+#[utoipa::path(get, path = "/v1/databases/{database_id}/tasks/{task_id}/log", tag = "tasks",
+    params(("database_id" = String, Path), ("task_id" = String, Path),
            ("after_entry_id" = Option<String>, Query, description = "exclusive cursor: the last entry id already seen"),
            ("limit" = Option<i64>, Query, description = "1..=1000, default 100; ignored with `follow`"),
            ("follow" = Option<bool>, Query, description = "`true`: stream the log as newline-delimited JSON \
@@ -197,8 +197,8 @@ async fn follow(
         .into_response())
 }
 
-#[utoipa::path(post, path = "/v1/databases/{id}/tasks/{task_id}/cancel", tag = "tasks",
-    params(("id" = String, Path), ("task_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/databases/{database_id}/tasks/{task_id}/cancel", tag = "tasks",
+    params(("database_id" = String, Path), ("task_id" = String, Path)),
     responses((status = 200, body = Task), (status = 404, body = spec::ApiErrorBody),
               (status = 409, body = spec::ApiErrorBody)))]
 pub(crate) async fn cancel(
