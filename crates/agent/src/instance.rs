@@ -247,7 +247,7 @@ pub struct StoredSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `<data-dir>/instances/<instance_id>/{config/, data/, spec.json, ports.json}`.
+/// `<data-dir>/instances/<instance_id>/{config/, data/, runtime/, spec.json, ports.json}`.
 #[derive(Debug, Clone)]
 pub struct InstanceDir {
     root: PathBuf,
@@ -270,6 +270,12 @@ impl InstanceDir {
 
     pub fn data_dir(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// What the agent tells the container at run time ([`crate::ports_file`]), mounted
+    /// read-only at [`crate::ports_file::MOUNT_PATH`].
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.join("runtime")
     }
 
     pub fn exists(&self) -> bool {
@@ -366,7 +372,11 @@ impl InstanceDir {
             std::fs::remove_dir_all(&self.root)?;
             return Ok(true);
         }
-        for dir in [self.config_dir(), self.root.join("config.new")] {
+        for dir in [
+            self.config_dir(),
+            self.root.join("config.new"),
+            self.runtime_dir(),
+        ] {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
@@ -497,6 +507,13 @@ pub fn container_config(
             source: dir.data_dir().to_string_lossy().into_owned(),
             target: target.clone(),
             read_only: false,
+        });
+    }
+    if crate::ports_file::publishes_ports(spec) {
+        mounts.push(BindMount {
+            source: dir.runtime_dir().to_string_lossy().into_owned(),
+            target: crate::ports_file::MOUNT_PATH.into(),
+            read_only: true,
         });
     }
     let ports = spec
@@ -639,6 +656,23 @@ mod tests {
             port_names(&labels),
             BTreeMap::from([(5432, "pg".to_string())])
         );
+    }
+
+    #[test]
+    fn the_runtime_dir_is_mounted_read_only_where_ports_are_published() {
+        let dir = InstanceDir::new(Path::new("/agent"), "db1-n1");
+        let runtime = |s: &InstanceSpec| {
+            container_config("h1", s, "hash", &dir, &ChosenPorts::default())
+                .mounts
+                .into_iter()
+                .find(|m| m.target == crate::ports_file::MOUNT_PATH)
+        };
+        let mount = runtime(&spec()).expect("runtime mount");
+        assert_eq!(mount.source, "/agent/instances/db1-n1/runtime");
+        assert!(mount.read_only);
+        let mut unpublished = spec();
+        unpublished.ports[0].host_port = None;
+        assert!(runtime(&unpublished).is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod blocking;
 pub mod instance;
 pub mod ops;
+pub mod ports_file;
 pub mod registration;
 pub mod runtime;
 pub mod service;

@@ -16,6 +16,7 @@ use crate::instance::{
     self, ChosenPorts, InstanceDir, LABEL_HOST_ID, LABEL_MANAGED, LABEL_SPEC_HASH, SpecError,
     StoredSpec, container_name, port_names,
 };
+use crate::ports_file;
 use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerStatus, ExecOutput, HealthStatus, RuntimeError,
 };
@@ -369,6 +370,7 @@ impl<R: ContainerRuntime> Ops<R> {
             let dir = dir.clone();
             crate::blocking::run(move || dir.read_ports()).await?
         };
+        let told = self.tell_ports_before_start(&spec, &dir, &chosen).await?;
         let config = instance::container_config(&self.host_id, &spec, &hash, &dir, &chosen);
         // Subscribe before starting so that no state change between start and wait is missed.
         let (_, changes) = self.hub.subscribe();
@@ -412,6 +414,21 @@ impl<R: ContainerRuntime> Ops<R> {
             progress
                 .log("host ports chosen", &[("ports", list.join(","))])
                 .await;
+        }
+        if ports_file::publishes_ports(&spec) {
+            let ports = ports_file::from_engine(&spec, &info.ports);
+            if told.as_ref() != Some(&ports) {
+                let runtime = dir.runtime_dir();
+                let written = ports.clone();
+                crate::blocking::run(move || ports_file::write(&runtime, &written)).await?;
+                let list: Vec<String> = ports.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                progress
+                    .log(
+                        "published ports written for the container",
+                        &[("ports", list.join(","))],
+                    )
+                    .await;
+            }
         }
         self.refresh_quietly(&spec.instance_id).await;
         let info = self.wait_ready(&spec, &id, changes, progress).await?;
@@ -462,6 +479,29 @@ impl<R: ContainerRuntime> Ops<R> {
             dir.write_spec(&stored)
         })
         .await
+    }
+
+    /// Before a container is created: writes the published-ports file when every published
+    /// port is already known (fixed, or chosen by an earlier container), or removes an earlier
+    /// container's file so the new one waits for its own. Returns what was written.
+    async fn tell_ports_before_start(
+        &self,
+        spec: &InstanceSpec,
+        dir: &InstanceDir,
+        chosen: &ChosenPorts,
+    ) -> std::io::Result<Option<ports_file::PublishedPorts>> {
+        if !ports_file::publishes_ports(spec) {
+            return Ok(None);
+        }
+        let known = ports_file::known_before_start(spec, chosen);
+        let runtime = dir.runtime_dir();
+        let written = known.clone();
+        crate::blocking::run(move || match &written {
+            Some(ports) => ports_file::write(&runtime, ports),
+            None => ports_file::clear(&runtime),
+        })
+        .await?;
+        Ok(known)
     }
 
     /// Records the host ports the engine picked for `host_port: 0`; true when something new was learned.
