@@ -292,3 +292,62 @@ pub struct ApiErrorBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<crate::FieldError>,
 }
+
+/// What `POST /v1/databases?dry_run=true` and `POST /v1/databases/{id}?dry_run=true` answer:
+/// the plan the reconciler would execute now for the spec sent, after the same validation as
+/// without `dry_run`. Nothing is stored: no spec, no task, no credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DryRunPlan {
+    pub database_id: String,
+    /// Always `true`: says the answer is a plan, not an accepted change.
+    pub dry_run: bool,
+    /// In execution order (the planner's phases one after another); empty when the spec
+    /// changes nothing.
+    pub steps: Vec<PlannedStep>,
+}
+
+/// One step of a [`DryRunPlan`]. Optional fields are omitted when they do not apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlannedStep {
+    pub action: PlannedAction,
+    pub kind: PlannedKind,
+    /// The container the step acts on (absent for role steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// The Postgres node, for Postgres instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The service, for service instances and role steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<String>,
+    /// Why, for a person: `new instance`, `config changed`, `image changed (a -> b)`,
+    /// `cpu/memory changed in place`, `no longer in the spec`, ...
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlannedAction {
+    /// A container that does not exist yet.
+    Create,
+    /// A new container in place of the current one (its data directory is kept).
+    Replace,
+    /// New cpu or memory limits on the running container.
+    Resize,
+    /// The container and its record go.
+    Remove,
+    /// A service's two managed Postgres roles are created on every node's primary.
+    CreateRoles,
+    /// A removed service's roles are dropped.
+    DropRoles,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlannedKind {
+    Postgres,
+    Service,
+    Roles,
+}
