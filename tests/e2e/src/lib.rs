@@ -37,7 +37,9 @@ fn workspace_root() -> PathBuf {
         .expect("workspace root")
 }
 
-/// Builds the two binaries once per test process (a no-op when they are current).
+/// Builds the binaries once per test process (a no-op when they are current). The CLI is
+/// built in the same run as the fleet's binaries: built alone, its dependencies' features
+/// would unify differently and each build would recompile what the other just compiled.
 fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
@@ -48,6 +50,8 @@ fn binary(name: &str) -> PathBuf {
                 "berth-control-plane",
                 "--bin",
                 "berth-agent",
+                "--bin",
+                "berth",
             ])
             .current_dir(workspace_root())
             .status()
@@ -60,8 +64,8 @@ fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// The path of a binary of this workspace (`berth-control-plane`, `berth-agent`), built first
-/// if needed.
+/// The path of a binary of this workspace (`berth-control-plane`, `berth-agent`, `berth`),
+/// built first if needed.
 pub fn built_binary(name: &str) -> PathBuf {
     binary(name)
 }
