@@ -103,6 +103,18 @@ impl FleetTls {
         }))
     }
 
+    /// The fleet CA as stored, without creating one (None before any replica started):
+    /// for readers that must write nothing, such as a dry-run.
+    pub async fn stored_authority(store: &Store) -> Result<Option<pki::Authority>, TlsError> {
+        let doc: Option<PkiDocument> = store.get_sealed(&store.keys().pki()).await?;
+        Ok(doc.map(|d| {
+            pki::Authority::from_identity(pki::Identity {
+                cert_pem: d.ca_cert_pem,
+                key_pem: d.ca_key_pem,
+            })
+        }))
+    }
+
     pub fn ca_pem(&self) -> &str {
         self.authority.cert_pem()
     }

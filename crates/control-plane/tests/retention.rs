@@ -30,6 +30,8 @@ fn record(id: &str, generation: u64, task_id: &str) -> DatabaseRecord {
         updated_at: Utc::now(),
         generation,
         current_task_id: Some(task_id.into()),
+        tenant_id: None,
+        forced_generation: 0,
     }
 }
 

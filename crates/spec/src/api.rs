@@ -21,6 +21,10 @@ pub enum DatabaseState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Database {
     pub id: String,
+    /// The owner's identifier given at create or update (the reference API's `tenant_id`),
+    /// returned as given; absent when none was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
     pub state: DatabaseState,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -14,9 +14,10 @@ pub struct CreateDatabaseRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, max_length = 36, example = "storefront")]
     pub id: Option<String>,
-    /// The owner's identifier, returned as given.
+    /// The owner's identifier, returned as given: 1-63 lowercase letters, digits or hyphens
+    /// ([`crate::ident::validate_tenant_id`], the reference API's `Identifier`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 36)]
+    #[schema(min_length = 1, max_length = 63, example = "engineering")]
     pub tenant_id: Option<String>,
     pub spec: DatabaseSpec,
 }
@@ -25,9 +26,10 @@ pub struct CreateDatabaseRequest {
 /// replace. Secret config values left out are kept from the stored spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateDatabaseRequest {
-    /// The owner's identifier; absent keeps the stored one.
+    /// The owner's identifier ([`crate::ident::validate_tenant_id`]); absent keeps the
+    /// stored one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 36)]
+    #[schema(min_length = 1, max_length = 63, example = "engineering")]
     pub tenant_id: Option<String>,
     pub spec: DatabaseSpec,
 }

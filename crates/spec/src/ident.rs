@@ -25,6 +25,23 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(RULE.to_string()) }
 }
 
+/// Tenant ids (the owner's identifier a create or update may carry): the reference pgEdge
+/// Control Plane API's `Identifier`, 1 to 63 lowercase letters, digits and hyphens, starting
+/// and ending with a letter or digit, no `--`. Only stored and returned, so the 36 of
+/// [`validate_id`] (which names containers and roles) does not apply.
+pub fn validate_tenant_id(id: &str) -> Result<(), String> {
+    const RULE: &str = "must be 1-63 lowercase letters, digits or hyphens, start and end with a letter or digit, without \"--\"";
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+        && !id.contains("--");
+    if ok { Ok(()) } else { Err(RULE.to_string()) }
+}
+
 /// Node names: `n` followed by digits (`n1`, `n2`, ...).
 pub fn validate_node_name(name: &str) -> Result<(), String> {
     let ok = name.len() <= 12
@@ -88,6 +105,20 @@ mod tests {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
         assert_eq!(validate_id(&"a".repeat(36)), Ok(()));
+    }
+
+    #[test]
+    fn tenant_ids() {
+        for ok in [
+            "engineering",
+            "8210ec10-2dca-406c-ac4a-0661d2189954",
+            &"a".repeat(63),
+        ] {
+            assert_eq!(validate_tenant_id(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a--b", "Eng", "a_b", &"a".repeat(64)] {
+            assert!(validate_tenant_id(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -35,6 +35,6 @@ pub use error::{FieldError, InvalidInput};
 pub use manifest::{BUILTIN_MANIFEST, LOCAL_MANIFEST, Manifest, ManifestError, ResolvedImage};
 pub use model::*;
 pub use parse::{
-    CreateRequest, ValidationContext, parse_create_request, parse_update_request,
-    validate_database_id,
+    CreateRequest, UpdateRequest, ValidationContext, parse_create_request, parse_update_body,
+    parse_update_request, validate_database_id,
 };

@@ -35,6 +35,16 @@ pub struct ValidationContext<'a> {
 pub struct CreateRequest {
     /// The database id the caller chose; `None` lets the control plane pick one.
     pub id: Option<String>,
+    /// The owner's identifier ([`crate::ident::validate_tenant_id`]), if given.
+    pub tenant_id: Option<String>,
+    pub spec: DatabaseSpec,
+}
+
+/// A checked `POST /v1/databases/{id}` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateRequest {
+    /// The owner's identifier, if given (absent: the stored one is kept).
+    pub tenant_id: Option<String>,
     pub spec: DatabaseSpec,
 }
 
@@ -44,7 +54,7 @@ pub fn validate_database_id(id: &str) -> Result<(), String> {
     validate_id(id)
 }
 
-/// Parses and checks a `POST /v1/databases` body, `{id?, spec}`.
+/// Parses and checks a `POST /v1/databases` body, `{id?, tenant_id?, spec}`.
 pub fn parse_create_request(
     body: &Value,
     ctx: &ValidationContext<'_>,
@@ -53,7 +63,7 @@ pub fn parse_create_request(
     let Some(o) = Obj::of(body, String::new(), &mut e) else {
         return Err(InvalidInput { errors: e.0 });
     };
-    o.deny_unknown(&["id", "spec"], &mut e);
+    o.deny_unknown(&["id", "tenant_id", "spec"], &mut e);
     let id = o
         .get("id")
         .and_then(|v| expect_str(v, "id", &mut e))
@@ -64,13 +74,19 @@ pub fn parse_create_request(
                 None
             }
         });
+    let tenant_id = tenant_id(o.get("tenant_id"), &mut e);
     let spec = o
         .require("spec", &mut e)
         .and_then(|v| parse_spec(v, ctx, &mut e));
-    finish(e, spec).map(|spec| CreateRequest { id, spec })
+    finish(e, spec).map(|spec| CreateRequest {
+        id,
+        tenant_id,
+        spec,
+    })
 }
 
 /// Parses and checks a `POST /v1/databases/{id}` body, `{spec}`: the full new spec.
+/// A body with `tenant_id` is refused here; [`parse_update_body`] reads it.
 pub fn parse_update_request(
     body: &Value,
     ctx: &ValidationContext<'_>,
@@ -84,6 +100,36 @@ pub fn parse_update_request(
         .require("spec", &mut e)
         .and_then(|v| parse_spec(v, ctx, &mut e));
     finish(e, spec)
+}
+
+/// Parses and checks a `POST /v1/databases/{id}` body, `{tenant_id?, spec}`: the full new
+/// spec, and the owner's identifier if the caller gives one.
+pub fn parse_update_body(
+    body: &Value,
+    ctx: &ValidationContext<'_>,
+) -> Result<UpdateRequest, InvalidInput> {
+    let mut e = Errors::default();
+    let Some(o) = Obj::of(body, String::new(), &mut e) else {
+        return Err(InvalidInput { errors: e.0 });
+    };
+    o.deny_unknown(&["tenant_id", "spec"], &mut e);
+    let tenant_id = tenant_id(o.get("tenant_id"), &mut e);
+    let spec = o
+        .require("spec", &mut e)
+        .and_then(|v| parse_spec(v, ctx, &mut e));
+    finish(e, spec).map(|spec| UpdateRequest { tenant_id, spec })
+}
+
+/// `tenant_id`, if present: a string by [`crate::ident::validate_tenant_id`]'s rule.
+fn tenant_id(value: Option<&Value>, e: &mut Errors) -> Option<String> {
+    let id = expect_str(value?, "tenant_id", e)?;
+    match crate::ident::validate_tenant_id(id) {
+        Ok(()) => Some(id.to_string()),
+        Err(msg) => {
+            e.push("tenant_id", msg);
+            None
+        }
+    }
 }
 
 fn finish(e: Errors, spec: Option<DatabaseSpec>) -> Result<DatabaseSpec, InvalidInput> {

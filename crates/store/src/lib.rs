@@ -106,6 +106,18 @@ pub struct DatabaseRecord {
     /// The task that carries the newest accepted change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_task_id: Option<String>,
+    /// The owner's identifier, as the caller gave it (`tenant_id` of the reference API's
+    /// create and update requests); stored and returned, never interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The generation of the last update made with `force_update` (0: none): every
+    /// instance's desired hash depends on it, so that update replaces each container once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forced_generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A database as stored: its record and its spec with secrets opened.
@@ -751,6 +763,20 @@ impl Store {
             key: key.to_string(),
             source,
         })
+    }
+
+    /// A document stored sealed at `key`, opened; None when there is none. Reads only.
+    pub async fn get_sealed<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let Some(Versioned { value, .. }) = self.get_json::<Value>(key).await? else {
+            return Ok(None);
+        };
+        let opened = self.secrets.open_document(&value)?;
+        serde_json::from_value(opened)
+            .map(Some)
+            .map_err(|source| StoreError::Decode {
+                key: key.to_string(),
+                source,
+            })
     }
 
     /// Replaces a sealed document (an operator rotating the join token).

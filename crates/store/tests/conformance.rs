@@ -27,6 +27,8 @@ fn record(id: &str, generation: u64, task: &Task) -> DatabaseRecord {
         updated_at: Utc::now(),
         generation,
         current_task_id: Some(task.task_id.clone()),
+        tenant_id: None,
+        forced_generation: 0,
     }
 }
 

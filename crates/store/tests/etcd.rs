@@ -39,6 +39,8 @@ fn record(id: &str, generation: u64) -> DatabaseRecord {
         updated_at: Utc::now(),
         generation,
         current_task_id: None,
+        tenant_id: None,
+        forced_generation: 0,
     }
 }
 

@@ -2,24 +2,29 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use spec::parse::{ValidationContext, parse_create_request, parse_update_request};
+use spec::parse::{ValidationContext, parse_create_request, parse_update_body};
 use spec::{
-    CreateDatabaseResponse, Database, DatabaseSpec, DatabaseState, InvalidInput,
+    CreateDatabaseResponse, Database, DatabaseSpec, DatabaseState, DryRunPlan, InvalidInput,
     ListDatabasesResponse, Task, TaskType,
 };
 use store::{DatabaseRecord, StoreError, StoredDatabase};
 
-use super::{ApiError, json_body};
+use super::tasks::bool_param;
+use super::{ApiError, QueryParams, json_body};
 use crate::instances::{InstanceRecord, View, api_view};
 use crate::state::AppState;
 use crate::tasks::new_task;
+
+mod dry_run;
 
 /// The API's view of a stored database: secrets removed.
 pub(crate) fn database_view(record: &DatabaseRecord, spec: &DatabaseSpec) -> Database {
     Database {
         id: record.id.clone(),
+        tenant_id: record.tenant_id.clone(),
         state: record.state,
         created_at: record.created_at,
         updated_at: record.updated_at,
@@ -114,14 +119,21 @@ async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
 }
 
 #[utoipa::path(post, path = "/v1/databases", tag = "databases",
-    request_body(content = spec::CreateDatabaseRequest, description = "`{id?, spec}`"),
-    responses((status = 200, body = CreateDatabaseResponse), (status = 400, body = spec::ApiErrorBody),
-              (status = 409, body = spec::ApiErrorBody)))]
+    params(("dry_run" = Option<bool>, Query, description = "`true`: validate as usual, then answer \
+        the plan the reconciler would execute now (`DryRunPlan`) and store nothing: no database, \
+        no task, no credentials")),
+    request_body(content = spec::CreateDatabaseRequest, description = "`{id?, tenant_id?, spec}`"),
+    responses((status = 200, body = ChangeOrPlan,
+               description = "the accepted database and its task; with `dry_run=true`, the plan"),
+              (status = 400, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id))]
 pub(crate) async fn create(
     State(app): State<AppState>,
+    RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Json<CreateDatabaseResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(query);
+    let dry_run = bool_param(&params, "dry_run")?;
     let body = json_body(&body)?;
     let request = parse_with_hosts(&app, |hosts| {
         let ctx = ValidationContext {
@@ -147,7 +159,20 @@ pub(crate) async fn create(
         updated_at: now,
         generation: 1,
         current_task_id: Some(task.task_id.clone()),
+        tenant_id: request.tenant_id,
+        forced_generation: 0,
     };
+    if dry_run {
+        if app.store.get_database(&id).await?.is_some() {
+            return Err(ApiError::DatabaseAlreadyExists(id));
+        }
+        let db = StoredDatabase {
+            record,
+            spec: request.spec,
+            spec_revision: 0,
+        };
+        return plan_only(&app, &db, false).await;
+    }
     match app
         .store
         .create_database(&record, &request.spec, &task)
@@ -161,7 +186,30 @@ pub(crate) async fn create(
     Ok(Json(CreateDatabaseResponse {
         task,
         database: database_view(&record, &request.spec),
-    }))
+    })
+    .into_response())
+}
+
+/// What create and update answer, for the OpenAPI document: the accepted change, or with
+/// `dry_run=true` the plan (the handlers build the response from either directly).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)]
+pub(crate) enum ChangeOrPlan {
+    Accepted(CreateDatabaseResponse),
+    DryRun(DryRunPlan),
+}
+
+/// The dry-run answer for `db` as it would be stored (see [`dry_run`]).
+async fn plan_only(
+    app: &AppState,
+    db: &StoredDatabase,
+    forced: bool,
+) -> Result<Response, ApiError> {
+    let facts = dry_run::facts(app, &db.record.id).await?;
+    let plan: DryRunPlan = dry_run::dry_run_plan(db, facts, &app.manifest, forced)?;
+    tracing::info!(steps = plan.steps.len(), "dry run planned; nothing stored");
+    Ok(Json(plan).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/databases", tag = "databases",
@@ -203,8 +251,19 @@ pub(crate) async fn get(
     Ok(Json(full_view(&d, &records, &host_facts(&app).await?)))
 }
 
+/// The record of the next generation of a database, in `state`.
+fn next_record(current: &DatabaseRecord, state: DatabaseState) -> DatabaseRecord {
+    DatabaseRecord {
+        state,
+        updated_at: Utc::now(),
+        generation: current.generation + 1,
+        ..current.clone()
+    }
+}
+
 /// Accepts a new generation of a database's spec with its task, unless another writer
-/// changed the spec since it was read here.
+/// changed the spec since it was read here. `current`'s record may carry what else changes
+/// (tenant, force); its spec revision is the one compared.
 async fn write_generation(
     app: &AppState,
     current: &StoredDatabase,
@@ -214,11 +273,8 @@ async fn write_generation(
 ) -> Result<(DatabaseRecord, Task), ApiError> {
     let task = new_task(&current.record.id, task_type);
     let record = DatabaseRecord {
-        state,
-        updated_at: Utc::now(),
-        generation: current.record.generation + 1,
         current_task_id: Some(task.task_id.clone()),
-        ..current.record.clone()
+        ..next_record(&current.record, state)
     };
     match app
         .store
@@ -239,16 +295,28 @@ async fn write_generation(
 }
 
 #[utoipa::path(post, path = "/v1/databases/{database_id}", tag = "databases",
-    params(("database_id" = String, Path)),
-    request_body(content = spec::UpdateDatabaseRequest, description = "`{spec}`: a declarative full replace"),
-    responses((status = 200, body = CreateDatabaseResponse), (status = 400, body = spec::ApiErrorBody),
+    params(("database_id" = String, Path),
+           ("dry_run" = Option<bool>, Query, description = "`true`: validate as usual, then answer \
+               the plan the reconciler would execute now (`DryRunPlan`) and store nothing"),
+           ("force_update" = Option<bool>, Query, description = "`true`: apply even an unchanged \
+               spec: the task replaces every instance (Postgres and services; data directories \
+               are kept), as the reference API's `force_update` updates every resource")),
+    request_body(content = spec::UpdateDatabaseRequest, description = "`{tenant_id?, spec}`: a declarative full \
+        replace of the spec; `tenant_id` left out keeps the stored one"),
+    responses((status = 200, body = ChangeOrPlan,
+               description = "the database and the task of the change; with `dry_run=true`, the plan"),
+              (status = 400, body = spec::ApiErrorBody),
               (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id = %id))]
 pub(crate) async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Json<CreateDatabaseResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(query);
+    let dry_run = bool_param(&params, "dry_run")?;
+    let forced = bool_param(&params, "force_update")?;
     let body = json_body(&body)?;
     let current = stored(&app, &id).await?;
     if current.record.state == DatabaseState::Deleting {
@@ -256,28 +324,50 @@ pub(crate) async fn update(
             "database {id:?} is being deleted"
         )));
     }
-    let spec = parse_with_hosts(&app, |hosts| {
+    let request = parse_with_hosts(&app, |hosts| {
         let ctx = ValidationContext {
             manifest: &app.manifest,
             known_hosts: Some(hosts),
             previous: Some(&current.spec),
         };
-        parse_update_request(&body, &ctx)
+        parse_update_body(&body, &ctx)
     })
     .await?;
+    let spec = request.spec;
     check_limits(&app, &spec).await?;
+    // What the change does to the record besides the generation: the tenant if one is
+    // given, and a force makes every instance's hash new (`reconciler::inputs`).
+    let mut base = current.clone();
+    if let Some(tenant) = request.tenant_id {
+        base.record.tenant_id = Some(tenant);
+    }
+    if forced {
+        base.record.forced_generation = current.record.generation + 1;
+    }
+    if dry_run {
+        let db = StoredDatabase {
+            record: next_record(&base.record, DatabaseState::Modifying),
+            spec,
+            spec_revision: current.spec_revision,
+        };
+        return plan_only(&app, &db, forced).await;
+    }
     let (record, task) = write_generation(
         &app,
-        &current,
+        &base,
         &spec,
         DatabaseState::Modifying,
         TaskType::Update,
     )
     .await?;
+    if forced {
+        tracing::info!(task_id = %task.task_id, "force_update: every instance is replaced");
+    }
     Ok(Json(CreateDatabaseResponse {
         task,
         database: database_view(&record, &spec),
-    }))
+    })
+    .into_response())
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]

@@ -141,7 +141,7 @@ pub(crate) async fn log(
 }
 
 /// `true` or `false` (also `1` / `0`); absent is false.
-fn bool_param(params: &QueryParams, name: &str) -> Result<bool, ApiError> {
+pub(crate) fn bool_param(params: &QueryParams, name: &str) -> Result<bool, ApiError> {
     match params.get(name) {
         None | Some("false" | "0") => Ok(false),
         Some("true" | "1") => Ok(true),

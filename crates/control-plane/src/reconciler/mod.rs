@@ -14,6 +14,7 @@
 //! in-memory store and fake agents.
 
 pub mod agents;
+pub(crate) mod inputs;
 mod observe;
 mod pass;
 mod relay;

@@ -22,7 +22,7 @@ use store::{StoreError, StoredDatabase};
 use super::task_log::{TaskLog, fields};
 use super::{HOST_DIAL_TIMEOUT, MAX_PLANS, ReconcileError, Reconciler, WorkerState};
 use crate::credentials::DatabaseCredentials;
-use crate::desired::{Desired, Topology, desired_instances, postgres_cert_names};
+use crate::desired::Desired;
 use crate::instances::{InstanceRecord, Phase};
 use crate::tasks::transition;
 
@@ -338,50 +338,27 @@ impl Reconciler {
             task.as_ref().map(|t| t.task_id.clone()).or(episode),
             true,
         );
-        let deleting = db.record.state == DatabaseState::Deleting;
         let records = self.records(database_id).await?;
-        let topology = Topology {
-            hosts: self.fleet.placements(),
-            postgres_ports: records
-                .values()
-                .filter_map(|r| Some((r.instance_id.clone(), r.postgres_port()?)))
-                .collect(),
-        };
         let stored = self.stored_credentials(database_id).await?;
-        let mut creds = stored.clone().unwrap_or_else(DatabaseCredentials::generate);
-        if !deleting {
-            let added =
-                creds.ensure_services(db.spec.services.iter().map(|s| s.service_id.as_str()));
-            let names = postgres_cert_names(database_id, &db.spec, &topology);
-            let issued = crate::postgres_tls::ensure_certs(
-                &mut creds.postgres_certs,
-                &names,
-                &self.authority,
-                Utc::now(),
-            )
-            .map_err(|e| {
-                ReconcileError::Step(format!("cannot issue a Postgres certificate: {e}"))
-            })?;
-            if added || issued || stored.is_none() {
-                // Passwords and keys are durable before any container is given them.
-                self.put_credentials(database_id, &creds).await?;
-            }
+        let super::inputs::DesiredState {
+            desired,
+            creds,
+            creds_changed,
+        } = super::inputs::desired_state(
+            &db,
+            super::inputs::Context {
+                hosts: self.fleet.placements(),
+                records: &records,
+                stored_creds: stored,
+                manifest: &self.manifest,
+                authority: &self.authority,
+                now: Utc::now(),
+            },
+        )?;
+        if creds_changed {
+            // Passwords and keys are durable before any container is given them.
+            self.put_credentials(database_id, &creds).await?;
         }
-        let desired = if deleting {
-            BTreeMap::new()
-        } else {
-            desired_instances(
-                database_id,
-                &db.spec,
-                &self.manifest,
-                &creds,
-                &topology,
-                self.authority.cert_pem(),
-            )?
-            .into_iter()
-            .map(|d| (d.plan.instance_id.clone(), d))
-            .collect()
-        };
         Ok(Loaded::Pass(Box::new(Pass {
             db,
             task,
@@ -501,61 +478,14 @@ impl Reconciler {
                 super::observe::observed_instance(&host, &s, pass.records.get(&s.instance_id))
             })
             .collect();
-        let primaries: BTreeSet<String> = pass
-            .desired
-            .values()
-            .filter(|d| {
-                matches!(
-                    d.plan.kind,
-                    plan::InstanceKind::Postgres { primary: true, .. }
-                )
-            })
-            .map(|d| d.plan.instance_id.clone())
-            .collect();
-        let mut hosts: BTreeSet<String> = pass
-            .desired
-            .values()
-            .map(|d| d.plan.host_id.clone())
-            .collect();
-        hosts.extend(pass.records.values().map(|r| r.host_id.clone()));
-        let generation = pass.db.record.generation;
-        PlanInput {
-            database_id: pass.db.record.id.clone(),
-            deleting: pass.db.record.state == DatabaseState::Deleting,
-            desired: pass.desired.values().map(|d| d.plan.clone()).collect(),
+        super::inputs::plan_input(
+            &pass.db,
+            &pass.desired,
+            &pass.records,
+            &pass.creds,
             observed,
-            applied: pass
-                .records
-                .values()
-                .map(|r| plan::AppliedRecord {
-                    instance_id: r.instance_id.clone(),
-                    host_id: r.host_id.clone(),
-                    kind: r.kind.clone(),
-                    spec_hash: r.spec_hash.clone(),
-                    resources: r.resources,
-                })
-                .collect(),
-            // A drop that failed at this generation is not planned again until the spec
-            // changes: the roles stay, and the rest of the change goes on.
-            roles: pass
-                .creds
-                .services
-                .iter()
-                .filter(|(_, c)| c.roles_created)
-                // A service still wanted counts as having its roles only where every
-                // primary has them; one no longer wanted needs them dropped wherever they are.
-                .filter(|(id, c)| {
-                    !pass.db.spec.services.iter().any(|s| &s.service_id == *id)
-                        || primaries.is_subset(&c.roles_on)
-                })
-                .filter(|(_, c)| c.drop_error.as_ref().is_none_or(|(g, _)| *g != generation))
-                .map(|(id, _)| id.clone())
-                .collect(),
-            unreachable_hosts: hosts
-                .into_iter()
-                .filter(|h| !reachable.contains(h))
-                .collect(),
-        }
+            reachable,
+        )
     }
 
     async fn converged(&self, pass: Pass, input: &PlanInput) -> Result<Outcome, ReconcileError> {

@@ -310,6 +310,8 @@ impl Harness {
             updated_at: Utc::now(),
             generation: 1,
             current_task_id: Some(task.task_id.clone()),
+            tenant_id: None,
+            forced_generation: 0,
         };
         self.store
             .create_database(&record, &spec, &task)

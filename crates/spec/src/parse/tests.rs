@@ -274,7 +274,7 @@ fn body_rules() {
     );
     check(
         &[("/extra", Some(json!(1)))],
-        &[("extra", "unknown field; allowed: id, spec")],
+        &[("extra", "unknown field; allowed: id, tenant_id, spec")],
     );
     check(&[("/id", s("Bad_Id"))], &[("id", "lowercase letters")]);
     check(&[("/id", s(""))], &[("id", "1-36")]);
@@ -905,4 +905,43 @@ fn database_ids() {
     );
     assert!(validate_database_id("Example").is_err());
     assert!(validate_database_id("-x").is_err());
+}
+
+/// `tenant_id` (the reference API's owner identifier) is optional on create and update,
+/// checked by the reference's identifier rule, and named by its path when wrong.
+#[test]
+fn tenant_ids_on_create_and_update() {
+    assert_eq!(create(&base()).unwrap().tenant_id, None);
+    let with = edited(&[("/tenant_id", Some(json!("engineering")))]);
+    assert_eq!(
+        create(&with).unwrap().tenant_id.as_deref(),
+        Some("engineering")
+    );
+    for bad in [json!("Eng"), json!(""), json!(7), json!("a--b")] {
+        let body = edited(&[("/tenant_id", Some(bad.clone()))]);
+        let paths: Vec<String> = errors(&body).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, ["tenant_id"], "{bad}");
+    }
+
+    let manifest = Manifest::builtin();
+    let known = hosts();
+    let ctx = ValidationContext {
+        manifest: &manifest,
+        known_hosts: Some(&known),
+        previous: None,
+    };
+    let mut body = base();
+    body.as_object_mut().unwrap().remove("id");
+    let plain = crate::parse_update_body(&body, &ctx).unwrap();
+    assert_eq!(plain.tenant_id, None);
+    body["tenant_id"] = json!("8210ec10-2dca-406c-ac4a-0661d2189954");
+    let owned = crate::parse_update_body(&body, &ctx).unwrap();
+    assert_eq!(
+        owned.tenant_id.as_deref(),
+        Some("8210ec10-2dca-406c-ac4a-0661d2189954")
+    );
+    assert_eq!(owned.spec, plain.spec);
+    body["tenant_id"] = json!("-x");
+    let err = crate::parse_update_body(&body, &ctx).unwrap_err();
+    assert_eq!(err.errors[0].path, "tenant_id");
 }
