@@ -7,7 +7,8 @@ source "$repo/deploy/fleet/proc.sh"
 # A second fleet beside a developer's (the test of up and down does this) sets its own state
 # dir, ports, host ids and engine-per-host fleet name; the defaults are the dev fleet's.
 #   BERTH_DEV_DIR          state dir (default <repo>/.dev)
-#   BERTH_DEV_PORT_BASE    etcd BASE and BASE+1, API BASE+2, registry BASE+3, agents BASE+10+N
+#   BERTH_DEV_PORT_BASE    etcd BASE and BASE+1, API BASE+2, registry BASE+3, agents BASE+10+N,
+#                          agents' metrics BASE+20+N
 #   BERTH_DEV_HOST_PREFIX  host ids PREFIX-1..3 (default host)
 #   BERTH_DEV_FLEET        deploy/fleet/hosts fleet name (default dev)
 #   BERTH_DEV_BIN_DIR      where berth-control-plane and berth-agent are (default target/debug)
@@ -25,6 +26,7 @@ if [[ -n ${BERTH_DEV_PORT_BASE:-} ]]; then
 	api=127.0.0.1:$((port_base + 2))
 	grpc=127.0.0.1:$((port_base + 3))
 	agent_port_base=$((port_base + 10))
+	metrics_port_base=$((port_base + 20))
 else
 	etcd_client=127.0.0.1:2479
 	etcd_peer=127.0.0.1:2480
@@ -32,6 +34,8 @@ else
 	grpc=127.0.0.1:3001
 	# host-N listens on 127.0.0.1:$((agent_port_base + N)).
 	agent_port_base=7100
+	# host-N serves Prometheus metrics on 127.0.0.1:$((metrics_port_base + N)) (docs/operations.md).
+	metrics_port_base=9100
 fi
 host_prefix=${BERTH_DEV_HOST_PREFIX:-host}
 hosts=("$host_prefix-1" "$host_prefix-2" "$host_prefix-3")
@@ -44,8 +48,10 @@ fleet_hosts=$repo/deploy/fleet/hosts
 fleet=${BERTH_DEV_FLEET:-dev}
 fleet_index=0
 mode_file=$dev/mode
-# An agent listens on this port of its host's address in that mode.
+# An agent listens on this port of its host's address in that mode, and serves its metrics
+# on agent_metrics_port.
 agent_port=7100
+agent_metrics_port=9101
 
 # Every process of the fleet, in start order; down stops them in reverse.
 components=(etcd control-plane "${hosts[@]/#/agent-}")

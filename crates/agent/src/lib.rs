@@ -89,6 +89,10 @@ pub struct AgentConfig {
         default_value = "127.0.0.1"
     )]
     pub addresses: Vec<String>,
+    /// Address of a plain-HTTP listener serving Prometheus metrics at `GET /metrics`
+    /// (docs/operations.md), e.g. 127.0.0.1:9101. Off when absent.
+    #[arg(long, env = "BERTH_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -119,6 +123,8 @@ pub enum AgentError {
     },
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("metrics server: {0}")]
+    Metrics(std::io::Error),
 }
 
 fn advertised_url(config: &AgentConfig, local: SocketAddr) -> String {
@@ -133,18 +139,35 @@ fn advertised_url(config: &AgentConfig, local: SocketAddr) -> String {
     }
 }
 
-/// Binds `config.listen` and serves until `shutdown` resolves.
+/// Binds `config.listen` (and `config.metrics_listen`, if set) and serves until `shutdown`
+/// resolves.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    serve(config, listener, shutdown).await
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr, source })
+    };
+    let listener = bind(config.listen).await?;
+    let Some(metrics_addr) = config.metrics_listen else {
+        return serve(config, listener, shutdown).await;
+    };
+    let metrics = bind(metrics_addr).await?;
+    telemetry::install();
+    tracing::info!(listen = %metrics_addr, "serving metrics at /metrics");
+    let stop = CancellationToken::new();
+    let metrics = tokio::spawn(telemetry::http::serve(
+        metrics,
+        stop.clone().cancelled_owned(),
+    ));
+    let served = serve(config, listener, shutdown).await;
+    stop.cancel();
+    match metrics.await {
+        Ok(Err(e)) if served.is_ok() => Err(AgentError::Metrics(e)),
+        _ => served,
+    }
 }
 
 /// Serves on an already bound listener until `shutdown` resolves. Containers are left running on the way out:

@@ -651,7 +651,7 @@ impl<R: ContainerRuntime> Ops<R> {
 
     /// One run of the container's health check command, as the engine would run it.
     async fn start_probe_passes(&self, container_id: &str, argv: &[String]) -> bool {
-        match self
+        let passed = match self
             .runtime
             .exec(container_id, argv, &[], None, START_PROBE_TIMEOUT)
             .await
@@ -661,7 +661,9 @@ impl<R: ContainerRuntime> Ops<R> {
                 tracing::debug!(container_id, error = %e, "start probe could not run");
                 false
             }
-        }
+        };
+        telemetry::agent::health_check("start_probe", passed);
+        passed
     }
 
     pub async fn remove(

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use agent_proto::v1::agent_server::Agent;
 use agent_proto::v1::{
-    ApplyEvent, ApplyInstanceRequest, ExecRequest, ExecResult, HostInfo, InstanceEvent,
-    RemoveInstanceRequest, ResizeInstanceRequest, ResizeResult, WatchRequest, apply_event,
+    ApplyAction, ApplyEvent, ApplyInstanceRequest, ExecRequest, ExecResult, HostInfo,
+    InstanceEvent, RemoveInstanceRequest, ResizeInstanceRequest, ResizeResult, WatchRequest,
+    apply_event,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,6 +35,16 @@ impl<R> AgentService<R> {
 
 const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The `action` label of an apply's duration ([`telemetry::agent::APPLY_DURATION`]).
+fn action_label(action: ApplyAction) -> &'static str {
+    match action {
+        ApplyAction::Created => "created",
+        ApplyAction::Recreated => "recreated",
+        ApplyAction::Resized => "resized",
+        ApplyAction::Unchanged | ApplyAction::Unspecified => "unchanged",
+    }
+}
+
 #[tonic::async_trait]
 impl<R: ContainerRuntime> Agent for AgentService<R> {
     type ApplyInstanceStream = ReceiverStream<Result<ApplyEvent, Status>>;
@@ -56,11 +67,16 @@ impl<R: ContainerRuntime> Agent for AgentService<R> {
         tokio::spawn(
             async move {
                 let progress = Progress::new(tx.clone());
+                let started = std::time::Instant::now();
                 let outcome = match ops.apply(spec, &progress).await {
-                    Ok(result) => Ok(ApplyEvent {
-                        event: Some(apply_event::Event::Result(result)),
-                    }),
+                    Ok(result) => {
+                        telemetry::agent::apply(action_label(result.action()), started.elapsed());
+                        Ok(ApplyEvent {
+                            event: Some(apply_event::Event::Result(result)),
+                        })
+                    }
                     Err(e) => {
+                        telemetry::agent::apply("failed", started.elapsed());
                         tracing::warn!(error = %e, "apply failed");
                         Err(Status::from(e))
                     }

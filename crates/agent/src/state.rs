@@ -310,6 +310,7 @@ impl<R: ContainerRuntime> StateHub<R> {
                 match next {
                     Some(Ok(ev)) => {
                         backoff = Duration::from_millis(200);
+                        telemetry::agent::container_event(&ev.action);
                         // The engine runs each health check as an exec and says so only
                         // through `exec_start` (its `health_status` event comes on changes
                         // only): re-reading the container then is what moves

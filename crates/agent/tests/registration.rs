@@ -147,6 +147,7 @@ fn agent_config(
         data_dir: Some(data_dir.to_path_buf()),
         docker_host: None,
         addresses: vec!["10.1.2.3".into(), "192.0.2.7".into()],
+        metrics_listen: None,
     }
 }
 

@@ -330,6 +330,18 @@ impl Fleet {
             .and_then(|v| v.instances.get(instance_id).cloned())
     }
 
+    /// Calls `visit` with every instance of every host, and whether its host is synced (a
+    /// host whose stream broke keeps its last states until the next snapshot). For the
+    /// metrics' census; the lock is held throughout, so `visit` must be quick.
+    pub fn for_each_instance(&self, mut visit: impl FnMut(bool, &InstanceState)) {
+        let views = self.views.lock().expect("fleet lock");
+        for view in views.values() {
+            for state in view.instances.values() {
+                visit(view.synced, state);
+            }
+        }
+    }
+
     pub fn forget(&self, host_id: &str, instance_id: &str) {
         if let Some(v) = self.views.lock().expect("fleet lock").get_mut(host_id) {
             v.remove(instance_id);

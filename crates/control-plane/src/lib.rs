@@ -6,6 +6,7 @@ pub mod api_tls;
 pub mod credentials;
 pub mod desired;
 pub mod fleet;
+pub mod gauges;
 pub mod hosts;
 pub mod instances;
 pub mod leader;
@@ -65,6 +66,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let authenticate = settings.api_auth_enabled()?;
     settings.api_tls_enabled()?;
+    telemetry::install();
+    let gauges = gauges::FleetGauges::new();
     let state = build_state(&settings).await?;
     let tls = Arc::new(
         tls::FleetTls::load(
@@ -107,8 +110,14 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let leading = (!settings.no_reconcile)
-        .then(|| tokio::spawn(lead(state.clone(), settings.clone(), tls.clone())));
+    let leading = (!settings.no_reconcile).then(|| {
+        tokio::spawn(lead(
+            state.clone(),
+            settings.clone(),
+            tls.clone(),
+            gauges.clone(),
+        ))
+    });
 
     let registry =
         registry::RegistryService::new(state.store.clone(), settings.host_lease_ttl, tls.clone());
@@ -122,7 +131,12 @@ pub async fn run(
         );
     let forgetting = tokio::spawn(state.known_hosts.clone().follow(state.store.clone()));
     let auth = api::auth::ApiAuth::new(state.store.clone(), authenticate);
-    let router = api::router(state, auth);
+    // /metrics is merged after the API's authentication layer, so it is open (ADR 012,
+    // docs/operations.md); the request metrics wrap both, with the matched route known.
+    let collect = move || gauges.collect();
+    let router = api::router(state, auth)
+        .merge(telemetry::http::metrics_router(collect))
+        .layer(axum::middleware::from_fn(telemetry::http::track));
     let http_server: std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
     > = match api_tls {
@@ -156,7 +170,12 @@ fn replica_id(settings: &Settings) -> String {
 
 /// Campaigns for leadership and, while leading, reconciles. Loses it gracefully: the
 /// reconciler stops, and campaigning starts again.
-async fn lead(state: AppState, settings: Settings, tls: Arc<tls::FleetTls>) {
+async fn lead(
+    state: AppState,
+    settings: Settings,
+    tls: Arc<tls::FleetTls>,
+    gauges: gauges::FleetGauges,
+) {
     let id = replica_id(&settings);
     loop {
         let leadership = match leader::campaign(&state.store, &id, settings.leader_lease_ttl).await
@@ -175,7 +194,13 @@ async fn lead(state: AppState, settings: Settings, tls: Arc<tls::FleetTls>) {
             pokes.clone(),
             tls.clone(),
         );
-        let watcher = tokio::spawn(watch_changes(state.store.clone(), pokes.clone()));
+        gauges.leading(reconciler.fleet().clone());
+        let hosts = tokio::spawn(gauges.clone().follow_hosts(state.store.clone()));
+        let watcher = tokio::spawn(watch_changes(
+            state.store.clone(),
+            pokes.clone(),
+            gauges.clone(),
+        ));
         let retention = tokio::spawn(retention::run(
             Arc::new(state.store.fenced(leadership.fence.clone())),
             settings.retention(),
@@ -188,14 +213,21 @@ async fn lead(state: AppState, settings: Settings, tls: Arc<tls::FleetTls>) {
             .await;
         watcher.abort();
         retention.abort();
+        hosts.abort();
+        gauges.stepped_down();
         reconciler.shutdown();
         tracing::warn!(replica_id = %id, "stepped down as leader");
     }
 }
 
 /// Turns etcd changes into pokes: a spec, record or task change wakes its database's worker,
-/// a host change wakes them all. The leader's own instance and log writes are not watched.
-async fn watch_changes(store: Store, pokes: mpsc::UnboundedSender<Poke>) {
+/// a host change wakes them all (and has the host gauges read again). The leader's own
+/// instance and log writes are not watched.
+async fn watch_changes(
+    store: Store,
+    pokes: mpsc::UnboundedSender<Poke>,
+    gauges: gauges::FleetGauges,
+) {
     let root = store.keys().root();
     loop {
         let mut client = store.client();
@@ -206,6 +238,7 @@ async fn watch_changes(store: Store, pokes: mpsc::UnboundedSender<Poke>) {
             Ok(mut stream) => {
                 // Whatever changed while nobody watched is picked up by one full sweep.
                 let _ = pokes.send(None);
+                gauges.hosts_changed();
                 while let Ok(Some(response)) = stream.message().await {
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
@@ -220,7 +253,9 @@ async fn watch_changes(store: Store, pokes: mpsc::UnboundedSender<Poke>) {
                             }
                             (Some("hosts" | "host-alive"), _) => {
                                 let _ = pokes.send(None);
+                                gauges.hosts_changed();
                             }
+                            (Some("host-dial"), _) => gauges.hosts_changed(),
                             _ => {}
                         }
                     }

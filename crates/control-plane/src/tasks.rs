@@ -40,25 +40,34 @@ pub async fn cancel(
     task_id: &str,
 ) -> Result<Task, CancelError> {
     let mut ended = None;
+    let mut canceled = false;
     let result = store
-        .update_task(database_id, task_id, &mut |task| match task.status {
-            TaskStatus::Pending => {
-                task.status = TaskStatus::Canceled;
-                task.completed_at = Some(Utc::now());
-                task.error = Some("canceled before it started".into());
-                true
-            }
-            TaskStatus::Running => {
-                task.status = TaskStatus::Canceling;
-                true
-            }
-            TaskStatus::Canceling => false,
-            status => {
-                ended = Some(status);
-                false
+        .update_task(database_id, task_id, &mut |task| {
+            // Only the last try of the change (the one stored) says whether it ended the task.
+            canceled = false;
+            match task.status {
+                TaskStatus::Pending => {
+                    task.status = TaskStatus::Canceled;
+                    task.completed_at = Some(Utc::now());
+                    task.error = Some("canceled before it started".into());
+                    canceled = true;
+                    true
+                }
+                TaskStatus::Running => {
+                    task.status = TaskStatus::Canceling;
+                    true
+                }
+                TaskStatus::Canceling => false,
+                status => {
+                    ended = Some(status);
+                    false
+                }
             }
         })
         .await;
+    if canceled && let Ok(task) = &result {
+        record_end(task);
+    }
     match result {
         Err(StoreError::NotFound) => Err(CancelError::NotFound(task_id.to_string())),
         Err(e) => Err(CancelError::Store(e)),
@@ -91,8 +100,12 @@ pub async fn transition(
     status: TaskStatus,
     error: Option<String>,
 ) -> Result<Task, StoreError> {
-    store
+    // The change may be tried more than once (update_task retries on conflict): only the
+    // last try, the one stored, says whether this call ended the task.
+    let mut ended = false;
+    let task = store
         .update_task(database_id, task_id, &mut |task| {
+            ended = false;
             if task.status.is_terminal() || task.status == status {
                 return false;
             }
@@ -100,8 +113,34 @@ pub async fn transition(
             if status.is_terminal() {
                 task.completed_at = Some(Utc::now());
                 task.error = error.clone();
+                ended = true;
             }
             true
         })
-        .await
+        .await?;
+    if ended {
+        record_end(&task);
+    }
+    Ok(task)
+}
+
+/// Counts a task that just ended ([`telemetry::control_plane::TASKS_ENDED`]), with its
+/// time from creation to end. Type and status are labelled as the API spells them.
+fn record_end(task: &Task) {
+    let took = task
+        .completed_at
+        .unwrap_or(task.updated_at)
+        .signed_duration_since(task.created_at)
+        .to_std()
+        .unwrap_or_default();
+    telemetry::control_plane::task_ended(api_name(task.task_type), api_name(task.status), took);
+}
+
+/// A unit enum's name in the API (its serde name); tasks end rarely, so the allocation is
+/// nothing next to the etcd write that ended the task.
+fn api_name(value: impl serde::Serialize) -> telemetry::SharedString {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name.into(),
+        _ => "unknown".into(),
+    }
 }

@@ -158,6 +158,7 @@ async fn spawn_agent(
         data_dir: Some(data_dir.to_path_buf()),
         docker_host: None,
         addresses: vec!["127.0.0.1".into()],
+        metrics_listen: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(agent::serve(config, listener, async {

@@ -140,6 +140,11 @@ impl Reconciler {
         })
     }
 
+    /// The leader's live view of the hosts' instances.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
     /// Stops every worker (they hold the reconciler, so dropping it would not).
     pub fn shutdown(&self) {
         self.tasks.lock().expect("tasks lock").abort_all();
@@ -319,11 +324,13 @@ impl Reconciler {
         while rx.recv().await.is_some() {
             while rx.try_recv().is_ok() {}
             let span = tracing::info_span!("reconcile", database_id = %database_id);
+            let started = std::time::Instant::now();
             let result = tracing::Instrument::instrument(
                 self.reconcile_database(&database_id, &mut state),
                 span,
             )
             .await;
+            telemetry::control_plane::reconcile_pass(pass_outcome(&result), started.elapsed());
             match result {
                 Ok(Outcome::Done) => {}
                 Ok(Outcome::RetryIn(delay)) => {
@@ -411,6 +418,19 @@ impl Reconciler {
         self.store
             .put_credentials_document(database_id, &encode(creds))
             .await
+    }
+}
+
+/// The `outcome` label of a pass ([`telemetry::control_plane::RECONCILE_PASSES`]).
+fn pass_outcome(result: &Result<Outcome, ReconcileError>) -> telemetry::control_plane::PassOutcome {
+    use telemetry::control_plane::PassOutcome as P;
+    match result {
+        Ok(Outcome::Done) => P::Done,
+        Ok(Outcome::RetryIn(_)) => P::Retry,
+        Ok(Outcome::GaveUp(_)) => P::GaveUp,
+        Ok(Outcome::Gone) => P::Gone,
+        Err(ReconcileError::Store(StoreError::Fenced)) => P::Fenced,
+        Err(_) => P::Error,
     }
 }
 

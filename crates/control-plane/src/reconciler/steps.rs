@@ -167,6 +167,7 @@ impl Reconciler {
             }
         };
         let elapsed = started.elapsed();
+        telemetry::control_plane::reconcile_step(step_name(step), result.is_ok(), elapsed);
         let took = format!("{:.1}s", elapsed.as_secs_f64());
         let mut f = f;
         f.insert("duration_ms".into(), json!(elapsed.as_millis() as u64));
