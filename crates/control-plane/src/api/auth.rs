@@ -7,7 +7,7 @@
 //! for, and every request checks one. Tokens are minted and revoked by the operator command
 //! `berth-control-plane token` ([`crate::operator`]).
 //!
-//! Every request but `GET /v1/version` and `GET /metrics` needs `Authorization: Bearer
+//! Every request but `GET /`, `GET /v1/version` and `GET /metrics` needs `Authorization: Bearer
 //! <token>` when authentication is on. A `read-only` token may GET and HEAD; anything else
 //! needs `read-write`. No token, or one that is unknown, revoked or malformed, is a 401 with
 //! `WWW-Authenticate: Bearer realm="berth"` (and `error="invalid_token"` when one was given,
@@ -27,8 +27,9 @@ use super::ApiError;
 
 const PREFIX: &str = "berth_";
 const ID_HEX_LEN: usize = 12;
-/// Requests that never need a token: liveness and version probes carry no data.
-const OPEN_PATHS: [&str; 2] = ["/v1/version", "/metrics"];
+/// Requests that never need a token: discovery (`GET /`, which only names the OpenAPI
+/// document), liveness and version probes carry no data.
+pub(crate) const OPEN_PATHS: [&str; 3] = ["/", "/v1/version", "/metrics"];
 
 /// A token as minted: its record (for etcd) and the token itself, shown to the operator once.
 pub struct MintedToken {

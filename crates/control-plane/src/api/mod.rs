@@ -1,46 +1,89 @@
 //! The v1 HTTP API. Handlers are thin: they parse, call the store, and shape the answer.
+//!
+//! [`routes`] is the one list of what the API serves: [`router`] is built from it alone, and
+//! a test compares it with the OpenAPI document ([`openapi_json`]), so a route cannot be
+//! served without being documented, nor documented without being served.
 
+mod all_tasks;
 pub mod auth;
 mod databases;
 pub mod error;
+mod host_tasks;
 mod hosts;
 mod openapi;
+mod root;
+mod service_types;
 mod tasks;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::Value;
 
 use crate::state::AppState;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 
+/// One route: its method, its path (axum's `{param}` syntax, which is OpenAPI's) and its
+/// handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+/// A [`Route`] whose method is named once, for the table and for the handler's filter.
+macro_rules! route {
+    ($method:ident $path:literal => $handler:expr) => {
+        Route {
+            method: Method::$method,
+            path: $path,
+            handler: on(MethodFilter::$method, $handler),
+        }
+    };
+}
+
+/// Every route the API serves, with the reference API's paths and parameter names.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route!(GET "/" => root::root),
+        route!(GET "/v1/databases" => databases::list),
+        route!(POST "/v1/databases" => databases::create),
+        route!(GET "/v1/databases/{database_id}" => databases::get),
+        route!(POST "/v1/databases/{database_id}" => databases::update),
+        route!(DELETE "/v1/databases/{database_id}" => databases::delete),
+        route!(GET "/v1/databases/{database_id}/tasks" => tasks::list),
+        route!(GET "/v1/databases/{database_id}/tasks/{task_id}" => tasks::get),
+        route!(GET "/v1/databases/{database_id}/tasks/{task_id}/log" => tasks::log),
+        route!(GET "/v1/databases/{database_id}/tasks/{task_id}/cancel" => all_tasks::cancel),
+        route!(POST "/v1/databases/{database_id}/tasks/{task_id}/cancel" => tasks::cancel),
+        route!(GET "/v1/tasks" => all_tasks::list),
+        route!(GET "/v1/hosts" => hosts::list),
+        route!(GET "/v1/hosts/{host_id}" => hosts::get),
+        route!(DELETE "/v1/hosts/{host_id}" => hosts::remove),
+        route!(POST "/v1/hosts/{host_id}/rejoin-token" => hosts::rejoin_token),
+        route!(GET "/v1/hosts/{host_id}/tasks" => host_tasks::list),
+        route!(GET "/v1/hosts/{host_id}/tasks/{task_id}" => host_tasks::get),
+        route!(GET "/v1/hosts/{host_id}/tasks/{task_id}/logs" => host_tasks::log),
+        route!(GET "/v1/service-types" => service_types::list),
+        route!(GET "/v1/version" => version),
+        route!(GET "/v1/openapi.json" => openapi),
+    ]
+}
+
+/// Routes that other routers add to the API's listener (`crate::run` merges them after the
+/// authentication layer): documented in the OpenAPI document too.
+pub const MERGED_ROUTES: &[(&str, &str)] = &[("GET", "/metrics")];
+
 /// The API's routes behind bearer-token authentication ([`auth`]), which `auth` may leave off.
 pub fn router(state: AppState, auth: auth::ApiAuth) -> Router {
-    Router::new()
-        .route(
-            "/v1/databases",
-            get(databases::list).post(databases::create),
-        )
-        .route(
-            "/v1/databases/{id}",
-            get(databases::get)
-                .post(databases::update)
-                .delete(databases::delete),
-        )
-        .route("/v1/databases/{id}/tasks", get(tasks::list))
-        .route("/v1/databases/{id}/tasks/{task_id}", get(tasks::get))
-        .route("/v1/databases/{id}/tasks/{task_id}/log", get(tasks::log))
-        .route(
-            "/v1/databases/{id}/tasks/{task_id}/cancel",
-            post(tasks::cancel),
-        )
-        .route("/v1/hosts", get(hosts::list))
-        .route("/v1/hosts/{id}", get(hosts::get).delete(hosts::remove))
-        .route("/v1/hosts/{id}/rejoin-token", post(hosts::rejoin_token))
-        .route("/v1/version", get(version))
-        .route("/v1/openapi.json", get(openapi))
+    // Routes of one path merge into one method router; a method listed twice panics here.
+    let mut router = Router::new();
+    for route in routes() {
+        router = router.route(route.path, route.handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -113,6 +156,63 @@ impl QueryParams {
     }
 }
 
+/// `sort_order`'s spellings, the reference API's: the short and the long forms of each.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // Read by the OpenAPI document only; `QueryParams::sort_order` parses.
+pub(crate) enum SortOrder {
+    Asc,
+    Ascend,
+    Ascending,
+    Desc,
+    Descend,
+    Descending,
+}
+
+impl QueryParams {
+    /// `sort_order`: `asc`, `ascend` or `ascending` for oldest first, `desc`, `descend` or
+    /// `descending` (the default) for newest first.
+    pub(crate) fn sort_order(&self) -> Result<store::ListOrder, ApiError> {
+        match self.get("sort_order") {
+            None | Some("desc" | "descend" | "descending") => Ok(store::ListOrder::NewestFirst),
+            Some("asc" | "ascend" | "ascending") => Ok(store::ListOrder::OldestFirst),
+            Some(other) => Err(ApiError::invalid(
+                "sort_order",
+                format!(
+                    "expected asc, ascend, ascending, desc, descend or descending, got {other:?}"
+                ),
+            )),
+        }
+    }
+
+    /// A task or log entry id the API returned (a UUID), as a cursor.
+    pub(crate) fn uuid(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => uuid::Uuid::parse_str(v)
+                .map(|u| Some(u.to_string()))
+                .map_err(|_| {
+                    ApiError::invalid(
+                        name,
+                        format!("expected an id returned by this API, got {v:?}"),
+                    )
+                }),
+        }
+    }
+
+    /// `true` or `false` (also `1` / `0`); absent is false.
+    pub(crate) fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("false" | "0") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("expected true or false, got {other:?}"),
+            )),
+        }
+    }
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -139,6 +239,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+#[utoipa::path(get, path = "/v1/version", tag = "system",
+    responses((status = 200, body = spec::VersionResponse)))]
 async fn version() -> axum::Json<spec::VersionResponse> {
     axum::Json(version_info())
 }
@@ -163,6 +265,9 @@ pub fn version_info() -> spec::VersionResponse {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "system",
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
 async fn openapi() -> axum::response::Response {
     use axum::response::IntoResponse;
     (

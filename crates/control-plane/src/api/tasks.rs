@@ -46,7 +46,7 @@ async fn ensure_database(app: &AppState, id: &str) -> Result<(), ApiError> {
     params(("database_id" = String, Path),
            ("after_task_id" = Option<String>, Query, description = "exclusive cursor"),
            ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
-           ("sort_order" = Option<String>, Query, description = "`desc` (newest first, default) or `asc`")),
+           ("sort_order" = Option<super::SortOrder>, Query, description = "`desc` (newest first, the default) or `asc`, or their long forms")),
     responses((status = 200, body = ListTasksResponse), (status = 404, body = spec::ApiErrorBody)))]
 pub(crate) async fn list(
     State(app): State<AppState>,
@@ -56,16 +56,7 @@ pub(crate) async fn list(
     let params = QueryParams::parse(query);
     let limit = params.limit(100, 1000)?;
     let after = uuid_param(&params, "after_task_id")?;
-    let order = match params.get("sort_order") {
-        None | Some("desc") => ListOrder::NewestFirst,
-        Some("asc") => ListOrder::OldestFirst,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "sort_order",
-                format!("expected asc or desc, got {other:?}"),
-            ));
-        }
-    };
+    let order = params.sort_order()?;
     ensure_database(&app, &id).await?;
     let tasks = app
         .store
