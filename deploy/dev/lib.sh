@@ -8,7 +8,7 @@ source "$repo/deploy/fleet/proc.sh"
 # dir, ports, host ids and engine-per-host fleet name; the defaults are the dev fleet's.
 #   BERTH_DEV_DIR          state dir (default <repo>/.dev)
 #   BERTH_DEV_PORT_BASE    etcd BASE and BASE+1, API BASE+2, registry BASE+3, agents BASE+10+N,
-#                          agents' metrics BASE+20+N
+#                          agents' metrics BASE+14+N
 #   BERTH_DEV_HOST_PREFIX  host ids PREFIX-1..3 (default host)
 #   BERTH_DEV_FLEET        deploy/fleet/hosts fleet name (default dev)
 #   BERTH_DEV_BIN_DIR      where berth-control-plane and berth-agent are (default target/debug)
@@ -26,7 +26,7 @@ if [[ -n ${BERTH_DEV_PORT_BASE:-} ]]; then
 	api=127.0.0.1:$((port_base + 2))
 	grpc=127.0.0.1:$((port_base + 3))
 	agent_port_base=$((port_base + 10))
-	metrics_port_base=$((port_base + 20))
+	metrics_port_base=$((port_base + 14))
 else
 	etcd_client=127.0.0.1:2479
 	etcd_peer=127.0.0.1:2480

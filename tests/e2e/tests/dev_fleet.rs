@@ -135,12 +135,13 @@ fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// Ports `BASE .. BASE+13` as deploy/dev/lib.sh uses them (etcd, peer, API, registry,
-/// agents at +11..+13): a base where all of them are free now, below the ephemeral range.
+/// Ports `BASE .. BASE+17` as deploy/dev/lib.sh uses them (etcd, peer, API, registry,
+/// agents at +11..+13, their metrics at +15..+17): a base where all of them are free now,
+/// below the ephemeral range.
 fn free_port_base() -> u16 {
     for _ in 0..200 {
         let base = 20000 + (rand::random::<u16>() % 600) * 20;
-        let used = [0u16, 1, 2, 3, 11, 12, 13];
+        let used = [0u16, 1, 2, 3, 11, 12, 13, 15, 16, 17];
         if used
             .iter()
             .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
@@ -148,7 +149,7 @@ fn free_port_base() -> u16 {
             return base;
         }
     }
-    panic!("no free range of 14 ports found below 32000");
+    panic!("no free range of 18 ports found below 32000");
 }
 
 /// One fleet of the dev scripts in a scratch dir; dropping it takes it down, however the
