@@ -6,7 +6,7 @@ use std::time::Duration;
 use metrics::{SharedString, counter, gauge, histogram};
 
 /// Counter `berth_http_requests_total{method, route, status}`: API requests answered.
-/// `route` is the matched route template (`/v1/databases/{id}`), or `unmatched` for a path no
+/// `route` is the matched route template (`/v1/databases/{database_id}`), or `unmatched` for a path no
 /// route serves; `method` is the HTTP method (`other` for extension methods); `status` the
 /// response's status code.
 pub const HTTP_REQUESTS: &str = "berth_http_requests_total";
