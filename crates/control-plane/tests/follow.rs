@@ -238,3 +238,60 @@ async fn following_an_unknown_task_is_a_404_and_a_bad_flag_a_400() {
 fn uuid_like() -> String {
     "0190a0a0-0000-7000-8000-000000000000".to_string()
 }
+
+/// etcd's own count of watchers (`etcd_debugging_mvcc_watcher_total` on its /metrics).
+async fn etcd_watchers(etcd: &EtcdServer) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", etcd.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .unwrap_or_else(|| panic!("no watcher gauge in etcd's metrics"))
+        .trim()
+        .parse::<f64>()
+        .unwrap() as u64
+}
+
+/// Waits until etcd counts `want` watchers, for as long as a loaded machine may need; the
+/// count it last saw if it never does.
+async fn watchers_become(etcd: &EtcdServer, want: u64) -> u64 {
+    let mut seen = etcd_watchers(etcd).await;
+    for _ in 0..600 {
+        if seen == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = etcd_watchers(etcd).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_that_goes_away_leaves_no_watch_behind() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    let store = cp.store().await;
+    let db = "leaves";
+    let task = new_task(db, TaskType::Update);
+    store.create_task(&task).await.unwrap();
+    store
+        .append_log(db, &task.task_id, "one".to_string(), Map::new())
+        .await
+        .unwrap();
+    let baseline = etcd_watchers(&etcd).await;
+
+    // Three followers of a task that goes on: two watchers each (the log and the task).
+    let mut followers = Vec::new();
+    for _ in 0..3 {
+        let mut f = Follow::open(&cp, db, &task.task_id, None).await;
+        assert_eq!(f.next().await.unwrap().message, "one");
+        followers.push(f);
+    }
+    assert_eq!(watchers_become(&etcd, baseline + 6).await, baseline + 6);
+    // The clients go away while the task still runs: their watches go with them.
+    drop(followers);
+    assert_eq!(watchers_become(&etcd, baseline).await, baseline);
+}
