@@ -12,7 +12,6 @@ use spec::{
 };
 use store::{DatabaseRecord, StoreError, StoredDatabase};
 
-use super::tasks::bool_param;
 use super::{ApiError, QueryParams, json_body};
 use crate::instances::{InstanceRecord, View, api_view};
 use crate::state::AppState;
@@ -133,7 +132,7 @@ pub(crate) async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query);
-    let dry_run = bool_param(&params, "dry_run")?;
+    let dry_run = params.flag("dry_run")?;
     let body = json_body(&body)?;
     let request = parse_with_hosts(&app, |hosts| {
         let ctx = ValidationContext {
@@ -315,8 +314,8 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query);
-    let dry_run = bool_param(&params, "dry_run")?;
-    let forced = bool_param(&params, "force_update")?;
+    let dry_run = params.flag("dry_run")?;
+    let forced = params.flag("force_update")?;
     let body = json_body(&body)?;
     let current = stored(&app, &id).await?;
     if current.record.state == DatabaseState::Deleting {

@@ -12,20 +12,6 @@ use super::{ApiError, QueryParams};
 use crate::state::AppState;
 use crate::tasks::{CancelError, cancel as cancel_task};
 
-fn uuid_param(params: &QueryParams, name: &str) -> Result<Option<String>, ApiError> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(v) => uuid::Uuid::parse_str(v)
-            .map(|u| Some(u.to_string()))
-            .map_err(|_| {
-                ApiError::invalid(
-                    name,
-                    format!("expected an id returned by this API, got {v:?}"),
-                )
-            }),
-    }
-}
-
 async fn ensure_database(app: &AppState, id: &str) -> Result<(), ApiError> {
     // A deleted database's tasks stay readable, so a database "exists" for this purpose
     // while it has a record or any task.
@@ -55,7 +41,7 @@ pub(crate) async fn list(
 ) -> Result<Json<ListTasksResponse>, ApiError> {
     let params = QueryParams::parse(query);
     let limit = params.limit(100, 1000)?;
-    let after = uuid_param(&params, "after_task_id")?;
+    let after = params.uuid("after_task_id")?;
     let order = params.sort_order()?;
     ensure_database(&app, &id).await?;
     let tasks = app
@@ -107,8 +93,8 @@ pub(crate) async fn log(
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query);
     let limit = params.limit(100, 1000)?;
-    let after = uuid_param(&params, "after_entry_id")?;
-    if bool_param(&params, "follow")? {
+    let after = params.uuid("after_entry_id")?;
+    if params.flag("follow")? {
         return follow(app, id, task_id, after).await;
     }
     // Read the status before the entries: a caller that sees a terminal status then knows
@@ -129,18 +115,6 @@ pub(crate) async fn log(
         entries,
     })
     .into_response())
-}
-
-/// `true` or `false` (also `1` / `0`); absent is false.
-pub(crate) fn bool_param(params: &QueryParams, name: &str) -> Result<bool, ApiError> {
-    match params.get(name) {
-        None | Some("false" | "0") => Ok(false),
-        Some("true" | "1") => Ok(true),
-        Some(other) => Err(ApiError::invalid(
-            name,
-            format!("expected true or false, got {other:?}"),
-        )),
-    }
 }
 
 /// With nothing to send for this long, a follower gets a blank line: it keeps proxies and
