@@ -9,7 +9,7 @@ use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, TxnOp};
 use serde_json::{Map, Value};
 use spec::TaskLogEntry;
 
-use crate::{Result, Store, encode, keys};
+use crate::{Result, Store, encode};
 
 /// etcd refuses a transaction of more than `--max-txn-ops` operations (128 by default):
 /// deletes go in chunks of this many tasks, two operations each.
@@ -86,19 +86,11 @@ impl Store {
     /// The ids of databases that have tasks, existing or deleted (keys only).
     pub async fn databases_with_history(&self) -> Result<Vec<String>> {
         let prefix = self.keys.all_tasks();
-        let options = GetOptions::new()
-            .with_range(keys::prefix_end(&prefix))
-            .with_keys_only();
-        let resp = self
-            .client
-            .kv_client()
-            .get(prefix.as_str(), Some(options))
-            .await?;
-        let ids: BTreeSet<String> = resp
-            .kvs()
+        let ids: BTreeSet<String> = self
+            .keys_under(&prefix)
+            .await?
             .iter()
-            .filter_map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
+            .filter_map(|key| {
                 let rest = key.strip_prefix(&prefix)?;
                 rest.split_once('/').map(|(db, _)| db.to_string())
             })

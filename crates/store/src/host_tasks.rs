@@ -110,20 +110,9 @@ impl Store {
         after_entry_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<TaskLogEntry>> {
-        let prefix = self.keys.host_task_logs(host_id, task_id);
-        let start = match after_entry_id {
-            Some(id) => keys::key_after(&self.keys.host_task_log_entry(host_id, task_id, id)),
-            None => prefix.clone().into_bytes(),
-        };
-        let options = GetOptions::new()
-            .with_range(keys::prefix_end(&prefix))
-            .with_sort(SortTarget::Key, SortOrder::Ascend)
-            .with_limit(limit);
-        let resp = self.client.kv_client().get(start, Some(options)).await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| decode(kv.key(), kv.value()))
-            .collect()
+        let after = after_entry_id.map(|id| self.keys.host_task_log_entry(host_id, task_id, id));
+        self.read_log_page(&self.keys.host_task_logs(host_id, task_id), after, limit)
+            .await
     }
 
     /// A page of every task of `scope` (every scope when `None`), databases' and hosts'
@@ -148,16 +137,7 @@ impl Store {
         // (task id, key) of every task of the scope.
         let mut found: Vec<(String, String)> = Vec::new();
         for prefix in prefixes {
-            let options = GetOptions::new()
-                .with_range(keys::prefix_end(&prefix))
-                .with_keys_only();
-            let resp = self
-                .client
-                .kv_client()
-                .get(prefix.as_str(), Some(options))
-                .await?;
-            for kv in resp.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
+            for key in self.keys_under(&prefix).await? {
                 if let Some(id) = key.rsplit('/').next() {
                     found.push((id.to_string(), key.clone()));
                 }

@@ -652,13 +652,25 @@ impl Store {
         after_entry_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<TaskLogEntry>> {
-        let prefix = self.keys.task_logs(db, task_id);
-        let start = match after_entry_id {
-            Some(id) => keys::key_after(&self.keys.task_log_entry(db, task_id, id)),
-            None => prefix.clone().into_bytes(),
+        let after = after_entry_id.map(|id| self.keys.task_log_entry(db, task_id, id));
+        self.read_log_page(&self.keys.task_logs(db, task_id), after, limit)
+            .await
+    }
+
+    /// Up to `limit` log entries under `prefix` (one task's log, a database's or a host's),
+    /// oldest first, strictly after the entry key `after` when given.
+    pub(crate) async fn read_log_page(
+        &self,
+        prefix: &str,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<TaskLogEntry>> {
+        let start = match after {
+            Some(key) => keys::key_after(&key),
+            None => prefix.as_bytes().to_vec(),
         };
         let options = GetOptions::new()
-            .with_range(keys::prefix_end(&prefix))
+            .with_range(keys::prefix_end(prefix))
             .with_sort(SortTarget::Key, SortOrder::Ascend)
             .with_limit(limit);
         let resp = self.client.kv_client().get(start, Some(options)).await?;
@@ -666,6 +678,20 @@ impl Store {
             .iter()
             .map(|kv| decode(kv.key(), kv.value()))
             .collect()
+    }
+
+    /// Every key under `prefix`, without values (what retention keeps is bounded, and a key
+    /// is about 100 bytes).
+    pub(crate) async fn keys_under(&self, prefix: &str) -> Result<Vec<String>> {
+        let options = GetOptions::new()
+            .with_range(keys::prefix_end(prefix))
+            .with_keys_only();
+        let resp = self.client.kv_client().get(prefix, Some(options)).await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
     }
 
     // ---- instance records and credentials (typed by the control plane) ----

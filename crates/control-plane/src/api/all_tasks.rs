@@ -25,9 +25,11 @@ pub(crate) async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<ListTasksResponse>, ApiError> {
     let params = QueryParams::parse(query);
-    let limit = params.limit(100, 1000)?;
-    let after = params.uuid("after_task_id")?;
-    let order = params.sort_order()?;
+    let super::TaskPage {
+        limit,
+        after,
+        order,
+    } = params.task_page()?;
     let scope = match params.get("scope") {
         None => None,
         Some(s) => Some(TaskScope::parse(s).ok_or_else(|| {

@@ -51,9 +51,11 @@ pub(crate) async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<ListTasksResponse>, ApiError> {
     let params = QueryParams::parse(query);
-    let limit = params.limit(100, 1000)?;
-    let after = params.uuid("after_task_id")?;
-    let order = params.sort_order()?;
+    let super::TaskPage {
+        limit,
+        after,
+        order,
+    } = params.task_page()?;
     ensure_host(&app, &host_id).await?;
     let tasks = app
         .store

@@ -115,6 +115,13 @@ pub(crate) fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     })
 }
 
+/// The page [`QueryParams::task_page`] asks for.
+pub(crate) struct TaskPage {
+    pub(crate) limit: i64,
+    pub(crate) after: Option<String>,
+    pub(crate) order: store::ListOrder,
+}
+
 /// Query parameters, read leniently: an unknown parameter is ignored as HTTP clients expect,
 /// but a known one with a bad value is a 400 naming it.
 pub(crate) struct QueryParams(Vec<(String, String)>);
@@ -183,6 +190,16 @@ impl QueryParams {
                 ),
             )),
         }
+    }
+
+    /// A page of a task list, as every task list of the reference API takes it: `limit`
+    /// (1..=1000, default 100), `after_task_id` (an exclusive cursor) and `sort_order`.
+    pub(crate) fn task_page(&self) -> Result<TaskPage, ApiError> {
+        Ok(TaskPage {
+            limit: self.limit(100, 1000)?,
+            after: self.uuid("after_task_id")?,
+            order: self.sort_order()?,
+        })
     }
 
     /// A task or log entry id the API returned (a UUID), as a cursor.
