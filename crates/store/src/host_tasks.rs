@@ -6,11 +6,11 @@
 //! retention sweeps them.
 
 use chrono::Utc;
-use etcd_client::{GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Txn, TxnOp, TxnOpResponse};
 use serde_json::{Map, Value};
 use spec::{Task, TaskLogEntry, TaskScope};
 
-use crate::{ListOrder, Result, Store, decode, encode, keys};
+use crate::{ListOrder, Result, Store, decode, encode};
 
 /// One log line as a writer gives it: the message and its structured fields.
 pub type LogLine = (String, Map<String, Value>);
@@ -77,29 +77,9 @@ impl Store {
         limit: i64,
         order: ListOrder,
     ) -> Result<Vec<Task>> {
-        let prefix = self.keys.host_tasks(host_id);
         let cursor = after_task_id.map(|id| self.keys.host_task(host_id, id));
-        let (start, end, sort) = match order {
-            ListOrder::NewestFirst => (
-                prefix.clone().into_bytes(),
-                cursor.map_or_else(|| keys::prefix_end(&prefix), String::into_bytes),
-                SortOrder::Descend,
-            ),
-            ListOrder::OldestFirst => (
-                cursor.map_or_else(|| prefix.clone().into_bytes(), |c| keys::key_after(&c)),
-                keys::prefix_end(&prefix),
-                SortOrder::Ascend,
-            ),
-        };
-        let options = GetOptions::new()
-            .with_range(end)
-            .with_sort(SortTarget::Key, sort)
-            .with_limit(limit);
-        let resp = self.client.kv_client().get(start, Some(options)).await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| decode(kv.key(), kv.value()))
-            .collect()
+        self.task_page(&self.keys.host_tasks(host_id), cursor, limit, order)
+            .await
     }
 
     /// Up to `limit` entries of a host task's log strictly after `after_entry_id`, oldest first.

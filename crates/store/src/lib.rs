@@ -536,22 +536,31 @@ impl Store {
         limit: i64,
         order: ListOrder,
     ) -> Result<Vec<Task>> {
-        let prefix = self.keys.tasks(db);
-        let (start, end, sort) = match (order, after_task_id) {
-            (ListOrder::NewestFirst, after) => {
-                let end = after.map_or_else(
-                    || keys::prefix_end(&prefix),
-                    |id| self.keys.task(db, id).into_bytes(),
-                );
-                (prefix.into_bytes(), end, SortOrder::Descend)
-            }
-            (ListOrder::OldestFirst, after) => {
-                let start = after.map_or_else(
-                    || prefix.clone().into_bytes(),
-                    |id| keys::key_after(&self.keys.task(db, id)),
-                );
-                (start, keys::prefix_end(&prefix), SortOrder::Ascend)
-            }
+        let cursor = after_task_id.map(|id| self.keys.task(db, id));
+        self.task_page(&self.keys.tasks(db), cursor, limit, order)
+            .await
+    }
+
+    /// A page of the tasks under `prefix` (a database's or a host's) in `order` of key (task
+    /// ids are UUIDv7: creation order), strictly after the task key `cursor` when given.
+    pub(crate) async fn task_page(
+        &self,
+        prefix: &str,
+        cursor: Option<String>,
+        limit: i64,
+        order: ListOrder,
+    ) -> Result<Vec<Task>> {
+        let (start, end, sort) = match order {
+            ListOrder::NewestFirst => (
+                prefix.as_bytes().to_vec(),
+                cursor.map_or_else(|| keys::prefix_end(prefix), String::into_bytes),
+                SortOrder::Descend,
+            ),
+            ListOrder::OldestFirst => (
+                cursor.map_or_else(|| prefix.as_bytes().to_vec(), |c| keys::key_after(&c)),
+                keys::prefix_end(prefix),
+                SortOrder::Ascend,
+            ),
         };
         let options = GetOptions::new()
             .with_range(end)
