@@ -1,5 +1,6 @@
-//! berth's Postgres image in Patroni mode (ADR 015), as the control plane will run it: two
-//! containers of `berth/postgres:local` against a real etcd, each reached only through its
+//! berth's Postgres images in Patroni mode (ADR 015), as the control plane will run them: two
+//! containers of `berth/postgres:15` (Patroni 3.0) or of `berth/postgres:17` (Patroni 4.0),
+//! with the same patroni.yml, against a real etcd, each reached only through its
 //! host address (the Docker network's gateway) and the ports the engine published, read from
 //! the published-ports file; TLS everywhere (Postgres, replication, rewind, REST API) with a
 //! certificate from berth's own CA. One member becomes leader and takes writes, the other
@@ -15,7 +16,6 @@ use std::time::{Duration, Instant};
 use e2e::serde_json::{Value, json};
 use test_support::{EtcdServer, free_port};
 
-const IMAGE: &str = "berth/postgres:local";
 const SUPERUSER_PASSWORD: &str = "su-pw-patroni-test";
 const REPLICATION_PASSWORD: &str = "repl-pw-patroni-test";
 const REWIND_PASSWORD: &str = "rewind-pw-patroni-test";
@@ -78,11 +78,18 @@ impl Drop for Network {
     }
 }
 
+/// Whether a replica's state in `GET /cluster` says its Postgres runs: Patroni 3.0 says
+/// `running`, 4.0 says `streaming` once its WAL receiver streams from the leader.
+fn replica_up(state: &str) -> bool {
+    matches!(state, "running" | "streaming")
+}
+
 /// One Patroni member: its container, config, data and runtime directories, and the host
 /// ports published for its Postgres and REST API.
 struct Member {
     name: String,
     container: String,
+    image: &'static str,
     dir: PathBuf,
     pg_port: u16,
     api_port: u16,
@@ -153,7 +160,7 @@ impl Member {
             "--rm",
             "-v",
             &mount,
-            IMAGE,
+            self.image,
             "pg_controldata",
             "/data",
         ]);
@@ -166,7 +173,8 @@ impl Member {
 }
 
 /// The patroni.yml the control plane is to render (ADR 015): complete but for the connect
-/// addresses and passwords.
+/// addresses, the passwords and `postgresql.bin_dir` (the image's own), so one file serves
+/// every Postgres version's image.
 fn patroni_yml(scope: &str, member: &str, etcd: &str) -> String {
     let tls = format!("sslmode: verify-full\n      sslrootcert: {RUN_DIR}/ca.crt");
     format!(
@@ -186,7 +194,8 @@ watchdog:
   mode: "off"
 bootstrap:
   dcs:
-    ttl: 10
+    # Patroni 4.0's least (3.0 took less); loop_wait + 2 * retry_timeout must not exceed it.
+    ttl: 20
     loop_wait: 2
     retry_timeout: 4
     maximum_lag_on_failover: 1048576
@@ -201,7 +210,6 @@ bootstrap:
 postgresql:
   listen: 0.0.0.0:5432
   data_dir: /var/lib/postgresql/data
-  bin_dir: /usr/lib/postgresql/15/bin
   use_unix_socket: true
   use_unix_socket_repl: true
   pg_hba:
@@ -302,7 +310,7 @@ impl Cluster {
                     Some((_, role, state, timeline)) if role == "leader" && state == "running" => {
                         replicas.iter().all(|r| {
                             matches!(find(r), Some((_, role, state, tl))
-                                if role == "replica" && state == "running" && tl == timeline)
+                                if role == "replica" && replica_up(&state) && tl == timeline)
                         })
                     }
                     _ => false,
@@ -352,13 +360,26 @@ impl Cluster {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() {
+async fn postgres_15_two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() {
+    two_members_elect_replicate_switch_over_fail_over_and_rejoin("berth/postgres:15", "15").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_17_two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() {
+    two_members_elect_replicate_switch_over_fail_over_and_rejoin("berth/postgres:17", "17").await;
+}
+
+/// The whole story on `image`, whose Postgres is `major` (server_version_num's first digits).
+async fn two_members_elect_replicate_switch_over_fail_over_and_rejoin(
+    image: &'static str,
+    major: &str,
+) {
     assert!(
         Command::new("docker")
-            .args(["image", "inspect", IMAGE])
+            .args(["image", "inspect", image])
             .output()
             .is_ok_and(|o| o.status.success()),
-        "{IMAGE} is missing: build it with deploy/images/build postgres"
+        "{image} is missing: build it with deploy/images/build postgres"
     );
     let id = format!("{:08x}", rand::random::<u32>());
     let network = Network::create(&format!("berth-patroni-{id}"));
@@ -381,6 +402,7 @@ async fn two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() 
         let m = Member {
             name: name.to_string(),
             container: format!("berth-patroni-{id}-{name}"),
+            image,
             dir: tmp.path().join(name),
             pg_port: free_port(),
             api_port: free_port(),
@@ -418,8 +440,9 @@ async fn two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() 
         _tmp: tmp,
     };
 
-    // Patroni's own validator accepts the rendered config (with the addresses the entrypoint
-    // gives it), in a throwaway container of the image.
+    // Patroni's own validator accepts the rendered config (with the addresses, passwords and
+    // bin_dir the entrypoint gives it), in a throwaway container of the image. The passwords
+    // reach docker through its environment (`-e NAME`), not its arguments.
     let m1 = cluster.member("m1");
     let validated = Command::new("docker")
         .args([
@@ -428,8 +451,18 @@ async fn two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() 
             "--network",
             &network.name,
             "--entrypoint",
-            "patroni",
+            "sh",
         ])
+        .envs([
+            ("PATRONI_SUPERUSER_PASSWORD", SUPERUSER_PASSWORD),
+            ("PATRONI_REPLICATION_PASSWORD", REPLICATION_PASSWORD),
+            ("PATRONI_REWIND_PASSWORD", REWIND_PASSWORD),
+            ("PATRONI_RESTAPI_PASSWORD", RESTAPI_PASSWORD),
+        ])
+        .args(["-e", "PATRONI_SUPERUSER_PASSWORD"])
+        .args(["-e", "PATRONI_REPLICATION_PASSWORD"])
+        .args(["-e", "PATRONI_REWIND_PASSWORD"])
+        .args(["-e", "PATRONI_RESTAPI_PASSWORD"])
         .args([
             "-e",
             &format!(
@@ -444,8 +477,11 @@ async fn two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() 
                 network.gateway, m1.api_port
             ),
         ])
-        .args(["-v", &format!("{}:/c:ro", m1.config_dir().display()), IMAGE])
-        .args(["--validate-config", "/c/patroni.yml"])
+        .args(["-v", &format!("{}:/c:ro", m1.config_dir().display()), image])
+        .args([
+            "-c",
+            "PATRONI_POSTGRESQL_BIN_DIR=$BERTH_PG_BIN_DIR exec patroni --validate-config /c/patroni.yml",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -473,7 +509,7 @@ async fn two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() 
             &format!("{}:/var/lib/postgresql/data", m.data_dir().display()),
             "-v",
             &format!("{}:/var/lib/berth/runtime:ro", m.runtime_dir().display()),
-            IMAGE,
+            image,
         ]);
         // As the agent does: the ports are told once the container runs, and it waits for them.
         std::fs::write(
@@ -487,6 +523,11 @@ async fn two_patroni_members_elect_replicate_switch_over_fail_over_and_rejoin() 
     run(cluster.member("m1"));
     cluster.wait_roles("m1", "m1", &[]).await;
     let (m1, m2) = (cluster.member("m1"), cluster.member("m2"));
+    // Patroni ran the image's own Postgres, though patroni.yml names no bin_dir.
+    assert_eq!(
+        m1.psql("SELECT current_setting('server_version_num')::int / 10000"),
+        major
+    );
     m1.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3)");
 
     // m2 clones it and streams from it over TLS, as the leader's pg_stat_replication shows.
