@@ -4,7 +4,8 @@
 //! JSON shape:
 //! ```json
 //! {"image_pull_policy": "never",
-//!  "postgres": [{"version": "15", "image": "berth/postgres:15", "default": true}],
+//!  "postgres": [{"version": "15", "image": "berth/postgres:15"},
+//!               {"version": "17", "image": "berth/postgres:17", "default": true}],
 //!  "services": {"mcp": [{"version": "1.0.0", "image": "ghcr.io/pgedge/postgres-mcp:1.0.0",
 //!                        "default": true, "image_pull_policy": "if_not_present"}]}}
 //! ```
@@ -13,6 +14,8 @@
 //! the registry its reference names. Set at the top it is every entry's default; an entry may
 //! set its own. Postgres images must be berth's (`deploy/images/postgres`): they read the
 //! `berth.conf` the agents write (passwords, replication, TLS), which a stock image ignores.
+//! A Postgres version is a major version (`15`, `17`): berth builds one image per major, from
+//! the Debian release that packages it (deploy/images/README.md).
 //! Versions are 1 to 3 dot-separated numbers. A request resolves as follows: `latest` is the
 //! entry marked default; a version equal to an entry's is that entry; a shorter version is
 //! the highest entry it prefixes (`1.0` is the highest `1.0.x`, `1` the highest `1.x.y`).
@@ -413,19 +416,28 @@ mod tests {
             pulled(resolved("12.2.3", "postgrest/postgrest:v12.2.3"))
         );
         assert!(prod.resolve_service(ServiceType::Rag, "1.0").is_some());
-        // Postgres is berth's own image (it reads berth.conf), built by deploy/images.
-        assert_eq!(prod.postgres_versions(), ["15"]);
-        let postgres = prod.resolve_postgres(None).unwrap();
-        assert_eq!(postgres.image, "berth/postgres:15");
-        assert_eq!(postgres.pull_policy, PullPolicy::Never);
-
+        // Postgres is berth's own image (it reads berth.conf), built by deploy/images, one
+        // per major version, named by it.
+        assert_eq!(prod.postgres_versions(), ["15", "17"]);
         let local = Manifest::from_json(LOCAL_MANIFEST).unwrap();
-        let postgres = local.resolve_postgres(None).unwrap();
+        assert_eq!(local.postgres_versions(), ["15", "17"]);
+        for m in [&prod, &local] {
+            for v in ["15", "17"] {
+                let postgres = m.resolve_postgres(Some(v)).unwrap();
+                assert_eq!(postgres.image, format!("berth/postgres:{v}"));
+                assert_eq!(postgres.pull_policy, PullPolicy::Never);
+                assert!(postgres.health_check.is_some());
+            }
+            assert_eq!(m.resolve_postgres(Some("13")), None);
+            assert_eq!(
+                m.resolve_postgres(None).unwrap().version,
+                m.default_postgres_version()
+            );
+        }
         assert_eq!(
-            (postgres.version.as_str(), postgres.image.as_str()),
-            ("15", "berth/postgres:local")
+            prod.default_postgres_version(),
+            local.default_postgres_version()
         );
-        assert!(postgres.health_check.is_some());
         for t in ServiceType::ALL {
             let service = local.resolve_service(t, "1.0").unwrap();
             assert_eq!(
@@ -443,6 +455,41 @@ mod tests {
             );
             assert_eq!(local.resolve_service(t, "latest").unwrap().version, "1.1.0");
             assert!(local.service_versions(t).len() >= 2);
+        }
+    }
+
+    /// deploy/images/build makes one image per Postgres version of the manifests and points
+    /// `berth/postgres:local` at the default one: its `postgres_suites` table and
+    /// `postgres_default` must say what the shipped manifests say.
+    #[test]
+    fn the_image_build_makes_every_postgres_version_of_the_manifests() {
+        let build = include_str!("../../../deploy/images/build");
+        let line = |prefix: &str| {
+            build
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("deploy/images/build has no line {prefix}..."))
+        };
+        // declare -A postgres_suites=([15]=bookworm [17]=trixie)
+        let mut built: Vec<u64> = line("declare -A postgres_suites=(")
+            .trim_end_matches(')')
+            .split_whitespace()
+            .map(|kv| {
+                let major = kv.trim_start_matches('[').split(']').next().unwrap();
+                major.parse().unwrap()
+            })
+            .collect();
+        built.sort_unstable();
+        let default = line("postgres_default=").trim();
+        for text in [BUILTIN_MANIFEST, LOCAL_MANIFEST] {
+            let m = Manifest::from_json(text).unwrap();
+            let listed: Vec<u64> = m
+                .postgres_versions()
+                .iter()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            assert_eq!(listed, built);
+            assert_eq!(m.default_postgres_version(), default);
         }
     }
 
