@@ -216,10 +216,7 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
             ),
         );
     }
-    let postgres_version = o.str("postgres_version", e).map(str::to_string);
-    if let Some(version) = &postgres_version {
-        check_postgres_version(version, &o.at("postgres_version"), ctx.manifest, e);
-    }
+    let postgres_version = postgres_version::postgres_version(&o, ctx.manifest, ctx.previous, e);
     let port = o.get("port").and_then(|v| parse_port(v, &o.at("port"), e));
 
     let mut nodes = Vec::new();
@@ -493,20 +490,6 @@ fn check_service_version(
     false
 }
 
-fn check_postgres_version(version: &str, path: &str, manifest: &Manifest, e: &mut Errors) {
-    if let Err(msg) = validate_version_request(version) {
-        e.push(path, msg);
-    } else if manifest.resolve_postgres(Some(version)).is_none() {
-        e.push(
-            path,
-            format!(
-                "Postgres version \"{version}\" is not available; available: latest, {}",
-                manifest.postgres_versions().join(", ")
-            ),
-        );
-    }
-}
-
 /// Node names unique; hosts unique within a node; a host carries at most one node.
 fn check_nodes(nodes: &[NodeDraft], e: &mut Errors) {
     let mut names: BTreeSet<&str> = BTreeSet::new();
@@ -639,6 +622,8 @@ fn exceeds_depth(v: &Value, max: usize) -> bool {
     }
     false
 }
+
+mod postgres_version;
 
 #[cfg(test)]
 mod tests;
