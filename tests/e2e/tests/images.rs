@@ -22,13 +22,20 @@ fn docker(args: &[&str]) {
     );
 }
 
-/// The local test manifest with the Postgres entry's image and pull policy replaced.
+/// The local test manifest with the default Postgres entry's image and pull policy replaced
+/// (a spec without `postgres_version` runs it).
 fn manifest_with_postgres(dir: &Path, image: &str, policy: &str) -> std::path::PathBuf {
     let root =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../specs/service-versions.local.json");
     let mut m: Value = serde_json::from_str(&std::fs::read_to_string(root).unwrap()).unwrap();
-    m["postgres"][0]["image"] = json!(image);
-    m["postgres"][0]["image_pull_policy"] = json!(policy);
+    let entry = m["postgres"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["default"] == true)
+        .expect("a default Postgres entry");
+    entry["image"] = json!(image);
+    entry["image_pull_policy"] = json!(policy);
     let path = dir.join("manifest.json");
     std::fs::write(&path, m.to_string()).unwrap();
     path
@@ -44,9 +51,10 @@ async fn the_built_in_manifest_runs_berths_postgres() {
     assert_eq!(d["state"], "available", "{d}");
     let instance = d["instances"][0]["id"].as_str().unwrap().to_string();
     let container = Fleet::container_name(&host, &instance);
+    // The default version's image, Debian trixie's Postgres 17.
     assert_eq!(
         fleet.inspect(&container)["Config"]["Image"],
-        "berth/postgres:15"
+        "berth/postgres:17"
     );
     // The image read berth.conf and the TLS files the agent wrote: a stock image would not.
     assert_eq!(fleet.psql(&container, "app", "SHOW ssl"), "on");

@@ -1,8 +1,9 @@
 //! The spec's `postgres_version` picks the Postgres image through the manifest (issue 16):
 //! `"17"` runs `berth/postgres:17` (Debian trixie), where pgvector is installed, so a database
 //! stores and searches embeddings; its replica streams them. `"15"` runs the bookworm image as
-//! before. A version the manifest lacks is a 400 naming `spec.postgres_version` and the versions
-//! there are, and nothing is stored. Needs `deploy/images/build`.
+//! before. Without a version a database gets the default, 17, and keeps it (the stored spec
+//! names it). A version the manifest lacks is a 400 naming `spec.postgres_version` and the
+//! versions there are, and nothing is stored. Needs `deploy/images/build`.
 
 use e2e::Fleet;
 use e2e::reqwest::StatusCode;
@@ -127,6 +128,40 @@ async fn postgres_version_picks_the_image_and_17_has_pgvector() {
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1)",
     );
     assert_eq!(fleet.psql(&pg15, "app", "SELECT count(*) FROM t"), "1");
+    // No version: the default, 17, stored with the spec. An update cannot move the database
+    // to another major version.
+    let dflt = fleet.db_id("default");
+    fleet
+        .apply(
+            "/v1/databases",
+            &json!({"id": dflt, "spec": {"database_name": "app",
+                                         "nodes": [{"name": "n1", "host_ids": [h2]}]}}),
+        )
+        .await;
+    let d = fleet.database(&dflt).await;
+    assert_eq!(d["spec"]["postgres_version"], "17", "{d}");
+    let pg_default = Fleet::container_name(&h2, &format!("{dflt}-n1-{h2}"));
+    assert_eq!(
+        fleet.inspect(&pg_default)["Config"]["Image"],
+        "berth/postgres:17"
+    );
+    let (status, body) = fleet
+        .call(
+            "POST",
+            &format!("/v1/databases/{dflt}"),
+            Some(&json!({"spec": spec("15", &[&h2])})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errors"][0]["path"], "spec.postgres_version", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot change"),
+        "{body}"
+    );
+
     // pglogical, for replication between nodes, is in both images.
     for c in [&primary, &pg15] {
         assert_eq!(
