@@ -5,6 +5,7 @@ mod api;
 mod converge;
 mod engine_fleet;
 mod follow;
+mod follow_latency;
 mod history;
 mod procs;
 mod profile;
@@ -67,6 +68,16 @@ enum Bench {
         interval_ms: u64,
         #[arg(long, default_value_t = 50)]
         poll_ms: u64,
+    },
+    /// Follow latency on real tasks (real agents, the machine's engine): the berth CLI on the NDJSON stream
+    /// against clients polling the log with its cursor, side by side on the same tasks.
+    FollowLatency {
+        /// Databases created then deleted; both tasks of each are followed.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// The pollers' intervals in milliseconds, one poller each.
+        #[arg(long, value_delimiter = ',', default_value = "1000,250")]
+        poll_ms: Vec<u64>,
     },
     /// Update tasks against simulated hosts with etcd's db size sampled: retention and compaction at work.
     History {
@@ -166,6 +177,11 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
         })
         .await?
         .print(),
+        Bench::FollowLatency { rounds, poll_ms } => {
+            follow_latency::run(follow_latency::FollowLatencyOptions { rounds, poll_ms })
+                .await?
+                .print()
+        }
         Bench::History {
             updates,
             databases,

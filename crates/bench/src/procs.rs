@@ -35,7 +35,16 @@ fn product_bin_dir() -> Option<PathBuf> {
 pub fn build_binaries() -> Result<()> {
     let mut args = vec!["build", "--release", "--bin", "berth-hollow-agent"];
     if product_bin_dir().is_none() {
-        args.extend(["--bin", "berth-control-plane", "--bin", "berth-agent"]);
+        // The CLI with the fleet's binaries, in one build: built alone it would unify features differently
+        // and each build would undo the other's.
+        args.extend([
+            "--bin",
+            "berth-control-plane",
+            "--bin",
+            "berth-agent",
+            "--bin",
+            "berth",
+        ]);
     }
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // What `cargo run` set for the bench itself. Some build scripts (ring's) rerun when CARGO_MANIFEST_DIR

@@ -10,7 +10,7 @@
 //! same ordered work berth does: Postgres up and healthy, then the services' managed roles created with the
 //! same SQL (`psql` on stdin through a Docker exec), then the services, waited on until healthy.
 
-mod berth;
+pub(crate) mod berth;
 mod compose;
 mod engine;
 mod floor;
