@@ -56,6 +56,15 @@ agent_metrics_port=9101
 # Every process of the fleet, in start order; down stops them in reverse.
 components=(etcd control-plane "${hosts[@]/#/agent-}")
 
+# The command that stops this fleet, as one line to copy: deploy/dev/down behind every
+# BERTH_DEV_* variable this run was given (shell-quoted), so a second fleet's stop command does
+# not take down the default one.
+down_command() {
+	local v
+	for v in $(compgen -v BERTH_DEV_); do printf '%s=%q ' "$v" "${!v}"; done
+	printf '%s/deploy/dev/down\n' "$repo"
+}
+
 log() { printf '[dev] %s\n' "$*" >&2; }
 die() {
 	log "error: $*"

@@ -213,6 +213,11 @@ impl DevFleet {
         }
     }
 
+    /// The value this fleet gives the environment variable `name`.
+    fn var(&self, name: &str) -> &str {
+        &self.env.iter().find(|(k, _)| k == name).expect(name).1
+    }
+
     fn state_arg(&self) -> String {
         self.state.display().to_string()
     }
@@ -308,6 +313,28 @@ fn dev_up_twice_and_down_under_cpu_load_with_a_slow_fork() {
     let (ok, log) = fleet.run("deploy/dev/up");
     assert!(ok, "the first up failed:\n{log}");
     assert!(log.contains("is up"), "{log}");
+    // The summary names this fleet's hosts, and its stop command, copied as printed, stops
+    // this fleet rather than the default one: it carries every BERTH_DEV_* variable.
+    let prefix = fleet.var("BERTH_DEV_HOST_PREFIX");
+    assert!(
+        log.contains(&format!(" {prefix}-1..3 on 127.0.0.1:")),
+        "{log}"
+    );
+    let stop = log
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("stop with"))
+        .unwrap_or_else(|| panic!("no stop command in:\n{log}"));
+    for (name, value) in fleet
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("BERTH_DEV_"))
+    {
+        assert!(
+            stop.contains(&format!("{name}={value} ")),
+            "the stop command lacks {name}={value}: {stop}"
+        );
+    }
+    assert!(stop.trim_end().ends_with("/deploy/dev/down"), "{stop}");
 
     // What a run that died half way leaves: processes without pid files.
     for f in std::fs::read_dir(fleet.state.join("run"))
