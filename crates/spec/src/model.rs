@@ -76,6 +76,9 @@ pub struct ServiceSpec {
     /// Semver (`1.0`, `1.0.0`) or `latest`, as the user wrote it.
     pub version: String,
     pub host_ids: Vec<String>,
+    /// The service type's settings (`GET /v1/service-types` lists them). May be left out,
+    /// reading as `{}`, when the type requires none of its keys (`postgrest`).
+    #[serde(default)]
     #[schema(value_type = Object)]
     pub config: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -382,8 +382,13 @@ fn parse_service(
         d.version = Some(version.to_string());
     }
     d.hosts = parse_host_ids(&o, e);
-    if o.require("config", e).is_some() {
+    if o.get("config").is_some() {
         d.config = o.object("config", e).map(|c| c.map.clone());
+    } else if d.service_type.is_some_and(catalog::config_optional) {
+        // Nothing in it is required, so leaving it out says the same as `{}`.
+        d.config = Some(Map::new());
+    } else {
+        o.require("config", e);
     }
     d.port = o.get("port").and_then(|v| parse_port(v, &o.at("port"), e));
     if let Some(v) = o.get("cpus") {

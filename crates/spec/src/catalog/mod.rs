@@ -57,6 +57,13 @@ pub fn rules(service_type: ServiceType) -> &'static ServiceRules {
     }
 }
 
+/// Whether a service of this type may leave `config` out (it then reads as `{}`): none of
+/// the type's top-level keys is required unconditionally. A key required only when another
+/// holds some value is still checked by [`validate_config`] on the `{}`.
+pub fn config_optional(service_type: ServiceType) -> bool {
+    rules(service_type).fields.iter().all(|f| !f.required)
+}
+
 /// Every error in a service's `config`, with paths under `path` (`spec.services[0].config`).
 pub fn validate_config(
     service_type: ServiceType,

@@ -581,10 +581,8 @@ fn service_rules() {
                 "host \"host-9\" is not registered",
             )],
         ),
-        (
-            vec![("/spec/services/1/config", None)],
-            vec![("spec.services[1].config", "is required")],
-        ),
+        // postgrest requires none of its keys: no config is `{}` (the next test).
+        (vec![("/spec/services/1/config", None)], vec![]),
         (
             vec![("/spec/services/1/config", Some(json!([])))],
             vec![("spec.services[1].config", "expected an object")],
@@ -944,4 +942,24 @@ fn tenant_ids_on_create_and_update() {
     body["tenant_id"] = json!("-x");
     let err = crate::parse_update_body(&body, &ctx).unwrap_err();
     assert_eq!(err.errors[0].path, "tenant_id");
+}
+
+/// A type none of whose config keys is required may leave `config` out: it reads as `{}`
+/// and is validated as such. A type with required keys (rag) still needs it.
+#[test]
+fn config_may_be_left_out_when_nothing_in_it_is_required() {
+    let req = create(&edited(&[("/spec/services/1/config", None)])).expect("accepted");
+    assert_eq!(req.spec.services[1].service_type, ServiceType::Postgrest);
+    assert!(req.spec.services[1].config.is_empty());
+
+    let rag = json!({"service_id": "docs", "service_type": "rag", "version": "latest",
+                     "host_ids": ["host-1"]});
+    let got = errors(&edited(&[("/spec/services/2", Some(rag))]));
+    assert_eq!(
+        got,
+        vec![(
+            "spec.services[2].config".to_string(),
+            "is required".to_string()
+        )]
+    );
 }
