@@ -220,33 +220,7 @@ mod tests {
         assert!(waits.iter().all(|w| *w <= Duration::from_secs(10)));
     }
 
-    /// A stand-in for the control plane on loopback that answers its connections, in order,
-    /// with `answers` (raw HTTP/1.1), closing each after its answer; returns its URL and the
-    /// request lines it got.
-    async fn server(
-        answers: Vec<Vec<u8>>,
-    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let requests = seen.clone();
-        tokio::spawn(async move {
-            for answer in answers {
-                let (mut s, _) = l.accept().await.unwrap();
-                let mut buf = vec![0u8; 8192];
-                let n = s.read(&mut buf).await.unwrap();
-                let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                requests
-                    .lock()
-                    .unwrap()
-                    .push(head.lines().next().unwrap_or_default().to_string());
-                let _ = s.write_all(&answer).await;
-                let _ = s.shutdown().await;
-            }
-        });
-        (url, seen)
-    }
+    use crate::stand_in::{global, json, server};
 
     fn entry_line(id: &str, message: &str) -> String {
         format!(
@@ -286,15 +260,7 @@ mod tests {
             third.into_bytes(),
         ])
         .await;
-        let client = Client::new(&crate::args::Global {
-            url,
-            token: None,
-            ca_cert: None,
-            client_cert: None,
-            client_key: None,
-            output: crate::args::Output::Table,
-        })
-        .unwrap();
+        let client = Client::new(&global(&url)).unwrap();
         let mut seen = Vec::new();
         let mut retries = 0;
         let (task, _) = follow(
@@ -324,20 +290,8 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_task_is_refused_at_once() {
         let body = r#"{"name":"not_found","message":"task \"t\" of database \"d\" not found"}"#;
-        let answer = format!(
-            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let (url, requests) = server(vec![answer.into_bytes()]).await;
-        let client = Client::new(&crate::args::Global {
-            url,
-            token: None,
-            ca_cert: None,
-            client_cert: None,
-            client_key: None,
-            output: crate::args::Output::Table,
-        })
-        .unwrap();
+        let (url, requests) = server(vec![json("404 Not Found", body)]).await;
+        let client = Client::new(&global(&url)).unwrap();
         let e = follow(
             &client,
             "d",

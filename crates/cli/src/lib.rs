@@ -17,6 +17,8 @@ pub mod error;
 pub mod follow;
 pub mod progress;
 pub mod spec_file;
+#[cfg(test)]
+mod stand_in;
 pub mod table;
 
 use error::{Exit, render};

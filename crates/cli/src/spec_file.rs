@@ -9,23 +9,24 @@ use serde_json::{Map, Value};
 
 use crate::error::CliError;
 
-/// What `apply` sends: the database id (None: a create that lets the control plane pick a
-/// UUID) and the rest of the body (`spec`, and any other key the file had, for the API to
-/// judge).
+/// What `apply` sends: the database id and the rest of the body (`spec`, and any other key
+/// the file had, for the API to judge).
+///
+/// The id is never left to the control plane: a create without one gets a fresh random id,
+/// so applying the same file twice would make two databases where `apply` promises to
+/// update the one it made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApplyBody {
-    pub id: Option<String>,
+    pub id: String,
     /// The body without `id`: `{"spec": ...}`.
     pub rest: Map<String, Value>,
 }
 
 impl ApplyBody {
-    /// The `POST /v1/databases` body: `{id, spec}` (no `id` when none was given).
+    /// The `POST /v1/databases` body: `{id, spec}`.
     pub fn create_body(&self) -> Value {
         let mut body = Map::new();
-        if let Some(id) = &self.id {
-            body.insert("id".into(), Value::String(id.clone()));
-        }
+        body.insert("id".into(), Value::String(self.id.clone()));
         body.extend(self.rest.clone());
         Value::Object(body)
     }
@@ -75,9 +76,13 @@ pub fn parse(text: &str, format: Format) -> Result<Value, String> {
     }
 }
 
+/// What `apply` says of a file that names no database and a command line without `--id`.
+pub const NO_ID: &str = "the file has no id: give --id ID or an `id` field";
+
 /// Splits a document into id and body. A document with a `spec` key is the create body
 /// `{id?, spec}`; any other object is the spec alone. `id_flag` (`--id`) supplies the id, and
-/// must agree with the document's when both name one.
+/// must agree with the document's when both name one. Errors: no id at all ([`NO_ID`]), ids
+/// that disagree, an id that is not a string, a document that is not an object.
 pub fn body(doc: Value, id_flag: Option<&str>) -> Result<ApplyBody, String> {
     let Value::Object(mut o) = doc else {
         return Err("expected an object: the create body {id, spec} or a spec".into());
@@ -85,15 +90,14 @@ pub fn body(doc: Value, id_flag: Option<&str>) -> Result<ApplyBody, String> {
     if !o.contains_key("spec") {
         let mut rest = Map::new();
         rest.insert("spec".into(), Value::Object(o));
-        return Ok(ApplyBody {
-            id: id_flag.map(String::from),
-            rest,
-        });
+        let id = id_flag.ok_or(NO_ID)?.to_string();
+        return Ok(ApplyBody { id, rest });
     }
     let id = match (o.remove("id"), id_flag) {
-        (None, flag) => flag.map(String::from),
-        (Some(Value::String(doc)), None) => Some(doc),
-        (Some(Value::String(doc)), Some(flag)) if doc == flag => Some(doc),
+        (None, Some(flag)) => flag.to_string(),
+        (None, None) => return Err(NO_ID.into()),
+        (Some(Value::String(doc)), None) => doc,
+        (Some(Value::String(doc)), Some(flag)) if doc == flag => doc,
         (Some(Value::String(doc)), Some(flag)) => {
             return Err(format!(
                 "id: the file names database {doc:?} and --id names {flag:?}"
@@ -116,7 +120,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(b.id.as_deref(), Some("example"));
+        assert_eq!(b.id, "example");
         assert_eq!(
             b.create_body(),
             json!({"id": "example", "spec": {"database_name": "x"}})
@@ -131,12 +135,18 @@ mod tests {
             b.create_body(),
             json!({"id": "example", "spec": {"database_name": "x", "nodes": []}})
         );
-        let anonymous = body(json!({"database_name": "x"}), None).unwrap();
-        assert_eq!(anonymous.id, None);
+    }
+
+    #[test]
+    fn a_file_without_an_id_needs_the_flag() {
+        // Left to the control plane, the id would be a new random one on every apply.
         assert_eq!(
-            anonymous.create_body(),
-            json!({"spec": {"database_name": "x"}})
+            body(json!({"database_name": "x"}), None).unwrap_err(),
+            NO_ID
         );
+        assert_eq!(body(json!({"spec": {}}), None).unwrap_err(), NO_ID);
+        let b = body(json!({"spec": {}}), Some("example")).unwrap();
+        assert_eq!(b.create_body(), json!({"id": "example", "spec": {}}));
     }
 
     #[test]

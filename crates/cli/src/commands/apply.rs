@@ -13,20 +13,20 @@ use crate::spec_file;
 use crate::table;
 
 pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<Exit, CliError> {
+    // The file (or --id) must name the database: only then is a second apply an update.
     let body = spec_file::read(&args.file, args.id.as_deref())?;
-    // Whether the database exists decides create or update; without an id it is a create
-    // whose id the control plane picks.
-    let exists = match &body.id {
-        Some(id) => ctx
-            .client
-            .get_optional(&["v1", "databases", id])
-            .await?
-            .is_some(),
-        None => false,
-    };
-    let (segments, request) = match (&body.id, exists) {
-        (Some(id), true) => (vec!["v1", "databases", id.as_str()], body.update_body()),
-        _ => (vec!["v1", "databases"], body.create_body()),
+    let exists = ctx
+        .client
+        .get_optional(&["v1", "databases", &body.id])
+        .await?
+        .is_some();
+    let (segments, request) = if exists {
+        (
+            vec!["v1", "databases", body.id.as_str()],
+            body.update_body(),
+        )
+    } else {
+        (vec!["v1", "databases"], body.create_body())
     };
     if args.dry_run {
         let v = ctx
@@ -56,5 +56,44 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<Exit, CliError> {
     } else {
         submitted(ctx, &v, &answer.task);
         Ok(Exit::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::stand_in::{closed_port, global};
+
+    /// `apply -f` of a spec without an id, against a port nothing listens on: a usage error
+    /// (exit 3) before any request, not a connection error.
+    async fn apply_without_an_id(dry_run: bool) -> CliError {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spec.yaml");
+        std::fs::write(&file, "database_name: app\nnodes: []\n").unwrap();
+        let url = format!("http://127.0.0.1:{}", closed_port());
+        let ctx = Ctx {
+            client: Client::new(&global(&url)).unwrap(),
+            output: Output::Table,
+        };
+        let args = ApplyArgs {
+            file: file.clone(),
+            id: None,
+            wait: false,
+            dry_run,
+        };
+        apply(&ctx, args).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_file_without_an_id_is_refused_before_any_request() {
+        for dry_run in [false, true] {
+            let e = apply_without_an_id(dry_run).await;
+            assert!(matches!(e, CliError::Usage(_)), "{e}");
+            assert_eq!(e.exit(), Exit::Refused);
+            let text = e.to_string();
+            assert!(text.ends_with(spec_file::NO_ID), "{text}");
+            assert_eq!(text.lines().count(), 1, "{text}");
+        }
     }
 }
