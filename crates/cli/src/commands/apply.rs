@@ -52,7 +52,7 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<Exit, CliError> {
         .await?;
     let answer: CreateDatabaseResponse = decode("the answer", v.clone())?;
     if args.wait {
-        wait(ctx, &answer.database.id, &answer.task.task_id).await
+        wait(ctx, &answer.task).await
     } else {
         submitted(ctx, &v, &answer.task);
         Ok(Exit::Ok)

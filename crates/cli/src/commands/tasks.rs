@@ -48,14 +48,34 @@ pub fn ending(task: &Task) -> (Exit, String) {
     (exit, line)
 }
 
-/// Follows a task until it ends, showing its log as the output mode wants; prints how it
-/// ended (the task's JSON with `-o json`) and returns the exit code that says so.
-pub async fn wait(ctx: &Ctx, database_id: &str, task_id: &str) -> Result<Exit, CliError> {
+/// The first line of a followed task, before its log: its id and how to follow it again
+/// after an interrupt (Ctrl-C), which would otherwise leave no task id on the screen.
+pub fn following(task: &Task) -> String {
+    format!(
+        "task {} ({}) for database {}; follow again with: berth logs {} {} -f",
+        task.task_id,
+        table::name_of(&task.task_type),
+        task.database_id,
+        task.database_id,
+        task.task_id
+    )
+}
+
+/// Follows a task until it ends, showing its log as the output mode wants; prints first
+/// which task it follows (on stderr with `-o json`, whose stdout stays the task's JSON), then
+/// how it ended (the task's JSON with `-o json`), and returns the exit code that says so.
+pub async fn wait(ctx: &Ctx, task: &Task) -> Result<Exit, CliError> {
     let progress = match ctx.output {
-        Output::Table => Progress::stdout(),
-        Output::Json => Progress::stderr_if_terminal(),
+        Output::Table => {
+            out(&following(task));
+            Progress::stdout()
+        }
+        Output::Json => {
+            eprintln!("{}", following(task));
+            Progress::stderr_if_terminal()
+        }
     };
-    wait_with(ctx, database_id, task_id, progress, true).await
+    wait_with(ctx, &task.database_id, &task.task_id, progress, true).await
 }
 
 /// [`wait`] with the display given; `task_json`: print the ended task's JSON with `-o json`
@@ -158,7 +178,7 @@ pub async fn delete(ctx: &Ctx, id: &str, wait_for_it: bool) -> Result<Exit, CliE
         .await?;
     let task: Task = decode("the delete task", v["task"].clone())?;
     if wait_for_it {
-        return wait(ctx, id, &task.task_id).await;
+        return wait(ctx, &task).await;
     }
     submitted(ctx, &v, &task);
     Ok(Exit::Ok)
@@ -196,6 +216,15 @@ mod tests {
             v["error"] = json!(e);
         }
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_followed_task_is_named_first_with_the_command_that_follows_it_again() {
+        assert_eq!(
+            following(&task("pending", None)),
+            "task 0192 (create) for database example; follow again with: \
+             berth logs example 0192 -f"
+        );
     }
 
     #[test]
