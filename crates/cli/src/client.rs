@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::args::Global;
-use crate::error::{CliError, body_of};
+use crate::error::{CliError, api_body, body_of};
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,8 +86,8 @@ impl Client {
     }
 
     /// Sends a request and returns the answer if it is a 2xx. Errors: [`CliError::Refused`]
-    /// for a 4xx (with the API's error body), [`CliError::Server`] for a 5xx,
-    /// [`CliError::Connection`] when no answer came.
+    /// for a 4xx with the API's error body, [`CliError::NotTheApi`] for a 4xx without it,
+    /// [`CliError::Server`] for a 5xx, [`CliError::Connection`] when no answer came.
     pub async fn send(
         &self,
         method: Method,
@@ -115,18 +115,22 @@ impl Client {
             return Ok(resp);
         }
         let text = resp.text().await.unwrap_or_default();
-        let body = body_of(status.as_u16(), &text);
-        if status.is_server_error() {
-            Err(CliError::Server {
+        let status = status.as_u16();
+        if (500..600).contains(&status) {
+            // A proxy's 502 while the control plane restarts is worth asking again: kept as
+            // a server error (transient), whatever its body.
+            return Err(CliError::Server {
                 what,
-                status: status.as_u16(),
-                body: Some(body),
-            })
-        } else {
-            Err(CliError::Refused {
-                status: status.as_u16(),
-                body,
-            })
+                status,
+                body: Some(body_of(status, &text)),
+            });
+        }
+        match api_body(&text) {
+            Some(body) => Err(CliError::Refused { status, body }),
+            None => Err(CliError::NotTheApi {
+                url: self.base.to_string(),
+                status,
+            }),
         }
     }
 
@@ -298,6 +302,24 @@ mod tests {
                 .ends_with("answered 502: http_502: bad gateway: upstream go"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_4xx_that_is_not_the_api_s_exits_4_even_for_get_optional() {
+        // Some other HTTP server on --url: a plain 404 page, not the API's error body.
+        let answer = b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 9\r\n\r\nnot found";
+        let url = answering(answer).await;
+        let client = Client::new(&global(&url)).unwrap();
+        let e = client
+            .get_optional(&["v1", "databases", "x"])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CliError::NotTheApi { status: 404, .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("the server at {url}/ did not answer as the berth API (status 404)")
+        );
+        assert_eq!(e.exit(), crate::error::Exit::Unreachable);
     }
 
     #[tokio::test]

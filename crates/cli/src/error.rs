@@ -36,10 +36,13 @@ impl Exit {
 /// bearer token: requests are named by method and URL only.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// A 4xx with the API's error body (or a body made up from the status when the answer
-    /// had none, e.g. from a proxy).
+    /// A 4xx with the API's error body.
     #[error("{}", render_api_error(body))]
     Refused { status: u16, body: ApiErrorBody },
+    /// A 4xx whose body is not the API's error shape ([`ApiErrorBody`]): `--url` names some
+    /// other HTTP server (or a proxy that answered for it), so the API refused nothing.
+    #[error("the server at {url} did not answer as the berth API (status {status})")]
+    NotTheApi { url: String, status: u16 },
     /// A 5xx.
     #[error("{what}: the control plane answered {status}{}", detail(body.as_ref()))]
     Server {
@@ -63,9 +66,10 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         match self {
             CliError::Refused { .. } | CliError::Usage(_) => Exit::Refused,
-            CliError::Server { .. } | CliError::Connection { .. } | CliError::Decode { .. } => {
-                Exit::Unreachable
-            }
+            CliError::Server { .. }
+            | CliError::Connection { .. }
+            | CliError::Decode { .. }
+            | CliError::NotTheApi { .. } => Exit::Unreachable,
         }
     }
 
@@ -130,10 +134,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// The error body a 4xx or 5xx answer carried, or one made up from its status and text
-/// when the answer was not the API's (a proxy's page, say).
+/// The API's error body an answer carried; None when its body is not that shape.
+pub fn api_body(text: &str) -> Option<ApiErrorBody> {
+    serde_json::from_str(text).ok()
+}
+
+/// The error body a 5xx answer carried, or one made up from its status and text when the
+/// answer was not the API's (a proxy's page, say).
 pub fn body_of(status: u16, text: &str) -> ApiErrorBody {
-    serde_json::from_str(text).unwrap_or_else(|_| {
+    api_body(text).unwrap_or_else(|| {
         let reason = reqwest::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -202,6 +211,22 @@ mod tests {
         assert_eq!(b.name, "http_502");
         assert_eq!(b.message, "bad gateway: <html>Bad Gateway</html>");
         assert_eq!(body_of(404, "").message, "not found");
+    }
+
+    #[test]
+    fn an_answer_that_is_not_the_api_s_exits_4_naming_the_server() {
+        assert!(api_body("<html>404</html>").is_none());
+        assert!(api_body(r#"{"name":"not_found","message":"gone"}"#).is_some());
+        let e = CliError::NotTheApi {
+            url: "http://127.0.0.1:8080/".into(),
+            status: 404,
+        };
+        assert_eq!(
+            render(&e),
+            "error: the server at http://127.0.0.1:8080/ did not answer as the berth API (status 404)"
+        );
+        assert_eq!(e.exit(), Exit::Unreachable);
+        assert!(!e.is_transient());
     }
 
     #[test]
