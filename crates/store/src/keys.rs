@@ -20,6 +20,7 @@
 //! | `{p}/revoked-certs/{serial}` | [`crate::RevokedCertificate`] | the deny list |
 //! | `{p}/rejoin-tokens/{host}` | [`crate::RejoinToken`] | SHA-256 only; deleted when used |
 //! | `{p}/api-tokens/{id}` | [`crate::ApiTokenRecord`] | API bearer tokens: SHA-256 of the secret, scope |
+//! | `/{p}/patroni/{db}/{node}/...` | Patroni's | each node's DCS keys, written by Patroni (ADR 016) |
 //!
 //! The spec, the record and the task of one request are written in one transaction.
 
@@ -137,6 +138,11 @@ impl Keys {
     }
     pub fn api_token(&self, id: &str) -> String {
         format!("{}/api-tokens/{id}", self.prefix)
+    }
+    /// Patroni's namespace of a database, with a trailing `/`: `/{p}/patroni/{db}/`, one
+    /// leading slash whatever the prefix, as Patroni writes its keys (ADR 016).
+    pub fn patroni(&self, db: &str) -> String {
+        format!("/{}/patroni/{db}/", self.prefix.trim_start_matches('/')).replace("//", "/")
     }
 }
 

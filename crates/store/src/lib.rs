@@ -12,6 +12,7 @@ pub mod identity;
 pub mod keys;
 pub mod memory;
 mod metered;
+mod patroni;
 mod records;
 pub mod sealed;
 mod state;

@@ -32,6 +32,8 @@ struct Data {
     hosts: BTreeMap<String, Host>,
     liveness: BTreeMap<String, HostLiveness>,
     dial: BTreeMap<String, HostDialFailure>,
+    /// (database, key below its Patroni namespace) -> value, as Patroni would write it.
+    patroni: BTreeMap<(String, String), Vec<u8>>,
     /// A deposed leader's handle: every write is refused.
     fenced: bool,
     /// How many writes were made, for tests that count them.
@@ -87,6 +89,18 @@ impl MemoryStore {
     /// How many writes succeeded so far.
     pub fn writes(&self) -> u64 {
         self.lock().writes
+    }
+
+    /// Writes (Some) or deletes (None) one of Patroni's keys of `db` (`key` below its
+    /// namespace, `n1/leader`), as Patroni does: not a write of the control plane, so never
+    /// fenced.
+    pub fn set_patroni_key(&self, db: &str, key: &str, value: Option<&[u8]>) {
+        let mut d = self.lock();
+        let k = (db.to_string(), key.to_string());
+        match value {
+            Some(v) => d.patroni.insert(k, v.to_vec()),
+            None => d.patroni.remove(&k),
+        };
     }
 }
 
@@ -423,6 +437,29 @@ impl StateStore for MemoryStore {
         let mut d = self.lock();
         d.write()?;
         d.dial.remove(host_id);
+        Ok(())
+    }
+
+    async fn patroni_keys(&self, db: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .patroni
+            .iter()
+            .filter(|((d, _), _)| d == db)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn forget_patroni(&self, db: &str, node: Option<&str>) -> Result<()> {
+        let mut d = self.lock();
+        d.write()?;
+        let prefix = node.map(|n| format!("{n}/"));
+        d.patroni.retain(|(database, key), _| {
+            database != db
+                || prefix
+                    .as_ref()
+                    .is_some_and(|p| !key.starts_with(p.as_str()))
+        });
         Ok(())
     }
 }

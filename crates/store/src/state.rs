@@ -147,6 +147,15 @@ pub trait StateStore: Send + Sync {
 
     /// Absent is fine.
     async fn clear_host_dial_failure(&self, host_id: &str) -> Result<()>;
+
+    // ---- Patroni's keys (ADR 016): written by Patroni, read here ----
+
+    /// Every key of Patroni's namespace of `db`, as (key below the namespace, value), in
+    /// key order: `n1/leader`, `n1/members/{instance}`, ...
+    async fn patroni_keys(&self, db: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Deletes Patroni's keys of one node of `db`, or of all its nodes when `node` is None.
+    async fn forget_patroni(&self, db: &str, node: Option<&str>) -> Result<()>;
 }
 
 #[async_trait]
@@ -287,5 +296,13 @@ impl StateStore for crate::Store {
 
     async fn clear_host_dial_failure(&self, host_id: &str) -> Result<()> {
         crate::Store::clear_host_dial_failure(self, host_id).await
+    }
+
+    async fn patroni_keys(&self, db: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        crate::Store::patroni_keys(self, db).await
+    }
+
+    async fn forget_patroni(&self, db: &str, node: Option<&str>) -> Result<()> {
+        crate::Store::forget_patroni(self, db, node).await
     }
 }
