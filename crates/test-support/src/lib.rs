@@ -51,6 +51,28 @@ mod rand_free {
     }
 }
 
+/// The machine's address on Docker's default bridge (`docker0`): containers of the
+/// machine's engine, on any of its networks, reach processes on the machine there (Patroni in
+/// a test's Postgres containers reaches the test's etcd, ADR 016). Panics, saying why,
+/// without a `docker0` with an IPv4 address.
+pub fn docker_bridge_address() -> std::net::IpAddr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "docker0"])
+        .output()
+        .expect("run `ip` (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `4: docker0    inet 172.17.0.1/16 brd ... scope global docker0`
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no IPv4 address on docker0 (`ip -4 addr show dev docker0`: {text:?}): is Docker running?"
+            )
+        })
+}
+
 /// Path of the etcd binary, or a panic that tells the reader how to get one.
 pub fn etcd_binary() -> PathBuf {
     if let Ok(p) = std::env::var("ETCD_BIN") {
@@ -97,6 +119,11 @@ impl EtcdServer {
     /// gateway, so that containers on that network reach it at [`EtcdServer::endpoint_on`].
     pub fn start_also_on(address: std::net::IpAddr) -> Self {
         Self::start_inner(&[], vec![address])
+    }
+
+    /// [`EtcdServer::start_with`]'s flags and [`EtcdServer::start_also_on`]'s addresses.
+    pub fn start_with_also_on(extra_args: &[&str], also_on: &[std::net::IpAddr]) -> Self {
+        Self::start_inner(extra_args, also_on.to_vec())
     }
 
     fn start_inner(extra_args: &[&str], also_on: Vec<std::net::IpAddr>) -> Self {
