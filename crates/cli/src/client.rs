@@ -285,6 +285,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_to_a_plain_http_port_says_to_use_http() {
+        let answer = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let url = answering(answer).await.replace("http://", "https://");
+        let client = Client::new(&global(&url)).unwrap();
+        let e = client.get(&["v1", "hosts"]).await.unwrap_err();
+        assert!(matches!(e, CliError::Connection { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("GET {url}/v1/hosts: the server at {url} does not speak TLS; use http://")
+        );
+    }
+
+    #[tokio::test]
     async fn a_connection_closed_without_an_answer_is_a_connection_error() {
         let client = Client::new(&global(&answering(b"").await)).unwrap();
         let e = client.get(&["v1", "hosts"]).await.unwrap_err();

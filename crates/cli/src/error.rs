@@ -83,6 +83,14 @@ impl CliError {
     pub fn connection(what: impl Into<String>, e: reqwest::Error) -> CliError {
         let reason = if e.is_timeout() {
             "timed out".to_string()
+        } else if is_plain_http_answer(&e) {
+            // rustls's own words ("received corrupt message of type InvalidContentType") do
+            // not say that the port speaks plain HTTP.
+            let server = e
+                .url()
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_else(|| "the URL".into());
+            format!("the server at {server} does not speak TLS; use http://")
         } else {
             error_chain(&e.without_url())
         };
@@ -91,6 +99,25 @@ impl CliError {
             reason,
         }
     }
+}
+
+/// Whether a TLS handshake failed because the first bytes back were not a TLS record
+/// (rustls's `InvalidContentType`): what a plain-HTTP server answers to a client hello.
+fn is_plain_http_answer(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::{Error as Tls, InvalidMessage};
+    if matches!(
+        e.downcast_ref::<Tls>(),
+        Some(Tls::InvalidMessage(InvalidMessage::InvalidContentType))
+    ) {
+        return true;
+    }
+    // An io::Error's source() skips the error it wraps (and hyper wraps one io::Error in
+    // another): look inside it.
+    let wrapped = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| is_plain_http_answer(inner));
+    wrapped || e.source().is_some_and(is_plain_http_answer)
 }
 
 /// `error: ` and the error, each further line indented: what `berth` prints on stderr.
