@@ -1,8 +1,8 @@
 //! `berth logs`, `berth cancel`, `berth delete`, and following a task to its end.
 
 use reqwest::Method;
-use serde_json::Value;
-use spec::{Task, TaskLog, TaskStatus};
+use serde_json::{Value, json};
+use spec::{ListTasksResponse, Task, TaskLog, TaskStatus, TaskType};
 
 use super::{Ctx, out, out_json};
 use crate::args::{LogsArgs, Output};
@@ -170,18 +170,70 @@ pub async fn cancel(ctx: &Ctx, id: &str, task: &str) -> Result<Exit, CliError> {
     Ok(Exit::Ok)
 }
 
-/// `berth delete ID [--wait]`.
+/// `berth delete ID [--wait]`. A database already being deleted is not an error: the
+/// delete under way is followed (`--wait`) or named, as if this command had started it.
 pub async fn delete(ctx: &Ctx, id: &str, wait_for_it: bool) -> Result<Exit, CliError> {
-    let v = ctx
+    let v = match ctx
         .client
         .json(Method::DELETE, &["v1", "databases", id], &[], None)
-        .await?;
+        .await
+    {
+        Ok(v) => v,
+        Err(refused) if is_delete_under_way(&refused) => {
+            let Some((task, v)) = running_delete(ctx, id).await? else {
+                return Err(refused);
+            };
+            if wait_for_it {
+                return wait(ctx, &task).await;
+            }
+            if ctx.output == Output::Json {
+                out_json(&json!({ "task": v }));
+            } else {
+                out(&format!(
+                    "database {id} is already being deleted by task {}; follow it with: \
+                     berth logs {id} {} -f",
+                    task.task_id, task.task_id
+                ));
+            }
+            return Ok(Exit::Ok);
+        }
+        Err(e) => return Err(e),
+    };
     let task: Task = decode("the delete task", v["task"].clone())?;
     if wait_for_it {
         return wait(ctx, &task).await;
     }
     submitted(ctx, &v, &task);
     Ok(Exit::Ok)
+}
+
+/// Whether the API refused a delete because one is already under way: `409
+/// database_not_modifiable` ("database "x" is already being deleted"), the control plane's
+/// answer to a DELETE of a database in state `deleting`.
+fn is_delete_under_way(e: &CliError) -> bool {
+    matches!(e, CliError::Refused { status: 409, body } if body.name == "database_not_modifiable")
+}
+
+/// The database's newest delete task if it has not ended, with its JSON; None otherwise.
+async fn running_delete(ctx: &Ctx, id: &str) -> Result<Option<(Task, Value)>, CliError> {
+    let v = ctx
+        .client
+        .json(
+            Method::GET,
+            &["v1", "databases", id, "tasks"],
+            &[("limit", "100")],
+            None,
+        )
+        .await?;
+    let raw: Vec<Value> = v["tasks"].as_array().cloned().unwrap_or_default();
+    let list: ListTasksResponse = decode("the tasks", v)?;
+    // Newest first: the first delete is the one the database's state comes from.
+    Ok(list
+        .tasks
+        .into_iter()
+        .zip(raw)
+        .find(|(t, _)| t.task_type == TaskType::Delete)
+        .filter(|(t, _)| !t.status.is_terminal()))
 }
 
 /// What a request that started a task prints when it is not followed.
@@ -203,7 +255,88 @@ pub fn submitted(ctx: &Ctx, answer: &Value, task: &Task) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::client::Client;
+    use crate::stand_in::{global, json as answer, server};
+
+    #[tokio::test]
+    async fn deleting_a_database_already_being_deleted_reports_the_delete_under_way() {
+        let refused = r#"{"name":"database_not_modifiable","message":"database \"example\" is already being deleted"}"#;
+        let mut running = task("running", None);
+        running.task_type = TaskType::Delete;
+        let tasks = json!({"tasks": [running, task("completed", None)]}).to_string();
+        let (url, seen) = server(vec![
+            answer("409 Conflict", refused),
+            answer("200 OK", &tasks),
+        ])
+        .await;
+        let ctx = Ctx {
+            client: Client::new(&global(&url)).unwrap(),
+            output: Output::Table,
+        };
+        assert_eq!(delete(&ctx, "example", false).await.unwrap(), Exit::Ok);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "DELETE /v1/databases/example HTTP/1.1",
+                "GET /v1/databases/example/tasks?limit=100 HTTP/1.1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_wait_follows_the_delete_under_way() {
+        let refused = r#"{"name":"database_not_modifiable","message":"database \"example\" is already being deleted"}"#;
+        let mut running = task("running", None);
+        running.task_type = TaskType::Delete;
+        let tasks = json!({"tasks": [running]}).to_string();
+        let mut done = task("completed", None);
+        done.task_type = TaskType::Delete;
+        let stream = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                      content-length: 0\r\nconnection: close\r\n\r\n";
+        let (url, seen) = server(vec![
+            answer("409 Conflict", refused),
+            answer("200 OK", &tasks),
+            stream.as_bytes().to_vec(),
+            answer("200 OK", &json!(done).to_string()),
+        ])
+        .await;
+        let ctx = Ctx {
+            client: Client::new(&global(&url)).unwrap(),
+            output: Output::Table,
+        };
+        assert_eq!(delete(&ctx, "example", true).await.unwrap(), Exit::Ok);
+        assert_eq!(
+            seen.lock().unwrap()[2..],
+            [
+                "GET /v1/databases/example/tasks/0192/log?follow=true HTTP/1.1",
+                "GET /v1/databases/example/tasks/0192 HTTP/1.1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn another_refusal_of_a_delete_stays_a_refusal() {
+        // The 409 without a delete under way (it ended): the API's refusal, exit 3.
+        let refused = r#"{"name":"database_not_modifiable","message":"database \"example\" is already being deleted"}"#;
+        let mut ended = task("failed", Some("boom"));
+        ended.task_type = TaskType::Delete;
+        let tasks = json!({"tasks": [ended]}).to_string();
+        let (url, _) = server(vec![
+            answer("409 Conflict", refused),
+            answer("200 OK", &tasks),
+        ])
+        .await;
+        let ctx = Ctx {
+            client: Client::new(&global(&url)).unwrap(),
+            output: Output::Table,
+        };
+        let e = delete(&ctx, "example", false).await.unwrap_err();
+        assert_eq!(e.exit(), Exit::Refused);
+        assert!(
+            e.to_string().starts_with("database_not_modifiable: "),
+            "{e}"
+        );
+    }
 
     fn task(status: &str, error: Option<&str>) -> Task {
         let mut v = json!({
