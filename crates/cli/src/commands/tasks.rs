@@ -146,9 +146,10 @@ pub async fn logs(ctx: &Ctx, args: LogsArgs) -> Result<Exit, CliError> {
     }
 }
 
-/// `berth cancel ID TASK`.
+/// `berth cancel ID TASK`. A task that already ended is refused (exit 3) naming its status
+/// as the API spells it (`completed`).
 pub async fn cancel(ctx: &Ctx, id: &str, task: &str) -> Result<Exit, CliError> {
-    let v = ctx
+    let v = match ctx
         .client
         .json(
             Method::POST,
@@ -156,7 +157,11 @@ pub async fn cancel(ctx: &Ctx, id: &str, task: &str) -> Result<Exit, CliError> {
             &[],
             None,
         )
-        .await?;
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return Err(already_ended(ctx, id, task, e).await),
+    };
     if ctx.output == Output::Json {
         out_json(&v);
     } else {
@@ -168,6 +173,42 @@ pub async fn cancel(ctx: &Ctx, id: &str, task: &str) -> Result<Exit, CliError> {
         ));
     }
     Ok(Exit::Ok)
+}
+
+/// A cancel's refusal as printed: the control plane's `409 task_not_cancelable` message
+/// names the status by its Rust name ("already ended as Completed"), so the message is made
+/// again from the task's status in the API's spelling. Any other error is returned as it is,
+/// and so is this one when the task cannot be read.
+async fn already_ended(ctx: &Ctx, id: &str, task_id: &str, e: CliError) -> CliError {
+    let CliError::Refused { status: 409, body } = &e else {
+        return e;
+    };
+    if body.name != "task_not_cancelable" {
+        return e;
+    }
+    let task = match ctx
+        .client
+        .get(&["v1", "databases", id, "tasks", task_id])
+        .await
+    {
+        Ok(v) => decode::<Task>("the task", v),
+        Err(other) => Err(other),
+    };
+    match task {
+        Ok(t) if t.status.is_terminal() => CliError::Refused {
+            status: 409,
+            body: spec::ApiErrorBody {
+                name: body.name.clone(),
+                message: format!(
+                    "task {} already ended as {}",
+                    t.task_id,
+                    table::name_of(&t.status)
+                ),
+                errors: Vec::new(),
+            },
+        },
+        _ => e,
+    }
 }
 
 /// `berth delete ID [--wait]`. A database already being deleted is not an error: the
@@ -312,6 +353,27 @@ mod tests {
                 "GET /v1/databases/example/tasks/0192 HTTP/1.1"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn cancelling_an_ended_task_names_its_status_as_the_api_spells_it() {
+        let refused = r#"{"name":"task_not_cancelable","message":"task \"0192\" already ended as Completed"}"#;
+        let (url, seen) = server(vec![
+            answer("409 Conflict", refused),
+            answer("200 OK", &json!(task("completed", None)).to_string()),
+        ])
+        .await;
+        let ctx = Ctx {
+            client: Client::new(&global(&url)).unwrap(),
+            output: Output::Table,
+        };
+        let e = cancel(&ctx, "example", "0192").await.unwrap_err();
+        assert_eq!(e.exit(), Exit::Refused);
+        assert_eq!(
+            e.to_string(),
+            "task_not_cancelable: task 0192 already ended as completed"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]
