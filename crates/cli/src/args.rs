@@ -26,10 +26,56 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parses the process's arguments (as [`Cli::try_parse`] does) with [`command`]'s usage
+/// lines.
+pub fn parse() -> Result<Cli, clap::Error> {
+    parse_from(std::env::args_os())
+}
+
+/// [`parse`] of the given arguments, the first being the program's name.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// The command line as clap describes it, each command's usage line fixed to the one its
+/// help shows (`berth apply [OPTIONS] --file <FILE>`). clap's error messages otherwise
+/// list every option given, from the command line or the environment, as if it were
+/// required: `--url` (BERTH_URL) has a default and is never needed.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    fix_usage(cmd)
+}
+
+fn fix_usage(mut cmd: clap::Command) -> clap::Command {
+    let usage = cmd.render_usage().to_string();
+    let usage = usage
+        .strip_prefix("Usage: ")
+        .unwrap_or(&usage)
+        .trim()
+        .to_string();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, fix_usage);
+    }
+    cmd.override_usage(usage)
+}
+
 /// Options every subcommand takes.
 #[derive(Args)]
 pub struct Global {
-    /// The control plane's API.
+    /// The control plane's API; by default the dev fleet's (`deploy/dev/up`).
     #[arg(
         long,
         env = "BERTH_URL",
@@ -168,13 +214,51 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("berth").chain(args.iter().copied()))
+        parse_from(std::iter::once("berth").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn usage_lines_never_show_the_url_as_required() {
+        let e = parse(&["apply", "--url", "http://cp:3000"]).err().unwrap();
+        let text = e.render().to_string();
+        assert!(
+            text.contains("Usage: berth apply [OPTIONS] --file <FILE>\n"),
+            "{text}"
+        );
+        assert!(!text.contains("--url <URL>"), "{text}");
+        let e = parse(&[
+            "apply",
+            "-f",
+            "x",
+            "--wait",
+            "--dry-run",
+            "--url",
+            "http://cp",
+        ])
+        .err()
+        .unwrap();
+        assert!(
+            !e.render().to_string().contains("--url <URL>"),
+            "{}",
+            e.render()
+        );
+        let e = parse(&["get", "task", "example", "--url", "http://cp"])
+            .err()
+            .unwrap();
+        assert!(
+            e.render()
+                .to_string()
+                .contains("Usage: berth get task [OPTIONS] <ID> <TASK>\n"),
+            "{}",
+            e.render()
+        );
+        let help = command().render_help().to_string();
+        assert!(help.contains("[default: http://127.0.0.1:3000]"), "{help}");
     }
 
     #[test]
     fn the_command_line_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
@@ -241,8 +325,7 @@ mod tests {
 
     #[test]
     fn help_lists_the_exit_codes_and_never_the_token_s_value() {
-        use clap::CommandFactory;
-        let command = Cli::command();
+        let command = command();
         let help = command.clone().render_help().to_string();
         assert!(help.contains("Exit codes:"), "{help}");
         assert!(help.contains("3  the API refused the request"), "{help}");

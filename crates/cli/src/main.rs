@@ -1,9 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = match berth_cli::args::Cli::try_parse() {
+    let cli = match berth_cli::args::parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
