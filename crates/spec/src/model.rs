@@ -10,7 +10,11 @@ pub struct DatabaseSpec {
     /// Postgres major version, resolved through the version manifest; absent = the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_version: Option<String>,
-    /// Host port publishing every Postgres instance; `0` = a free port chosen once; absent = not published.
+    /// Host port every Postgres instance is published on (each instance is published,
+    /// ADR 004). A fixed port must be free on each of the nodes' hosts: another database's
+    /// fixed port there is refused with 409. `0` or absent = a free host port the agent has
+    /// the engine pick at the instance's first create and keeps from then on (across
+    /// container recreation and agent restarts); `connection_info` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     pub nodes: Vec<NodeSpec>,
@@ -81,6 +85,10 @@ pub struct ServiceSpec {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub config: Map<String, Value>,
+    /// Host port the service's HTTP port is published on, on each of its hosts; `0` = a free
+    /// port the engine picks; absent = not published (reached only on the database's
+    /// network). A fixed port must be free on those hosts: another database's fixed port
+    /// there is refused with 409.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// `"0.5"`, `"2"` or `"500m"`, echoed back as written.

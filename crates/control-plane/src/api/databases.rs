@@ -18,6 +18,7 @@ use crate::state::AppState;
 use crate::tasks::new_task;
 
 mod dry_run;
+mod ports;
 
 /// The API's view of a stored database: secrets removed.
 pub(crate) fn database_view(record: &DatabaseRecord, spec: &DatabaseSpec) -> Database {
@@ -148,6 +149,7 @@ pub(crate) async fn create(
         .id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     tracing::Span::current().record("database_id", id.as_str());
+    ports::check_ports(&app, &id, &request.spec).await?;
 
     let now = Utc::now();
     let task = new_task(&id, TaskType::Create);
@@ -334,6 +336,7 @@ pub(crate) async fn update(
     .await?;
     let spec = request.spec;
     check_limits(&app, &spec).await?;
+    ports::check_ports(&app, &id, &spec).await?;
     // What the change does to the record besides the generation: the tenant if one is
     // given, and a force makes every instance's hash new (`reconciler::inputs`).
     let mut base = current.clone();

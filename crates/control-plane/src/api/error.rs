@@ -23,6 +23,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TaskNotCancelable(String),
+    /// A fixed host port the spec asks for is held on that host by another database (409,
+    /// with the offending field paths, like `InvalidInput`).
+    #[error("{0}")]
+    PortTaken(InvalidInput),
     #[error("state store unavailable: {0}")]
     Unavailable(String),
     /// etcd reached its quota and refuses writes (507, RFC 4918 section 11.5).
@@ -47,6 +51,7 @@ impl ApiError {
             ApiError::DatabaseNotModifiable(_) => (StatusCode::CONFLICT, "database_not_modifiable"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TaskNotCancelable(_) => (StatusCode::CONFLICT, "task_not_cancelable"),
+            ApiError::PortTaken(_) => (StatusCode::CONFLICT, "port_taken"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::OutOfSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "etcd_out_of_space"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
@@ -73,7 +78,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let errors: Vec<FieldError> = match &self {
-            ApiError::InvalidInput(e) => e.errors.clone(),
+            ApiError::InvalidInput(e) | ApiError::PortTaken(e) => e.errors.clone(),
             _ => Vec::new(),
         };
         let body = ApiErrorBody {

@@ -170,8 +170,10 @@ fn describe_responses(operation: &mut utoipa::openapi::path::Operation) {
                 }
                 "404" => "`not_found`: no such database, task or host",
                 "409" => {
-                    "`conflict`, `database_already_exists`, `database_not_modifiable` or \
-                    `task_not_cancelable`: the request conflicts with the current state"
+                    "`conflict`, `database_already_exists`, `database_not_modifiable`, \
+                    `task_not_cancelable` or `port_taken` (a fixed host port another database \
+                    holds on that host; `errors` names each field): the request conflicts with \
+                    the current state"
                 }
                 _ => "see `name` and `message`",
             }

@@ -1,0 +1,105 @@
+//! Requests the API refuses before storing anything, against a real etcd: a fixed host port
+//! another database holds on the same host (409), in the API's JSON error shape naming what
+//! is wrong.
+
+mod common;
+
+use common::ControlPlane;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use test_support::EtcdServer;
+
+/// A database on `host` with the fixed Postgres `port` and, if given, a postgrest service on
+/// `service_host` published on `service_port`.
+fn spec(host: &str, port: u16, service: Option<(&str, u16)>) -> Value {
+    let services: Vec<Value> = service
+        .into_iter()
+        .map(|(h, p)| {
+            json!({"service_id": "api", "service_type": "postgrest", "version": "latest",
+                   "host_ids": [h], "port": p})
+        })
+        .collect();
+    json!({"database_name": "app", "port": port,
+           "nodes": [{"name": "n1", "host_ids": [host]}], "services": services})
+}
+
+fn create(id: &str, spec: Value) -> String {
+    json!({"id": id, "spec": spec}).to_string()
+}
+
+fn errors(body: &Value) -> Vec<(String, String)> {
+    body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in {body}"))
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap().to_string();
+            (s("path"), s("message"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fixed_port_another_database_holds_on_the_host_is_refused_with_409() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    cp.register("host-1").await;
+    cp.register("host-2").await;
+
+    let a = create("a", spec("host-1", 6543, Some(("host-1", 8081))));
+    let (status, body) = cp.call("POST", "/v1/databases", Some(&a)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Its own ports are not a conflict when it is updated.
+    let same = json!({"spec": spec("host-1", 6543, Some(("host-1", 8081)))}).to_string();
+    let (status, body) = cp.call("POST", "/v1/databases/a", Some(&same)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The same Postgres port on the same host, with and without dry_run: 409, nothing stored.
+    let b = create("b", spec("host-1", 6543, None));
+    for path in ["/v1/databases?dry_run=true", "/v1/databases"] {
+        let (status, body) = cp.call("POST", path, Some(&b)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {body}");
+        assert_eq!(body["name"], "port_taken");
+        let errs = errors(&body);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "spec.port");
+        assert!(
+            errs[0].1.contains("6543")
+                && errs[0].1.contains("host-1")
+                && errs[0].1.contains("\"a\""),
+            "{errs:?}"
+        );
+    }
+    let (status, _) = cp.call("GET", "/v1/databases/b", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A service port equal to another database's Postgres port on that host is taken too.
+    let c = create("c", spec("host-2", 7000, Some(("host-1", 6543))));
+    let (status, body) = cp.call("POST", "/v1/databases", Some(&c)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let errs = errors(&body);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, "spec.services[0].port");
+    assert!(errs[0].1.contains("\"a\" (spec.port)"), "{errs:?}");
+
+    // The same port on another host is free; an update that moves a service onto a port the
+    // other database holds is refused and leaves the stored spec as it was.
+    let b = create("b", spec("host-2", 6543, Some(("host-2", 8081))));
+    let (status, body) = cp.call("POST", "/v1/databases", Some(&b)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let moved = json!({"spec": spec("host-2", 6543, Some(("host-1", 8081)))}).to_string();
+    for path in ["/v1/databases/b?dry_run=true", "/v1/databases/b"] {
+        let (status, body) = cp.call("POST", path, Some(&moved)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {body}");
+        let errs = errors(&body);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "spec.services[0].port");
+        assert!(
+            errs[0].1.contains("\"a\" (spec.services[0].port)"),
+            "{errs:?}"
+        );
+    }
+    let stored = cp.store().await.get_database("b").await.unwrap().unwrap();
+    assert_eq!(stored.record.generation, 1);
+    assert_eq!(stored.spec.services[0].host_ids, ["host-2"]);
+}
