@@ -1,6 +1,6 @@
 //! Requests the API refuses before storing anything, against a real etcd: a fixed host port
-//! another database holds on the same host (409), in the API's JSON error shape naming what
-//! is wrong.
+//! another database holds on the same host (409), and a body over the size limit (413), each
+//! in the API's JSON error shape naming what is wrong.
 
 mod common;
 
@@ -102,4 +102,38 @@ async fn a_fixed_port_another_database_holds_on_the_host_is_refused_with_409() {
     let stored = cp.store().await.get_database("b").await.unwrap().unwrap();
     assert_eq!(stored.record.generation, 1);
     assert_eq!(stored.spec.services[0].host_ids, ["host-2"]);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_in_the_api_error_shape() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    cp.register("host-1").await;
+    let (status, body) = cp
+        .call(
+            "POST",
+            "/v1/databases",
+            Some(&create("a", spec("host-1", 0, None))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // 3 MB, over the 2 MiB limit; `call` fails the test if the answer is not JSON.
+    let mut huge = spec("host-1", 0, None);
+    huge["database_name"] = json!("x".repeat(3 * 1024 * 1024));
+    let huge = json!({"id": "b", "spec": huge}).to_string();
+    for path in ["/v1/databases", "/v1/databases/a"] {
+        let (status, body) = cp.call("POST", path, Some(&huge)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {body}");
+        assert_eq!(body["name"], "payload_too_large", "{path}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&control_plane::api::MAX_BODY_BYTES.to_string()),
+            "{path}: {message}"
+        );
+    }
+    let stored = cp.store().await.get_database("a").await.unwrap().unwrap();
+    assert_eq!(stored.record.generation, 1);
+    let (status, _) = cp.call("GET", "/v1/databases/b", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -125,7 +125,8 @@ async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
     request_body(content = spec::CreateDatabaseRequest, description = "`{id?, tenant_id?, spec}`"),
     responses((status = 200, body = ChangeOrPlan,
                description = "the accepted database and its task; with `dry_run=true`, the plan"),
-              (status = 400, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
+              (status = 400, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody),
+              (status = 413, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id))]
 pub(crate) async fn create(
     State(app): State<AppState>,
@@ -307,7 +308,8 @@ async fn write_generation(
     responses((status = 200, body = ChangeOrPlan,
                description = "the database and the task of the change; with `dry_run=true`, the plan"),
               (status = 400, body = spec::ApiErrorBody),
-              (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
+              (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody),
+              (status = 413, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id = %id))]
 pub(crate) async fn update(
     State(app): State<AppState>,

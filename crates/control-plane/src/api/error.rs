@@ -27,6 +27,9 @@ pub enum ApiError {
     /// with the offending field paths, like `InvalidInput`).
     #[error("{0}")]
     PortTaken(InvalidInput),
+    /// A request body larger than the limit, in bytes (413).
+    #[error("the request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
     #[error("state store unavailable: {0}")]
     Unavailable(String),
     /// etcd reached its quota and refuses writes (507, RFC 4918 section 11.5).
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TaskNotCancelable(_) => (StatusCode::CONFLICT, "task_not_cancelable"),
             ApiError::PortTaken(_) => (StatusCode::CONFLICT, "port_taken"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::OutOfSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "etcd_out_of_space"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),

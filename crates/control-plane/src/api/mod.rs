@@ -6,6 +6,7 @@
 
 mod all_tasks;
 pub mod auth;
+mod body_limit;
 mod databases;
 pub mod error;
 mod host_tasks;
@@ -22,6 +23,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::Value;
 
 use crate::state::AppState;
+pub use body_limit::MAX_BODY_BYTES;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 
@@ -86,6 +88,8 @@ pub fn router(state: AppState, auth: auth::ApiAuth) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(body_limit::limit())
+        .layer(axum::middleware::map_response(body_limit::json_413))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::require_token,

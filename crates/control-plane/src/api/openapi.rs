@@ -175,6 +175,7 @@ fn describe_responses(operation: &mut utoipa::openapi::path::Operation) {
                     holds on that host; `errors` names each field): the request conflicts with \
                     the current state"
                 }
+                "413" => "`payload_too_large`: the request body is over 2 MiB",
                 _ => "see `name` and `message`",
             }
             .to_string();
