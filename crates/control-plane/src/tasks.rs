@@ -25,7 +25,7 @@ pub fn new_task(database_id: &str, task_type: TaskType) -> Task {
 pub enum CancelError {
     #[error("task {0:?} not found")]
     NotFound(String),
-    #[error("task {task_id:?} already ended as {status:?}")]
+    #[error("task {task_id:?} already ended as {status}")]
     AlreadyEnded { task_id: String, status: TaskStatus },
     #[error(transparent)]
     Store(StoreError),
@@ -81,7 +81,7 @@ pub async fn cancel(
                     .append_log(
                         database_id,
                         task_id,
-                        format!("cancel requested; task is {:?}", task.status),
+                        format!("cancel requested; task is {}", task.status),
                         Default::default(),
                     )
                     .await;

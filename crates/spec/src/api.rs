@@ -150,11 +150,30 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// The API's name of the status (`pending`, `running`, `completed`, `failed`,
+    /// `canceling`, `canceled`), as serialized: what messages show too.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Canceling => "canceling",
+            TaskStatus::Canceled => "canceled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
             TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled
         )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -354,4 +373,18 @@ pub enum PlannedKind {
     Postgres,
     Service,
     Roles,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskStatus;
+
+    #[test]
+    fn a_task_status_reads_as_it_serializes() {
+        use TaskStatus::*;
+        for status in [Pending, Running, Completed, Failed, Canceling, Canceled] {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json.as_str(), Some(status.to_string().as_str()));
+        }
+    }
 }
