@@ -199,7 +199,7 @@ pub fn api_view(
                 } else {
                     postgres_state(o.phase, member)
                 },
-                patroni_state: member.map(|m| m.state.clone()),
+                patroni_state: member.map(|m| m.shown_state().to_string()),
                 timeline: member.and_then(|m| m.timeline),
                 lag_bytes: patroni.and_then(|p| p.lag_bytes(&r.instance_id)),
                 pending_restart: member.is_some_and(|m| m.pending_restart),

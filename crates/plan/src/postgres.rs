@@ -92,7 +92,8 @@ impl<'a> Node<'a> {
     }
 
     /// What the node waits for besides the steps planned for it: a leader, and each
-    /// desired instance on a reachable host to run under Patroni.
+    /// desired instance on a reachable host to run under Patroni (and, where Patroni says
+    /// so, to stream from the leader).
     pub fn waits(&self, name: &str, reachable: &dyn Fn(&str) -> bool) -> Vec<String> {
         let mut out = Vec::new();
         if self.leader().is_none() && !self.fresh() {
@@ -105,10 +106,14 @@ impl<'a> Node<'a> {
                 continue;
             }
             match self.patroni.and_then(|p| p.members.get(&d.instance_id)) {
-                Some(m) if m.is_running() => {}
+                // A replica that runs but does not stream yet (Patroni 4.0 says so) is waited
+                // for: a database is available once its replicas stream.
+                Some(m) if m.is_streaming_or_running() => {}
                 Some(m) => out.push(format!(
                     "postgres instance {} on {}: Patroni reports it {}",
-                    d.instance_id, d.host_id, m.state
+                    d.instance_id,
+                    d.host_id,
+                    m.shown_state()
                 )),
                 None => out.push(format!(
                     "postgres instance {} on {}: not registered with Patroni yet",

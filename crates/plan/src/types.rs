@@ -161,9 +161,13 @@ pub struct PatroniNode {
 pub struct PatroniMember {
     /// Patroni's role: `primary` (3.x also writes `master`), `replica`, `standby_leader`, ...
     pub role: String,
-    /// Patroni's state of its Postgres: `running`, `streaming` (a 4.0 replica),
-    /// `starting`, `stopped`, `creating replica`, `crashed`, ...
+    /// Patroni's state of its Postgres: `running`, `starting`, `stopped`, `creating
+    /// replica`, `crashed`, ...
     pub state: String,
+    /// A replica's replication as Patroni 4.0 writes it (`replication_state`): `streaming`,
+    /// or `in archive recovery` while it does not stream. Patroni 3.0.2 writes none.
+    #[serde(default)]
+    pub replication_state: Option<String>,
     /// The timeline its Postgres is on, when Patroni knows it.
     #[serde(default)]
     pub timeline: Option<u64>,
@@ -177,8 +181,7 @@ pub struct PatroniMember {
 }
 
 impl PatroniMember {
-    /// Its Postgres runs, as primary or replica. Patroni 3.0 says `running` for both;
-    /// 4.0 says `streaming` (or `in archive recovery`) for a replica.
+    /// Its Postgres runs, as primary or replica, streaming or not.
     pub fn is_running(&self) -> bool {
         matches!(
             self.state.as_str(),
@@ -186,10 +189,20 @@ impl PatroniMember {
         )
     }
 
-    /// It runs and, as a replica, is not known to have lost its stream: 4.0's `in archive
-    /// recovery` says it has.
+    /// It runs and, as a replica, streams from the leader as far as Patroni tells: 4.0
+    /// says so (`replication_state`), 3.0.2 does not (a running replica counts).
     pub fn is_streaming_or_running(&self) -> bool {
-        matches!(self.state.as_str(), "running" | "streaming")
+        let replication = self.replication_state.as_deref().unwrap_or("streaming");
+        matches!(self.state.as_str(), "running" | "streaming") && replication == "streaming"
+    }
+
+    /// The state to show: a running replica's replication state where Patroni gives one
+    /// (`streaming`, `in archive recovery`), as its `GET /cluster` does, else the state.
+    pub fn shown_state(&self) -> &str {
+        match (&self.replication_state, self.state.as_str()) {
+            (Some(r), "running") => r,
+            _ => &self.state,
+        }
     }
 
     /// It runs as a replica (not as the primary).

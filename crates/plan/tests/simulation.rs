@@ -250,6 +250,7 @@ fn member(role: &str, state: &str, wal: u64) -> PatroniMember {
     PatroniMember {
         role: role.into(),
         state: state.into(),
+        replication_state: None,
         timeline: Some(1),
         wal_position: Some(wal),
         pending_restart: false,

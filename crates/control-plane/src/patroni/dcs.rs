@@ -19,12 +19,18 @@ struct MemberKey {
     role: String,
     #[serde(default)]
     state: String,
+    /// Patroni 4.0's, for a replica: `streaming` or `in archive recovery`.
+    #[serde(default)]
+    replication_state: Option<String>,
     #[serde(default)]
     timeline: Option<u64>,
     #[serde(default)]
     xlog_location: Option<u64>,
     #[serde(default)]
     pending_restart: bool,
+    /// Patroni's version, `4.0.7`.
+    #[serde(default)]
+    version: String,
 }
 
 /// The leader's `status` key: its WAL position as of its last loop.
@@ -36,6 +42,20 @@ struct StatusKey {
 
 fn member_of(value: &[u8]) -> Option<PatroniMember> {
     let m: MemberKey = serde_json::from_slice(value).ok()?;
+    // Patroni 4 writes a running replica's replication state once its WAL receiver reports
+    // one; without it the replica does not stream yet. 3.0.2 never writes it.
+    let reports_replication = m
+        .version
+        .split('.')
+        .next()
+        .and_then(|major| major.parse::<u32>().ok())
+        .is_some_and(|major| major >= 4);
+    let replication_state = match m.replication_state {
+        None if reports_replication && m.role == "replica" && m.state == "running" => {
+            Some("not streaming".to_string())
+        }
+        other => other,
+    };
     Some(PatroniMember {
         // Patroni 3.0 still writes `master` for the primary; 4 writes `primary`.
         role: if m.role == "master" {
@@ -44,6 +64,7 @@ fn member_of(value: &[u8]) -> Option<PatroniMember> {
             m.role
         },
         state: m.state,
+        replication_state,
         timeline: m.timeline,
         wal_position: m.xlog_location,
         pending_restart: m.pending_restart,
@@ -105,13 +126,14 @@ pub async fn read(
     Ok(parse(&store.patroni_keys(database_id).await?))
 }
 
-/// What of a member key is worth a reconcile pass when it changes: its role, state,
-/// timeline and pending restart. Its WAL position moves with every write to the database
-/// and is left out, so that a busy database does not wake the reconciler at each of
-/// Patroni's loops. None when the value does not decode.
+/// What of a member key is worth a reconcile pass when it changes: its role, state (with a
+/// replica's replication state), timeline and pending restart. Its WAL position moves with
+/// every write to the database and is left out, so that a busy database does not wake the
+/// reconciler at each of Patroni's loops. None when the value does not decode.
 pub fn member_summary(value: &[u8]) -> Option<(String, String, Option<u64>, bool)> {
     let m = member_of(value)?;
-    Some((m.role, m.state, m.timeline, m.pending_restart))
+    let state = m.shown_state().to_string();
+    Some((m.role, state, m.timeline, m.pending_restart))
 }
 
 #[cfg(test)]
@@ -168,5 +190,27 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(b, c);
         assert_eq!(member_summary(b"{"), None);
+        // Patroni 4.0: a replica that starts streaming changes its replication state only.
+        let archive = member_summary(
+            br#"{"state":"running","role":"replica","replication_state":"in archive recovery"}"#,
+        );
+        let streaming = member_summary(
+            br#"{"state":"running","role":"replica","replication_state":"streaming"}"#,
+        );
+        assert_ne!(archive, streaming);
+        // A 4.0 replica whose WAL receiver has not reported yet does not stream; a 3.0.2
+        // one says nothing either way.
+        let v4 = parse(&[kv(
+            "n1/members/r",
+            r#"{"state":"running","role":"replica","version":"4.0.7"}"#,
+        )]);
+        let r = &v4["n1"].members["r"];
+        assert_eq!(r.replication_state.as_deref(), Some("not streaming"));
+        assert!(!r.is_streaming_or_running());
+        let v3 = parse(&[kv(
+            "n1/members/r",
+            r#"{"state":"running","role":"replica","version":"3.0.2"}"#,
+        )]);
+        assert!(v3["n1"].members["r"].is_streaming_or_running());
     }
 }

@@ -324,16 +324,71 @@ fn lag_and_takeover() {
             ("down", "stopped", 10 << 20),
             ("streams", "streaming", 10 << 20),
             ("archive", "in archive recovery", 10 << 20),
+            ("v4-streams", "running", 10 << 20),
+            ("v4-archive", "running", 10 << 20),
         ],
     );
+    let mut node = node;
+    node.members
+        .get_mut("v4-streams")
+        .unwrap()
+        .replication_state = Some("streaming".into());
+    node.members
+        .get_mut("v4-archive")
+        .unwrap()
+        .replication_state = Some("in archive recovery".into());
     assert_eq!(node.lag_bytes("near"), Some(MAX_TAKEOVER_LAG_BYTES));
     assert_eq!(node.lag_bytes("ahead"), Some(0));
     assert_eq!(node.lag_bytes("nobody"), None);
-    let can: Vec<&str> = ["l", "near", "far", "ahead", "down", "streams", "archive"]
-        .into_iter()
-        .filter(|m| node.can_take_over(m))
-        .collect();
-    // Patroni 4.0 names a streaming replica `streaming`; `in archive recovery` lost its stream.
-    assert_eq!(can, ["near", "ahead", "streams"]);
+    let can: Vec<&str> = [
+        "l",
+        "near",
+        "far",
+        "ahead",
+        "down",
+        "streams",
+        "archive",
+        "v4-streams",
+        "v4-archive",
+    ]
+    .into_iter()
+    .filter(|m| node.can_take_over(m))
+    .collect();
+    // Patroni 4.0 says whether a replica streams; `in archive recovery` lost its stream.
+    assert_eq!(can, ["near", "ahead", "streams", "v4-streams"]);
     assert!(node.members["archive"].is_running());
+    assert_eq!(
+        node.members["v4-archive"].shown_state(),
+        "in archive recovery"
+    );
+}
+
+/// A Patroni 4.0 replica that runs but does not stream yet (`in archive recovery`) is waited
+/// for: the node has converged once it streams.
+#[test]
+fn a_replica_that_does_not_stream_yet_is_waited_for() {
+    let mut i = input();
+    existing(&mut i, "n1", &[("db-n1-h1", "h1"), ("db-n1-h2", "h2")]);
+    i.desired = vec![
+        first("db-n1-h1", "h1", "n1", "H"),
+        desired("db-n1-h2", "h2", pg("n1"), "H", R1),
+    ];
+    // Patroni 4.0's member key: running, and not streaming yet.
+    let mut node = patroni(
+        Some("db-n1-h1"),
+        &[("db-n1-h1", "running", 5), ("db-n1-h2", "running", 5)],
+    );
+    node.members.get_mut("db-n1-h2").unwrap().replication_state =
+        Some("in archive recovery".into());
+    let p = plan(&with_patroni(i.clone(), "n1", node.clone()));
+    assert!(p.is_empty());
+    assert!(
+        p.waiting
+            .iter()
+            .any(|w| w.reason.contains("db-n1-h2") && w.reason.contains("in archive recovery")),
+        "{:?}",
+        p.waiting
+    );
+    node.members.get_mut("db-n1-h2").unwrap().replication_state = Some("streaming".into());
+    assert_eq!(plan(&with_patroni(i, "n1", node)), Plan::default());
 }

@@ -67,6 +67,7 @@ pub(super) fn patroni(leader: Option<&str>, members: &[(&str, &str, u64)]) -> Pa
                 let member = PatroniMember {
                     role: role.into(),
                     state: state.to_string(),
+                    replication_state: None,
                     timeline: Some(1),
                     wal_position: Some(*wal),
                     pending_restart: false,

@@ -108,6 +108,7 @@ impl Running {
         let member = |role: &str| plan::PatroniMember {
             role: role.into(),
             state: "running".into(),
+            replication_state: None,
             timeline: Some(1),
             wal_position: Some(100),
             pending_restart: false,
