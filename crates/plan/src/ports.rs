@@ -54,11 +54,7 @@ fn effect<'a>(
             frees: held,
             takes: BTreeSet::new(),
         }),
-        Step::Resize { .. }
-        | Step::CreateRoles { .. }
-        | Step::DropRoles { .. }
-        | Step::Switchover { .. }
-        | Step::ForgetNode { .. } => None,
+        Step::Resize { .. } | Step::CreateRoles { .. } | Step::DropRoles { .. } => None,
     }
 }
 

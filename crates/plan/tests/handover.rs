@@ -105,7 +105,6 @@ fn input_of(l: &Layout) -> PlanInput {
                 resources: Resources::default(),
                 waiting: false,
                 host_ports: [PORTS[*p]].into(),
-                bootstrap: false,
             });
         }
     }
@@ -217,8 +216,7 @@ fn apply(input: &mut PlanInput, step: &Step) {
         Step::CreateRoles { service_id } => {
             input.roles.insert(service_id.clone());
         }
-        // Only services here: no Postgres node to switch over or forget.
-        Step::Resize { .. } | Step::Switchover { .. } | Step::ForgetNode { .. } => {}
+        Step::Resize { .. } => {}
     }
 }
 
