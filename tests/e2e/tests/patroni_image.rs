@@ -25,6 +25,27 @@ const DEADLINE: Duration = Duration::from_secs(180);
 /// Where the image copies the TLS files (the entrypoint's fixed run-dir paths).
 const RUN_DIR: &str = "/var/lib/postgresql/berth";
 
+/// Polls `check` every `every` until it gives a value; after [`DEADLINE`] the test gives up
+/// with `what` and the last thing `check` saw (a hang bound, not a measurement).
+async fn eventually<T, S: std::fmt::Debug>(
+    what: impl Fn(&Option<S>) -> String,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, Option<S>>,
+) -> T {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) => last = seen.or(last),
+        }
+        if start.elapsed() >= DEADLINE {
+            panic!("{}", what(&last));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
@@ -301,10 +322,16 @@ impl Cluster {
     /// Waits until `asked`'s REST API shows `leader` leading and running, and every other
     /// listed member a running replica on the leader's timeline.
     async fn wait_roles(&self, asked: &str, leader: &str, replicas: &[&str]) {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < DEADLINE {
-            if let Some(view) = self.view(asked).await {
+        eventually(
+            |last| {
+                format!(
+                    "{leader} never led with {replicas:?} as running replicas; last view from {asked}: {last:?}\n{}",
+                    self.logs()
+                )
+            },
+            Duration::from_millis(500),
+            async || {
+                let view = self.view(asked).await.ok_or(None)?;
                 let find = |n: &str| view.iter().find(|m| m.0 == n).cloned();
                 let ok = match find(leader) {
                     Some((_, role, state, timeline)) if role == "leader" && state == "running" => {
@@ -315,35 +342,29 @@ impl Cluster {
                     }
                     _ => false,
                 };
-                if ok {
-                    return;
-                }
-                last = Some(view);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        panic!(
-            "{leader} never led with {replicas:?} as running replicas; last view from {asked}: {last:?}\n{}",
-            self.logs()
-        );
+                if ok { Ok(()) } else { Err(Some(view)) }
+            },
+        )
+        .await
     }
 
     /// Waits until `sql` answers `want` on `member`.
     async fn wait_sql(&self, member: &str, sql: &str, want: &str) {
         let m = self.member(member);
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < DEADLINE {
-            last = m.try_psql(sql);
-            if last.as_deref() == Some(want) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        panic!(
-            "{member}: `{sql}` never answered {want:?} (last: {last:?})\n{}",
-            self.logs()
-        );
+        eventually(
+            |last| {
+                format!(
+                    "{member}: `{sql}` never answered {want:?} (last: {last:?})\n{}",
+                    self.logs()
+                )
+            },
+            Duration::from_millis(300),
+            async || match m.try_psql(sql) {
+                Some(got) if got == want => Ok(()),
+                got => Err(got),
+            },
+        )
+        .await
     }
 
     fn logs(&self) -> String {
@@ -546,15 +567,19 @@ async fn two_members_elect_replicate_switch_over_fail_over_and_rejoin(
 
     // The docker health check (berth-postgres-health: https /health) passes on both.
     for m in [m1, m2] {
-        let start = Instant::now();
-        loop {
-            let health = docker(&["inspect", "-f", "{{.State.Health.Status}}", &m.container]);
-            if health == "healthy" {
-                break;
-            }
-            assert!(start.elapsed() < DEADLINE, "{} is {health}", m.container);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        eventually(
+            |last| format!("{} never turned healthy (last: {last:?})", m.container),
+            Duration::from_millis(500),
+            async || {
+                let health = docker(&["inspect", "-f", "{{.State.Health.Status}}", &m.container]);
+                if health == "healthy" {
+                    Ok(())
+                } else {
+                    Err(Some(health))
+                }
+            },
+        )
+        .await;
     }
 
     // A switchover through m1's REST API (basic auth) makes m2 the leader with every row.
