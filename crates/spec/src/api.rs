@@ -210,6 +210,19 @@ pub struct TaskLogEntry {
     pub fields: Map<String, Value>,
 }
 
+impl TaskLogEntry {
+    /// A new entry written now. Its id is a UUIDv7, so ids sort in the order entries are
+    /// made: the log's key order and the `after_entry_id` cursor rely on it.
+    pub fn new(message: impl Into<String>, fields: Map<String, Value>) -> Self {
+        TaskLogEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            timestamp: Utc::now(),
+            message: message.into(),
+            fields,
+        }
+    }
+}
+
 /// A page of a task's log, read with an exclusive cursor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskLog {

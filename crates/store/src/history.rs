@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 
-use chrono::Utc;
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, TxnOp};
 use serde_json::{Map, Value};
 use spec::TaskLogEntry;
@@ -30,12 +29,7 @@ impl Store {
         let _in_order = self.append_lock(db, task_id).lock().await;
         let entries: Vec<TaskLogEntry> = lines
             .into_iter()
-            .map(|(message, fields)| TaskLogEntry {
-                id: uuid::Uuid::now_v7().to_string(),
-                timestamp: Utc::now(),
-                message,
-                fields,
-            })
+            .map(|(message, fields)| TaskLogEntry::new(message, fields))
             .collect();
         // A caller batches a few dozen lines; chunks keep a long batch under --max-txn-ops.
         for chunk in entries.chunks(2 * TASKS_PER_TXN) {

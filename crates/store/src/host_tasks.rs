@@ -5,7 +5,6 @@
 //! after the host is gone, as a deleted database's do. There is one per removal, so no
 //! retention sweeps them.
 
-use chrono::Utc;
 use etcd_client::{Txn, TxnOp, TxnOpResponse};
 use serde_json::{Map, Value};
 use spec::{Task, TaskLogEntry, TaskScope};
@@ -38,12 +37,7 @@ impl Store {
                     None,
                 )];
                 for (message, fields) in lines {
-                    let entry = TaskLogEntry {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        timestamp: Utc::now(),
-                        message,
-                        fields,
-                    };
+                    let entry = TaskLogEntry::new(message, fields);
                     ops.push(TxnOp::put(
                         self.keys
                             .host_task_log_entry(host_id, &task.task_id, &entry.id),

@@ -296,12 +296,7 @@ impl StateStore for MemoryStore {
     ) -> Result<TaskLogEntry> {
         let mut d = self.lock();
         d.write()?;
-        let entry = TaskLogEntry {
-            id: uuid::Uuid::now_v7().to_string(),
-            timestamp: Utc::now(),
-            message,
-            fields,
-        };
+        let entry = TaskLogEntry::new(message, fields);
         d.logs.insert(
             (db.to_string(), task_id.to_string(), entry.id.clone()),
             entry.clone(),
@@ -319,12 +314,7 @@ impl StateStore for MemoryStore {
         d.write()?;
         let mut out = Vec::with_capacity(lines.len());
         for (message, fields) in lines {
-            let entry = TaskLogEntry {
-                id: uuid::Uuid::now_v7().to_string(),
-                timestamp: Utc::now(),
-                message,
-                fields,
-            };
+            let entry = TaskLogEntry::new(message, fields);
             let key = (db.to_string(), task_id.to_string(), entry.id.clone());
             d.logs.insert(key, entry.clone());
             out.push(entry);

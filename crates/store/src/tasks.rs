@@ -117,12 +117,7 @@ impl Store {
         fields: Map<String, Value>,
     ) -> Result<TaskLogEntry> {
         let _in_order = self.append_lock(db, task_id).lock().await;
-        let entry = TaskLogEntry {
-            id: uuid::Uuid::now_v7().to_string(),
-            timestamp: Utc::now(),
-            message: message.into(),
-            fields,
-        };
+        let entry = TaskLogEntry::new(message, fields);
         let put = TxnOp::put(
             self.keys.task_log_entry(db, task_id, &entry.id),
             encode(&entry),
