@@ -62,7 +62,6 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<Exit, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Client;
     use crate::stand_in::{closed_port, global};
 
     /// `apply -f` of a spec without an id, against a port nothing listens on: a usage error
@@ -72,10 +71,7 @@ mod tests {
         let file = dir.path().join("spec.yaml");
         std::fs::write(&file, "database_name: app\nnodes: []\n").unwrap();
         let url = format!("http://127.0.0.1:{}", closed_port());
-        let ctx = Ctx {
-            client: Client::new(&global(&url)).unwrap(),
-            output: Output::Table,
-        };
+        let ctx = Ctx::new(&global(&url)).unwrap();
         let args = ApplyArgs {
             file: file.clone(),
             id: None,

@@ -8,7 +8,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use crate::args::{Cli, Command, Output};
+use crate::args::{Cli, Command, Global, Output};
 use crate::client::Client;
 use crate::error::{CliError, Exit};
 
@@ -18,12 +18,20 @@ pub struct Ctx {
     pub output: Output,
 }
 
+impl Ctx {
+    /// The client and output format the global options ask for. Errors: a CA or client
+    /// certificate that cannot be read.
+    pub fn new(global: &Global) -> Result<Ctx, CliError> {
+        Ok(Ctx {
+            client: Client::new(global)?,
+            output: global.output,
+        })
+    }
+}
+
 /// Runs the command line's subcommand. Errors are returned, not printed.
 pub async fn run(cli: Cli) -> Result<Exit, CliError> {
-    let ctx = Ctx {
-        client: Client::new(&cli.global)?,
-        output: cli.global.output,
-    };
+    let ctx = Ctx::new(&cli.global)?;
     match cli.command {
         Command::Apply(a) => apply::apply(&ctx, a).await,
         Command::Get(g) => get::get(&ctx, g).await,

@@ -296,7 +296,6 @@ pub fn submitted(ctx: &Ctx, answer: &Value, task: &Task) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Client;
     use crate::stand_in::{global, json as answer, server};
 
     #[tokio::test]
@@ -310,10 +309,7 @@ mod tests {
             answer("200 OK", &tasks),
         ])
         .await;
-        let ctx = Ctx {
-            client: Client::new(&global(&url)).unwrap(),
-            output: Output::Table,
-        };
+        let ctx = Ctx::new(&global(&url)).unwrap();
         assert_eq!(delete(&ctx, "example", false).await.unwrap(), Exit::Ok);
         assert_eq!(
             *seen.lock().unwrap(),
@@ -341,10 +337,7 @@ mod tests {
             answer("200 OK", &json!(done).to_string()),
         ])
         .await;
-        let ctx = Ctx {
-            client: Client::new(&global(&url)).unwrap(),
-            output: Output::Table,
-        };
+        let ctx = Ctx::new(&global(&url)).unwrap();
         assert_eq!(delete(&ctx, "example", true).await.unwrap(), Exit::Ok);
         assert_eq!(
             seen.lock().unwrap()[2..],
@@ -363,10 +356,7 @@ mod tests {
             answer("200 OK", &json!(task("completed", None)).to_string()),
         ])
         .await;
-        let ctx = Ctx {
-            client: Client::new(&global(&url)).unwrap(),
-            output: Output::Table,
-        };
+        let ctx = Ctx::new(&global(&url)).unwrap();
         let e = cancel(&ctx, "example", "0192").await.unwrap_err();
         assert_eq!(e.exit(), Exit::Refused);
         assert_eq!(
@@ -388,10 +378,7 @@ mod tests {
             answer("200 OK", &tasks),
         ])
         .await;
-        let ctx = Ctx {
-            client: Client::new(&global(&url)).unwrap(),
-            output: Output::Table,
-        };
+        let ctx = Ctx::new(&global(&url)).unwrap();
         let e = delete(&ctx, "example", false).await.unwrap_err();
         assert_eq!(e.exit(), Exit::Refused);
         assert!(
