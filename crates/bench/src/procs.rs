@@ -163,13 +163,20 @@ pub struct StackOptions {
 impl Stack {
     pub async fn start(options: StackOptions) -> Result<Stack> {
         let dir = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
-        let etcd = EtcdServer::start_with(&options.etcd_args);
+        // Patroni in the Postgres containers reaches etcd where containers reach the machine:
+        // the fleet's gateway (the registry's address), or Docker's bridge.
+        let dcs_ip: std::net::IpAddr = match &options.grpc_ip {
+            Some(ip) => ip.parse()?,
+            None => test_support::docker_bridge_address(),
+        };
+        let etcd = EtcdServer::start_with_also_on(&options.etcd_args, &[dcs_ip]);
         let (http_port, grpc_port) = (free_port(), free_port());
         let grpc_ip = options.grpc_ip.as_deref().unwrap_or("127.0.0.1");
         let mut args = vec![
             format!("--listen=127.0.0.1:{http_port}"),
             format!("--grpc-listen={grpc_ip}:{grpc_port}"),
             format!("--etcd-endpoints={}", etcd.endpoint()),
+            format!("--dcs-endpoints={}", etcd.endpoint_on(dcs_ip)),
             format!("--data-dir={}", dir.path().join("cp").display()),
             format!("--key-file={}", dir.path().join("secret.key").display()),
             format!(

@@ -1,5 +1,5 @@
-//! Generated passwords of a database: its superuser, its replication role and the two
-//! managed roles of each service. Kept in etcd with every password sealed; never returned
+//! Generated passwords of a database: its superuser, its replication role, the user of its
+//! instances' Patroni REST API and the two managed roles of each service. Kept in etcd with every password sealed; never returned
 //! by the API, never logged, and handed to containers only through their config files.
 //! Passwords are [`SecretString`]s: `Debug` prints `[REDACTED]`, and reading one takes an
 //! explicit `expose_secret()`.
@@ -21,6 +21,11 @@ pub struct DatabaseCredentials {
     pub superuser_password: SecretString,
     #[serde(serialize_with = "expose")]
     pub replication_password: SecretString,
+    /// The password of Patroni's REST API user ([`crate::patroni::config::REST_API_USER`]),
+    /// which switchovers and restarts need. Empty in documents stored before Patroni ran the
+    /// instances (ADR 016): [`DatabaseCredentials::ensure_patroni`] fills it.
+    #[serde(default, serialize_with = "expose")]
+    pub restapi_password: SecretString,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceCredentials>,
     /// Each Postgres instance's TLS certificate and key, by instance id.
@@ -37,9 +42,10 @@ pub struct ServiceCredentials {
     /// Whether both roles were created on every node's primary.
     #[serde(default)]
     pub roles_created: bool,
-    /// The primaries (instance ids) the roles were last created on. A node added later has
-    /// a primary missing here, so the roles are created there too before a service is
-    /// pointed at it.
+    /// The nodes the roles were last created on (on each one's primary; they replicate to
+    /// the node's other instances). A node added later is missing here, so the roles are
+    /// created there too before a service is pointed at it. Documents stored before ADR 016
+    /// hold primaries' instance ids instead, which only costs one more (idempotent) creation.
     #[serde(default)]
     pub roles_on: std::collections::BTreeSet<String>,
     /// The service was removed but dropping its roles failed, at this spec generation and
@@ -65,9 +71,20 @@ impl DatabaseCredentials {
         DatabaseCredentials {
             superuser_password: generate_password(),
             replication_password: generate_password(),
+            restapi_password: generate_password(),
             services: BTreeMap::new(),
             postgres_certs: BTreeMap::new(),
         }
+    }
+
+    /// Generates the passwords Patroni needs that an older document lacks. Returns whether
+    /// it did (then the document must be stored before any container is given them).
+    pub fn ensure_patroni(&mut self) -> bool {
+        if !self.restapi_password.expose_secret().is_empty() {
+            return false;
+        }
+        self.restapi_password = generate_password();
+        true
     }
 
     /// Adds passwords for services that have none yet. Returns whether anything was added
@@ -252,6 +269,21 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
     }
 
+    /// A document stored before Patroni has no REST API password: one is generated once.
+    #[test]
+    fn an_older_document_gets_a_rest_api_password_once() {
+        let c = DatabaseCredentials::generate();
+        let mut stored = serde_json::to_value(&c).unwrap();
+        stored.as_object_mut().unwrap().remove("restapi_password");
+        let mut old: DatabaseCredentials = serde_json::from_value(stored).unwrap();
+        assert!(old.restapi_password.expose_secret().is_empty());
+        assert!(old.ensure_patroni());
+        assert_eq!(old.restapi_password.expose_secret().len(), 32);
+        let kept = old.restapi_password.expose_secret().to_string();
+        assert!(!old.ensure_patroni());
+        assert_eq!(old.restapi_password.expose_secret(), kept);
+    }
+
     #[test]
     fn ensure_services_adds_only_missing_ones() {
         let mut c = DatabaseCredentials::generate();
@@ -292,6 +324,7 @@ mod tests {
         for secret in [
             &c.superuser_password,
             &c.replication_password,
+            &c.restapi_password,
             &svc.ro_password,
             &svc.rw_password,
         ] {

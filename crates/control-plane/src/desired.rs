@@ -2,10 +2,10 @@
 //! exact container spec an agent applies, and its hash for the planner. Pure: the same
 //! inputs give the same specs byte for byte, so an unchanged service is never touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agent_proto as pb;
-use plan::routing::{PostgresEndpoint, connection_hosts, reach, target_session_attrs};
+use plan::routing::{PostgresEndpoint, connection_hosts, target_session_attrs};
 use plan::{DesiredInstance, InstanceKind, Resources};
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -13,10 +13,10 @@ use spec::manifest::Manifest;
 use spec::{DatabaseSpec, ServiceSpec};
 
 use crate::credentials::{DatabaseCredentials, role_name};
+use crate::patroni::config as patroni;
 
 /// Port every service listens on inside its container.
 pub const SERVICE_PORT: u16 = 8080;
-pub const POSTGRES_PORT: u16 = 5432;
 pub const POSTGRES_CONFIG_DIR: &str = "/etc/berth/postgres";
 /// PGDATA itself is the mount: the entrypoint gives it to the postgres user, which a
 /// root-owned 0700 parent mount would lock out.
@@ -61,6 +61,8 @@ pub struct Topology {
     pub hosts: BTreeMap<String, HostPlacement>,
     /// Instance id -> host port of its `postgres` port.
     pub postgres_ports: BTreeMap<String, u16>,
+    /// Node -> the hosts its Postgres instances are on now (their records), wanted or not.
+    pub postgres_hosts: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Topology {
@@ -239,6 +241,7 @@ fn finish(
             resources: res,
             waiting: false,
             host_ports,
+            bootstrap: false,
         },
         spec,
         waiting_for: None,
@@ -283,9 +286,13 @@ fn postgres_tls_files(
 /// Every instance `spec` asks for. Credentials for every service, and a certificate for
 /// every Postgres instance ([`postgres_cert_names`]), must already exist in `creds`.
 ///
-/// An instance on one engine reaches an instance on another at the host's address and
-/// published port ([`plan::routing::reach`]); while such a port is not known yet, the
-/// instance that needs it is returned waiting ([`Desired::waiting_for`]).
+/// Postgres instances run under Patroni with `dcs` as its DCS (ADR 016): each gets its
+/// `patroni.yml` and the address its peers dial it at, the node's alias on the database
+/// network when every instance of the node is on one engine, else its host's address and
+/// published ports (the image's `connect_ports=published`). A service on one engine reaches
+/// an instance on another at the host's address and published port
+/// ([`plan::routing::reach`]); while such a port is not known yet, the service is returned
+/// waiting ([`Desired::waiting_for`]).
 pub fn desired_instances(
     database_id: &str,
     spec: &DatabaseSpec,
@@ -293,6 +300,7 @@ pub fn desired_instances(
     creds: &DatabaseCredentials,
     topology: &Topology,
     ca_pem: &str,
+    dcs: &patroni::Dcs,
 ) -> Result<Vec<Desired>, DesiredError> {
     let mut out = Vec::new();
     let postgres = manifest
@@ -301,55 +309,70 @@ pub fn desired_instances(
             DesiredError::PostgresVersion(spec.postgres_version.clone().unwrap_or_default())
         })?;
     let network = network_name(database_id);
-    let endpoint = |node: &str, host_id: &str, primary: bool| {
+    let endpoint = |node: &str, host_id: &str| {
         let id = plan::postgres_instance_id(database_id, node, host_id);
         let address = topology.hosts.get(host_id).and_then(|h| h.address.clone());
         PostgresEndpoint {
             node: node.to_string(),
             host_id: host_id.to_string(),
-            primary,
             engine_id: topology.engine(host_id).to_string(),
             alias: postgres_alias(node, host_id),
-            port: POSTGRES_PORT,
+            port: patroni::POSTGRES_PORT,
             published: address.zip(topology.postgres_ports.get(&id).copied()),
         }
     };
     let endpoints: Vec<PostgresEndpoint> = spec
         .nodes
         .iter()
-        .flat_map(|node| {
-            node.host_ids
-                .iter()
-                .enumerate()
-                .map(|(i, h)| endpoint(&node.name, h, i == 0))
-        })
+        .flat_map(|node| node.host_ids.iter().map(|h| endpoint(&node.name, h)))
         .collect();
 
     for node in &spec.nodes {
-        let primary_host = &node.host_ids[0];
+        // Every instance of the node, wanted or still there, decides how they dial each
+        // other: by alias on one engine, else at host addresses and published ports. Counting
+        // the ones still there keeps a node that moves hosts on one way throughout the move.
+        let mut node_hosts: BTreeSet<&str> = node.host_ids.iter().map(String::as_str).collect();
+        if let Some(existing) = topology.postgres_hosts.get(&node.name) {
+            node_hosts.extend(existing.iter().map(String::as_str));
+        }
+        let engines: BTreeSet<&str> = node_hosts.iter().map(|h| topology.engine(h)).collect();
+        let one_engine = node_hosts.len() == 1 || (engines.len() == 1 && !engines.contains(""));
         for (i, host_id) in node.host_ids.iter().enumerate() {
-            let primary = i == 0;
             let id = plan::postgres_instance_id(database_id, &node.name, host_id);
-            let mut conf = format!(
-                "superuser_password={}\ndatabase={}\nreplication_user=replicator\nreplication_password={}\n",
-                creds.superuser_password.expose_secret(),
-                spec.database_name,
-                creds.replication_password.expose_secret()
-            );
+            let alias = postgres_alias(&node.name, host_id);
             let mut unpublished = None;
-            if !primary {
-                let upstream = endpoint(&node.name, primary_host, true);
-                match reach(&upstream, host_id, topology.engine(host_id)) {
-                    // The alias names the standby in the primary's pg_stat_replication.
-                    Ok((host, port)) => conf.push_str(&format!(
-                        "primary_host={host}\nprimary_port={port}\napplication_name={}\n",
-                        postgres_alias(&node.name, host_id)
-                    )),
-                    Err(e) => unpublished = Some(e.to_string()),
+            let connect = if one_engine {
+                format!("connect_host={alias}\nconnect_ports=container\n")
+            } else {
+                match topology.hosts.get(host_id).and_then(|h| h.address.clone()) {
+                    Some(address) => format!("connect_host={address}\nconnect_ports=published\n"),
+                    None => {
+                        unpublished = Some(format!(
+                            "host {host_id} has no address, and node {} spans engines",
+                            node.name
+                        ));
+                        String::new()
+                    }
                 }
-            }
-            let mut files: BTreeMap<String, String> =
-                [("berth.conf".to_string(), conf)].into_iter().collect();
+            };
+            let conf = format!(
+                "superuser_password={}\nreplication_password={}\nrestapi_password={}\n{connect}",
+                creds.superuser_password.expose_secret(),
+                creds.replication_password.expose_secret(),
+                creds.restapi_password.expose_secret(),
+            );
+            let member = patroni::Member {
+                database_id,
+                node: &node.name,
+                instance_id: &id,
+                database_name: &spec.database_name,
+            };
+            let mut files: BTreeMap<String, String> = [
+                ("berth.conf".to_string(), conf),
+                ("patroni.yml".to_string(), patroni::render(&member, dcs)),
+            ]
+            .into_iter()
+            .collect();
             files.extend(postgres_tls_files(&id, creds, ca_pem)?);
             let c = ContainerSpec {
                 image: postgres.image.clone(),
@@ -359,23 +382,29 @@ pub fn desired_instances(
                 config_mount_path: POSTGRES_CONFIG_DIR.into(),
                 data_mount_path: Some(POSTGRES_DATA_DIR.into()),
                 network: network.clone(),
-                aliases: vec![postgres_alias(&node.name, host_id)],
-                // Always published, so that other engines can reach it: on the spec's
-                // port, or on one the agent picks once and keeps.
-                ports: vec![(
-                    "postgres".into(),
-                    POSTGRES_PORT,
-                    Some(spec.port.unwrap_or(0)),
-                )],
-                health_check: postgres.health_check.clone(),
+                aliases: vec![alias.clone()],
+                // Always published, so that other engines can reach them: Postgres on the
+                // spec's port or on one the agent picks once and keeps, Patroni's REST API
+                // on one the agent picks.
+                ports: vec![
+                    (
+                        "postgres".into(),
+                        patroni::POSTGRES_PORT,
+                        Some(spec.port.unwrap_or(0)),
+                    ),
+                    ("patroni".into(), patroni::REST_API_PORT, Some(0)),
+                ],
+                // Patroni's liveness, not the manifest's check of Postgres (see
+                // `patroni::health_check`).
+                health_check: Some(patroni::health_check(&alias)),
                 // Postgres needs time to checkpoint on a clean shutdown.
                 stop_timeout_seconds: 60,
             };
             let kind = InstanceKind::Postgres {
                 node: node.name.clone(),
-                primary,
             };
             let mut d = finish(database_id, id, host_id, kind, "", c, resources(None, 0)?);
+            d.plan.bootstrap = i == 0;
             d.spec.pull_policy = pull_policy(postgres.pull_policy) as i32;
             out.push(match unpublished {
                 Some(why) => waiting(d, why),
@@ -515,6 +544,7 @@ mod tests {
         Topology {
             hosts,
             postgres_ports: BTreeMap::new(),
+            postgres_hosts: BTreeMap::new(),
         }
     }
 
@@ -532,6 +562,7 @@ mod tests {
         Topology {
             hosts,
             postgres_ports: ports.iter().map(|(id, p)| (id.to_string(), *p)).collect(),
+            postgres_hosts: BTreeMap::new(),
         }
     }
 
@@ -552,8 +583,12 @@ mod tests {
         c
     }
 
+    fn dcs() -> patroni::Dcs {
+        patroni::Dcs::from_urls(&["http://10.0.0.254:2379".into()], "/berth").unwrap()
+    }
+
     fn build(spec: &DatabaseSpec, c: &DatabaseCredentials, t: &Topology) -> Vec<Desired> {
-        desired_instances("db", spec, &manifest(), c, t, CA).unwrap()
+        desired_instances("db", spec, &manifest(), c, t, CA, &dcs()).unwrap()
     }
 
     fn file<'a>(d: &'a Desired, path: &str) -> &'a str {
@@ -574,24 +609,37 @@ mod tests {
                 "db-mcp-server-host-3"
             ]
         );
-        assert_eq!(
-            d[0].plan.kind,
-            InstanceKind::Postgres {
-                node: "n1".into(),
-                primary: true
-            }
-        );
-        assert_eq!(
-            d[1].plan.kind,
-            InstanceKind::Postgres {
-                node: "n1".into(),
-                primary: false
-            }
-        );
-        let replica_conf = file(&d[1], "berth.conf");
+        assert_eq!(d[0].plan.kind, InstanceKind::Postgres { node: "n1".into() });
         assert!(
-            replica_conf.contains("primary_host=n1-host-1\nprimary_port=5432\n"),
-            "one engine: the replica clones from the alias: {replica_conf}"
+            d[0].plan.bootstrap && !d[1].plan.bootstrap,
+            "host_ids[0] initialises"
+        );
+        let conf = file(&d[1], "berth.conf");
+        assert!(
+            conf.contains("connect_host=n1-host-2\nconnect_ports=container\n"),
+            "one engine: peers dial the alias: {conf}"
+        );
+        let yml = file(&d[1], "patroni.yml");
+        assert!(
+            yml.contains(r#""scope": "n1""#) && yml.contains(r#""name": "db-n1-host-2""#),
+            "{yml}"
+        );
+        assert!(yml.contains("/berth/patroni/db"), "{yml}");
+        assert!(yml.contains("10.0.0.254:2379"), "{yml}");
+        let ports: Vec<(&str, u32, Option<u32>)> = d[1]
+            .spec
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.container_port, p.host_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("postgres", 5432, Some(0)), ("patroni", 8008, Some(0))]
+        );
+        let health = &d[1].spec.health_check.as_ref().unwrap().test;
+        assert!(
+            health.iter().any(|a| a.ends_with("/liveness")),
+            "{health:?}"
         );
         assert_eq!(file(&d[0], "server.key"), "key of db-n1-host-1");
         assert_eq!(file(&d[1], "ca.crt"), CA);
@@ -603,6 +651,25 @@ mod tests {
                 !env.contains(c.superuser_password.expose_secret())
                     && !env.contains(c.services["mcp-server"].rw_password.expose_secret())
             );
+            // And patroni.yml holds none: the entrypoint gives Patroni its passwords.
+            if let Some(f) = inst.spec.files.iter().find(|f| f.path == "patroni.yml") {
+                let yml = String::from_utf8_lossy(&f.content);
+                for secret in [
+                    &c.superuser_password,
+                    &c.replication_password,
+                    &c.restapi_password,
+                ] {
+                    assert!(!yml.contains(secret.expose_secret()));
+                }
+            }
+            let conf = inst.spec.files.iter().find(|f| f.path == "berth.conf");
+            if let Some(f) = conf {
+                let conf = String::from_utf8_lossy(&f.content);
+                assert!(conf.contains(&format!(
+                    "restapi_password={}\n",
+                    c.restapi_password.expose_secret()
+                )));
+            }
         }
     }
 
@@ -611,17 +678,28 @@ mod tests {
         let c = creds();
         let m = manifest();
         let t = one_engine();
-        let a = desired_instances("db", &spec_with(mcp("m1", None)), &m, &c, &t, CA).unwrap();
-        let again = desired_instances("db", &spec_with(mcp("m1", None)), &m, &c, &t, CA).unwrap();
+        let a =
+            desired_instances("db", &spec_with(mcp("m1", None)), &m, &c, &t, CA, &dcs()).unwrap();
+        let again =
+            desired_instances("db", &spec_with(mcp("m1", None)), &m, &c, &t, CA, &dcs()).unwrap();
         assert_eq!(a, again);
-        let changed = desired_instances("db", &spec_with(mcp("m2", None)), &m, &c, &t, CA).unwrap();
+        let changed =
+            desired_instances("db", &spec_with(mcp("m2", None)), &m, &c, &t, CA, &dcs()).unwrap();
         assert_eq!(
             a[0].plan.spec_hash, changed[0].plan.spec_hash,
             "postgres untouched by a service change"
         );
         assert_ne!(a[2].plan.spec_hash, changed[2].plan.spec_hash);
-        let resized =
-            desired_instances("db", &spec_with(mcp("m1", Some("500m"))), &m, &c, &t, CA).unwrap();
+        let resized = desired_instances(
+            "db",
+            &spec_with(mcp("m1", Some("500m"))),
+            &m,
+            &c,
+            &t,
+            CA,
+            &dcs(),
+        )
+        .unwrap();
         assert_eq!(a[2].plan.spec_hash, resized[2].plan.spec_hash);
         assert_eq!(resized[2].plan.resources.nano_cpus, 500_000_000);
         assert_eq!(resized[2].spec.nano_cpus, 500_000_000);
@@ -642,8 +720,8 @@ mod tests {
     fn across_engines_instances_are_reached_at_the_host_address_and_published_port() {
         let spec = spec_with(mcp("m", None));
         let c = creds();
-        // Before the primary has a published port, the replica on another engine, and the
-        // services that list it, wait; the primary itself does not.
+        // Postgres instances never wait: Patroni finds its peers' addresses in the DCS. The
+        // services that list an instance on another engine wait for its published port.
         let d = build(&spec, &c, &engine_per_host(&[]));
         let waiting: Vec<(&str, bool)> = d
             .iter()
@@ -653,16 +731,15 @@ mod tests {
             waiting,
             [
                 ("db-n1-host-1", false),
-                ("db-n1-host-2", true),
+                ("db-n1-host-2", false),
                 ("db-mcp-server-host-1", true),
                 ("db-mcp-server-host-3", true)
             ]
         );
-        assert!(d[1].waiting_for.as_deref().unwrap().contains("host-1"));
-        assert_eq!(
-            d[0].spec.ports[0].host_port,
-            Some(0),
-            "published on a port the agent picks"
+        assert!(
+            file(&d[1], "berth.conf").contains("connect_host=10.0.0.2\nconnect_ports=published\n"),
+            "{}",
+            file(&d[1], "berth.conf")
         );
 
         let d = build(
@@ -671,11 +748,6 @@ mod tests {
             &engine_per_host(&[("db-n1-host-1", 40001), ("db-n1-host-2", 40002)]),
         );
         assert!(d.iter().all(|d| !d.plan.waiting));
-        assert!(
-            file(&d[1], "berth.conf").contains("primary_host=10.0.0.1\nprimary_port=40001\n"),
-            "{}",
-            file(&d[1], "berth.conf")
-        );
         // mcp prefers a standby: on host-1 its own instance by alias, then host-2's published
         // port; on host-3 (no instance) both published.
         let conn = |d: &Desired| file(d, "config.yaml").to_string();
@@ -687,6 +759,36 @@ mod tests {
             on_3.contains("10.0.0.1") && on_3.contains("10.0.0.2") && !on_3.contains("n1-host-"),
             "{on_3}"
         );
+    }
+
+    /// A node's instances dial each other one way while it moves: the hosts it is on now
+    /// count with the ones the spec names, so a node leaving host-1 for host-2 of another
+    /// engine stays on published ports until host-1's instance is gone.
+    #[test]
+    fn a_node_moving_across_engines_keeps_one_way_of_dialling() {
+        let spec: DatabaseSpec = serde_json::from_value(json!({
+            "database_name": "example",
+            "nodes": [{"name": "n1", "host_ids": ["host-2"]}]
+        }))
+        .unwrap();
+        let c = creds();
+        let mut t = engine_per_host(&[]);
+        let alone = build(&spec, &c, &t);
+        assert!(file(&alone[0], "berth.conf").contains("connect_ports=container"));
+        t.postgres_hosts
+            .insert("n1".into(), ["host-1".to_string()].into());
+        let moving = build(&spec, &c, &t);
+        assert!(
+            file(&moving[0], "berth.conf")
+                .contains("connect_host=10.0.0.2\nconnect_ports=published\n")
+        );
+        // On one engine the alias serves throughout.
+        let mut shared = one_engine();
+        shared
+            .postgres_hosts
+            .insert("n1".into(), ["host-1".to_string()].into());
+        let d = build(&spec, &c, &shared);
+        assert!(file(&d[0], "berth.conf").contains("connect_ports=container"));
     }
 
     #[test]
@@ -704,7 +806,8 @@ mod tests {
                 &manifest(),
                 &c,
                 &one_engine(),
-                CA
+                CA,
+                &dcs()
             ),
             Err(DesiredError::MissingCertificate("db-n1-host-1".into()))
         );

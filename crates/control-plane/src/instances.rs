@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use agent_proto::{Health, InstanceState, InstanceStatus};
 use chrono::{DateTime, Utc};
-use plan::{InstanceKind, Resources};
+use plan::{InstanceKind, PatroniMember, PatroniNode, Resources};
 use serde::{Deserialize, Serialize};
 use spec::{
     ConnectionInfo, Instance, InstanceRole, InstanceState as PgState, PortMapping, ServiceInstance,
@@ -153,43 +153,70 @@ pub enum View {
     Service(ServiceInstance),
 }
 
+/// A Postgres instance's state from its container's phase and what Patroni says of it:
+/// `available` only once its Postgres runs under Patroni (the container's health check
+/// says Patroni lives, not that Postgres serves).
+fn postgres_state(phase: Phase, member: Option<&PatroniMember>) -> PgState {
+    match (phase, member.map(|m| m.state.as_str())) {
+        (Phase::Failed, _) => PgState::Failed,
+        (Phase::Creating | Phase::Deleting, _) => PgState::Creating,
+        (Phase::Running, Some("running" | "streaming" | "in archive recovery")) => {
+            PgState::Available
+        }
+        (
+            Phase::Running,
+            Some("crashed" | "start failed" | "restart failed" | "bootstrap failed"),
+        ) => PgState::Failed,
+        (Phase::Running, _) => PgState::Creating,
+    }
+}
+
+/// `patroni` is what Patroni's keys say of the instance's node, when it has any.
 pub fn api_view(
     r: &InstanceRecord,
     unreachable: &BTreeSet<String>,
     host_addresses: &[String],
+    patroni: Option<&PatroniNode>,
 ) -> View {
     let unknown = unreachable.contains(&r.host_id);
     let o = &r.observed;
     match &r.kind {
-        InstanceKind::Postgres { node, primary } => View::Postgres(Instance {
-            id: r.instance_id.clone(),
-            database_id: r.database_id.clone(),
-            node_name: node.clone(),
-            host_id: r.host_id.clone(),
-            role: if *primary {
-                InstanceRole::Primary
-            } else {
-                InstanceRole::Replica
-            },
-            state: match (unknown, o.phase) {
-                (true, _) => PgState::Unknown,
-                (_, Phase::Running) => PgState::Available,
-                (_, Phase::Failed) => PgState::Failed,
-                (_, Phase::Creating | Phase::Deleting) => PgState::Creating,
-            },
-            connection_info: o.ports.iter().find_map(|p| {
-                p.host_port.map(|port| ConnectionInfo {
-                    addresses: host_addresses.to_vec(),
-                    port,
-                })
-            }),
-            error: if unknown {
-                Some("the host is unreachable".into())
-            } else {
-                error_of(r)
-            },
-            created_at: r.created_at,
-            updated_at: r.updated_at,
+        InstanceKind::Postgres { node } => View::Postgres({
+            let member = patroni.and_then(|p| p.members.get(&r.instance_id));
+            let leads = patroni.is_some_and(|p| p.leader.as_deref() == Some(&r.instance_id));
+            Instance {
+                id: r.instance_id.clone(),
+                database_id: r.database_id.clone(),
+                node_name: node.clone(),
+                host_id: r.host_id.clone(),
+                role: if leads {
+                    InstanceRole::Primary
+                } else {
+                    InstanceRole::Replica
+                },
+                state: if unknown {
+                    PgState::Unknown
+                } else {
+                    postgres_state(o.phase, member)
+                },
+                patroni_state: member.map(|m| m.shown_state().to_string()),
+                timeline: member.and_then(|m| m.timeline),
+                lag_bytes: patroni.and_then(|p| p.lag_bytes(&r.instance_id)),
+                pending_restart: member.is_some_and(|m| m.pending_restart),
+                connection_info: o.ports.iter().find_map(|p| {
+                    p.host_port.map(|port| ConnectionInfo {
+                        addresses: host_addresses.to_vec(),
+                        port,
+                    })
+                }),
+                error: if unknown {
+                    Some("the host is unreachable".into())
+                } else {
+                    error_of(r)
+                },
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            }
         }),
         InstanceKind::Service { service_id } => View::Service(ServiceInstance {
             service_instance_id: r.instance_id.clone(),

@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod instances;
 pub mod leader;
 pub mod operator;
+pub mod patroni;
 pub mod postgres_tls;
 pub mod reconciler;
 pub mod registry;
@@ -56,7 +57,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
     )
     .await
     .with_context(|| format!("etcd at {}", settings.etcd_endpoints.join(",")))?;
-    Ok(AppState::new(store, manifest))
+    Ok(AppState::new(store, manifest, settings.dcs()?))
 }
 
 /// A running replica, until `shutdown` resolves.
@@ -69,6 +70,14 @@ pub async fn run(
     telemetry::install();
     let gauges = gauges::FleetGauges::new();
     let state = build_state(&settings).await?;
+    let dcs = state.dcs.clone();
+    if dcs
+        .hosts
+        .iter()
+        .any(|h| h.starts_with("127.") || h.starts_with("localhost") || h.starts_with("[::1]"))
+    {
+        tracing::warn!(dcs = ?dcs.hosts, "Patroni's DCS endpoints are loopback addresses, which Postgres containers cannot reach; set --dcs-endpoints");
+    }
     let tls = Arc::new(
         tls::FleetTls::load(
             &state.store,
@@ -116,6 +125,7 @@ pub async fn run(
             settings.clone(),
             tls.clone(),
             gauges.clone(),
+            dcs,
         ))
     });
 
@@ -175,6 +185,7 @@ async fn lead(
     settings: Settings,
     tls: Arc<tls::FleetTls>,
     gauges: gauges::FleetGauges,
+    dcs: patroni::config::Dcs,
 ) {
     let id = replica_id(&settings);
     loop {
@@ -191,6 +202,7 @@ async fn lead(
         let reconciler = reconciler::Reconciler::new(
             state.store.fenced(leadership.fence.clone()),
             state.manifest.clone(),
+            dcs.clone(),
             pokes.clone(),
             tls.clone(),
         );
@@ -221,7 +233,8 @@ async fn lead(
 }
 
 /// Turns etcd changes into pokes: a spec, record or task change wakes its database's worker,
-/// a host change wakes them all (and has the host gauges read again). The leader's own
+/// a host change wakes them all (and has the host gauges read again), and so does a change
+/// of Patroni's keys that matters ([`patroni::watch::Significance`]). The leader's own
 /// instance and log writes are not watched.
 async fn watch_changes(
     store: Store,
@@ -229,6 +242,8 @@ async fn watch_changes(
     gauges: gauges::FleetGauges,
 ) {
     let root = store.keys().root();
+    let patroni_root = store.keys().patroni("");
+    let mut patroni = patroni::watch::Significance::default();
     loop {
         let mut client = store.client();
         match client
@@ -243,6 +258,14 @@ async fn watch_changes(
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         let key = String::from_utf8_lossy(kv.key());
+                        if let Some(rest) = key.strip_prefix(&patroni_root) {
+                            let deleted = event.event_type() == etcd_client::EventType::Delete;
+                            let value = (!deleted).then(|| kv.value());
+                            if let Some(db) = patroni.changed(rest, value) {
+                                let _ = pokes.send(Some(db));
+                            }
+                            continue;
+                        }
                         let Some(rest) = key.strip_prefix(&root) else {
                             continue;
                         };

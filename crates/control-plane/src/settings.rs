@@ -26,6 +26,11 @@ pub struct Settings {
     /// Every key this deployment writes starts with this prefix.
     #[arg(long, env = "BERTH_ETCD_PREFIX", default_value = "/berth")]
     pub etcd_prefix: String,
+    /// etcd client URLs as containers on every host reach them, comma separated: Patroni's
+    /// DCS in each Postgres container (ADR 016). Default: --etcd-endpoints, which only works
+    /// when those are addresses containers can dial (not 127.0.0.1).
+    #[arg(long, env = "BERTH_DCS_ENDPOINTS", value_delimiter = ',')]
+    pub dcs_endpoints: Vec<String>,
     /// Where the replica keeps local files (the secret key file by default).
     #[arg(
         long,
@@ -115,6 +120,8 @@ pub enum SettingsError {
         "--api-client-certs needs the API to serve TLS: give --api-tls-names, or --api-tls-cert and --api-tls-key"
     )]
     ClientCertsWithoutTls,
+    #[error("--dcs-endpoints: {0}")]
+    Dcs(String),
 }
 
 impl Settings {
@@ -127,6 +134,17 @@ impl Settings {
             deleted_grace: day * u32::try_from(self.deleted_history_days).unwrap_or(u32::MAX),
             period: std::time::Duration::from_secs(self.retention_sweep_seconds.max(1)),
         }
+    }
+
+    /// Patroni's DCS as rendered into every `patroni.yml`: --dcs-endpoints, else
+    /// --etcd-endpoints. Errors: endpoints of mixed schemes, or none.
+    pub fn dcs(&self) -> Result<crate::patroni::config::Dcs, SettingsError> {
+        let urls = if self.dcs_endpoints.iter().any(|e| !e.trim().is_empty()) {
+            &self.dcs_endpoints
+        } else {
+            &self.etcd_endpoints
+        };
+        crate::patroni::config::Dcs::from_urls(urls, &self.etcd_prefix).map_err(SettingsError::Dcs)
     }
 
     pub fn key_file(&self) -> PathBuf {
@@ -223,6 +241,22 @@ mod tests {
         let r =
             settings(&["--task-retention-count", "5", "--task-retention-days", "1"]).retention();
         assert_eq!((r.keep_tasks, r.max_age.as_secs()), (5, 24 * 3600));
+    }
+
+    #[test]
+    fn the_dcs_defaults_to_the_etcd_endpoints() {
+        let d = settings(&["--etcd-endpoints", "http://10.0.0.5:2379"])
+            .dcs()
+            .unwrap();
+        assert_eq!(d.hosts, ["10.0.0.5:2379"]);
+        let d = settings(&[
+            "--dcs-endpoints",
+            "http://172.17.0.1:23790,http://172.17.0.1:23791",
+        ])
+        .dcs()
+        .unwrap();
+        assert_eq!(d.hosts, ["172.17.0.1:23790", "172.17.0.1:23791"]);
+        assert_eq!((d.protocol.as_str(), d.prefix.as_str()), ("http", "/berth"));
     }
 
     #[test]

@@ -16,14 +16,17 @@ pub struct Shared {
     /// Shared with the reconciler.
     pub manifest: Arc<Manifest>,
     pub known_hosts: KnownHosts,
+    /// Patroni's DCS as the reconciler renders it: a dry-run's plan must see the same files.
+    pub dcs: crate::patroni::config::Dcs,
 }
 
 impl AppState {
-    pub fn new(store: Store, manifest: Manifest) -> Self {
+    pub fn new(store: Store, manifest: Manifest, dcs: crate::patroni::config::Dcs) -> Self {
         AppState(Arc::new(Shared {
             store,
             manifest: Arc::new(manifest),
             known_hosts: KnownHosts::default(),
+            dcs,
         }))
     }
 }

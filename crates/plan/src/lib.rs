@@ -29,20 +29,41 @@
 //! them while `deleting`) is removed. Nothing is planned on, or removed from, an
 //! unreachable host.
 //!
-//! Roles: a desired service without roles gets `CreateRoles` (once per service). A service
-//! with roles that is no longer desired gets `DropRoles`, except
+//! Postgres nodes (ADR 016): Patroni runs each node's instances and decides which one is the
+//! primary; [`PlanInput::patroni`] says what it reports. The planner orders its own steps
+//! around that:
+//! - a node's leader (the instance holding its leader key) is applied before the node's
+//!   other instances; a new node (no instance exists) is initialised by the instance on its
+//!   first host (`bootstrap`) alone, the others wait until it did; a node without a leader
+//!   gets every existing instance back first, so that Patroni can elect one;
+//! - an instance that is no longer desired is removed, except the leader of a node that
+//!   stays: it first gets a `Switchover` to a desired replica that runs and has caught up
+//!   ([`PatroniNode::can_take_over`]), planned only once one can, after the creations; the
+//!   plan that sees the new leader removes it. The leader of a removed node goes with it;
+//! - `ForgetNode` deletes a node's Patroni keys: a removed node's once none of its
+//!   instances is left, a new node's before it is initialised (stale keys would stop that);
+//! - what only Patroni can bring about (a leader elected, a member running, a replica
+//!   catching up) is a [`Plan::waiting`] sentence, not a step.
+//!
+//! Roles: a desired service without roles gets `CreateRoles` (once per service), once every
+//! desired node has a running leader on a reachable host that the plan leaves alone. A
+//! service with roles that is no longer desired gets `DropRoles` (with the same condition),
+//! except
 //! - while `deleting`: the database and its data go, the roles with them, so the control
 //!   plane forgets them rather than dropping them;
 //! - while a container or record of that service remains on an unreachable host: that
 //!   container still logs in with the roles, so they are dropped once it is removed.
 //!
 //! Phases, empty ones omitted, each sorted by instance id (or service id) then host:
-//! 1. Postgres primaries: `Apply`/`Resize`;
-//! 2. Postgres replicas: `Apply`/`Resize` (they clone from the primary);
-//! 3. `CreateRoles` (needs a running primary, and comes before any service starts);
-//! 4. services: `Apply`/`Resize`, and service `Remove`s;
-//! 5. `DropRoles` (after the service's containers are gone);
-//! 6. Postgres `Remove`s.
+//! 1. `ForgetNode` of a new node's stale keys;
+//! 2. Postgres leaders (or a new node's first instance): `Apply`/`Resize`;
+//! 3. other Postgres instances: `Apply`/`Resize` (they clone from the leader);
+//! 4. `CreateRoles` (needs a running leader, and comes before any service starts);
+//! 5. services: `Apply`/`Resize`, and service `Remove`s;
+//! 6. `DropRoles` (after the service's containers are gone);
+//! 7. `Switchover`s of leaders that are to be removed;
+//! 8. Postgres `Remove`s;
+//! 9. `ForgetNode` of removed nodes.
 //!
 //! Fixed host ports: on each host, a step that takes a port runs after every step of the
 //! plan that frees it (a phase is split, or the taking step waits for a later plan); see
@@ -50,6 +71,7 @@
 
 mod planner;
 mod ports;
+mod postgres;
 pub mod routing;
 mod types;
 
@@ -59,8 +81,9 @@ use sha2::{Digest, Sha256};
 
 pub use planner::plan;
 pub use types::{
-    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, ObservedStatus,
-    Plan, PlanInput, Resources, Step,
+    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, MAX_TAKEOVER_LAG_BYTES,
+    ObservedInstance, ObservedStatus, PatroniMember, PatroniNode, Plan, PlanInput, Resources, Step,
+    Wait,
 };
 
 /// The id of a service's instance on a host: `{database_id}-{service_id}-{host_id}`.

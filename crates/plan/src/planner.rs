@@ -2,28 +2,35 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::postgres::{Nodes, Place};
 use crate::types::{
-    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, Plan, PlanInput,
-    Resources, Step,
+    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, PatroniNode, Plan,
+    PlanInput, Resources, Step, Wait,
 };
 
 /// Phases, in execution order. Each exists because of a dependency of a later one.
 #[derive(Clone, Copy)]
 #[repr(usize)]
 pub(crate) enum Phase {
-    /// Replicas clone from their primary.
+    /// Stale Patroni keys of a node about to be initialised anew would stop that.
+    ForgetStale,
+    /// The node's leader (or the instance that initialises a new node): replicas clone from it.
     PostgresPrimaries,
     PostgresReplicas,
-    /// Roles need a running primary, and services log in with them.
+    /// Roles need a running leader, and services log in with them.
     CreateRoles,
     Services,
     /// A role can only go once no container of its service uses it.
     DropRoles,
+    /// A leader that is to be removed hands over first, once a replica can take over.
+    Switchovers,
     /// Last, so that services still routed to a removed node keep working until they are updated.
     PostgresRemoves,
+    /// A removed node's Patroni keys go once its instances are gone.
+    ForgetRemoved,
 }
 
-pub(crate) const PHASES: usize = Phase::PostgresRemoves as usize + 1;
+pub(crate) const PHASES: usize = Phase::ForgetRemoved as usize + 1;
 
 /// Instances are identified by host and id together: the id alone names the container on
 /// its host, and a stray report of the same id on another host is another container.
@@ -49,40 +56,6 @@ pub fn plan(input: &PlanInput) -> Plan {
         .iter()
         .map(|r| ((r.host_id.as_str(), r.instance_id.as_str()), r))
         .collect();
-
-    let mut phases: [Vec<Step>; PHASES] = Default::default();
-    let mut push = |phase: Phase, step: Step| phases[phase as usize].push(step);
-
-    // Roles are made on every node's primary: they wait until each one is reachable and
-    // either runs or is applied in this plan (a primary still starting would refuse psql).
-    let mut primaries_ready = true;
-    for (key, d) in &desired {
-        let is_primary = matches!(d.kind, InstanceKind::Postgres { primary: true, .. });
-        if !reachable(&d.host_id) {
-            primaries_ready &= !is_primary;
-            continue;
-        }
-        let step = if d.waiting {
-            None
-        } else {
-            instance_step(d, observed.get(key).copied(), applied.get(key).copied())
-        };
-        if is_primary {
-            let running = observed
-                .get(key)
-                .is_some_and(|o| o.status == crate::types::ObservedStatus::Running);
-            primaries_ready &= step.is_some() || running;
-        }
-        if let Some(step) = step {
-            let phase = match &d.kind {
-                InstanceKind::Postgres { primary: true, .. } => Phase::PostgresPrimaries,
-                InstanceKind::Postgres { primary: false, .. } => Phase::PostgresReplicas,
-                InstanceKind::Service { .. } => Phase::Services,
-            };
-            push(phase, step);
-        }
-    }
-
     // An observed container is authoritative for what it runs; a record only says what was
     // applied, so it decides the kind only when nothing is reported.
     let existing: BTreeMap<Key, &InstanceKind> = applied
@@ -90,22 +63,129 @@ pub fn plan(input: &PlanInput) -> Plan {
         .map(|(k, r)| (*k, &r.kind))
         .chain(observed.iter().map(|(k, o)| (*k, &o.kind)))
         .collect();
+    let nodes = Nodes::new(input, &desired, &existing);
+
+    let mut phases: [Vec<Step>; PHASES] = Default::default();
+    let mut waiting: Vec<Wait> = Vec::new();
+    fn push(phases: &mut [Vec<Step>; PHASES], phase: Phase, step: Step) {
+        phases[phase as usize].push(step);
+    }
+
+    for (key, d) in &desired {
+        if !reachable(&d.host_id) || d.waiting {
+            continue;
+        }
+        let phase = match &d.kind {
+            InstanceKind::Service { .. } => Phase::Services,
+            InstanceKind::Postgres { node } => match nodes.get(node).place(d, key) {
+                Place::First => Phase::PostgresPrimaries,
+                Place::Other => Phase::PostgresReplicas,
+                Place::Wait(why) => {
+                    waiting.push(Wait::on_keys(why));
+                    continue;
+                }
+            },
+        };
+        if let Some(step) = instance_step(d, observed.get(key).copied(), applied.get(key).copied())
+        {
+            push(&mut phases, phase, step);
+        }
+    }
+
+    for (name, node) in &nodes.0 {
+        if node.desired.is_empty() {
+            continue;
+        }
+        if node.existing.is_empty() && node.patroni.is_some_and(|p| p != &PatroniNode::default()) {
+            push(
+                &mut phases,
+                Phase::ForgetStale,
+                Step::ForgetNode {
+                    node: name.to_string(),
+                },
+            );
+        }
+        waiting.extend(node.waits(name, &reachable).into_iter().map(Wait::on_keys));
+    }
+
     for ((host_id, instance_id), kind) in &existing {
         if desired.contains_key(&(*host_id, *instance_id)) || !reachable(host_id) {
             continue;
         }
-        let phase = match kind {
-            InstanceKind::Service { .. } => Phase::Services,
-            InstanceKind::Postgres { .. } => Phase::PostgresRemoves,
+        let remove = Step::Remove {
+            instance_id: instance_id.to_string(),
+            host_id: host_id.to_string(),
         };
-        push(
-            phase,
-            Step::Remove {
-                instance_id: instance_id.to_string(),
-                host_id: host_id.to_string(),
-            },
-        );
+        match kind {
+            InstanceKind::Service { .. } => push(&mut phases, Phase::Services, remove),
+            InstanceKind::Postgres { node: name } => {
+                let node = nodes.get(name);
+                let leads = node.leader() == Some(*instance_id);
+                if node.desired.is_empty() || !leads {
+                    push(&mut phases, Phase::PostgresRemoves, remove);
+                    continue;
+                }
+                // The node stays and this is its primary: it hands over first, and the
+                // next plan (which sees the new leader) removes it.
+                match node.candidate() {
+                    Some(candidate) => push(
+                        &mut phases,
+                        Phase::Switchovers,
+                        Step::Switchover {
+                            node: name.clone(),
+                            instance_id: instance_id.to_string(),
+                            host_id: host_id.to_string(),
+                            candidate: candidate.to_string(),
+                        },
+                    ),
+                    None => waiting.push(Wait {
+                        reason: format!(
+                            "node {name}: its primary {instance_id} on {host_id} is to be removed \
+                             once a replica the spec keeps runs and has caught up to take over"
+                        ),
+                        recheck: true,
+                    }),
+                }
+            }
+        }
     }
+
+    // A removed node's keys go once none of its instances is left anywhere.
+    if !input.deleting {
+        for (name, patroni) in &input.patroni {
+            let node = nodes.get(name);
+            let gone = node
+                .existing
+                .iter()
+                .all(|(host, id)| reachable(host) && !desired.contains_key(&(*host, *id)));
+            if node.desired.is_empty() && gone && patroni != &PatroniNode::default() {
+                push(
+                    &mut phases,
+                    Phase::ForgetRemoved,
+                    Step::ForgetNode { node: name.clone() },
+                );
+            }
+        }
+    }
+
+    // Roles are made on every node's leader: they wait until each desired node has one that
+    // runs on a reachable host and whose container this plan does not replace.
+    let replaced: BTreeSet<&str> = phases
+        .iter()
+        .flatten()
+        .filter(|s| matches!(s, Step::Apply { .. }))
+        .filter_map(Step::instance_id)
+        .collect();
+    let primaries_ready = nodes.0.values().filter(|n| !n.desired.is_empty()).all(|n| {
+        n.leader().is_some_and(|l| {
+            n.leader_running()
+                && !replaced.contains(l)
+                && existing
+                    .keys()
+                    .chain(desired.keys())
+                    .any(|(host, id)| *id == l && reachable(host))
+        })
+    });
 
     // A service is desired as soon as one of its instances is, even on an unreachable host:
     // roles live in the database, not on a host.
@@ -113,10 +193,10 @@ pub fn plan(input: &PlanInput) -> Plan {
         .values()
         .filter_map(|d| d.kind.service_id())
         .collect();
-    let primaries_reachable = primaries_ready;
     for service_id in &desired_services {
-        if primaries_reachable && !input.roles.contains(*service_id) {
+        if primaries_ready && !input.roles.contains(*service_id) {
             push(
+                &mut phases,
                 Phase::CreateRoles,
                 Step::CreateRoles {
                     service_id: service_id.to_string(),
@@ -137,11 +217,12 @@ pub fn plan(input: &PlanInput) -> Plan {
             .collect();
         for service_id in &input.roles {
             let service_id = service_id.as_str();
-            if primaries_reachable
+            if primaries_ready
                 && !desired_services.contains(service_id)
                 && !stranded.contains(service_id)
             {
                 push(
+                    &mut phases,
                     Phase::DropRoles,
                     Step::DropRoles {
                         service_id: service_id.to_string(),
@@ -153,7 +234,7 @@ pub fn plan(input: &PlanInput) -> Plan {
 
     // A service cannot start without its roles: while they can be neither found nor made in
     // this plan, its containers wait too (they would only fail their health check).
-    if !primaries_reachable {
+    if !primaries_ready {
         phases[Phase::Services as usize].retain(|step| match step {
             Step::Apply {
                 instance_id,
@@ -175,7 +256,9 @@ pub fn plan(input: &PlanInput) -> Plan {
             p
         })
         .collect();
-    Plan { phases }
+    waiting.sort();
+    waiting.dedup();
+    Plan { phases, waiting }
 }
 
 /// The step that brings one desired instance (on a reachable host) to its desired state.
@@ -266,5 +349,7 @@ fn urgency(o: &ObservedInstance) -> (u8, &Option<String>, &InstanceKind) {
     (status, &o.spec_hash, &o.kind)
 }
 
+#[cfg(test)]
+mod patroni_tests;
 #[cfg(test)]
 mod tests;

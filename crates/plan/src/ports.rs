@@ -54,7 +54,11 @@ fn effect<'a>(
             frees: held,
             takes: BTreeSet::new(),
         }),
-        Step::Resize { .. } | Step::CreateRoles { .. } | Step::DropRoles { .. } => None,
+        Step::Resize { .. }
+        | Step::CreateRoles { .. }
+        | Step::DropRoles { .. }
+        | Step::Switchover { .. }
+        | Step::ForgetNode { .. } => None,
     }
 }
 

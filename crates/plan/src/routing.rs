@@ -9,14 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use spec::{DatabaseSpec, NodeSpec, ServiceSpec, TargetSessionAttrs};
 
-/// One Postgres instance and the two ways to reach it.
+/// One Postgres instance and the two ways to reach it. Which instance is the primary does
+/// not matter here: Patroni moves it, and libpq finds it through `target_session_attrs`
+/// among every instance of the node the connection string lists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostgresEndpoint {
     pub node: String,
     pub host_id: String,
-    /// Informational: libpq finds the primary itself through `target_session_attrs`, so
-    /// the order does not depend on it.
-    pub primary: bool,
     /// The container engine the instance runs on (`Host::engine_id`); empty when unknown.
     pub engine_id: String,
     /// Its name and port on the database's network, which only containers of the same
@@ -191,18 +190,14 @@ mod tests {
             .nodes
             .iter()
             .flat_map(|n| {
-                n.host_ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| PostgresEndpoint {
-                        node: n.name.clone(),
-                        host_id: h.clone(),
-                        primary: i == 0,
-                        engine_id: "shared".into(),
-                        alias: format!("{h}.{}", n.name),
-                        port: 5432,
-                        published: None,
-                    })
+                n.host_ids.iter().map(|h| PostgresEndpoint {
+                    node: n.name.clone(),
+                    host_id: h.clone(),
+                    engine_id: "shared".into(),
+                    alias: format!("{h}.{}", n.name),
+                    port: 5432,
+                    published: None,
+                })
             })
             .collect();
         all.reverse();
@@ -298,7 +293,6 @@ mod tests {
         PostgresEndpoint {
             node: node.into(),
             host_id: host.into(),
-            primary: true,
             engine_id: engine.into(),
             alias: format!("{node}-{host}"),
             port: 5432,

@@ -105,6 +105,7 @@ fn input_of(l: &Layout) -> PlanInput {
                 resources: Resources::default(),
                 waiting: false,
                 host_ports: [PORTS[*p]].into(),
+                bootstrap: false,
             });
         }
     }
@@ -216,7 +217,8 @@ fn apply(input: &mut PlanInput, step: &Step) {
         Step::CreateRoles { service_id } => {
             input.roles.insert(service_id.clone());
         }
-        Step::Resize { .. } => {}
+        // Only services here: no Postgres node to switch over or forget.
+        Step::Resize { .. } | Step::Switchover { .. } | Step::ForgetNode { .. } => {}
     }
 }
 

@@ -1,11 +1,14 @@
 //! Properties of `plan` over a small simulated world: a few hosts, nodes and services, in
-//! random observed, applied, roles and reachability states.
+//! random observed, applied, roles, reachability and Patroni states. Executing a plan is
+//! simulated, and so is Patroni between plans: it elects a leader among running members of
+//! a node without one (ADR 016).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use plan::{
-    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, ObservedStatus,
-    Plan, PlanInput, Resources, Step, plan, postgres_instance_id, service_instance_id,
+    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, MAX_TAKEOVER_LAG_BYTES,
+    ObservedInstance, ObservedStatus, PatroniMember, PatroniNode, Plan, PlanInput, Resources, Step,
+    plan, postgres_instance_id, service_instance_id,
 };
 use proptest::prelude::*;
 use proptest::sample::{Index, subsequence};
@@ -47,6 +50,7 @@ fn order_key(step: &Step) -> (String, String) {
         Step::CreateRoles { service_id } | Step::DropRoles { service_id } => {
             (service_id.clone(), String::new())
         }
+        Step::ForgetNode { node } => (node.clone(), String::new()),
         other => (
             other.instance_id().unwrap().to_string(),
             other.host_id().unwrap().to_string(),
@@ -66,7 +70,6 @@ fn universe() -> Vec<(String, String, InstanceKind)> {
         for node in NODES {
             let kind = InstanceKind::Postgres {
                 node: node.to_string(),
-                primary: false,
             };
             all.push((postgres_instance_id(DB, node, host), host.to_string(), kind));
         }
@@ -124,12 +127,12 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     host_id: host.to_string(),
                     kind: InstanceKind::Postgres {
                         node: node.to_string(),
-                        primary: i == 0,
                     },
                     spec_hash: HASHES[hash].to_string(),
                     resources: RESOURCES[res],
                     waiting: false,
                     host_ports: Default::default(),
+                    bootstrap: i == 0,
                 });
             }
         }
@@ -145,6 +148,7 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     resources: RESOURCES[res],
                     waiting: false,
                     host_ports: Default::default(),
+                    bootstrap: false,
                 });
             }
         }
@@ -165,9 +169,10 @@ fn plan_input(deleting_allowed: bool) -> impl Strategy<Value = PlanInput> {
             Just(false).boxed()
         },
         any::<bool>(),
+        patroni_choices(),
     )
         .prop_map(
-            |(desired, states, roles, unreachable, deleting, drop_unreachable_reports)| {
+            |(desired, states, roles, unreachable, deleting, drop_unreachable_reports, choices)| {
                 let unreachable: BTreeSet<String> =
                     unreachable.iter().map(|h| h.to_string()).collect();
                 let desired_kind: BTreeMap<Key, InstanceKind> = desired
@@ -208,6 +213,7 @@ fn plan_input(deleting_allowed: bool) -> impl Strategy<Value = PlanInput> {
                         });
                     }
                 }
+                let patroni = patroni_of(&observed, &choices);
                 PlanInput {
                     database_id: DB.to_string(),
                     deleting,
@@ -216,9 +222,90 @@ fn plan_input(deleting_allowed: bool) -> impl Strategy<Value = PlanInput> {
                     applied,
                     roles: roles.iter().map(|s| s.to_string()).collect(),
                     unreachable_hosts: unreachable,
+                    patroni,
                 }
             },
         )
+}
+
+/// Per node: which running member leads (None: no leader, or an index among them), whether
+/// it is initialised, whether it has keys at all without members (stale ones); per
+/// instance of the universe, how far behind it is.
+type PatroniChoices = Vec<(Option<Index>, bool, bool, Vec<usize>)>;
+
+const LAGS: [u64; 3] = [0, 1 << 10, MAX_TAKEOVER_LAG_BYTES + 1];
+const LEADER_WAL: u64 = 64 << 20;
+
+fn patroni_choices() -> impl Strategy<Value = PatroniChoices> {
+    let per_node = (
+        proptest::option::of(any::<Index>()),
+        any::<bool>(),
+        proptest::bool::weighted(0.2),
+        proptest::collection::vec(0..LAGS.len(), HOSTS.len()),
+    );
+    proptest::collection::vec(per_node, NODES.len())
+}
+
+fn member(role: &str, state: &str, wal: u64) -> PatroniMember {
+    PatroniMember {
+        role: role.into(),
+        state: state.into(),
+        replication_state: None,
+        timeline: Some(1),
+        wal_position: Some(wal),
+        pending_restart: false,
+    }
+}
+
+/// What Patroni would report for the containers: a member per Postgres container that is
+/// not missing, its state after the container's, and a leader among the running ones.
+fn patroni_of(
+    observed: &[ObservedInstance],
+    choices: &PatroniChoices,
+) -> BTreeMap<String, PatroniNode> {
+    let mut out = BTreeMap::new();
+    for (n, (leader, initialized, stale, lags)) in NODES.iter().zip(choices) {
+        let mut node = PatroniNode::default();
+        for (h, host) in HOSTS.iter().enumerate() {
+            let id = postgres_instance_id(DB, n, host);
+            let Some(o) = observed
+                .iter()
+                .find(|o| o.instance_id == id && o.host_id == *host)
+            else {
+                continue;
+            };
+            let state = match o.status {
+                ObservedStatus::Running => "running",
+                ObservedStatus::Creating => "starting",
+                ObservedStatus::Failed | ObservedStatus::Stopped => "stopped",
+                ObservedStatus::Missing => continue,
+            };
+            node.members
+                .insert(id, member("replica", state, LEADER_WAL - LAGS[lags[h]]));
+        }
+        let running: Vec<String> = node
+            .members
+            .iter()
+            .filter(|(_, m)| m.is_running())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Some(pick) = leader.filter(|_| !running.is_empty()) {
+            let id = running[pick.index(running.len())].clone();
+            let m = node.members.get_mut(&id).unwrap();
+            m.role = "primary".into();
+            m.wal_position = Some(LEADER_WAL);
+            node.leader = Some(id);
+        }
+        node.initialized = *initialized || node.leader.is_some();
+        if node.members.is_empty() && *stale {
+            node.leader = Some(format!("{DB}-{n}-gone"));
+            node.initialized = true;
+        }
+        if node != PatroniNode::default() {
+            out.insert(n.to_string(), node);
+        }
+    }
+    out
 }
 
 /// Applies each step's effect the way a successful executor would.
@@ -282,10 +369,134 @@ fn simulate(input: &PlanInput, plan: &Plan) -> PlanInput {
             Step::DropRoles { service_id } => {
                 next.roles.remove(service_id);
             }
+            Step::Switchover {
+                node,
+                instance_id,
+                candidate,
+                ..
+            } => {
+                let n = next
+                    .patroni
+                    .get_mut(node)
+                    .expect("a switchover of a node Patroni knows");
+                assert_eq!(
+                    n.leader.as_deref(),
+                    Some(instance_id.as_str()),
+                    "only the leader hands over"
+                );
+                assert!(
+                    n.can_take_over(candidate),
+                    "{candidate} cannot take over: {n:?}"
+                );
+                n.members.get_mut(instance_id).unwrap().role = "replica".into();
+                n.members.get_mut(candidate).unwrap().role = "primary".into();
+                n.leader = Some(candidate.clone());
+            }
+            Step::ForgetNode { node } => {
+                next.patroni.remove(node);
+            }
+        }
+        // What Patroni does with the instance the step changed.
+        if let (Some(id), Some(InstanceKind::Postgres { node })) = (
+            step.instance_id(),
+            step.instance_id().and_then(|id| kind_of(input, id)),
+        ) && !matches!(step, Step::Switchover { .. })
+        {
+            let n = next.patroni.entry(node.clone()).or_default();
+            match step {
+                Step::Remove { .. } => {
+                    n.members.remove(id);
+                    if n.leader.as_deref() == Some(id) {
+                        n.leader = None;
+                    }
+                }
+                Step::Apply { .. } => {
+                    let role = if n.leader.as_deref() == Some(id) {
+                        "primary"
+                    } else {
+                        "replica"
+                    };
+                    n.members
+                        .insert(id.to_string(), member(role, "running", LEADER_WAL));
+                }
+                _ => {}
+            }
         }
     }
+    elect(&mut next);
     next
 }
+
+fn kind_of(input: &PlanInput, id: &str) -> Option<InstanceKind> {
+    input
+        .desired
+        .iter()
+        .find(|d| d.instance_id == id)
+        .map(|d| d.kind.clone())
+        .or_else(|| {
+            input
+                .observed
+                .iter()
+                .find(|o| o.instance_id == id)
+                .map(|o| o.kind.clone())
+        })
+        .or_else(|| {
+            input
+                .applied
+                .iter()
+                .find(|r| r.instance_id == id)
+                .map(|r| r.kind.clone())
+        })
+}
+
+/// Patroni between plans: a node without a leader elects its first running member, and
+/// is then initialised.
+fn elect(input: &mut PlanInput) {
+    for node in input.patroni.values_mut() {
+        if node.leader.is_none()
+            && let Some(id) = node
+                .members
+                .iter()
+                .find(|(_, m)| m.is_running())
+                .map(|(id, _)| id.clone())
+        {
+            let m = node.members.get_mut(&id).unwrap();
+            m.role = "primary".into();
+            m.wal_position = Some(LEADER_WAL);
+            node.leader = Some(id);
+            node.initialized = true;
+        }
+    }
+    input.patroni.retain(|_, n| n != &PatroniNode::default());
+}
+
+/// Executes plans until one has no step, at most `rounds` of them; returns the state and
+/// the last plan (which only waits, if anything).
+fn run(input: &PlanInput, rounds: usize) -> (PlanInput, Plan) {
+    let mut current = input.clone();
+    for _ in 0..rounds {
+        let p = plan(&current);
+        if p.is_empty() {
+            return (current, p);
+        }
+        for step in p.steps() {
+            if let Some(host) = step.host_id() {
+                assert!(
+                    !current.unreachable_hosts.contains(host),
+                    "{step:?} on an unreachable host"
+                );
+            }
+        }
+        current = simulate(&current, &p);
+    }
+    let p = plan(&current);
+    assert!(p.is_empty(), "not converged after {rounds} plans: {p:?}");
+    (current, p)
+}
+
+/// Plans it takes at most: a new node is initialised, then its other instances are made;
+/// a leader that goes hands over to an instance made before, then is removed.
+const ROUNDS: usize = 5;
 
 fn record_of(d: &DesiredInstance) -> AppliedRecord {
     AppliedRecord {
@@ -308,26 +519,32 @@ fn stranded_services(input: &PlanInput) -> BTreeSet<String> {
         .collect()
 }
 
-/// Roles are made on every node's primary: they change only while each one is reachable and
-/// either runs or is applied by the same plan.
+/// Roles are made on every node's leader: they can change only while each desired node has
+/// one that runs on a reachable host.
 fn roles_can_change(input: &PlanInput) -> bool {
-    let p = plan(input);
-    input
+    let nodes: BTreeSet<&str> = input
         .desired
         .iter()
-        .filter(|d| matches!(d.kind, InstanceKind::Postgres { primary: true, .. }))
-        .all(|d| {
-            let reachable = !input.unreachable_hosts.contains(&d.host_id);
-            let running = input.observed.iter().any(|o| {
-                o.instance_id == d.instance_id
-                    && o.host_id == d.host_id
-                    && o.status == ObservedStatus::Running
-            });
-            let stepped = p
-                .steps()
-                .any(|s| s.instance_id() == Some(d.instance_id.as_str()));
-            reachable && (running || stepped)
+        .filter_map(|d| match &d.kind {
+            InstanceKind::Postgres { node } => Some(node.as_str()),
+            InstanceKind::Service { .. } => None,
         })
+        .collect();
+    nodes.iter().all(|node| {
+        let Some(p) = input.patroni.get(*node) else {
+            return false;
+        };
+        let Some(leader) = p.leader.as_deref() else {
+            return false;
+        };
+        p.members.get(leader).is_some_and(|m| m.is_running())
+            && input
+                .observed
+                .iter()
+                .map(|o| (&o.host_id, &o.instance_id))
+                .chain(input.applied.iter().map(|r| (&r.host_id, &r.instance_id)))
+                .any(|(h, id)| id == leader && !input.unreachable_hosts.contains(h))
+    })
 }
 
 /// A service without roles waits, containers included, while its roles cannot be made.
@@ -356,11 +573,9 @@ fn reordered(input: &PlanInput, by: usize) -> PlanInput {
     other
 }
 
-/// Converges `input` (which must not be deleting) by one plan and its execution.
+/// Converges `input` (which must not be deleting) by executing its plans.
 fn converged(input: &PlanInput) -> PlanInput {
-    let next = simulate(input, &plan(input));
-    assert!(plan(&next).is_empty(), "one round converges");
-    next
+    run(input, ROUNDS).0
 }
 
 fn services_of(input: &PlanInput) -> Vec<String> {
@@ -384,26 +599,39 @@ fn lifts(base: &PlanInput, changed: &PlanInput, step: &Step) -> bool {
     (from.nano_cpus > 0 && to.nano_cpus == 0) || (from.memory_bytes > 0 && to.memory_bytes == 0)
 }
 
+/// The leader of each node that has desired instances (not while deleting).
+fn leaders_of_kept_nodes(input: &PlanInput) -> BTreeSet<String> {
+    if input.deleting {
+        return BTreeSet::new();
+    }
+    input
+        .patroni
+        .iter()
+        .filter(|(node, _)| {
+            input
+                .desired
+                .iter()
+                .any(|d| matches!(&d.kind, InstanceKind::Postgres { node: n } if n == *node))
+        })
+        .filter_map(|(_, p)| p.leader.clone())
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// (a) Executing the plan reaches the desired state on reachable hosts, and the next
-    /// plan is empty; (d) nothing is planned on an unreachable host.
+    /// (a) Executing plans (at most [`ROUNDS`]) reaches the desired state on reachable
+    /// hosts, but for what the last plan says it waits for; (d) nothing is planned on an
+    /// unreachable host (checked by `run`).
     #[test]
     fn plan_converges(input in plan_input(true)) {
-        let p = plan(&input);
-        for step in p.steps() {
-            if let Some(host) = step.host_id() {
-                prop_assert!(!input.unreachable_hosts.contains(host), "{step:?} on an unreachable host");
-            }
-        }
-        let next = simulate(&input, &p);
-        prop_assert_eq!(plan(&next), Plan::default(), "replanning after execution");
+        let (next, last) = run(&input, ROUNDS);
+        let waits = |id: &str| last.waiting.iter().any(|w| w.reason.contains(id));
 
         let reachable = |h: &String| !input.unreachable_hosts.contains(h);
         let desired: Vec<&DesiredInstance> = if input.deleting { vec![] } else { input.desired.iter().collect() };
         let desired_keys: BTreeSet<Key> = desired.iter().map(|d| (d.host_id.clone(), d.instance_id.clone())).collect();
-        for d in desired.iter().filter(|d| reachable(&d.host_id) && !service_waits(&input, d)) {
+        for d in desired.iter().filter(|d| reachable(&d.host_id) && !service_waits(&next, d) && !waits(&d.instance_id)) {
             let reports: Vec<_> = next.observed.iter().filter(|o| o.host_id == d.host_id && o.instance_id == d.instance_id).collect();
             prop_assert!(!reports.is_empty(), "{} not reported", d.instance_id);
             for o in reports {
@@ -415,11 +643,13 @@ proptest! {
             prop_assert_eq!(records[0].resources, d.resources);
             prop_assert_eq!(&records[0].spec_hash, &d.spec_hash);
         }
-        for o in next.observed.iter().filter(|o| reachable(&o.host_id)) {
-            prop_assert!(desired_keys.contains(&(o.host_id.clone(), o.instance_id.clone())), "leftover {o:?}");
+        // What is left is only a leader that waits for a replica to take over.
+        let left = |h: &String, id: &String| reachable(h) && !desired_keys.contains(&(h.clone(), id.clone()));
+        for o in next.observed.iter().filter(|o| left(&o.host_id, &o.instance_id)) {
+            prop_assert!(waits(&o.instance_id), "leftover {o:?}, waiting for {:?}", last.waiting);
         }
-        for r in next.applied.iter().filter(|r| reachable(&r.host_id)) {
-            prop_assert!(desired_keys.contains(&(r.host_id.clone(), r.instance_id.clone())), "leftover {r:?}");
+        for r in next.applied.iter().filter(|r| left(&r.host_id, &r.instance_id)) {
+            prop_assert!(waits(&r.instance_id), "leftover {r:?}, waiting for {:?}", last.waiting);
         }
         // Unreachable hosts are left exactly as they were.
         let on_unreachable = |i: &PlanInput| -> (Vec<ObservedInstance>, Vec<AppliedRecord>) {
@@ -432,9 +662,7 @@ proptest! {
 
         if input.deleting {
             prop_assert_eq!(&next.roles, &input.roles, "deleting forgets roles, it does not create or drop them");
-        } else if !roles_can_change(&input) {
-            prop_assert_eq!(&next.roles, &input.roles, "roles wait for every primary's host");
-        } else {
+        } else if roles_can_change(&next) {
             let wanted = desired_services(&input);
             prop_assert!(wanted.is_subset(&next.roles));
             let stranded = stranded_services(&input);
@@ -452,16 +680,43 @@ proptest! {
         prop_assert_eq!(&p, &plan(&reordered(&input, by)));
     }
 
-    /// (f) Roles before their service starts, primaries before replicas; phases are
-    /// non-empty and sorted.
+    /// (g) The leader of a node that stays is never removed: it hands over first, and only
+    /// to a replica that can take over. Across every plan until convergence.
+    #[test]
+    fn a_kept_nodes_leader_is_never_removed(input in plan_input(true)) {
+        let mut current = input.clone();
+        for _ in 0..ROUNDS {
+            let p = plan(&current);
+            let leaders = leaders_of_kept_nodes(&current);
+            for step in p.steps() {
+                if let Step::Remove { instance_id, .. } = step {
+                    prop_assert!(!leaders.contains(instance_id), "{step:?} removes a leader: {:?}", current.patroni);
+                }
+                if let Step::Switchover { node, candidate, .. } = step {
+                    prop_assert!(current.patroni[node].can_take_over(candidate));
+                    prop_assert!(current.desired.iter().any(|d| &d.instance_id == candidate));
+                }
+            }
+            if p.is_empty() {
+                break;
+            }
+            current = simulate(&current, &p);
+        }
+    }
+
+    /// (f) Roles before their service starts, a node's leader before its other instances,
+    /// switchovers after every Apply; phases are non-empty and sorted.
     #[test]
     fn plan_orders_dependencies(input in plan_input(true)) {
         let p = plan(&input);
         let kinds: BTreeMap<Key, &InstanceKind> = input.desired.iter().map(|d| ((d.host_id.clone(), d.instance_id.clone()), &d.kind)).collect();
+        let leaders: BTreeSet<&str> = input.patroni.values().filter_map(|n| n.leader.as_deref()).collect();
         let mut roles_phase = BTreeMap::new();
-        let mut primary_applies = Vec::new();
-        let mut replica_applies = Vec::new();
+        let mut first_applies: BTreeMap<String, usize> = BTreeMap::new();
+        let mut other_applies: BTreeMap<String, usize> = BTreeMap::new();
         let mut service_applies = Vec::new();
+        let mut last_apply = None;
+        let mut first_switchover = None;
         for (i, phase) in p.phases.iter().enumerate() {
             prop_assert!(!phase.is_empty());
             let ids: Vec<_> = phase.iter().map(order_key).collect();
@@ -471,11 +726,15 @@ proptest! {
             for step in phase {
                 match step {
                     Step::CreateRoles { service_id } => { roles_phase.insert(service_id.clone(), i); }
-                    Step::Apply { .. } => match kinds[&key_of_step(step).unwrap()] {
-                        InstanceKind::Postgres { primary: true, .. } => primary_applies.push(i),
-                        InstanceKind::Postgres { primary: false, .. } => replica_applies.push(i),
-                        InstanceKind::Service { service_id } => service_applies.push((service_id.clone(), i)),
-                    },
+                    Step::Switchover { .. } => { first_switchover.get_or_insert(i); }
+                    Step::Apply { instance_id, .. } => {
+                        last_apply = Some(i);
+                        match kinds[&key_of_step(step).unwrap()] {
+                            InstanceKind::Postgres { node } if leaders.contains(instance_id.as_str()) => { first_applies.insert(node.clone(), i); }
+                            InstanceKind::Postgres { node } => { other_applies.entry(node.clone()).or_insert(i); }
+                            InstanceKind::Service { service_id } => service_applies.push((service_id.clone(), i)),
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -485,8 +744,13 @@ proptest! {
                 prop_assert!(*r < i, "CreateRoles({service}) in phase {r}, its Apply in phase {i}");
             }
         }
-        if let (Some(last_primary), Some(first_replica)) = (primary_applies.iter().max(), replica_applies.iter().min()) {
-            prop_assert!(last_primary < first_replica);
+        for (node, leader) in &first_applies {
+            if let Some(other) = other_applies.get(node) {
+                prop_assert!(leader < other, "{node}'s leader in phase {leader}, another instance in {other}");
+            }
+        }
+        if let (Some(apply), Some(switchover)) = (last_apply, first_switchover) {
+            prop_assert!(apply < switchover);
         }
     }
 

@@ -51,15 +51,34 @@ pub enum InstanceRole {
     Replica,
 }
 
-/// One Postgres container of a database node.
+/// One Postgres container of a database node. Patroni runs the node's instances and
+/// decides which one is the primary: `role`, `patroni_state`, `timeline`, `lag_bytes` and
+/// `pending_restart` are what its keys in the DCS say (ADR 016), read when the database is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub id: String,
     pub database_id: String,
     pub node_name: String,
     pub host_id: String,
+    /// `primary` for the instance holding the node's leader key (the one that accepts
+    /// writes), `replica` for every other.
     pub role: InstanceRole,
+    /// `available` once Patroni reports its Postgres running; `unknown` while its host is.
     pub state: InstanceState,
+    /// Patroni's state of the instance's Postgres: `running`, `starting`, `stopped`,
+    /// `creating replica`, `crashed`, ...; absent until Patroni registered the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patroni_state: Option<String>,
+    /// The timeline its Postgres is on (it moves at every promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u64>,
+    /// How far behind the primary it is, in bytes of WAL, as of Patroni's last loop on
+    /// both (0 for the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// A changed parameter takes effect only after a restart of its Postgres.
+    #[serde(default)]
+    pub pending_restart: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_info: Option<ConnectionInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,6 +397,11 @@ pub enum PlannedAction {
     CreateRoles,
     /// A removed service's roles are dropped.
     DropRoles,
+    /// The node's primary hands over to a replica (Patroni's switchover) before its
+    /// instance is removed by a later step of the same task.
+    Switchover,
+    /// Patroni's keys of a node are deleted from the DCS.
+    ForgetNode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

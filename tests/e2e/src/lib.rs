@@ -133,6 +133,15 @@ fn net_fleet_up(count: usize) -> NetFleet {
     NetFleet::parse(&text, count).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Where containers of the fleet reach the machine: the engine-per-host fleet's gateway, or
+/// the machine engine's bridge.
+fn dcs_address(net: Option<&NetFleet>) -> std::net::IpAddr {
+    match net {
+        Some(n) => n.gateway.parse().expect("the fleet's gateway address"),
+        None => test_support::docker_bridge_address(),
+    }
+}
+
 /// One process of the fleet, restartable with the same arguments.
 struct Proc {
     /// BERTH_LOG: what the process logs.
@@ -276,7 +285,9 @@ impl Fleet {
             .tempdir()
             .expect("temp dir");
         let mut fleet = Fleet {
-            etcd: EtcdServer::start(),
+            // Patroni in the Postgres containers reaches etcd where they reach the machine:
+            // the fleet's gateway, or Docker's bridge on the machine's engine.
+            etcd: EtcdServer::start_also_on(dcs_address(net.as_ref())),
             prefix,
             dir,
             manifest,
@@ -339,6 +350,10 @@ impl Fleet {
             format!("--listen=127.0.0.1:{http}"),
             format!("--grpc-listen={grpc_ip}:{grpc}"),
             format!("--etcd-endpoints={}", self.etcd.endpoint()),
+            format!(
+                "--dcs-endpoints={}",
+                self.etcd.endpoint_on(dcs_address(self.net.as_ref()))
+            ),
             format!(
                 "--data-dir={}",
                 self.dir.path().join(format!("cp{index}")).display()
@@ -839,6 +854,33 @@ impl Fleet {
         )
         .trim()
         .to_string()
+    }
+
+    /// Like [`Fleet::psql`] for SQL that may fail: (succeeded, stdout and stderr).
+    pub fn psql_status(&self, container: &str, database: &str, sql: &str) -> (bool, String) {
+        let engine = self.engine_of_container(container);
+        let out = docker_command(engine.as_deref())
+            .args([
+                "exec",
+                container,
+                "psql",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "/var/run/postgresql",
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("docker CLI");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text.trim().to_string())
     }
 
     pub fn docker_kill(&self, container: &str) {

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -53,8 +53,14 @@ async fn host_facts(app: &AppState) -> Result<HostFacts, ApiError> {
     })
 }
 
-/// A database with what runs for it, from the leader's instance records.
-fn full_view(d: &StoredDatabase, records: &[InstanceRecord], facts: &HostFacts) -> Database {
+/// A database with what runs for it, from the leader's instance records and Patroni's keys
+/// (`patroni`, by node).
+fn full_view(
+    d: &StoredDatabase,
+    records: &[InstanceRecord],
+    facts: &HostFacts,
+    patroni: &BTreeMap<String, plan::PatroniNode>,
+) -> Database {
     let mut view = database_view(&d.record, &d.spec);
     for record in records {
         let addresses = facts
@@ -62,7 +68,8 @@ fn full_view(d: &StoredDatabase, records: &[InstanceRecord], facts: &HostFacts) 
             .get(&record.host_id)
             .cloned()
             .unwrap_or_default();
-        match api_view(record, &facts.unreachable, &addresses) {
+        let node = record.kind.node().and_then(|n| patroni.get(n));
+        match api_view(record, &facts.unreachable, &addresses, node) {
             View::Postgres(i) => view.instances.push(i),
             View::Service(s) => view.service_instances.push(s),
         }
@@ -109,6 +116,34 @@ async fn check_limits(app: &AppState, spec: &DatabaseSpec) -> Result<(), ApiErro
         })
         .collect();
     spec::limits::check_against_hosts(spec, &hosts).map_err(ApiError::InvalidInput)
+}
+
+/// Refuses a spec that would lose a node's primary (409 naming `spec.nodes[i]`): see
+/// [`crate::patroni::takeover::losses`]. Reads the database's records, Patroni's keys and
+/// the hosts' leases.
+async fn check_primaries(app: &AppState, id: &str, spec: &DatabaseSpec) -> Result<(), ApiError> {
+    let existing: Vec<crate::patroni::takeover::Existing> = app
+        .store
+        .list_instances::<InstanceRecord>(id)
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            Some(crate::patroni::takeover::Existing {
+                node: r.kind.node()?.to_string(),
+                instance_id: r.instance_id,
+                host_id: r.host_id,
+            })
+        })
+        .collect();
+    let patroni = crate::patroni::read(&app.store, id).await?;
+    let alive = app.store.host_liveness().await?.into_keys().collect();
+    let losses = crate::patroni::takeover::losses(id, spec, &patroni, &existing, &alive);
+    if losses.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::PrimaryWouldBeLost(spec::InvalidInput {
+        errors: losses,
+    }))
 }
 
 async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
@@ -220,11 +255,19 @@ pub(crate) async fn list(
     State(app): State<AppState>,
 ) -> Result<Json<ListDatabasesResponse>, ApiError> {
     let facts = host_facts(&app).await?;
-    // One read of every instance record, not one per database.
+    // One read of every instance record, and one of Patroni's keys, not one per database.
     let mut records: std::collections::BTreeMap<String, Vec<InstanceRecord>> = Default::default();
     for r in app.store.list_all_instances::<InstanceRecord>().await? {
         records.entry(r.database_id.clone()).or_default().push(r);
     }
+    let patroni: BTreeMap<String, BTreeMap<String, plan::PatroniNode>> = app
+        .store
+        .all_patroni_keys()
+        .await?
+        .into_iter()
+        .map(|(db, keys)| (db, crate::patroni::parse(&keys)))
+        .collect();
+    let no_keys = BTreeMap::new();
     let databases = app
         .store
         .list_databases()
@@ -235,6 +278,7 @@ pub(crate) async fn list(
                 d,
                 records.get(&d.record.id).map_or(&[][..], Vec::as_slice),
                 &facts,
+                patroni.get(&d.record.id).unwrap_or(&no_keys),
             )
         })
         .collect();
@@ -250,7 +294,13 @@ pub(crate) async fn get(
 ) -> Result<Json<Database>, ApiError> {
     let d = stored(&app, &id).await?;
     let records = app.store.list_instances::<InstanceRecord>(&id).await?;
-    Ok(Json(full_view(&d, &records, &host_facts(&app).await?)))
+    let patroni = crate::patroni::read(&app.store, &id).await?;
+    Ok(Json(full_view(
+        &d,
+        &records,
+        &host_facts(&app).await?,
+        &patroni,
+    )))
 }
 
 /// The record of the next generation of a database, in `state`.
@@ -308,7 +358,10 @@ async fn write_generation(
     responses((status = 200, body = ChangeOrPlan,
                description = "the database and the task of the change; with `dry_run=true`, the plan"),
               (status = 400, body = spec::ApiErrorBody),
-              (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody),
+              (status = 404, body = spec::ApiErrorBody),
+              (status = 409, description = "the database is being deleted or was changed meanwhile, a fixed port \
+               is taken, or the spec would lose a node's primary (`errors` names each such `spec.nodes[i]`)",
+               body = spec::ApiErrorBody),
               (status = 413, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id = %id))]
 pub(crate) async fn update(
@@ -339,6 +392,8 @@ pub(crate) async fn update(
     let spec = request.spec;
     check_limits(&app, &spec).await?;
     ports::check_ports(&app, &id, &spec).await?;
+    // Refused alike with dry_run: the plan it would show could not be carried out.
+    check_primaries(&app, &id, &spec).await?;
     // What the change does to the record besides the generation: the tenant if one is
     // given, and a force makes every instance's hash new (`reconciler::inputs`).
     let mut base = current.clone();

@@ -21,6 +21,10 @@ pub enum ApiError {
     DatabaseNotModifiable(String),
     #[error("{0}")]
     Conflict(String),
+    /// The spec would remove a node's primary with nothing to take over (ADR 016): each
+    /// error names the node's `spec.nodes[i]`.
+    #[error("{0}")]
+    PrimaryWouldBeLost(InvalidInput),
     #[error("{0}")]
     TaskNotCancelable(String),
     /// A fixed host port the spec asks for is held on that host by another database (409,
@@ -53,6 +57,7 @@ impl ApiError {
             ApiError::DatabaseAlreadyExists(_) => (StatusCode::CONFLICT, "database_already_exists"),
             ApiError::DatabaseNotModifiable(_) => (StatusCode::CONFLICT, "database_not_modifiable"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PrimaryWouldBeLost(_) => (StatusCode::CONFLICT, "primary_would_be_lost"),
             ApiError::TaskNotCancelable(_) => (StatusCode::CONFLICT, "task_not_cancelable"),
             ApiError::PortTaken(_) => (StatusCode::CONFLICT, "port_taken"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -82,7 +87,9 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let errors: Vec<FieldError> = match &self {
-            ApiError::InvalidInput(e) | ApiError::PortTaken(e) => e.errors.clone(),
+            ApiError::InvalidInput(e)
+            | ApiError::PortTaken(e)
+            | ApiError::PrimaryWouldBeLost(e) => e.errors.clone(),
             _ => Vec::new(),
         };
         let body = ApiErrorBody {

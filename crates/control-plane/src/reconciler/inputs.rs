@@ -45,6 +45,8 @@ pub(crate) struct Context<'a> {
     /// The fleet CA: it signs each Postgres instance's certificate, and its certificate is
     /// written into every instance.
     pub authority: &'a pki::Authority,
+    /// Patroni's DCS, as every `patroni.yml` names it.
+    pub dcs: &'a crate::patroni::config::Dcs,
     pub now: DateTime<Utc>,
 }
 
@@ -60,6 +62,15 @@ pub(crate) fn desired_state(
 ) -> Result<DesiredState, ReconcileError> {
     let database_id = db.record.id.as_str();
     let deleting = db.record.state == spec::DatabaseState::Deleting;
+    let mut postgres_hosts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in ctx.records.values() {
+        if let Some(node) = r.kind.node() {
+            postgres_hosts
+                .entry(node.to_string())
+                .or_default()
+                .insert(r.host_id.clone());
+        }
+    }
     let topology = Topology {
         hosts: ctx.hosts,
         postgres_ports: ctx
@@ -67,6 +78,7 @@ pub(crate) fn desired_state(
             .values()
             .filter_map(|r| Some((r.instance_id.clone(), r.postgres_port()?)))
             .collect(),
+        postgres_hosts,
     };
     let fresh = ctx.stored_creds.is_none();
     let mut creds = ctx
@@ -80,6 +92,7 @@ pub(crate) fn desired_state(
         });
     }
     let added = creds.ensure_services(db.spec.services.iter().map(|s| s.service_id.as_str()));
+    let added = creds.ensure_patroni() || added;
     let names = postgres_cert_names(database_id, &db.spec, &topology);
     let issued = crate::postgres_tls::ensure_certs(
         &mut creds.postgres_certs,
@@ -95,6 +108,7 @@ pub(crate) fn desired_state(
         &creds,
         &topology,
         ctx.authority.cert_pem(),
+        ctx.dcs,
     )?
     .into_iter()
     .map(|mut d| {
@@ -126,7 +140,7 @@ fn force(d: &mut Desired, forced_generation: u64) {
 
 /// Desired, applied and observed state of `db` in the planner's terms. `observed` is what
 /// the agents of `reachable` hosts report; every other host a desired instance or a record
-/// sits on counts as unreachable.
+/// sits on counts as unreachable. `patroni` is what Patroni's keys say, by node.
 pub(crate) fn plan_input(
     db: &StoredDatabase,
     desired: &BTreeMap<String, Desired>,
@@ -134,17 +148,10 @@ pub(crate) fn plan_input(
     creds: &DatabaseCredentials,
     observed: Vec<plan::ObservedInstance>,
     reachable: &BTreeSet<String>,
+    patroni: &BTreeMap<String, plan::PatroniNode>,
 ) -> PlanInput {
-    let primaries: BTreeSet<String> = desired
-        .values()
-        .filter(|d| {
-            matches!(
-                d.plan.kind,
-                plan::InstanceKind::Postgres { primary: true, .. }
-            )
-        })
-        .map(|d| d.plan.instance_id.clone())
-        .collect();
+    // Roles live in each node's database, whichever instance leads it.
+    let nodes: BTreeSet<String> = db.spec.nodes.iter().map(|n| n.name.clone()).collect();
     let mut hosts: BTreeSet<String> = desired.values().map(|d| d.plan.host_id.clone()).collect();
     hosts.extend(records.values().map(|r| r.host_id.clone()));
     let generation = db.record.generation;
@@ -170,10 +177,10 @@ pub(crate) fn plan_input(
             .iter()
             .filter(|(_, c)| c.roles_created)
             // A service still wanted counts as having its roles only where every
-            // primary has them; one no longer wanted needs them dropped wherever they are.
+            // node has them; one no longer wanted needs them dropped wherever they are.
             .filter(|(id, c)| {
                 !db.spec.services.iter().any(|s| &s.service_id == *id)
-                    || primaries.is_subset(&c.roles_on)
+                    || nodes.is_subset(&c.roles_on)
             })
             .filter(|(_, c)| c.drop_error.as_ref().is_none_or(|(g, _)| *g != generation))
             .map(|(id, _)| id.clone())
@@ -182,6 +189,7 @@ pub(crate) fn plan_input(
             .into_iter()
             .filter(|h| !reachable.contains(h))
             .collect(),
+        patroni: patroni.clone(),
     }
 }
 

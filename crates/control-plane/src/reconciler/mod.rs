@@ -7,7 +7,8 @@
 //! meanwhile are coalesced into one more pass.
 //!
 //! This module schedules: workers, their retries and their failures. [`pass`] is one pass
-//! over one database, [`steps`] runs a plan's steps on agents, [`roles`] the role SQL,
+//! over one database, [`steps`] runs a plan's steps on agents, [`switchover`] the steps
+//! that go to Patroni (a switchover, forgetting a node's keys), [`roles`] the role SQL,
 //! [`task_log`] says what happens on the task that carries it, and [`observe`] turns agent
 //! reports into planner input and API records. The store and the agents are traits
 //! ([`store::StateStore`], [`agents::Agents`]), so all of it runs in unit tests against an
@@ -17,9 +18,12 @@ pub mod agents;
 pub(crate) mod inputs;
 mod observe;
 mod pass;
+#[cfg(test)]
+mod patroni_tests;
 mod relay;
 mod roles;
 mod steps;
+mod switchover;
 mod task_log;
 #[cfg(test)]
 mod tests;
@@ -83,6 +87,8 @@ pub(crate) struct WorkerState {
     /// no request's task only observe. Without it, every event (a health check, a container
     /// of the database changing) would open another reconcile task that fails the same way.
     quiet: Option<(u64, tokio::time::Instant)>,
+    /// What the last pass said it waits for on Patroni, so that each wait is said once.
+    waits_noted: Vec<plan::Wait>,
 }
 
 pub struct Reconciler {
@@ -91,6 +97,8 @@ pub struct Reconciler {
     agents: Arc<dyn Agents>,
     authority: Arc<pki::Authority>,
     manifest: Arc<Manifest>,
+    /// Patroni's DCS, as every `patroni.yml` names it.
+    dcs: crate::patroni::config::Dcs,
     pokes: mpsc::UnboundedSender<Poke>,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<()>>>,
     tasks: Mutex<tokio::task::JoinSet<()>>,
@@ -102,6 +110,7 @@ impl Reconciler {
     pub fn new(
         store: store::Store,
         manifest: Arc<Manifest>,
+        dcs: crate::patroni::config::Dcs,
         pokes: mpsc::UnboundedSender<Poke>,
         tls: Arc<crate::tls::FleetTls>,
     ) -> Arc<Self> {
@@ -114,6 +123,7 @@ impl Reconciler {
             Arc::new(fleet),
             Arc::new(authority),
             manifest,
+            dcs,
             pokes,
         )
     }
@@ -125,6 +135,7 @@ impl Reconciler {
         agents: Arc<dyn Agents>,
         authority: Arc<pki::Authority>,
         manifest: Arc<Manifest>,
+        dcs: crate::patroni::config::Dcs,
         pokes: mpsc::UnboundedSender<Poke>,
     ) -> Arc<Self> {
         Arc::new(Reconciler {
@@ -133,6 +144,7 @@ impl Reconciler {
             agents,
             authority,
             manifest,
+            dcs,
             pokes,
             workers: Mutex::default(),
             tasks: Mutex::new(tokio::task::JoinSet::new()),

@@ -43,7 +43,6 @@ pub(crate) fn observed_instance(
                 },
                 _ => InstanceKind::Postgres {
                     node: String::new(),
-                    primary: false,
                 },
             });
     let resources = match (s.nano_cpus, s.memory_bytes) {

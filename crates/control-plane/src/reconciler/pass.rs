@@ -35,6 +35,8 @@ pub(crate) struct Pass {
     pub desired: BTreeMap<String, Desired>,
     pub records: BTreeMap<String, InstanceRecord>,
     pub creds: DatabaseCredentials,
+    /// What Patroni's keys said when the pass was loaded, by node.
+    pub patroni: BTreeMap<String, plan::PatroniNode>,
 }
 
 /// How a pass ended, for the worker.
@@ -91,7 +93,9 @@ impl Reconciler {
             let input = self.plan_input(&pass, &reachable);
             let plan = plan::plan(&input);
             if plan.is_empty() {
-                return self.settle(pass, &input, &alive, state).await;
+                return self
+                    .settle(pass, &input, &plan.waiting, &alive, state)
+                    .await;
             }
             let executed = self.execute(&mut pass, plan).await;
             if pass.task.is_none() {
@@ -119,10 +123,11 @@ impl Reconciler {
         &self,
         pass: Pass,
         input: &PlanInput,
+        waiting: &[plan::Wait],
         alive: &BTreeSet<String>,
         state: &mut WorkerState,
     ) -> Result<Outcome, ReconcileError> {
-        match unfinished(input, alive) {
+        match unfinished(input, waiting, alive) {
             Unfinished::No => {
                 *state = WorkerState::default();
                 self.converged(pass, input).await
@@ -134,6 +139,7 @@ impl Reconciler {
                     *state = WorkerState::default();
                     return Ok(Outcome::Done);
                 }
+                self.note_patroni_waits(&pass, waiting, state).await?;
                 for d in pass.desired.values() {
                     if let Some(why) = &d.waiting_for {
                         pass.log
@@ -352,6 +358,7 @@ impl Reconciler {
                 stored_creds: stored,
                 manifest: &self.manifest,
                 authority: &self.authority,
+                dcs: &self.dcs,
                 now: Utc::now(),
             },
         )?;
@@ -359,6 +366,7 @@ impl Reconciler {
             // Passwords and keys are durable before any container is given them.
             self.put_credentials(database_id, &creds).await?;
         }
+        let patroni = crate::patroni::read(&*self.store, database_id).await?;
         Ok(Loaded::Pass(Box::new(Pass {
             db,
             task,
@@ -366,6 +374,7 @@ impl Reconciler {
             desired,
             records,
             creds,
+            patroni,
         })))
     }
 
@@ -485,6 +494,7 @@ impl Reconciler {
             &pass.creds,
             observed,
             reachable,
+            &pass.patroni,
         )
     }
 
@@ -502,6 +512,9 @@ impl Reconciler {
                     )
                     .await?;
             }
+            // Patroni's keys go with the database: an instance left on an unreachable host
+            // is removed when it comes back, and a new database of this id starts afresh.
+            self.store.forget_patroni(id, None).await?;
             pass.log
                 .line(format!("database {id} deleted"), Map::new())
                 .await?;
@@ -592,8 +605,9 @@ enum Unfinished {
 }
 
 /// Whether an empty plan really means done: every desired instance observed running from
-/// its desired spec, and no host with work left merely out of sight.
-fn unfinished(input: &PlanInput, alive: &BTreeSet<String>) -> Unfinished {
+/// its desired spec, nothing Patroni has yet to do (`waiting`), and no host with work left
+/// merely out of sight.
+fn unfinished(input: &PlanInput, waiting: &[plan::Wait], alive: &BTreeSet<String>) -> Unfinished {
     let (live_but_unsynced, dead): (BTreeSet<String>, BTreeSet<String>) = input
         .unreachable_hosts
         .iter()
@@ -619,7 +633,7 @@ fn unfinished(input: &PlanInput, alive: &BTreeSet<String>) -> Unfinished {
                 && o.spec_hash.as_deref() == Some(d.spec_hash.as_str())
         })
     };
-    if !input.deleting && !input.desired.iter().all(running) {
+    if !input.deleting && (!input.desired.iter().all(running) || !waiting.is_empty()) {
         return Unfinished::Waiting;
     }
     Unfinished::No

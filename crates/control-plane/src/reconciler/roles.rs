@@ -1,9 +1,9 @@
-//! A service's two Postgres roles on every node's primary.
+//! A service's two Postgres roles on every node's primary: the instance holding the node's
+//! leader key in Patroni's DCS when the step runs.
 
 use std::collections::BTreeSet;
 
 use agent_proto::ExecRequest;
-use plan::InstanceKind;
 use secrecy::ExposeSecret;
 
 use super::pass::Pass;
@@ -37,30 +37,45 @@ impl Reconciler {
                     .to_vec()
             })
             .unwrap_or_default();
-        // Every desired primary (the planner only asks once each one runs); when dropping,
-        // also primaries that were applied, in case a node is on its way out.
-        let is_primary =
-            |k: &InstanceKind| matches!(k, InstanceKind::Postgres { primary: true, .. });
-        let mut primaries: BTreeSet<(String, String)> = pass
-            .desired
-            .values()
-            .filter(|d| is_primary(&d.plan.kind))
-            .map(|d| (d.plan.host_id.clone(), d.plan.instance_id.clone()))
-            .collect();
+        // Every desired node's leader (the planner only asks once each one runs); when
+        // dropping, also the leaders of nodes on their way out. Read afresh: a leader may
+        // have changed since the plan was made.
+        let patroni = crate::patroni::read(&*self.store, &db.record.id).await?;
+        let mut nodes: BTreeSet<String> = db.spec.nodes.iter().map(|n| n.name.clone()).collect();
         if !create {
-            primaries.extend(
+            nodes.extend(
                 pass.records
                     .values()
-                    .filter(|r| is_primary(&r.kind))
-                    .map(|r| (r.host_id.clone(), r.instance_id.clone())),
+                    .filter_map(|r| r.kind.node().map(str::to_string)),
             );
+        }
+        let host_of = |id: &str| {
+            pass.records
+                .get(id)
+                .map(|r| r.host_id.clone())
+                .or_else(|| pass.desired.get(id).map(|d| d.plan.host_id.clone()))
+        };
+        let mut primaries: BTreeSet<(String, String)> = BTreeSet::new();
+        for node in &nodes {
+            let leader = patroni.get(node).and_then(|n| n.leader.clone());
+            match leader.and_then(|l| Some((host_of(&l)?, l))) {
+                Some(primary) => {
+                    primaries.insert(primary);
+                }
+                // A node that is going away without a primary takes its roles with it.
+                None if !create && !db.spec.nodes.iter().any(|n| &n.name == node) => {}
+                None => {
+                    return Err(ReconcileError::Step(format!(
+                        "node {node} has no primary (no instance holds its leader key)"
+                    )));
+                }
+            }
         }
         if primaries.is_empty() {
             return Err(ReconcileError::Step(
                 "the database has no Postgres primary".into(),
             ));
         }
-        let instances: BTreeSet<String> = primaries.iter().map(|(_, id)| id.clone()).collect();
         for (host_id, instance_id) in primaries {
             let sql = if create {
                 let svc = creds.services.get(service_id).ok_or_else(|| {
@@ -99,7 +114,7 @@ impl Reconciler {
         if create {
             if let Some(c) = creds.services.get_mut(service_id) {
                 c.roles_created = true;
-                c.roles_on = instances;
+                c.roles_on = nodes;
                 c.drop_error = None;
             }
         } else {
@@ -110,7 +125,7 @@ impl Reconciler {
     }
 
     /// Runs `sql` with psql on a primary; returns its output. Secrets are masked in errors.
-    async fn psql(
+    pub(crate) async fn psql(
         &self,
         host_id: &str,
         instance_id: &str,

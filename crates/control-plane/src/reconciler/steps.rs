@@ -138,10 +138,28 @@ impl Reconciler {
             Step::Remove {
                 instance_id,
                 host_id,
+            } => match self.guard_leader(pass, instance_id).await {
+                Ok(()) => self
+                    .remove(&pass.log, host_id, instance_id)
+                    .await
+                    .map(|_| None),
+                Err(e) => Err(e),
+            },
+            Step::Switchover {
+                node,
+                instance_id,
+                host_id,
+                candidate,
             } => self
-                .remove(&pass.log, host_id, instance_id)
+                .switchover_step(pass, node, instance_id, host_id, candidate)
                 .await
                 .map(|_| None),
+            Step::ForgetNode { node } => self
+                .store
+                .forget_patroni(&pass.db.record.id, Some(node))
+                .await
+                .map(|_| None)
+                .map_err(ReconcileError::from),
             Step::CreateRoles { service_id } => {
                 self.roles(pass, service_id, true).await.map(|_| None)
             }
@@ -461,6 +479,8 @@ fn step_name(step: &Step) -> &'static str {
         Step::Remove { .. } => "remove",
         Step::CreateRoles { .. } => "create_roles",
         Step::DropRoles { .. } => "drop_roles",
+        Step::Switchover { .. } => "switchover",
+        Step::ForgetNode { .. } => "forget_node",
     }
 }
 
@@ -472,16 +492,19 @@ fn describe(pass: &Pass, step: &Step) -> (String, String, String) {
             .map(|d| d.plan.kind.clone())
             .or_else(|| pass.records.get(id).map(|r| r.kind.clone()))
     };
+    // The primary is the node's leader, or before there is one, the instance that
+    // initialises the node.
+    let leads =
+        |id: &str, node: &str| match pass.patroni.get(node).and_then(|n| n.leader.as_deref()) {
+            Some(leader) => leader == id,
+            None => pass.desired.get(id).is_some_and(|d| d.plan.bootstrap),
+        };
     let noun = |id: &str| match kind_of(id) {
         Some(InstanceKind::Service { service_id }) => format!("service instance {service_id}"),
-        Some(InstanceKind::Postgres {
-            node,
-            primary: true,
-        }) => format!("postgres primary of node {node}"),
-        Some(InstanceKind::Postgres {
-            node,
-            primary: false,
-        }) => format!("postgres replica of node {node}"),
+        Some(InstanceKind::Postgres { node }) if leads(id, &node) => {
+            format!("postgres primary of node {node}")
+        }
+        Some(InstanceKind::Postgres { node }) => format!("postgres replica of node {node}"),
         None => format!("instance {id}"),
     };
     match step {
@@ -531,6 +554,21 @@ fn describe(pass: &Pass, step: &Step) -> (String, String, String) {
         Step::DropRoles { service_id } => (
             format!("dropping roles of service {service_id}"),
             "primaries".into(),
+            String::new(),
+        ),
+        Step::Switchover {
+            node,
+            instance_id,
+            host_id,
+            candidate,
+        } => (
+            format!("switching node {node}'s primary over from {instance_id} to {candidate}"),
+            host_id.clone(),
+            instance_id.clone(),
+        ),
+        Step::ForgetNode { node } => (
+            format!("forgetting Patroni's keys of node {node}"),
+            "the DCS".into(),
             String::new(),
         ),
     }

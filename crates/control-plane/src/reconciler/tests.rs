@@ -27,15 +27,17 @@ use crate::fleet::Fleet;
 use crate::instances::{InstanceRecord, Phase};
 use crate::tasks::{cancel, new_task};
 
-const DB: &str = "db";
-const HOST: &str = "h1";
+pub(super) const DB: &str = "db";
+pub(super) const HOST: &str = "h1";
+/// A second host, on the same engine, for nodes on two hosts.
+pub(super) const HOST2: &str = "h2";
 
 /// What a test wants an agent call to do instead of succeeding.
 type Hook = Box<dyn Fn(&Harness, &str) -> Option<String> + Send + Sync>;
 
 /// Fake agents: containers in a map, every change reported through the fleet with the next
 /// observation number, as the real agent's stream does.
-struct FakeAgents {
+pub(super) struct FakeAgents {
     fleet: Fleet,
     sequence: Mutex<u64>,
     states: Mutex<BTreeMap<String, InstanceState>>,
@@ -49,10 +51,23 @@ struct FakeAgents {
     /// This instance's container dies once, right after it started and before the apply's
     /// reply is read.
     dies_after_apply: Mutex<Option<String>>,
+    /// The host each instance was applied on (HOST unless said otherwise).
+    hosts: Mutex<BTreeMap<String, String>>,
+    /// Patroni registers a new instance as starting and elects no leader: the test does.
+    pub(super) patroni_slow: Mutex<bool>,
     harness: Mutex<Option<Harness>>,
 }
 
 impl FakeAgents {
+    fn host_of(&self, instance_id: &str) -> String {
+        self.hosts
+            .lock()
+            .unwrap()
+            .get(instance_id)
+            .cloned()
+            .unwrap_or_else(|| HOST.to_string())
+    }
+
     fn publish(&self, mut state: InstanceState) {
         let mut seq = self.sequence.lock().unwrap();
         *seq += 1;
@@ -61,12 +76,77 @@ impl FakeAgents {
             .lock()
             .unwrap()
             .insert(state.instance_id.clone(), state.clone());
+        let host = self.host_of(&state.instance_id);
         self.fleet
-            .ingest(HOST, Some(instance_event::Event::Changed(state)));
+            .ingest(&host, Some(instance_event::Event::Changed(state)));
     }
 
-    fn calls(&self) -> Vec<String> {
+    pub(super) fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
+    }
+
+    fn store(&self) -> Option<Arc<MemoryStore>> {
+        Some(self.harness.lock().unwrap().as_ref()?.store.clone())
+    }
+
+    /// What Patroni does when a Postgres instance of `node` starts: it registers as a
+    /// running member, and leads when the node has no leader.
+    fn patroni_started(&self, node: &str, instance_id: &str) {
+        let Some(store) = self.store() else { return };
+        if *self.patroni_slow.lock().unwrap() {
+            let member = r#"{"role":"replica","state":"starting"}"#;
+            let key = format!("{node}/members/{instance_id}");
+            store.set_patroni_key(DB, &key, Some(member.as_bytes()));
+            return;
+        }
+        let leader_key = format!("{node}/leader");
+        let keys = futures::executor::block_on(store.patroni_keys(DB)).unwrap();
+        let leads = match keys.iter().find(|(k, _)| k == &leader_key) {
+            None => {
+                store.set_patroni_key(DB, &leader_key, Some(instance_id.as_bytes()));
+                store.set_patroni_key(DB, &format!("{node}/initialize"), Some(b"7400"));
+                true
+            }
+            Some((_, v)) => v == instance_id.as_bytes(),
+        };
+        let role = if leads { "master" } else { "replica" };
+        let member =
+            format!(r#"{{"role":"{role}","state":"running","xlog_location":0,"timeline":1}}"#);
+        store.set_patroni_key(
+            DB,
+            &format!("{node}/members/{instance_id}"),
+            Some(member.as_bytes()),
+        );
+    }
+
+    /// What Patroni's keys lose when an instance goes: its member key, and the leader key
+    /// if it held it.
+    fn patroni_gone(&self, instance_id: &str) {
+        let Some(store) = self.store() else { return };
+        let keys = futures::executor::block_on(store.patroni_keys(DB)).unwrap();
+        for (k, v) in keys {
+            let member = k.ends_with(&format!("/members/{instance_id}"));
+            let leader = k.ends_with("/leader") && v == instance_id.as_bytes();
+            if member || leader {
+                store.set_patroni_key(DB, &k, None);
+            }
+        }
+    }
+
+    /// A switchover through the REST API: the candidate takes the leader key.
+    fn patroni_switchover(&self, body: &serde_json::Value) -> Vec<u8> {
+        let store = self.store().expect("a harness");
+        let (leader, candidate) = (
+            body["leader"].as_str().unwrap(),
+            body["candidate"].as_str().unwrap(),
+        );
+        let keys = futures::executor::block_on(store.patroni_keys(DB)).unwrap();
+        let (key, _) = keys
+            .iter()
+            .find(|(k, v)| k.ends_with("/leader") && v == leader.as_bytes())
+            .expect("the leader holds the key");
+        store.set_patroni_key(DB, key, Some(candidate.as_bytes()));
+        b"Successfully switched over\nberth-http-status:200".to_vec()
     }
 
     fn hook(&self, hook: &Mutex<Option<Hook>>, arg: &str) -> Option<String> {
@@ -92,6 +172,10 @@ impl Agents for FakeAgents {
         if let Some(error) = self.hook(&self.on_apply, &spec.instance_id) {
             return Err(Status::aborted(error));
         }
+        self.hosts
+            .lock()
+            .unwrap()
+            .insert(spec.instance_id.clone(), host_id.to_string());
         let mut labels: std::collections::HashMap<String, String> =
             spec.labels.clone().into_iter().collect();
         labels.insert("berth.database-id".into(), spec.database_id.clone());
@@ -121,6 +205,12 @@ impl Agents for FakeAgents {
             ..Default::default()
         });
         let _ = host_id;
+        if let Some(f) = spec.files.iter().find(|f| f.path == "patroni.yml") {
+            let yml = String::from_utf8_lossy(&f.content);
+            let doc: serde_yaml::Value = serde_yaml::from_str(&yml).expect("YAML");
+            let node = doc["scope"].as_str().expect("a scope");
+            self.patroni_started(node, &spec.instance_id);
+        }
         let replied = *self.sequence.lock().unwrap();
         let dies = self
             .dies_after_apply
@@ -147,7 +237,7 @@ impl Agents for FakeAgents {
 
     async fn remove(
         &self,
-        _host_id: &str,
+        host_id: &str,
         request: RemoveInstanceRequest,
     ) -> Result<Events, Status> {
         self.calls
@@ -155,9 +245,10 @@ impl Agents for FakeAgents {
             .unwrap()
             .push(format!("remove {}", request.instance_id));
         self.states.lock().unwrap().remove(&request.instance_id);
+        self.patroni_gone(&request.instance_id);
         *self.sequence.lock().unwrap() += 1;
         self.fleet.ingest(
-            HOST,
+            host_id,
             Some(instance_event::Event::RemovedInstanceId(
                 request.instance_id,
             )),
@@ -205,8 +296,19 @@ impl Agents for FakeAgents {
                 stderr: stderr.into_bytes(),
             });
         }
+        if request.argv.first().map(String::as_str) == Some("curl") {
+            let at = request.argv.iter().position(|a| a == "--data").unwrap();
+            let body: serde_json::Value = serde_json::from_str(&request.argv[at + 1]).unwrap();
+            return Ok(ExecResult {
+                exit_code: 0,
+                stdout: self.patroni_switchover(&body),
+                stderr: vec![],
+            });
+        }
         let stdout = if sql.contains("FROM pg_database") {
             b"app\npostgres\n".to_vec()
+        } else if sql.contains("FROM pg_stat_replication") {
+            b"streaming 0\n".to_vec()
         } else {
             vec![]
         };
@@ -219,45 +321,51 @@ impl Agents for FakeAgents {
 }
 
 #[derive(Clone)]
-struct Harness {
-    store: Arc<MemoryStore>,
-    agents: Arc<FakeAgents>,
-    reconciler: Arc<Reconciler>,
+pub(super) struct Harness {
+    pub(super) store: Arc<MemoryStore>,
+    pub(super) agents: Arc<FakeAgents>,
+    pub(super) reconciler: Arc<Reconciler>,
     pokes: Arc<Mutex<Option<mpsc::UnboundedReceiver<crate::fleet::Poke>>>>,
 }
 
-fn harness() -> Harness {
+pub(super) fn harness() -> Harness {
     let store = Arc::new(MemoryStore::new());
-    store.put_host(spec::Host {
-        id: HOST.into(),
-        agent_address: "127.0.0.1:1".into(),
-        addresses: vec!["127.0.0.1".into()],
-        engine_id: "e".into(),
-        cpus: 2,
-        memory_bytes: 1 << 33,
-        agent_version: "test".into(),
-        registered_at: Utc::now(),
-        status: spec::HostStatus {
-            state: spec::HostState::Healthy,
-            updated_at: Utc::now(),
-            error: None,
-        },
-    });
-    store.set_liveness(
-        HOST,
-        Some(HostLiveness {
-            docker_ok: true,
-            docker_error: None,
-            updated_at: Utc::now(),
-        }),
-    );
+    for host in [HOST, HOST2] {
+        store.put_host(spec::Host {
+            id: host.into(),
+            agent_address: "127.0.0.1:1".into(),
+            addresses: vec!["127.0.0.1".into()],
+            engine_id: "e".into(),
+            cpus: 2,
+            memory_bytes: 1 << 33,
+            agent_version: "test".into(),
+            registered_at: Utc::now(),
+            status: spec::HostStatus {
+                state: spec::HostState::Healthy,
+                updated_at: Utc::now(),
+                error: None,
+            },
+        });
+        store.set_liveness(
+            host,
+            Some(HostLiveness {
+                docker_ok: true,
+                docker_error: None,
+                updated_at: Utc::now(),
+            }),
+        );
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let dyn_store: Arc<dyn StateStore> = store.clone();
     let fleet = Fleet::offline(Some(dyn_store.clone()), tx.clone());
-    fleet.ingest(
-        HOST,
-        Some(instance_event::Event::Snapshot(InstanceSnapshot::default())),
-    );
+    let registered = futures::executor::block_on(store.list_hosts()).unwrap();
+    fleet.sync_hosts(&registered);
+    for host in [HOST, HOST2] {
+        fleet.ingest(
+            host,
+            Some(instance_event::Event::Snapshot(InstanceSnapshot::default())),
+        );
+    }
     let agents = Arc::new(FakeAgents {
         fleet: fleet.clone(),
         sequence: Mutex::new(0),
@@ -267,6 +375,8 @@ fn harness() -> Harness {
         on_exec: Mutex::default(),
         wrong_hash: Mutex::default(),
         dies_after_apply: Mutex::default(),
+        hosts: Mutex::default(),
+        patroni_slow: Mutex::default(),
         harness: Mutex::default(),
     });
     let reconciler = Reconciler::with_parts(
@@ -275,6 +385,8 @@ fn harness() -> Harness {
         agents.clone(),
         Arc::new(pki::Authority::generate().unwrap()),
         Arc::new(Manifest::from_json(LOCAL_MANIFEST).unwrap()),
+        crate::patroni::config::Dcs::from_urls(&["http://10.0.0.254:2379".into()], "/berth")
+            .unwrap(),
         tx,
     );
     let h = Harness {
@@ -301,7 +413,7 @@ fn service(id: &str) -> serde_json::Value {
 }
 
 impl Harness {
-    async fn create(&self, spec: DatabaseSpec) -> Task {
+    pub(super) async fn create(&self, spec: DatabaseSpec) -> Task {
         let task = new_task(DB, TaskType::Create);
         let record = DatabaseRecord {
             id: DB.into(),
@@ -320,7 +432,7 @@ impl Harness {
         task
     }
 
-    async fn update(&self, spec: DatabaseSpec) -> Task {
+    pub(super) async fn update(&self, spec: DatabaseSpec) -> Task {
         let current = self.store.get_database(DB).await.unwrap().unwrap();
         let task = new_task(DB, TaskType::Update);
         let record = DatabaseRecord {
@@ -337,7 +449,7 @@ impl Harness {
     }
 
     /// One pass, as a worker would run it.
-    async fn pass(&self, state: &mut WorkerState) -> Outcome {
+    pub(super) async fn pass(&self, state: &mut WorkerState) -> Outcome {
         self.reconciler
             .reconcile_database(DB, state)
             .await
@@ -345,7 +457,7 @@ impl Harness {
     }
 
     /// Passes until one ends without asking for a retry.
-    async fn settle(&self) -> Outcome {
+    pub(super) async fn settle(&self) -> Outcome {
         let mut state = WorkerState::default();
         loop {
             match self.pass(&mut state).await {
@@ -355,11 +467,11 @@ impl Harness {
         }
     }
 
-    async fn task(&self, id: &str) -> Task {
+    pub(super) async fn task(&self, id: &str) -> Task {
         self.store.get_task(DB, id).await.unwrap().unwrap().value
     }
 
-    async fn log(&self, id: &str) -> Vec<String> {
+    pub(super) async fn log(&self, id: &str) -> Vec<String> {
         self.store
             .read_log(DB, id, None, 1000)
             .await
@@ -369,7 +481,7 @@ impl Harness {
             .collect()
     }
 
-    async fn state(&self) -> DatabaseState {
+    pub(super) async fn state(&self) -> DatabaseState {
         self.store
             .get_database(DB)
             .await
@@ -379,14 +491,14 @@ impl Harness {
             .state
     }
 
-    async fn tasks(&self) -> Vec<Task> {
+    pub(super) async fn tasks(&self) -> Vec<Task> {
         self.store
             .list_tasks(DB, None, 100, ListOrder::OldestFirst)
             .await
             .unwrap()
     }
 
-    async fn record(&self, instance_id: &str) -> InstanceRecord {
+    pub(super) async fn record(&self, instance_id: &str) -> InstanceRecord {
         self.reconciler.records(DB).await.unwrap()[instance_id].clone()
     }
 }

@@ -3,29 +3,28 @@ use std::collections::BTreeSet;
 use super::plan;
 use crate::types::*;
 
-const R1: Resources = Resources {
+pub(super) const R1: Resources = Resources {
     nano_cpus: 500_000_000,
     memory_bytes: 1 << 29,
 };
-const R2: Resources = Resources {
+pub(super) const R2: Resources = Resources {
     nano_cpus: 2_000_000_000,
     memory_bytes: 0,
 };
 
-fn pg(node: &str, primary: bool) -> InstanceKind {
+pub(super) fn pg(node: &str) -> InstanceKind {
     InstanceKind::Postgres {
         node: node.to_string(),
-        primary,
     }
 }
 
-fn svc(service_id: &str) -> InstanceKind {
+pub(super) fn svc(service_id: &str) -> InstanceKind {
     InstanceKind::Service {
         service_id: service_id.to_string(),
     }
 }
 
-fn desired(
+pub(super) fn desired(
     id: &str,
     host: &str,
     kind: InstanceKind,
@@ -40,10 +39,46 @@ fn desired(
         resources,
         waiting: false,
         host_ports: BTreeSet::new(),
+        bootstrap: false,
     }
 }
 
-fn observed(
+/// A desired Postgres instance on its node's first host.
+pub(super) fn first(id: &str, host: &str, node: &str, hash: &str) -> DesiredInstance {
+    DesiredInstance {
+        bootstrap: true,
+        ..desired(id, host, pg(node), hash, R1)
+    }
+}
+
+/// Patroni's view of a node: `leader`, and each member with its state and WAL position.
+pub(super) fn patroni(leader: Option<&str>, members: &[(&str, &str, u64)]) -> PatroniNode {
+    PatroniNode {
+        leader: leader.map(str::to_string),
+        initialized: true,
+        members: members
+            .iter()
+            .map(|(name, state, wal)| {
+                let role = if Some(*name) == leader {
+                    "primary"
+                } else {
+                    "replica"
+                };
+                let member = PatroniMember {
+                    role: role.into(),
+                    state: state.to_string(),
+                    replication_state: None,
+                    timeline: Some(1),
+                    wal_position: Some(*wal),
+                    pending_restart: false,
+                };
+                (name.to_string(), member)
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn observed(
     id: &str,
     host: &str,
     kind: InstanceKind,
@@ -61,7 +96,7 @@ fn observed(
     }
 }
 
-fn record(
+pub(super) fn record(
     id: &str,
     host: &str,
     kind: InstanceKind,
@@ -77,11 +112,11 @@ fn record(
     }
 }
 
-fn set(items: &[&str]) -> BTreeSet<String> {
+pub(super) fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn apply(id: &str, host: &str, reason: ApplyReason) -> Step {
+pub(super) fn apply(id: &str, host: &str, reason: ApplyReason) -> Step {
     Step::Apply {
         instance_id: id.to_string(),
         host_id: host.to_string(),
@@ -89,7 +124,7 @@ fn apply(id: &str, host: &str, reason: ApplyReason) -> Step {
     }
 }
 
-fn resize(id: &str, host: &str, resources: Resources) -> Step {
+pub(super) fn resize(id: &str, host: &str, resources: Resources) -> Step {
     Step::Resize {
         instance_id: id.to_string(),
         host_id: host.to_string(),
@@ -97,26 +132,26 @@ fn resize(id: &str, host: &str, resources: Resources) -> Step {
     }
 }
 
-fn remove(id: &str, host: &str) -> Step {
+pub(super) fn remove(id: &str, host: &str) -> Step {
     Step::Remove {
         instance_id: id.to_string(),
         host_id: host.to_string(),
     }
 }
 
-fn create_roles(service_id: &str) -> Step {
+pub(super) fn create_roles(service_id: &str) -> Step {
     Step::CreateRoles {
         service_id: service_id.to_string(),
     }
 }
 
-fn drop_roles(service_id: &str) -> Step {
+pub(super) fn drop_roles(service_id: &str) -> Step {
     Step::DropRoles {
         service_id: service_id.to_string(),
     }
 }
 
-fn input() -> PlanInput {
+pub(super) fn input() -> PlanInput {
     PlanInput {
         database_id: "db".to_string(),
         ..PlanInput::default()
@@ -276,22 +311,55 @@ fn instance_rules() {
             Some(|| resize("i", "h", R1)),
         ),
     ];
-    for kind in [svc("s"), pg("n1", true), pg("n1", false)] {
+    // A service; a new node's first instance (or the only one left, with no leader); a
+    // node's leader; a replica of another leader.
+    let leads = |leader: &str| patroni(Some(leader), &[(leader, "running", 0)]);
+    let variants = [
+        (svc("s"), None),
+        (pg("n1"), None),
+        (pg("n1"), Some(leads("i"))),
+        (pg("n1"), Some(leads("other"))),
+    ];
+    for (kind, node) in variants {
         for (name, obs, rec, expected) in cases {
+            if node.is_some() && obs.is_none() && rec.is_none() {
+                // Keys of a node none of whose instances exists are stale: see
+                // `a_new_node_forgets_stale_keys_first`.
+                continue;
+            }
             let mut i = input();
             i.roles = kind.service_id().into_iter().map(str::to_string).collect();
-            i.desired = vec![desired("i", "h", kind.clone(), "H", R1)];
-            i.observed = obs
-                .iter()
-                .map(|(hash, status)| observed("i", "h", kind.clone(), *hash, *status))
-                .collect();
-            i.applied = rec
-                .iter()
-                .map(|(hash, res)| record("i", "h", kind.clone(), hash, *res))
-                .collect();
+            i.desired = vec![DesiredInstance {
+                bootstrap: true,
+                ..desired("i", "h", kind.clone(), "H", R1)
+            }];
+            i.patroni = node.iter().map(|n| ("n1".to_string(), n.clone())).collect();
+            if node
+                .as_ref()
+                .is_some_and(|n| n.leader.as_deref() == Some("other"))
+            {
+                i.applied.push(record("other", "h2", kind.clone(), "H", R1));
+                i.desired
+                    .push(desired("other", "h2", kind.clone(), "H", R1));
+                i.observed.push(observed(
+                    "other",
+                    "h2",
+                    kind.clone(),
+                    Some("H"),
+                    ObservedStatus::Running,
+                ));
+            }
+            i.observed.extend(
+                obs.iter()
+                    .map(|(hash, status)| observed("i", "h", kind.clone(), *hash, *status)),
+            );
+            i.applied.extend(
+                rec.iter()
+                    .map(|(hash, res)| record("i", "h", kind.clone(), hash, *res)),
+            );
             let got: Vec<Step> = plan(&i).steps().cloned().collect();
             let expected: Vec<Step> = expected.iter().map(|f| f()).collect();
-            assert_eq!(got, expected, "{name} ({kind:?})");
+            assert_eq!(got, expected, "{name} ({kind:?}, {:?})", i.patroni);
         }
     }
 }
@@ -300,11 +368,12 @@ fn instance_rules() {
 fn converged_database_has_an_empty_plan() {
     let mut i = input();
     i.roles = set(&["s"]);
-    for (id, kind) in [
-        ("p", pg("n1", true)),
-        ("r", pg("n1", false)),
-        ("s1", svc("s")),
-    ] {
+    i.patroni = [(
+        "n1".to_string(),
+        patroni(Some("p"), &[("p", "running", 10), ("r", "running", 10)]),
+    )]
+    .into();
+    for (id, kind) in [("p", pg("n1")), ("r", pg("n1")), ("s1", svc("s"))] {
         i.desired.push(desired(id, "h", kind.clone(), "H", R1));
         i.observed.push(observed(
             id,
@@ -317,7 +386,7 @@ fn converged_database_has_an_empty_plan() {
     }
     let p = plan(&i);
     assert!(p.is_empty());
-    assert_eq!(p, Plan { phases: vec![] });
+    assert_eq!(p, Plan::default(), "nothing to do and nothing to wait for");
     assert_eq!(p.steps().count(), 0);
 }
 
@@ -330,8 +399,8 @@ fn a_waiting_instance_is_left_as_it_is() {
         ..desired(id, "h2", kind, "", R1)
     };
     let mut i = input();
-    i.desired.push(desired("p", "h1", pg("n1", true), "H", R1));
-    i.desired.push(waiting("r", pg("n1", false)));
+    i.desired.push(first("p", "h1", "n1", "H"));
+    i.desired.push(waiting("r", pg("n1")));
     // Not there yet: only the primary is created; the replica waits for its port.
     assert_eq!(
         plan(&i).phases,
@@ -343,15 +412,14 @@ fn a_waiting_instance_is_left_as_it_is() {
         i.observed.push(observed(
             "p",
             "h1",
-            pg("n1", true),
+            pg("n1"),
             Some("H"),
             ObservedStatus::Running,
         ));
-        i.applied.push(record("p", "h1", pg("n1", true), "H", R1));
+        i.applied.push(record("p", "h1", pg("n1"), "H", R1));
         i.observed
-            .push(observed("r", "h2", pg("n1", false), Some("OLD"), status));
-        i.applied
-            .push(record("r", "h2", pg("n1", false), "OLD", R2));
+            .push(observed("r", "h2", pg("n1"), Some("OLD"), status));
+        i.applied.push(record("r", "h2", pg("n1"), "OLD", R2));
         assert!(plan(&i).is_empty(), "{status:?}: {:?}", plan(&i));
     }
 }
@@ -387,7 +455,7 @@ fn removal_rules() {
         ),
         (
             "observed with unknown hash, missing",
-            vec![observed("x", "h1", pg("n2", false), None, Missing)],
+            vec![observed("x", "h1", pg("n2"), None, Missing)],
             vec![],
             vec![remove("x", "h1")],
         ),
@@ -431,7 +499,7 @@ fn nothing_is_planned_on_an_unreachable_host() {
     i.unreachable_hosts = set(&["down"]);
     i.roles = set(&["s"]);
     i.desired = vec![
-        desired("p", "down", pg("n1", true), "H", R1),
+        first("p", "down", "n1", "H"),
         desired("s-down", "down", svc("s"), "H", R1),
     ];
     // What the control plane recorded there is all it knows; it stays as it is.
@@ -504,10 +572,7 @@ fn roles() {
         (
             "roles wait while a primary's host is unreachable",
             false,
-            vec![
-                on("a1", "h1", "a"),
-                desired("p", "down", pg("n1", true), "H", R1),
-            ],
+            vec![on("a1", "h1", "a"), first("p", "down", "n1", "H")],
             vec![],
             &["gone"],
             vec![resize("a1", "h1", R1)],
@@ -515,11 +580,8 @@ fn roles() {
         (
             "roles wait while a primary is still starting",
             false,
-            vec![
-                on("a1", "h1", "a"),
-                desired("p", "h1", pg("n1", true), "H", R1),
-            ],
-            vec![record("p", "h1", pg("n1", true), "H", R1)],
+            vec![on("a1", "h1", "a"), first("p", "h1", "n1", "H")],
+            vec![record("p", "h1", pg("n1"), "H", R1)],
             &[],
             vec![resize("a1", "h1", R1)],
         ),
@@ -572,16 +634,21 @@ fn deleting_removes_everything_reachable_and_ignores_desired() {
     i.roles = set(&["s"]);
     // Even if the caller still passes the desired set, deleting means nothing is desired.
     i.desired = vec![
-        desired("db-n1-h1", "h1", pg("n1", true), "H", R1),
+        first("db-n1-h1", "h1", "n1", "H"),
         desired("db-s-h1", "h1", svc("s"), "H", R1),
     ];
+    i.patroni = [(
+        "n1".to_string(),
+        patroni(Some("db-n1-h1"), &[("db-n1-h1", "running", 0)]),
+    )]
+    .into();
     i.observed = vec![
-        observed("db-n1-h1", "h1", pg("n1", true), Some("H"), Running),
-        observed("db-n1-h2", "h2", pg("n1", false), Some("H"), Failed),
+        observed("db-n1-h1", "h1", pg("n1"), Some("H"), Running),
+        observed("db-n1-h2", "h2", pg("n1"), Some("H"), Failed),
         observed("db-s-h1", "h1", svc("s"), Some("H"), Running),
     ];
     i.applied = vec![
-        record("db-n1-h1", "h1", pg("n1", true), "H", R1),
+        record("db-n1-h1", "h1", pg("n1"), "H", R1),
         record("db-s-h1", "h1", svc("s"), "H", R1),
         record("db-s-h2", "h2", svc("s"), "H", R1),
         record("db-s-down", "down", svc("s"), "H", R1),
@@ -592,7 +659,8 @@ fn deleting_removes_everything_reachable_and_ignores_desired() {
             phases: vec![
                 vec![remove("db-s-h1", "h1"), remove("db-s-h2", "h2")],
                 vec![remove("db-n1-h1", "h1"), remove("db-n1-h2", "h2")],
-            ]
+            ],
+            waiting: vec![],
         }
     );
 }
@@ -605,56 +673,118 @@ fn phase_order() {
     let mut i = input();
     i.roles = set(&["old", "web"]);
     i.desired = vec![
-        desired("db-n2-h3", "h3", pg("n2", true), "P", R1),
-        desired("db-n1-h2", "h2", pg("n1", false), "P", R1),
-        desired("db-n1-h1", "h1", pg("n1", true), "P", R1),
-        desired("db-n2-h4", "h4", pg("n2", false), "P", R1),
+        // n1: its leader is updated before its replica is healed.
+        first("db-n1-h1", "h1", "n1", "P"),
+        desired("db-n1-h2", "h2", pg("n1"), "P", R1),
+        // n2: a new instance; the leader on h5 is no longer wanted and hands over to h3.
+        first("db-n2-h3", "h3", "n2", "P"),
+        desired("db-n2-h4", "h4", pg("n2"), "P", R1),
+        // n3: new, with stale keys of an earlier n3.
+        first("db-n3-h1", "h1", "n3", "P"),
         desired("db-web-h2", "h2", svc("web"), "W", R1),
         desired("db-api-h1", "h1", svc("api"), "A", R1),
         desired("db-api-h2", "h2", svc("api"), "A", R1),
     ];
+    let running = |id: &str, host: &str, node: &str, hash: &str| {
+        observed(id, host, pg(node), Some(hash), Running)
+    };
     i.observed = vec![
-        observed("db-n2-h3", "h3", pg("n2", true), Some("P"), Running),
-        observed("db-n1-h2", "h2", pg("n1", false), Some("P"), Stopped),
+        running("db-n1-h1", "h1", "n1", "OLD"),
+        observed("db-n1-h2", "h2", pg("n1"), Some("P"), Stopped),
+        running("db-n2-h3", "h3", "n2", "P"),
+        running("db-n2-h5", "h5", "n2", "P"),
         observed("db-web-h2", "h2", svc("web"), Some("old"), Running),
         observed("db-old-h1", "h1", svc("old"), Some("O"), Running),
-        observed("db-n9-h1", "h1", pg("n9", true), Some("P"), Running),
+        running("db-n9-h1", "h1", "n9", "P"),
     ];
     i.applied = vec![
-        record("db-n2-h3", "h3", pg("n2", true), "P", R2),
-        record("db-n1-h2", "h2", pg("n1", false), "P", R1),
+        record("db-n1-h1", "h1", pg("n1"), "OLD", R1),
+        record("db-n1-h2", "h2", pg("n1"), "P", R1),
+        record("db-n2-h3", "h3", pg("n2"), "P", R2),
+        record("db-n2-h5", "h5", pg("n2"), "P", R1),
         record("db-web-h2", "h2", svc("web"), "old", R1),
         record("db-old-h1", "h1", svc("old"), "O", R1),
-        record("db-n9-h1", "h1", pg("n9", true), "P", R1),
+        record("db-n9-h1", "h1", pg("n9"), "P", R1),
     ];
-    let expected = Plan {
-        phases: vec![
-            vec![
-                apply("db-n1-h1", "h1", Create),
-                resize("db-n2-h3", "h3", R1),
-            ],
-            vec![
-                apply("db-n1-h2", "h2", Heal),
-                apply("db-n2-h4", "h4", Create),
-            ],
-            vec![create_roles("api")],
-            vec![
-                apply("db-api-h1", "h1", Create),
-                apply("db-api-h2", "h2", Create),
-                remove("db-old-h1", "h1"),
-                apply("db-web-h2", "h2", Update),
-            ],
-            vec![drop_roles("old")],
-            vec![remove("db-n9-h1", "h1")],
+    i.patroni = [
+        (
+            "n1",
+            patroni(
+                Some("db-n1-h1"),
+                &[("db-n1-h1", "running", 9), ("db-n1-h2", "stopped", 9)],
+            ),
+        ),
+        (
+            "n2",
+            patroni(
+                Some("db-n2-h5"),
+                &[("db-n2-h5", "running", 9), ("db-n2-h3", "running", 9)],
+            ),
+        ),
+        ("n3", patroni(None, &[])),
+        (
+            "n9",
+            patroni(Some("db-n9-h1"), &[("db-n9-h1", "running", 9)]),
+        ),
+    ]
+    .into_iter()
+    .map(|(n, p)| (n.to_string(), p))
+    .collect();
+    let expected = vec![
+        vec![Step::ForgetNode { node: "n3".into() }],
+        vec![
+            apply("db-n1-h1", "h1", Update),
+            apply("db-n3-h1", "h1", Create),
         ],
-    };
-    assert_eq!(plan(&i), expected);
+        vec![
+            apply("db-n1-h2", "h2", Heal),
+            resize("db-n2-h3", "h3", R1),
+            apply("db-n2-h4", "h4", Create),
+        ],
+        vec![remove("db-old-h1", "h1"), apply("db-web-h2", "h2", Update)],
+        vec![Step::Switchover {
+            node: "n2".into(),
+            instance_id: "db-n2-h5".into(),
+            host_id: "h5".into(),
+            candidate: "db-n2-h3".into(),
+        }],
+        vec![remove("db-n9-h1", "h1")],
+        vec![Step::ForgetNode { node: "n9".into() }],
+    ];
+    let p = plan(&i);
+    assert_eq!(p.phases, expected);
+    // Roles wait: n1's leader is replaced by this very plan, n3 has none yet.
+    assert!(
+        !p.steps()
+            .any(|s| matches!(s, Step::CreateRoles { .. } | Step::DropRoles { .. }))
+    );
 
     // The order of the input lists does not matter.
     i.desired.reverse();
     i.observed.reverse();
     i.applied.rotate_left(2);
-    assert_eq!(plan(&i), expected);
+    assert_eq!(plan(&i).phases, expected);
+
+    // With every leader running and left alone, roles come between Postgres and services.
+    let mut settled = i.clone();
+    settled.observed[6] = running("db-n1-h1", "h1", "n1", "P");
+    settled.applied[5] = record("db-n1-h1", "h1", pg("n1"), "P", R1);
+    settled.desired.retain(|d| d.kind != pg("n3"));
+    settled.patroni.remove("n3");
+    let phases = plan(&settled).phases;
+    let roles = phases
+        .iter()
+        .position(|p| p == &vec![create_roles("api")])
+        .expect("CreateRoles(api)");
+    let services = phases
+        .iter()
+        .position(|p| p.contains(&apply("db-api-h1", "h1", Create)))
+        .expect("the api's instances");
+    let drop = phases
+        .iter()
+        .position(|p| p == &vec![drop_roles("old")])
+        .expect("DropRoles(old)");
+    assert!(roles < services && services < drop, "{phases:?}");
 }
 
 #[test]
@@ -665,7 +795,8 @@ fn empty_phases_are_omitted() {
     assert_eq!(
         plan(&i),
         Plan {
-            phases: vec![vec![apply("db-s-h1", "h1", ApplyReason::Create)]]
+            phases: vec![vec![apply("db-s-h1", "h1", ApplyReason::Create)]],
+            waiting: vec![],
         }
     );
 }
@@ -692,7 +823,7 @@ fn removal_kind_comes_from_the_container_before_the_record() {
     use ObservedStatus::*;
     let mut i = input();
     // The record says service, the container says Postgres: the container is what is there.
-    i.observed = vec![observed("x", "h", pg("n1", false), Some("H"), Running)];
+    i.observed = vec![observed("x", "h", pg("n1"), Some("H"), Running)];
     i.applied = vec![record("x", "h", svc("s"), "H", R1)];
     let p = plan(&i);
     assert_eq!(p.phases, vec![vec![remove("x", "h")]]);
@@ -719,6 +850,7 @@ fn step_accessors() {
 fn plan_serializes_as_tagged_steps() {
     let p = Plan {
         phases: vec![vec![apply("i", "h", ApplyReason::Heal), drop_roles("s")]],
+        waiting: vec![],
     };
     let json = serde_json::to_value(&p).unwrap();
     assert_eq!(
@@ -823,24 +955,18 @@ fn a_fixed_port_is_handed_over_after_its_holder_is_removed() {
 fn a_port_freed_in_a_later_phase_defers_its_taker() {
     let mut i = input();
     i.roles = set(&["a"]);
-    i.desired.push(desired("p1", "h1", pg("n1", true), "H", R1));
+    i.desired.push(first("p1", "h1", "n1", "H"));
     i.desired
         .push(with_ports(desired("s", "h1", svc("a"), "H", R1), &[6000]));
-    for id in ["p1", "p2"] {
+    for (id, node) in [("p1", "n1"), ("p2", "n2")] {
         i.observed.push(observed(
             id,
             "h1",
-            pg(if id == "p1" { "n1" } else { "n2" }, true),
+            pg(node),
             Some("H"),
             ObservedStatus::Running,
         ));
-        i.applied.push(record(
-            id,
-            "h1",
-            pg(if id == "p1" { "n1" } else { "n2" }, true),
-            "H",
-            R1,
-        ));
+        i.applied.push(record(id, "h1", pg(node), "H", R1));
     }
     i.observed[1].host_ports = [6000].into();
     assert_eq!(plan(&i).phases, vec![vec![remove("p2", "h1")]]);

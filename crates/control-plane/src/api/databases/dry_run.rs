@@ -29,6 +29,10 @@ pub(crate) struct Facts {
     pub hosts: Vec<spec::Host>,
     /// Hosts whose lease is alive.
     pub alive: BTreeSet<String>,
+    /// What Patroni's keys say, by node.
+    pub patroni: BTreeMap<String, plan::PatroniNode>,
+    /// Patroni's DCS, as every `patroni.yml` names it.
+    pub dcs: crate::patroni::config::Dcs,
     pub authority: pki::Authority,
     pub now: DateTime<Utc>,
 }
@@ -55,6 +59,8 @@ pub(crate) async fn facts(app: &AppState, database_id: &str) -> Result<Facts, Ap
         stored_creds,
         hosts: app.store.list_hosts().await?,
         alive: app.store.host_liveness().await?.into_keys().collect(),
+        patroni: crate::patroni::read(&app.store, database_id).await?,
+        dcs: app.dcs.clone(),
         authority,
         now: Utc::now(),
     })
@@ -79,12 +85,21 @@ pub(crate) fn dry_run_plan(
             stored_creds: facts.stored_creds,
             manifest,
             authority: &facts.authority,
+            dcs: &facts.dcs,
             now: facts.now,
         },
     )
     .map_err(|e| ApiError::Internal(format!("cannot plan: {e}")))?;
     let observed = inputs::observed_from_records(&facts.records, &facts.alive);
-    let input = inputs::plan_input(db, &desired, &facts.records, &creds, observed, &facts.alive);
+    let input = inputs::plan_input(
+        db,
+        &desired,
+        &facts.records,
+        &creds,
+        observed,
+        &facts.alive,
+        &facts.patroni,
+    );
     let plan = plan::plan(&input);
     let why = Why {
         desired: &desired,
@@ -223,6 +238,41 @@ impl Why<'_> {
                 service_id,
                 "the service is no longer in the spec".into(),
             ),
+            Step::Switchover {
+                instance_id,
+                host_id,
+                candidate,
+                ..
+            } => {
+                let kind = self.records.get(instance_id).map(|r| &r.kind);
+                instance_step(
+                    PlannedAction::Switchover,
+                    kind,
+                    instance_id,
+                    host_id,
+                    format!(
+                        "the node's primary is no longer in the spec: it hands over to {candidate} \
+                         before it is removed"
+                    ),
+                )
+            }
+            Step::ForgetNode { node } => PlannedStep {
+                action: PlannedAction::ForgetNode,
+                kind: PlannedKind::Postgres,
+                instance_id: None,
+                host_id: None,
+                node_name: Some(node.clone()),
+                service_id: None,
+                reason: if self
+                    .desired
+                    .values()
+                    .any(|d| d.plan.kind.node() == Some(node))
+                {
+                    "keys Patroni left from an earlier node of this name".into()
+                } else {
+                    "the node is no longer in the spec".into()
+                },
+            },
         }
     }
 
@@ -267,25 +317,77 @@ impl Why<'_> {
         }
     }
 
-    /// New instances the plan cannot include yet (they need a port an earlier step
-    /// publishes, or a host that is away): a later plan of the same task creates them.
+    /// What the plan cannot include yet but a later plan of the same task does: new
+    /// instances that wait for a port an earlier step publishes, a host that is away, or a
+    /// node's primary Patroni has yet to elect (a new node's other instances, roles and the
+    /// services that use them); in the planner's phase order.
     fn later(&self, plan: &Plan) -> Vec<PlannedStep> {
         let planned: BTreeSet<&str> = plan.steps().filter_map(Step::instance_id).collect();
-        self.desired
+        let new = |d: &&Desired| {
+            !self.records.contains_key(&d.plan.instance_id)
+                && !planned.contains(d.plan.instance_id.as_str())
+        };
+        let create = |d: &Desired| {
+            let why = d
+                .waiting_for
+                .as_deref()
+                .unwrap_or("the node's primary runs under Patroni");
+            instance_step(
+                PlannedAction::Create,
+                Some(&d.plan.kind),
+                &d.plan.instance_id,
+                &d.plan.host_id,
+                format!("new instance, after the steps above, once {why}"),
+            )
+        };
+        let (postgres, services): (Vec<&Desired>, Vec<&Desired>) = self
+            .desired
             .values()
-            .filter(|d| d.plan.waiting && !self.records.contains_key(&d.plan.instance_id))
-            .filter(|d| !planned.contains(d.plan.instance_id.as_str()))
-            .map(|d| {
-                let why = d.waiting_for.as_deref().unwrap_or("its inputs are known");
-                instance_step(
-                    PlannedAction::Create,
-                    Some(&d.plan.kind),
-                    &d.plan.instance_id,
-                    &d.plan.host_id,
-                    format!("new instance, after the steps above, once {why}"),
-                )
+            .filter(new)
+            .partition(|d| d.plan.kind.node().is_some());
+        let roles_planned: BTreeSet<&str> = plan
+            .steps()
+            .filter_map(|s| match s {
+                Step::CreateRoles { service_id } => Some(service_id.as_str()),
+                _ => None,
             })
-            .collect()
+            .collect();
+        let roles_later: BTreeSet<&str> = services
+            .iter()
+            .filter_map(|d| d.plan.kind.service_id())
+            .filter(|s| !roles_planned.contains(s))
+            .filter(|s| !self.creds.services.get(*s).is_some_and(|c| c.roles_created))
+            .collect();
+        let mut out: Vec<PlannedStep> = postgres.into_iter().map(create).collect();
+        out.extend(roles_later.into_iter().map(|s| {
+            roles_step(
+                PlannedAction::CreateRoles,
+                s,
+                format!(
+                    "new service: its roles {} and {}, once every node's primary runs",
+                    crate::credentials::role_name(s, "ro"),
+                    crate::credentials::role_name(s, "rw")
+                ),
+            )
+        }));
+        out.extend(services.into_iter().map(create));
+        // A primary that hands over is removed by the plan that sees the new leader.
+        out.extend(plan.steps().filter_map(|s| match s {
+            Step::Switchover {
+                instance_id,
+                host_id,
+                candidate,
+                ..
+            } => Some(instance_step(
+                PlannedAction::Remove,
+                self.records.get(instance_id).map(|r| &r.kind),
+                instance_id,
+                host_id,
+                format!("no longer in the spec: removed once {candidate} is the primary"),
+            )),
+            _ => None,
+        }));
+        out
     }
 }
 

@@ -12,6 +12,10 @@ use crate::instances::{ObservedView, Phase};
 
 const DB: &str = "shop";
 
+fn dcs() -> crate::patroni::config::Dcs {
+    crate::patroni::config::Dcs::from_urls(&["http://10.0.0.254:2379".into()], "/berth").unwrap()
+}
+
 /// The local manifest, with mcp 1.0.0 on an image of its own (to change images).
 fn manifest() -> Manifest {
     let mut m: Value = serde_json::from_str(spec::manifest::LOCAL_MANIFEST).unwrap();
@@ -70,6 +74,8 @@ fn db(spec: DatabaseSpec, generation: u64, forced_generation: u64) -> StoredData
 /// applied it (every instance running its desired hash, every service's roles created).
 struct Running {
     records: BTreeMap<String, InstanceRecord>,
+    /// Patroni's keys: host-1's instance leads, host-2's streams from it.
+    patroni: BTreeMap<String, plan::PatroniNode>,
     creds: DatabaseCredentials,
     authority: pki::Authority,
     manifest: Manifest,
@@ -88,21 +94,38 @@ impl Running {
                 stored_creds: None,
                 manifest: &manifest,
                 authority: &authority,
+                dcs: &dcs(),
                 now: Utc::now(),
             },
         )
         .unwrap();
-        let primaries: BTreeSet<String> = state
-            .desired
-            .values()
-            .filter(|d| matches!(d.plan.kind, InstanceKind::Postgres { primary: true, .. }))
-            .map(|d| d.plan.instance_id.clone())
-            .collect();
+        let nodes: BTreeSet<String> = current.spec.nodes.iter().map(|n| n.name.clone()).collect();
         let mut creds = state.creds;
         for c in creds.services.values_mut() {
             c.roles_created = true;
-            c.roles_on = primaries.clone();
+            c.roles_on = nodes.clone();
         }
+        let member = |role: &str| plan::PatroniMember {
+            role: role.into(),
+            state: "running".into(),
+            replication_state: None,
+            timeline: Some(1),
+            wal_position: Some(100),
+            pending_restart: false,
+        };
+        let patroni = [(
+            "n1".to_string(),
+            plan::PatroniNode {
+                leader: Some("shop-n1-host-1".into()),
+                initialized: true,
+                members: [
+                    ("shop-n1-host-1".to_string(), member("primary")),
+                    ("shop-n1-host-2".to_string(), member("replica")),
+                ]
+                .into(),
+            },
+        )]
+        .into();
         let records = state
             .desired
             .values()
@@ -134,6 +157,7 @@ impl Running {
             .collect();
         Running {
             records,
+            patroni,
             creds,
             authority,
             manifest,
@@ -147,6 +171,8 @@ impl Running {
             stored_creds: Some(self.creds.clone()),
             hosts: vec![host("host-1"), host("host-2")],
             alive: ["host-1".to_string(), "host-2".to_string()].into(),
+            patroni: self.patroni.clone(),
+            dcs: dcs(),
             authority: pki::Authority::from_identity(self.authority.identity().clone()),
             now: Utc::now(),
         };
@@ -356,6 +382,8 @@ fn a_new_database_plans_every_instance() {
         stored_creds: None,
         hosts: vec![host("host-1"), host("host-2")],
         alive: ["host-1".to_string(), "host-2".to_string()].into(),
+        patroni: BTreeMap::new(),
+        dcs: dcs(),
         authority: pki::Authority::generate().unwrap(),
         now: Utc::now(),
     };
@@ -403,4 +431,33 @@ fn a_new_database_plans_every_instance() {
     assert_eq!(roles["action"], "create_roles");
     assert_eq!(roles["kind"], "roles");
     assert!(roles.get("instance_id").is_none(), "{roles}");
+}
+
+/// The case as a dry-run: the primary's host leaves the node; the plan hands over
+/// first and removes the old primary after.
+#[test]
+fn dropping_the_primarys_host_plans_a_switchover_then_the_removal() {
+    let running = Running::new(spec_of(vec![]));
+    let moved: DatabaseSpec = serde_json::from_value(json!({
+        "database_name": "shop",
+        "nodes": [{"name": "n1", "host_ids": ["host-2"]}]
+    }))
+    .unwrap();
+    let steps = running.dry_run(moved, false);
+    let summary: Vec<_> = steps
+        .iter()
+        .map(|s| (s.action, s.instance_id.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (PlannedAction::Switchover, "shop-n1-host-1".to_string()),
+            (PlannedAction::Remove, "shop-n1-host-1".to_string()),
+        ]
+    );
+    assert!(
+        steps[0].reason.contains("hands over to shop-n1-host-2"),
+        "{}",
+        steps[0].reason
+    );
 }
