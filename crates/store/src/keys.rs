@@ -22,6 +22,10 @@
 //! | `{p}/api-tokens/{id}` | [`crate::ApiTokenRecord`] | API bearer tokens: SHA-256 of the secret, scope |
 //! | `/{p}/patroni/{db}/{node}/...` | Patroni's | each node's DCS keys, written by Patroni (ADR 016) |
 //!
+//! With etcd credentials, each node's Patroni logs in as the etcd user
+//! [`Keys::patroni_user`], whose role of the same name reaches [`Keys::patroni_node`] alone
+//! (ADR 017).
+//!
 //! The spec, the record and the task of one request are written in one transaction.
 
 #[derive(Debug, Clone)]
@@ -143,6 +147,26 @@ impl Keys {
     /// leading slash whatever the prefix, as Patroni writes its keys (ADR 016).
     pub fn patroni(&self, db: &str) -> String {
         format!("/{}/patroni/{db}/", self.prefix.trim_start_matches('/')).replace("//", "/")
+    }
+    /// The keys of one Postgres node's Patroni: `/{p}/patroni/{db}/{node}/`, everything its
+    /// etcd user may read and write (ADR 017).
+    pub fn patroni_node(&self, db: &str, node: &str) -> String {
+        format!("{}{node}/", self.patroni(db))
+    }
+    /// The etcd user (and role) of one Postgres node's Patroni: `{p}-patroni-{db}-{node}`
+    /// with the prefix's outer slashes trimmed (`berth-patroni-app-n1`). etcd users are not
+    /// under a prefix, so the prefix keeps two deployments sharing an etcd apart; a node
+    /// name is `n` and digits, so the last `-` always starts it.
+    pub fn patroni_user(&self, db: &str, node: &str) -> String {
+        format!("{}-patroni-{db}-{node}", self.prefix.trim_matches('/'))
+    }
+    /// Whether `name` is a Patroni user ([`Keys::patroni_user`]) of `db`, of any node.
+    pub fn is_patroni_user_of(&self, name: &str, db: &str) -> bool {
+        let start = format!("{}-patroni-{db}-", self.prefix.trim_matches('/'));
+        name.strip_prefix(&start).is_some_and(|node| {
+            node.strip_prefix('n')
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
     }
 }
 

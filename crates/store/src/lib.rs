@@ -4,6 +4,7 @@
 //! another (create, update of a spec, task transitions) is one etcd transaction with a
 //! revision compare, so two writers cannot both win: the loser gets [`StoreError::Conflict`].
 
+pub mod etcd_auth;
 mod follow;
 mod history;
 mod host_tasks;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use spec::{DatabaseSpec, DatabaseState, Task};
 
+pub use etcd_auth::EtcdCredentials;
 pub use follow::LogFollower;
 pub use host_tasks::LogLine;
 pub use identity::{CertificateStanding, HostCertificate, RejoinToken, RevokedCertificate};
@@ -190,6 +192,8 @@ pub struct Store {
     /// when a line is written) reach etcd in id order: a follower of the log then sees key
     /// order, and a cursor never skips a line committed after a later id. Striped by task.
     appends: std::sync::Arc<[tokio::sync::Mutex<()>; APPEND_STRIPES]>,
+    /// Whether the client logged in, and the Patroni users it manages (ADR 017).
+    auth: std::sync::Arc<etcd_auth::AuthState>,
 }
 
 /// How many locks the log appends of all tasks share (see `Store::appends`).
@@ -222,20 +226,31 @@ impl Store {
         secrets: SecretBox,
         is_secret_key: fn(&str) -> bool,
     ) -> Result<Self> {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(std::time::Duration::from_secs(3))
-            .with_timeout(std::time::Duration::from_secs(10))
-            .with_keep_alive(
-                std::time::Duration::from_secs(5),
-                std::time::Duration::from_secs(5),
-            )
-            .with_keep_alive_while_idle(true);
-        let client = Client::connect_with_balanced_channel(
+        Store::connect_as(endpoints, prefix, secrets, is_secret_key, None).await
+    }
+
+    /// [`Store::connect`], logged in to etcd as `credentials` when given (ADR 017): every
+    /// client of the store (requests, watches, leases, the leader election) then carries
+    /// the user's token, renewed when etcd says it expired. Logging in is a request made
+    /// here, so with credentials an unreachable etcd fails the connect. etcd with its
+    /// authentication off is logged in to without a token; the store still manages
+    /// Patroni's users ([`Store::manages_patroni_users`]).
+    ///
+    /// Errors: a wrong user or password, or (with credentials) etcd unreachable.
+    pub async fn connect_as(
+        endpoints: &[String],
+        prefix: &str,
+        secrets: SecretBox,
+        is_secret_key: fn(&str) -> bool,
+        credentials: Option<&EtcdCredentials>,
+    ) -> Result<Self> {
+        let mut client = Client::connect_with_balanced_channel(
             endpoints,
-            Some(options),
+            Some(etcd_auth::connect_options()),
             metered::MeteredChannel,
         )
         .await?;
+        let auth = etcd_auth::log_in(&mut client, credentials).await?;
         Ok(Store {
             client,
             keys: Keys::new(prefix),
@@ -243,6 +258,7 @@ impl Store {
             is_secret_key,
             fence: None,
             appends: std::sync::Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
+            auth: std::sync::Arc::new(auth),
         })
     }
 

@@ -34,6 +34,8 @@ struct Data {
     dial: BTreeMap<String, HostDialFailure>,
     /// (database, key below its Patroni namespace) -> value, as Patroni would write it.
     patroni: BTreeMap<(String, String), Vec<u8>>,
+    /// (database, node) -> the password of the node's etcd user (ADR 017).
+    patroni_users: BTreeMap<(String, String), String>,
     /// A deposed leader's handle: every write is refused.
     fenced: bool,
     /// How many writes were made, for tests that count them.
@@ -70,6 +72,15 @@ impl MemoryStore {
     /// lease was taken over.
     pub fn depose(&self) {
         self.lock().fenced = true;
+    }
+
+    /// The etcd users Patroni logs in as: (database, node, password), in order.
+    pub fn patroni_users(&self) -> Vec<(String, String, String)> {
+        self.lock()
+            .patroni_users
+            .iter()
+            .map(|((db, node), password)| (db.clone(), node.clone(), password.clone()))
+            .collect()
     }
 
     /// Registers a host (what the registry does when an agent registers).
@@ -450,6 +461,28 @@ impl StateStore for MemoryStore {
                     .as_ref()
                     .is_some_and(|p| !key.starts_with(p.as_str()))
         });
+        Ok(())
+    }
+
+    // Users are etcd's auth store, not its keys: neither counted as writes nor fenced.
+    async fn ensure_patroni_user(
+        &self,
+        db: &str,
+        node: &str,
+        password: &secrecy::SecretString,
+    ) -> Result<()> {
+        use secrecy::ExposeSecret;
+        self.lock().patroni_users.insert(
+            (db.to_string(), node.to_string()),
+            password.expose_secret().to_string(),
+        );
+        Ok(())
+    }
+
+    async fn drop_patroni_users(&self, db: &str, node: Option<&str>) -> Result<()> {
+        self.lock()
+            .patroni_users
+            .retain(|(d, n), _| d != db || node.is_some_and(|node| node != n));
         Ok(())
     }
 }

@@ -156,6 +156,22 @@ pub trait StateStore: Send + Sync {
 
     /// Deletes Patroni's keys of one node of `db`, or of all its nodes when `node` is None.
     async fn forget_patroni(&self, db: &str, node: Option<&str>) -> Result<()>;
+
+    // ---- the etcd users Patroni logs in as (ADR 017) ----
+
+    /// Makes sure node `node` of `db` has its etcd user, with `password`, whose role reaches
+    /// that node's Patroni keys and nothing else. Idempotent. Not fenced: etcd's user
+    /// management takes no compare.
+    async fn ensure_patroni_user(
+        &self,
+        db: &str,
+        node: &str,
+        password: &secrecy::SecretString,
+    ) -> Result<()>;
+
+    /// Deletes the etcd users and roles of one node of `db`, or of all its nodes when `node`
+    /// is None; absent ones are fine. Nothing for a store that manages no users.
+    async fn drop_patroni_users(&self, db: &str, node: Option<&str>) -> Result<()>;
 }
 
 #[async_trait]
@@ -304,5 +320,18 @@ impl StateStore for crate::Store {
 
     async fn forget_patroni(&self, db: &str, node: Option<&str>) -> Result<()> {
         crate::Store::forget_patroni(self, db, node).await
+    }
+
+    async fn ensure_patroni_user(
+        &self,
+        db: &str,
+        node: &str,
+        password: &secrecy::SecretString,
+    ) -> Result<()> {
+        crate::Store::ensure_patroni_user(self, db, node, password).await
+    }
+
+    async fn drop_patroni_users(&self, db: &str, node: Option<&str>) -> Result<()> {
+        crate::Store::drop_patroni_users(self, db, node).await
     }
 }

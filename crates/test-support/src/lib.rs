@@ -102,6 +102,8 @@ pub struct EtcdServer {
     extra_args: Vec<String>,
     /// Addresses served besides 127.0.0.1, on the same client port.
     also_on: Vec<std::net::IpAddr>,
+    /// The `root` user's password once [`EtcdServer::enable_auth`] turned auth on.
+    root_password: Option<String>,
 }
 
 impl EtcdServer {
@@ -138,6 +140,7 @@ impl EtcdServer {
             peer_port: free_port(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             also_on,
+            root_password: None,
         };
         server.spawn();
         server
@@ -155,6 +158,77 @@ impl EtcdServer {
     /// `http://127.0.0.1:PORT`, for etcd clients.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Turns etcd's authentication on, as an operator would (`etcdctl user add root`,
+    /// `etcdctl auth enable`): a `root` user with `root_password` and the `root` role, then
+    /// auth. From then on every request needs a user's token; the member stays so across
+    /// [`EtcdServer::restart`] (auth lives in its data). Through etcd's JSON gateway, so no
+    /// etcdctl is needed. Panics, with etcd's answer, when a step is refused.
+    pub fn enable_auth(&mut self, root_password: &str) {
+        let password = json_string(root_password);
+        for (path, body) in [
+            (
+                "/v3/auth/user/add",
+                format!(r#"{{"name":"root","password":{password}}}"#),
+            ),
+            ("/v3/auth/role/add", r#"{"name":"root"}"#.to_string()),
+            (
+                "/v3/auth/user/grant",
+                r#"{"user":"root","role":"root"}"#.to_string(),
+            ),
+            ("/v3/auth/enable", "{}".to_string()),
+        ] {
+            let (status, answer) = self.gateway(path, &body, None);
+            assert_eq!(status, 200, "etcd refused {path}: {answer}");
+        }
+        self.root_password = Some(root_password.to_string());
+    }
+
+    /// The `root` user's password, once [`EtcdServer::enable_auth`] turned auth on.
+    pub fn root_password(&self) -> Option<&str> {
+        self.root_password.as_deref()
+    }
+
+    /// A token of the `root` user, for requests through the JSON gateway
+    /// ([`EtcdServer::gateway`]); None while auth is off.
+    pub fn root_token(&self) -> Option<String> {
+        let password = self.root_password.as_deref()?;
+        let body = format!(r#"{{"name":"root","password":{}}}"#, json_string(password));
+        let (status, answer) = self.gateway("/v3/auth/authenticate", &body, None);
+        assert_eq!(status, 200, "etcd refused root's login: {answer}");
+        let token = answer
+            .split(r#""token":""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no token in {answer}"));
+        Some(token.to_string())
+    }
+
+    /// POSTs `body` (JSON) to etcd's JSON gateway at `path` (`/v3/kv/range`, ...), with
+    /// `token` as its `Authorization` when given; returns the HTTP status and the body.
+    pub fn gateway(&self, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        let mut s = TcpStream::connect(&addr).expect("connect to etcd");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let auth = token
+            .map(|t| format!("Authorization: {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).expect("write to etcd");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read etcd's answer");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_string())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -261,6 +335,12 @@ fn http_health_ok(addr: &str) -> bool {
         body.push_str(&line);
     }
     body.contains("\"health\":\"true\"")
+}
+
+/// `s` as a JSON string literal (quotes and backslashes escaped; test passwords have no
+/// control characters).
+fn json_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn tail(path: &Path) -> String {
