@@ -1,5 +1,6 @@
 //! Generated passwords of a database: its superuser, its replication role, the user of its
-//! instances' Patroni REST API and the two managed roles of each service. Kept in etcd with every password sealed; never returned
+//! instances' Patroni REST API, the etcd user of each node's Patroni (ADR 017) and the two
+//! managed roles of each service. Kept in etcd with every password sealed; never returned
 //! by the API, never logged, and handed to containers only through their config files.
 //! Passwords are [`SecretString`]s: `Debug` prints `[REDACTED]`, and reading one takes an
 //! explicit `expose_secret()`.
@@ -31,6 +32,19 @@ pub struct DatabaseCredentials {
     /// Each Postgres instance's TLS certificate and key, by instance id.
     #[serde(default)]
     pub postgres_certs: BTreeMap<String, crate::postgres_tls::PostgresCert>,
+    /// The etcd user each node's Patroni logs in as, by node name (ADR 017); only while the
+    /// control plane holds etcd credentials. A removed node's entry stays until the
+    /// database goes: its user is dropped, and made again with it if the node comes back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub etcd_users: BTreeMap<String, EtcdUserCredentials>,
+}
+
+/// The password of a node's etcd user; the name is
+/// [`store::Keys::patroni_user`](store::Keys::patroni_user).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdUserCredentials {
+    #[serde(serialize_with = "expose")]
+    pub password: SecretString,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,7 +88,23 @@ impl DatabaseCredentials {
             restapi_password: generate_password(),
             services: BTreeMap::new(),
             postgres_certs: BTreeMap::new(),
+            etcd_users: BTreeMap::new(),
         }
+    }
+
+    /// Generates a password for the etcd user of each of `nodes` that has none. Returns
+    /// whether it did (then the document must be stored before any container is given it).
+    pub fn ensure_etcd_users<'a>(&mut self, nodes: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut added = false;
+        for node in nodes {
+            self.etcd_users.entry(node.to_string()).or_insert_with(|| {
+                added = true;
+                EtcdUserCredentials {
+                    password: generate_password(),
+                }
+            });
+        }
+        added
     }
 
     /// Generates the passwords Patroni needs that an older document lacks. Returns whether
@@ -282,6 +312,27 @@ mod tests {
         let kept = old.restapi_password.expose_secret().to_string();
         assert!(!old.ensure_patroni());
         assert_eq!(old.restapi_password.expose_secret(), kept);
+    }
+
+    /// A node's etcd password is made once, is never in `Debug`, and is sealed at rest like
+    /// the others (its key says `password`).
+    #[test]
+    fn etcd_users_are_made_once_and_sealed() {
+        let mut c = DatabaseCredentials::generate();
+        assert!(c.ensure_etcd_users(["n1", "n2"]));
+        let n1 = c.etcd_users["n1"].password.expose_secret().to_string();
+        assert!(!c.ensure_etcd_users(["n1"]));
+        assert_eq!(c.etcd_users["n1"].password.expose_secret(), n1);
+        assert!(!format!("{c:?}").contains(&n1));
+        let serde_json::Value::Object(mut doc) = serde_json::to_value(&c).unwrap() else {
+            panic!("an object")
+        };
+        store::SecretBox::from_key([3; 32]).seal(&mut doc, &spec::catalog::is_secret_key);
+        let sealed = serde_json::to_string(&doc).unwrap();
+        assert!(!sealed.contains(&n1), "{sealed}");
+        // A document without etcd users (the default) stores none.
+        let plain = serde_json::to_value(DatabaseCredentials::generate()).unwrap();
+        assert!(plain.get("etcd_users").is_none());
     }
 
     #[test]

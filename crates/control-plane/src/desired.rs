@@ -355,12 +355,23 @@ pub fn desired_instances(
                     }
                 }
             };
-            let conf = format!(
+            let mut conf = format!(
                 "superuser_password={}\nreplication_password={}\nrestapi_password={}\n{connect}",
                 creds.superuser_password.expose_secret(),
                 creds.replication_password.expose_secret(),
                 creds.restapi_password.expose_secret(),
             );
+            // The node's own etcd user (ADR 017), which the entrypoint hands Patroni in its
+            // environment like the passwords above.
+            if dcs.node_users
+                && let Some(user) = creds.etcd_users.get(&node.name)
+            {
+                conf.push_str(&format!(
+                    "etcd_username={}\netcd_password={}\n",
+                    store::Keys::new(&dcs.prefix).patroni_user(database_id, &node.name),
+                    user.password.expose_secret(),
+                ));
+            }
             let member = patroni::Member {
                 database_id,
                 node: &node.name,
@@ -671,6 +682,37 @@ mod tests {
                 )));
             }
         }
+    }
+
+    /// With etcd credentials, each node's instances get the node's etcd user in
+    /// `berth.conf` (never in `patroni.yml` or the environment); without, nothing changes.
+    #[test]
+    fn a_nodes_etcd_user_is_in_berth_conf_only_with_node_users() {
+        let mut c = creds();
+        c.ensure_etcd_users(["n1"]);
+        let password = c.etcd_users["n1"].password.expose_secret().to_string();
+        let spec = spec_with(mcp("m", None));
+        let without = build(&spec, &c, &one_engine());
+        assert!(!file(&without[0], "berth.conf").contains("etcd_"));
+        let users = patroni::Dcs {
+            node_users: true,
+            ..dcs()
+        };
+        let with =
+            desired_instances("db", &spec, &manifest(), &c, &one_engine(), CA, &users).unwrap();
+        for d in with.iter().filter(|d| d.plan.kind.node().is_some()) {
+            let conf = file(d, "berth.conf");
+            assert!(
+                conf.contains(&format!(
+                    "etcd_username=berth-patroni-db-n1\netcd_password={password}\n"
+                )),
+                "{conf}"
+            );
+            assert!(!file(d, "patroni.yml").contains(&password));
+            assert!(!format!("{:?}", d.spec.env).contains(&password));
+        }
+        // A new password is a new container.
+        assert_ne!(without[0].plan.spec_hash, with[0].plan.spec_hash);
     }
 
     #[test]

@@ -49,15 +49,25 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
         }
         None => Manifest::builtin(),
     };
-    let store = Store::connect(
+    let store = Store::connect_as(
         &settings.etcd_endpoints,
         &settings.etcd_prefix,
         secrets,
         spec::catalog::is_secret_key,
+        settings.etcd_credentials()?.as_ref(),
     )
     .await
     .with_context(|| format!("etcd at {}", settings.etcd_endpoints.join(",")))?;
-    Ok(AppState::new(store, manifest, settings.dcs()?))
+    let mut dcs = settings.dcs()?;
+    // With etcd credentials each node's Patroni gets an etcd user of its own (ADR 017).
+    dcs.node_users = store.manages_patroni_users();
+    if dcs.node_users {
+        tracing::info!(
+            logged_in = store.is_authenticated(),
+            "etcd credentials given: each Postgres node's Patroni logs in as an etcd user of its own"
+        );
+    }
+    Ok(AppState::new(store, manifest, dcs))
 }
 
 /// A running replica, until `shutdown` resolves.

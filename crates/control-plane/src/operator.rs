@@ -84,11 +84,12 @@ async fn client_cert(settings: &Settings, name: &str, dir: &std::path::Path) -> 
     );
     let secrets = SecretBox::load_or_create(&key_file)
         .with_context(|| format!("secret key {}", key_file.display()))?;
-    let store = Store::connect(
+    let store = Store::connect_as(
         &settings.etcd_endpoints,
         &settings.etcd_prefix,
         secrets,
         spec::catalog::is_secret_key,
+        settings.etcd_credentials()?.as_ref(),
     )
     .await
     .with_context(|| format!("etcd at {}", settings.etcd_endpoints.join(",")))?;
@@ -113,11 +114,12 @@ async fn connect(settings: &Settings) -> anyhow::Result<Store> {
     // Nothing this command reads or writes is sealed: a throwaway key keeps it from touching
     // (or creating) the replicas' key file.
     let unused = SecretBox::from_key(rand::random());
-    Store::connect(
+    Store::connect_as(
         &settings.etcd_endpoints,
         &settings.etcd_prefix,
         unused,
         spec::catalog::is_secret_key,
+        settings.etcd_credentials()?.as_ref(),
     )
     .await
     .with_context(|| format!("etcd at {}", settings.etcd_endpoints.join(",")))

@@ -26,6 +26,14 @@ pub struct Settings {
     /// Every key this deployment writes starts with this prefix.
     #[arg(long, env = "BERTH_ETCD_PREFIX", default_value = "/berth")]
     pub etcd_prefix: String,
+    /// The etcd user this replica logs in as, when etcd's authentication is on (ADR 017). It
+    /// needs the `root` role: with it, every Postgres node's Patroni gets an etcd user whose
+    /// role reaches only that node's keys. Without it, Patroni gets none.
+    #[arg(long, env = "BERTH_ETCD_USERNAME", requires = "etcd_password_file")]
+    pub etcd_username: Option<String>,
+    /// A file holding the password of --etcd-username (its first line; never logged).
+    #[arg(long, env = "BERTH_ETCD_PASSWORD_FILE", requires = "etcd_username")]
+    pub etcd_password_file: Option<PathBuf>,
     /// etcd client URLs as containers on every host reach them, comma separated: Patroni's
     /// DCS in each Postgres container (ADR 016). Default: --etcd-endpoints, which only works
     /// when those are addresses containers can dial (not 127.0.0.1).
@@ -120,6 +128,8 @@ pub enum SettingsError {
         "--api-client-certs needs the API to serve TLS: give --api-tls-names, or --api-tls-cert and --api-tls-key"
     )]
     ClientCertsWithoutTls,
+    #[error("--etcd-password-file {path}: {error}")]
+    EtcdPasswordFile { path: String, error: String },
     #[error("--dcs-endpoints: {0}")]
     Dcs(String),
 }
@@ -151,6 +161,27 @@ impl Settings {
         self.key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+
+    /// The etcd login of --etcd-username and --etcd-password-file (the file's first line),
+    /// or None without them. Errors: the file cannot be read, or its first line is empty.
+    pub fn etcd_credentials(&self) -> Result<Option<store::EtcdCredentials>, SettingsError> {
+        let (Some(username), Some(path)) = (&self.etcd_username, &self.etcd_password_file) else {
+            return Ok(None);
+        };
+        let failed = |error: String| SettingsError::EtcdPasswordFile {
+            path: path.display().to_string(),
+            error,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        let password = text.lines().next().unwrap_or_default();
+        if password.is_empty() {
+            return Err(failed("its first line is empty".into()));
+        }
+        Ok(Some(store::EtcdCredentials {
+            username: username.clone(),
+            password: password.to_string().into(),
+        }))
     }
 
     /// The names the fleet CA issues the API's certificate for (empty ones dropped: an empty
@@ -257,6 +288,42 @@ mod tests {
         .unwrap();
         assert_eq!(d.hosts, ["172.17.0.1:23790", "172.17.0.1:23791"]);
         assert_eq!((d.protocol.as_str(), d.prefix.as_str()), ("http", "/berth"));
+    }
+
+    #[test]
+    fn etcd_credentials_come_from_a_file_and_are_never_printed() {
+        assert!(settings(&[]).etcd_credentials().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("etcd-password");
+        std::fs::write(&file, "s3cret-etcd-pw\n").unwrap();
+        let s = settings(&[
+            "--etcd-username",
+            "root",
+            "--etcd-password-file",
+            file.to_str().unwrap(),
+        ]);
+        let c = s.etcd_credentials().unwrap().unwrap();
+        assert_eq!(c.username, "root");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&c.password),
+            "s3cret-etcd-pw"
+        );
+        for debug in [format!("{s:?}"), format!("{c:?}")] {
+            assert!(!debug.contains("s3cret"), "{debug}");
+        }
+        std::fs::write(&file, "\n").unwrap();
+        assert!(s.etcd_credentials().is_err());
+        let missing = settings(&[
+            "--etcd-username",
+            "root",
+            "--etcd-password-file",
+            "/nonexistent/etcd-password",
+        ]);
+        let e = missing.etcd_credentials().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/etcd-password"), "{e}");
+        // One without the other is refused by the parser.
+        let alone = Settings::try_parse_from(["berth-control-plane", "--etcd-username", "root"]);
+        assert!(alone.is_err());
     }
 
     #[test]

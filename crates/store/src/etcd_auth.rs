@@ -39,14 +39,18 @@ pub(crate) struct AuthState {
     manages_users: bool,
     /// The store's client logged in (credentials given and etcd's auth enabled).
     authenticated: bool,
-    /// The Patroni users this process made sure of, with the password each was given: a
-    /// pass over a database then costs no etcd request. A new process (a new leader) makes
-    /// sure of each once more.
-    ensured: Mutex<HashMap<String, SecretString>>,
+    /// The Patroni users this process made sure of, with the leadership (its fence's create
+    /// revision) and the password each was made under: a pass over a database then costs no
+    /// etcd request. A new leadership makes sure of each once more, since another leader may
+    /// have dropped users meanwhile.
+    ensured: Mutex<HashMap<String, Ensured>>,
 }
 
+/// A user [`Store::ensure_patroni_user`] made sure of: under which fence, with which password.
+type Ensured = (Option<i64>, SecretString);
+
 impl AuthState {
-    fn ensured(&self) -> std::sync::MutexGuard<'_, HashMap<String, SecretString>> {
+    fn ensured(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ensured>> {
         self.ensured.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -127,7 +131,8 @@ impl Store {
     /// Makes sure node `node` of `db` has its etcd user ([`crate::Keys::patroni_user`]) with
     /// `password`, holding only the role of the same name, which grants `readwrite` on the
     /// node's keys ([`crate::Keys::patroni_node`]) and nothing else. Idempotent; a user this
-    /// process already made sure of with the same password costs no request.
+    /// handle's leadership (its fence) already made sure of with the same password costs no
+    /// request.
     ///
     /// Errors: etcd refuses (the store's user lacks the `root` role), or is unreachable.
     pub async fn ensure_patroni_user(
@@ -137,11 +142,12 @@ impl Store {
         password: &SecretString,
     ) -> Result<()> {
         let name = self.keys.patroni_user(db, node);
+        let leadership = self.fence.as_ref().map(|f| f.create_revision);
         if self
             .auth
             .ensured()
             .get(&name)
-            .is_some_and(|p| p.expose_secret() == password.expose_secret())
+            .is_some_and(|(l, p)| *l == leadership && p.expose_secret() == password.expose_secret())
         {
             return Ok(());
         }
@@ -183,7 +189,9 @@ impl Store {
         if !user.roles().contains(&name) {
             auth.user_grant_role(name.as_str(), name.as_str()).await?;
         }
-        self.auth.ensured().insert(name, password.clone());
+        self.auth
+            .ensured()
+            .insert(name, (leadership, password.clone()));
         Ok(())
     }
 

@@ -255,20 +255,39 @@ impl Fleet {
             None,
             manifest.map(Path::to_path_buf),
             DEFAULT_LOG_FILTER,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`Fleet::start`] on an etcd whose authentication is on (ADR 017): the control
+    /// plane logs in as `root` (--etcd-username, --etcd-password-file) and gives each
+    /// Postgres node's Patroni an etcd user of its own. The root password is
+    /// `fleet.etcd.root_password()`.
+    pub async fn start_with_etcd_auth(agents: usize) -> Fleet {
+        let local = workspace_root().join("specs/service-versions.local.json");
+        let password = format!("root-{:08x}", rand::random::<u32>());
+        Fleet::start_full(
+            agents,
+            1,
+            None,
+            Some(local),
+            DEFAULT_LOG_FILTER,
+            Some(&password),
         )
         .await
     }
 
     async fn start_on(agents: usize, replicas: usize, net: Option<NetFleet>) -> Fleet {
         let local = workspace_root().join("specs/service-versions.local.json");
-        Fleet::start_full(agents, replicas, net, Some(local), DEFAULT_LOG_FILTER).await
+        Fleet::start_full(agents, replicas, net, Some(local), DEFAULT_LOG_FILTER, None).await
     }
 
     /// Like [`Fleet::start`], every process logging at `log_filter` (BERTH_LOG), e.g.
     /// `debug` for a test that reads the logs whole.
     pub async fn start_logging(agents: usize, log_filter: &'static str) -> Fleet {
         let local = workspace_root().join("specs/service-versions.local.json");
-        Fleet::start_full(agents, 1, None, Some(local), log_filter).await
+        Fleet::start_full(agents, 1, None, Some(local), log_filter, None).await
     }
 
     async fn start_full(
@@ -277,6 +296,7 @@ impl Fleet {
         net: Option<NetFleet>,
         manifest: Option<PathBuf>,
         log_filter: &'static str,
+        etcd_root_password: Option<&str>,
     ) -> Fleet {
         docker(&["version", "--format", "{{.Server.Version}}"]);
         let prefix = format!("t{:05x}", rand::random::<u32>() & 0xfffff);
@@ -300,6 +320,9 @@ impl Fleet {
             net,
             log_filter,
         };
+        if let Some(password) = etcd_root_password {
+            fleet.etcd.enable_auth(password);
+        }
         for _ in 0..replicas.max(1) {
             fleet.add_control_plane();
         }
@@ -369,6 +392,12 @@ impl Fleet {
         ];
         if let Some(m) = &self.manifest {
             args.push(format!("--manifest={}", m.display()));
+        }
+        if let Some(password) = self.etcd.root_password() {
+            let file = self.dir.path().join("etcd-root-password");
+            std::fs::write(&file, password).expect("write etcd's root password");
+            args.push("--etcd-username=root".into());
+            args.push(format!("--etcd-password-file={}", file.display()));
         }
         let mut proc = Proc {
             log_filter: self.log_filter,
@@ -611,13 +640,14 @@ impl Fleet {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let body = json!({"key": b64.encode("/berth/leader")});
-        let resp = self
+        let mut request = self
             .http
             .post(format!("{}/v3/kv/range", self.etcd.endpoint()))
-            .json(&body)
-            .send()
-            .await
-            .ok()?;
+            .json(&body);
+        if let Some(token) = self.etcd.root_token() {
+            request = request.header("Authorization", token);
+        }
+        let resp = request.send().await.ok()?;
         let v: Value = resp.json().await.ok()?;
         let value = v["kvs"][0]["value"].as_str()?;
         String::from_utf8(b64.decode(value).ok()?).ok()

@@ -31,6 +31,10 @@ const _: () = assert!(TTL > LOOP_WAIT + 2 * RETRY_TIMEOUT);
 /// Patroni's DCS: the fleet's etcd, as containers reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dcs {
+    /// Each node's Patroni logs in to etcd as the node's own user, whose role reaches only
+    /// the node's keys (ADR 017): the control plane holds etcd credentials. The user and
+    /// password go in `berth.conf`, never in `patroni.yml`.
+    pub node_users: bool,
     /// `host:port` of each etcd member, as reachable from containers on every host.
     pub hosts: Vec<String>,
     /// `http` or `https`.
@@ -57,6 +61,7 @@ impl Dcs {
         }
         let protocol = protocol.ok_or("no DCS endpoint given")?;
         Ok(Dcs {
+            node_users: false,
             hosts,
             protocol: protocol.to_string(),
             prefix: prefix.to_string(),

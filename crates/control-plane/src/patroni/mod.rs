@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dcs;
+pub mod etcd_auth;
 pub mod rest;
 pub mod takeover;
 pub mod watch;

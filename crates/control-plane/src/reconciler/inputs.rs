@@ -93,6 +93,10 @@ pub(crate) fn desired_state(
     }
     let added = creds.ensure_services(db.spec.services.iter().map(|s| s.service_id.as_str()));
     let added = creds.ensure_patroni() || added;
+    // Each node's own etcd user, while the control plane holds etcd credentials (ADR 017).
+    let added = (ctx.dcs.node_users
+        && creds.ensure_etcd_users(db.spec.nodes.iter().map(|n| n.name.as_str())))
+        || added;
     let names = postgres_cert_names(database_id, &db.spec, &topology);
     let issued = crate::postgres_tls::ensure_certs(
         &mut creds.postgres_certs,

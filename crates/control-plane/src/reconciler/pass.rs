@@ -366,6 +366,8 @@ impl Reconciler {
             // Passwords and keys are durable before any container is given them.
             self.put_credentials(database_id, &creds).await?;
         }
+        // Each node's etcd user exists before a container logs in with it (ADR 017).
+        crate::patroni::etcd_auth::ensure_users(&*self.store, &self.dcs, &db, &creds).await?;
         let patroni = crate::patroni::read(&*self.store, database_id).await?;
         Ok(Loaded::Pass(Box::new(Pass {
             db,
@@ -515,6 +517,7 @@ impl Reconciler {
             // Patroni's keys go with the database: an instance left on an unreachable host
             // is removed when it comes back, and a new database of this id starts afresh.
             self.store.forget_patroni(id, None).await?;
+            crate::patroni::etcd_auth::drop_users(&*self.store, &self.dcs, &pass.db, None).await?;
             pass.log
                 .line(format!("database {id} deleted"), Map::new())
                 .await?;

@@ -154,12 +154,14 @@ impl Reconciler {
                 .switchover_step(pass, node, instance_id, host_id, candidate)
                 .await
                 .map(|_| None),
-            Step::ForgetNode { node } => self
-                .store
-                .forget_patroni(&pass.db.record.id, Some(node))
-                .await
-                .map(|_| None)
-                .map_err(ReconcileError::from),
+            Step::ForgetNode { node } => {
+                let id = &pass.db.record.id;
+                self.store.forget_patroni(id, Some(node)).await?;
+                // The node's etcd user goes with its keys (ADR 017).
+                let (store, dcs) = (&*self.store, &self.dcs);
+                crate::patroni::etcd_auth::drop_users(store, dcs, &pass.db, Some(node)).await?;
+                Ok(None)
+            }
             Step::CreateRoles { service_id } => {
                 self.roles(pass, service_id, true).await.map(|_| None)
             }

@@ -53,6 +53,8 @@ impl ControlPlane {
             grpc_listen: format!("127.0.0.1:{grpc}").parse().unwrap(),
             etcd_endpoints: vec![etcd.endpoint()],
             etcd_prefix: "/berth".into(),
+            etcd_username: None,
+            etcd_password_file: None,
             dcs_endpoints: vec![],
             data_dir: dir.path().to_path_buf(),
             key_file: None,
