@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Shown at the end of `berth --help`: what each exit code means.
@@ -146,6 +147,131 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    #[command(flatten)]
+    Operation(OperationCommand),
+}
+
+/// The high-availability operations on a running database's Postgres instances, each a
+/// task of the database carried out through the instances' Patroni
+/// ([`crate::commands::operations`]).
+#[derive(Debug, Subcommand)]
+pub enum OperationCommand {
+    /// Hand a node's primary role over to a replica that has caught up (planned, no data lost).
+    ///
+    /// Patroni demotes the node's primary and promotes a replica that streams from it and has
+    /// caught up: --candidate, or the one Patroni picks. The old primary rejoins as a replica;
+    /// clients connected to it are disconnected. With --at, Patroni switches over at that
+    /// time, and the task ends once it is scheduled. Refused (exit 3) when the node has no
+    /// primary or no replica that has caught up: a lost primary is replaced by a failover.
+    Switchover {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The replica to promote (an instance id of the node); by default Patroni picks one.
+        #[arg(long, value_name = "INSTANCE")]
+        candidate: Option<String>,
+        #[command(flatten)]
+        at: AtArg,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Promote a replica of a node whose primary is lost.
+    ///
+    /// Patroni promotes --candidate, or the running replica that lags least, without the
+    /// primary's consent: what the replica had not received yet is lost. Refused (exit 3)
+    /// while the node's primary is healthy, which a switchover moves without loss, unless
+    /// --skip-validation.
+    Failover {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The replica to promote (an instance id of the node); by default the running replica
+        /// that lags least.
+        #[arg(long, value_name = "INSTANCE")]
+        candidate: Option<String>,
+        /// Fail over even while the node's primary is healthy.
+        #[arg(long)]
+        skip_validation: bool,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Restart a Postgres instance's Postgres through its Patroni.
+    ///
+    /// Patroni restarts Postgres inside the instance's container (which stays), now or, with
+    /// --at, at that time: the task then ends once the restart is scheduled.
+    Restart {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(flatten)]
+        at: AtArg,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Stop a Postgres instance: its container goes, its data directory stays.
+    ///
+    /// A primary first hands over to a replica that has caught up (a switchover). The instance
+    /// stays stopped, data directory and host port kept, until `berth start`. Refused (exit 3)
+    /// when it is its node's last running instance, or a primary no replica can take over
+    /// from, unless --force.
+    Stop {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Stop it even when that stops its node, or leaves the node without a primary.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Start a stopped Postgres instance again, on its kept data directory.
+    ///
+    /// Its Patroni rejoins the node, as a replica when another instance is the primary.
+    /// Starting a running instance changes nothing.
+    Start {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+}
+
+/// A node of a database, as the operations on a node name it.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The database id.
+    pub id: String,
+    /// The node's name (`nodes[].name` in the spec).
+    pub node: String,
+}
+
+/// A Postgres instance of a database.
+#[derive(Debug, Args)]
+pub struct InstanceArgs {
+    /// The database id.
+    pub id: String,
+    /// The Postgres instance's id (`berth get database ID` lists them).
+    pub instance: String,
+}
+
+/// `--at TIME` of an operation Patroni can schedule.
+#[derive(Debug, Args)]
+pub struct AtArg {
+    /// When Patroni carries it out: an RFC 3339 time in the future, such as
+    /// 2030-01-01T22:00:00Z; by default now.
+    #[arg(long = "at", value_name = "TIME", value_parser = rfc3339)]
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// `--wait` of a command that starts a task.
+#[derive(Debug, Args)]
+pub struct WaitArg {
+    /// Follow the task until it ends, one line per step; the exit code says how it ended.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Reads `--at`: RFC 3339, any offset, kept in UTC.
+fn rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e}: expected an RFC 3339 time such as 2030-01-01T22:00:00Z"))
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,8 @@
 //! - [`follow`]: a task's log as a stream, reopened when it breaks, then the task's end.
 //! - [`progress`]: the live display of a followed task, one line per step.
 //! - [`table`]: tables for people; `-o json` prints the API's JSON instead.
-//! - [`commands`]: one module per group of subcommands.
+//! - [`commands`]: one module per group of subcommands (`operations`: switchover, failover,
+//!   restart, stop and start of Postgres instances).
 //!
 //! The API's types come from the `spec` crate, the same ones the control plane serves.
 

@@ -21,6 +21,27 @@ impl Run {
         )
     }
 
+    /// Asserts that a followed task of `task_type` completed: exit 0, its ending line last.
+    fn completed(&self, task_type: &str) {
+        assert_eq!(self.code, 0, "{}", self.show());
+        let ending = format!("{task_type} task ");
+        assert!(
+            self.stdout
+                .lines()
+                .last()
+                .is_some_and(|l| l.starts_with(&ending) && l.contains(" completed in ")),
+            "{}",
+            self.show()
+        );
+    }
+
+    /// Asserts that the API refused the request with the error `name`: exit 3, named first.
+    fn refused(&self, name: &str) {
+        assert_eq!(self.code, 3, "{}", self.show());
+        let first = format!("error: {name}: ");
+        assert!(self.stderr.starts_with(&first), "{}", self.show());
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("-o json did not print JSON ({e}):\n{}", self.show()))
@@ -83,15 +104,7 @@ async fn apply_wait_get_dry_run_logs_and_delete_the_seed_example() {
     let body = json!({"id": db, "spec": seed_spec("example", &h1, "claude-sonnet-4-5")});
     std::fs::write(&create, body.to_string()).unwrap();
     let run = berth(&api, &["apply", "-f", create.to_str().unwrap(), "--wait"]);
-    assert_eq!(run.code, 0, "{}", run.show());
-    assert!(
-        run.stdout
-            .lines()
-            .last()
-            .is_some_and(|l| l.starts_with("create task ") && l.contains(" completed in ")),
-        "{}",
-        run.show()
-    );
+    run.completed("create");
 
     let tasks = berth(&api, &["get", "tasks", &db, "-o", "json"]);
     assert_eq!(tasks.code, 0, "{}", tasks.show());
@@ -229,27 +242,17 @@ async fn apply_wait_get_dry_run_logs_and_delete_the_seed_example() {
 
     // The same file applied for real is an update (the database exists).
     let update = berth(&api, &["apply", "-f", changed_arg, "--id", &db, "--wait"]);
-    assert_eq!(update.code, 0, "{}", update.show());
-    assert!(
-        update
-            .stdout
-            .lines()
-            .last()
-            .is_some_and(|l| l.starts_with("update task ")),
-        "{}",
-        update.show()
-    );
+    update.completed("update");
+
+    // The operations on instances: an unknown one is the API's 404 (exit 3); a restart of
+    // the single instance by its Patroni, followed, completes.
+    berth(&api, &["stop", &db, &format!("{db}-n9-{h1}")]).refused("not_found");
+    berth(&api, &["restart", &db, &format!("{db}-n1-{h1}"), "--wait"])
+        .completed("restart_instance");
 
     // delete --wait, then the database is gone: a 404 is a refusal, exit 3.
-    let deleted = berth(&api, &["delete", &db, "--wait"]);
-    assert_eq!(deleted.code, 0, "{}", deleted.show());
-    let gone = berth(&api, &["get", "database", &db]);
-    assert_eq!(gone.code, 3, "{}", gone.show());
-    assert!(
-        gone.stderr.starts_with("error: not_found: "),
-        "{}",
-        gone.show()
-    );
+    berth(&api, &["delete", &db, "--wait"]).completed("delete");
+    berth(&api, &["get", "database", &db]).refused("not_found");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use spec::{CreateDatabaseResponse, DryRunPlan};
 
-use super::tasks::{submitted, wait};
+use super::tasks::started;
 use super::{Ctx, out, out_json};
 use crate::args::{ApplyArgs, Output};
 use crate::client::decode;
@@ -51,12 +51,7 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<Exit, CliError> {
         .json(Method::POST, &segments, &[], Some(&request))
         .await?;
     let answer: CreateDatabaseResponse = decode("the answer", v.clone())?;
-    if args.wait {
-        wait(ctx, &answer.task).await
-    } else {
-        submitted(ctx, &v, &answer.task);
-        Ok(Exit::Ok)
-    }
+    started(ctx, &v, &answer.task, args.wait).await
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 mod apply;
 mod get;
+pub mod operations;
 mod tasks;
 
 use std::io::Write;
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Logs(l) => tasks::logs(&ctx, l).await,
         Command::Cancel { id, task } => tasks::cancel(&ctx, &id, &task).await,
         Command::Delete { id, wait } => tasks::delete(&ctx, &id, wait).await,
+        Command::Operation(op) => operations::run(&ctx, op).await,
     }
 }
 

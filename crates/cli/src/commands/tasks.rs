@@ -1,4 +1,5 @@
-//! `berth logs`, `berth cancel`, `berth delete`, and following a task to its end.
+//! `berth logs`, `berth cancel`, `berth delete`, and following a task to its end: what
+//! every command that starts a task does next ([`started`]).
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -241,11 +242,7 @@ pub async fn delete(ctx: &Ctx, id: &str, wait_for_it: bool) -> Result<Exit, CliE
         Err(e) => return Err(e),
     };
     let task: Task = decode("the delete task", v["task"].clone())?;
-    if wait_for_it {
-        return wait(ctx, &task).await;
-    }
-    submitted(ctx, &v, &task);
-    Ok(Exit::Ok)
+    started(ctx, &v, &task, wait_for_it).await
 }
 
 /// Whether the API refused a delete because one is already under way: `409
@@ -277,8 +274,24 @@ async fn running_delete(ctx: &Ctx, id: &str) -> Result<Option<(Task, Value)>, Cl
         .filter(|(t, _)| !t.status.is_terminal()))
 }
 
+/// What a request that started `task` (the API's `answer`, as it came) does next: follows
+/// the task to its end with `--wait` ([`wait`]), or else prints its id (the answer with `-o
+/// json`) and returns at once.
+pub async fn started(
+    ctx: &Ctx,
+    answer: &Value,
+    task: &Task,
+    wait_for_it: bool,
+) -> Result<Exit, CliError> {
+    if wait_for_it {
+        return wait(ctx, task).await;
+    }
+    submitted(ctx, answer, task);
+    Ok(Exit::Ok)
+}
+
 /// What a request that started a task prints when it is not followed.
-pub fn submitted(ctx: &Ctx, answer: &Value, task: &Task) {
+fn submitted(ctx: &Ctx, answer: &Value, task: &Task) {
     if ctx.output == Output::Json {
         out_json(answer);
     } else {
