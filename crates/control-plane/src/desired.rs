@@ -242,6 +242,7 @@ fn finish(
             waiting: false,
             host_ports,
             bootstrap: false,
+            stopped: false,
         },
         spec,
         waiting_for: None,

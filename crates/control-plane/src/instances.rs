@@ -20,6 +20,8 @@ pub enum Phase {
     Running,
     Failed,
     Deleting,
+    /// Stopped by `stop-instance`: no container, the data directory kept.
+    Stopped,
 }
 
 /// The last observation of an instance, in the API's terms.
@@ -159,6 +161,7 @@ pub enum View {
 fn postgres_state(phase: Phase, member: Option<&PatroniMember>) -> PgState {
     match (phase, member.map(|m| m.state.as_str())) {
         (Phase::Failed, _) => PgState::Failed,
+        (Phase::Stopped, _) => PgState::Stopped,
         (Phase::Creating | Phase::Deleting, _) => PgState::Creating,
         (Phase::Running, Some("running" | "streaming" | "in archive recovery")) => {
             PgState::Available
@@ -227,7 +230,8 @@ pub fn api_view(
                 (true, _) => ServiceInstanceState::Unknown,
                 (_, Phase::Creating) => ServiceInstanceState::Creating,
                 (_, Phase::Running) => ServiceInstanceState::Running,
-                (_, Phase::Failed) => ServiceInstanceState::Failed,
+                // Only Postgres instances are stopped by request.
+                (_, Phase::Failed | Phase::Stopped) => ServiceInstanceState::Failed,
                 (_, Phase::Deleting) => ServiceInstanceState::Deleting,
             },
             status: Some(ServiceInstanceStatus {

@@ -10,6 +10,7 @@ pub mod gauges;
 pub mod hosts;
 pub mod instances;
 pub mod leader;
+pub(crate) mod operations;
 pub mod operator;
 pub mod patroni;
 pub mod postgres_tls;

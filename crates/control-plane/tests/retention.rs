@@ -32,6 +32,8 @@ fn record(id: &str, generation: u64, task_id: &str) -> DatabaseRecord {
         current_task_id: Some(task_id.into()),
         tenant_id: None,
         forced_generation: 0,
+        operation: None,
+        stopped_instances: Default::default(),
     }
 }
 

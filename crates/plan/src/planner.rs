@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::postgres::{Nodes, Place};
 use crate::types::{
-    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, PatroniNode, Plan,
-    PlanInput, Resources, Step, Wait,
+    AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, ObservedStatus,
+    PatroniNode, Plan, PlanInput, Resources, Step, Wait,
 };
 
 /// Phases, in execution order. Each exists because of a dependency of a later one.
@@ -73,6 +73,22 @@ pub fn plan(input: &PlanInput) -> Plan {
 
     for (key, d) in &desired {
         if !reachable(&d.host_id) || d.waiting {
+            continue;
+        }
+        if d.stopped {
+            if observed
+                .get(key)
+                .is_some_and(|o| o.status != ObservedStatus::Missing)
+            {
+                push(
+                    &mut phases,
+                    Phase::PostgresRemoves,
+                    Step::Stop {
+                        instance_id: d.instance_id.clone(),
+                        host_id: d.host_id.clone(),
+                    },
+                );
+            }
             continue;
         }
         let phase = match &d.kind {
@@ -176,7 +192,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         .filter(|s| matches!(s, Step::Apply { .. }))
         .filter_map(Step::instance_id)
         .collect();
-    let primaries_ready = nodes.0.values().filter(|n| !n.desired.is_empty()).all(|n| {
+    let primaries_ready = nodes.0.values().filter(|n| n.runs()).all(|n| {
         n.leader().is_some_and(|l| {
             n.leader_running()
                 && !replaced.contains(l)

@@ -49,7 +49,7 @@ fn effect<'a>(
                 takes: wanted.difference(&held).copied().collect(),
             })
         }
-        Step::Remove { .. } => Some(Effect {
+        Step::Remove { .. } | Step::Stop { .. } => Some(Effect {
             host,
             frees: held,
             takes: BTreeSet::new(),

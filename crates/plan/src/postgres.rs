@@ -34,6 +34,11 @@ impl<'a> Node<'a> {
         self.existing.is_empty()
     }
 
+    /// Some desired instance of it is to run (not every one is stopped).
+    pub fn runs(&self) -> bool {
+        self.desired.iter().any(|d| !d.stopped)
+    }
+
     /// The instance holding the leader key. A new node has none: keys left from an earlier
     /// node of that name name no instance of this one (they are forgotten first).
     pub fn leader(&self) -> Option<&'a str> {
@@ -63,6 +68,7 @@ impl<'a> Node<'a> {
         let patroni = self.patroni?;
         self.desired
             .iter()
+            .filter(|d| !d.stopped)
             .map(|d| d.instance_id.as_str())
             .find(|id| patroni.can_take_over(id))
     }
@@ -96,13 +102,14 @@ impl<'a> Node<'a> {
     /// so, to stream from the leader).
     pub fn waits(&self, name: &str, reachable: &dyn Fn(&str) -> bool) -> Vec<String> {
         let mut out = Vec::new();
-        if self.leader().is_none() && !self.fresh() {
+        // A node whose every instance is stopped has no primary on purpose.
+        if self.leader().is_none() && !self.fresh() && self.runs() {
             out.push(format!(
                 "node {name} has no primary: waiting for Patroni to elect one"
             ));
         }
         for d in &self.desired {
-            if !reachable(&d.host_id) || d.waiting {
+            if !reachable(&d.host_id) || d.waiting || d.stopped {
                 continue;
             }
             match self.patroni.and_then(|p| p.members.get(&d.instance_id)) {

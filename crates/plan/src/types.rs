@@ -64,6 +64,10 @@ pub struct DesiredInstance {
     /// initialises a new node. Once the node exists, Patroni's leader decides instead.
     #[serde(default)]
     pub bootstrap: bool,
+    /// Stopped by `stop-instance`: its container is kept away (a [`Step::Stop`] when one
+    /// runs) and its data directory kept; the node neither waits for it nor hands over to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// What an agent reports about a container.
@@ -273,6 +277,12 @@ pub enum Step {
         instance_id: String,
         host_id: String,
     },
+    /// Remove the container of a stopped instance, keeping its data directory, its host
+    /// ports and its record, for a later start.
+    Stop {
+        instance_id: String,
+        host_id: String,
+    },
     CreateRoles {
         service_id: String,
     },
@@ -303,6 +313,7 @@ impl Step {
             Step::Apply { host_id, .. }
             | Step::Resize { host_id, .. }
             | Step::Remove { host_id, .. }
+            | Step::Stop { host_id, .. }
             | Step::Switchover { host_id, .. } => Some(host_id),
             Step::CreateRoles { .. } | Step::DropRoles { .. } | Step::ForgetNode { .. } => None,
         }
@@ -315,6 +326,7 @@ impl Step {
             Step::Apply { instance_id, .. }
             | Step::Resize { instance_id, .. }
             | Step::Remove { instance_id, .. }
+            | Step::Stop { instance_id, .. }
             | Step::Switchover { instance_id, .. } => Some(instance_id),
             Step::CreateRoles { .. } | Step::DropRoles { .. } | Step::ForgetNode { .. } => None,
         }
@@ -334,6 +346,10 @@ impl Step {
                 ..
             }
             | Step::Remove {
+                instance_id,
+                host_id,
+            }
+            | Step::Stop {
                 instance_id,
                 host_id,
             }

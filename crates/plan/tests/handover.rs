@@ -106,6 +106,7 @@ fn input_of(l: &Layout) -> PlanInput {
                 waiting: false,
                 host_ports: [PORTS[*p]].into(),
                 bootstrap: false,
+                stopped: false,
             });
         }
     }
@@ -211,6 +212,7 @@ fn apply(input: &mut PlanInput, step: &Step) {
                 .applied
                 .retain(|r| !(&r.instance_id == instance_id && &r.host_id == host_id));
         }
+        Step::Stop { .. } => unreachable!("no instance of these inputs is stopped"),
         Step::DropRoles { service_id } => {
             input.roles.remove(service_id);
         }

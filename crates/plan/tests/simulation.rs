@@ -133,6 +133,7 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     waiting: false,
                     host_ports: Default::default(),
                     bootstrap: i == 0,
+                    stopped: false,
                 });
             }
         }
@@ -149,6 +150,7 @@ fn desired_set() -> impl Strategy<Value = Vec<DesiredInstance>> {
                     waiting: false,
                     host_ports: Default::default(),
                     bootstrap: false,
+                    stopped: false,
                 });
             }
         }
@@ -395,6 +397,7 @@ fn simulate(input: &PlanInput, plan: &Plan) -> PlanInput {
             Step::ForgetNode { node } => {
                 next.patroni.remove(node);
             }
+            Step::Stop { .. } => unreachable!("the simulation stops no instance"),
         }
         // What Patroni does with the instance the step changed.
         if let (Some(id), Some(InstanceKind::Postgres { node })) = (

@@ -41,6 +41,9 @@ pub enum InstanceState {
     Creating,
     Available,
     Failed,
+    /// Stopped by `stop-instance`: no container, its data directory kept, until a
+    /// `start-instance`.
+    Stopped,
     Unknown,
 }
 
@@ -155,6 +158,34 @@ pub enum TaskType {
     Reconcile,
     /// `DELETE /v1/hosts/{host_id}`: a task of scope `host`.
     RemoveHost,
+    /// `POST .../nodes/{node_name}/switchover` ([`crate::operations`]).
+    Switchover,
+    /// `POST .../nodes/{node_name}/failover`.
+    Failover,
+    /// `POST .../instances/{instance_id}/restart`.
+    RestartInstance,
+    /// `POST .../instances/{instance_id}/stop-instance`.
+    StopInstance,
+    /// `POST .../instances/{instance_id}/start-instance`.
+    StartInstance,
+}
+
+impl TaskType {
+    /// The API's name of the type (`create`, `restart_instance`, ...), as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Create => "create",
+            TaskType::Update => "update",
+            TaskType::Delete => "delete",
+            TaskType::Reconcile => "reconcile",
+            TaskType::RemoveHost => "remove_host",
+            TaskType::Switchover => "switchover",
+            TaskType::Failover => "failover",
+            TaskType::RestartInstance => "restart_instance",
+            TaskType::StopInstance => "stop_instance",
+            TaskType::StartInstance => "start_instance",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -393,6 +424,8 @@ pub enum PlannedAction {
     Resize,
     /// The container and its record go.
     Remove,
+    /// A stopped instance's container goes; its data directory and record stay.
+    Stop,
     /// A service's two managed Postgres roles are created on every node's primary.
     CreateRoles,
     /// A removed service's roles are dropped.

@@ -24,6 +24,7 @@ pub mod ident;
 pub mod limits;
 pub mod manifest;
 pub mod model;
+pub mod operations;
 pub mod parse;
 pub mod quantity;
 pub mod secrets;

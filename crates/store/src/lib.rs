@@ -20,6 +20,8 @@ mod state;
 mod tasks;
 pub mod tokens;
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -119,6 +121,14 @@ pub struct DatabaseRecord {
     /// instance's desired hash depends on it, so that update replaces each container once.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub forced_generation: u64,
+    /// The operation (switchover, failover, restart, stop or start of an instance) that
+    /// `current_task_id` carries, until the reconciler has carried it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<spec::operations::Operation>,
+    /// Instances stopped by `stop-instance`: their containers stay away, their data
+    /// directories stay, until `start-instance` (or a spec that drops them).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub stopped_instances: BTreeSet<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

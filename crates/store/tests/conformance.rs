@@ -29,6 +29,8 @@ fn record(id: &str, generation: u64, task: &Task) -> DatabaseRecord {
         current_task_id: Some(task.task_id.clone()),
         tenant_id: None,
         forced_generation: 0,
+        operation: None,
+        stopped_instances: Default::default(),
     }
 }
 

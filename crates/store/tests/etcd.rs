@@ -41,6 +41,8 @@ fn record(id: &str, generation: u64) -> DatabaseRecord {
         current_task_id: None,
         tenant_id: None,
         forced_generation: 0,
+        operation: None,
+        stopped_instances: Default::default(),
     }
 }
 

@@ -146,7 +146,7 @@ async fn check_primaries(app: &AppState, id: &str, spec: &DatabaseSpec) -> Resul
     }))
 }
 
-async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
+pub(super) async fn stored(app: &AppState, id: &str) -> Result<StoredDatabase, ApiError> {
     app.store
         .get_database(id)
         .await?
@@ -198,6 +198,8 @@ pub(crate) async fn create(
         current_task_id: Some(task.task_id.clone()),
         tenant_id: request.tenant_id,
         forced_generation: 0,
+        operation: None,
+        stopped_instances: Default::default(),
     };
     if dry_run {
         if app.store.get_database(&id).await?.is_some() {
@@ -304,11 +306,13 @@ pub(crate) async fn get(
 }
 
 /// The record of the next generation of a database, in `state`.
+/// An operation not carried out yet goes: the new spec's task supersedes its task.
 fn next_record(current: &DatabaseRecord, state: DatabaseState) -> DatabaseRecord {
     DatabaseRecord {
         state,
         updated_at: Utc::now(),
         generation: current.generation + 1,
+        operation: None,
         ..current.clone()
     }
 }

@@ -27,6 +27,13 @@ pub enum ApiError {
     PrimaryWouldBeLost(InvalidInput),
     #[error("{0}")]
     TaskNotCancelable(String),
+    /// Another task of the database is unfinished (409, the reference API's name).
+    #[error("{0}")]
+    OperationInProgress(String),
+    /// The node's state does not allow the operation now (409, naming the field or path
+    /// parameter that would allow it, like `InvalidInput`).
+    #[error("{0}")]
+    OperationNotPossible(InvalidInput),
     /// A fixed host port the spec asks for is held on that host by another database (409,
     /// with the offending field paths, like `InvalidInput`).
     #[error("{0}")]
@@ -59,6 +66,10 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PrimaryWouldBeLost(_) => (StatusCode::CONFLICT, "primary_would_be_lost"),
             ApiError::TaskNotCancelable(_) => (StatusCode::CONFLICT, "task_not_cancelable"),
+            ApiError::OperationInProgress(_) => {
+                (StatusCode::CONFLICT, "operation_already_in_progress")
+            }
+            ApiError::OperationNotPossible(_) => (StatusCode::CONFLICT, "operation_not_possible"),
             ApiError::PortTaken(_) => (StatusCode::CONFLICT, "port_taken"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -89,6 +100,7 @@ impl IntoResponse for ApiError {
         let errors: Vec<FieldError> = match &self {
             ApiError::InvalidInput(e)
             | ApiError::PortTaken(e)
+            | ApiError::OperationNotPossible(e)
             | ApiError::PrimaryWouldBeLost(e) => e.errors.clone(),
             _ => Vec::new(),
         };

@@ -12,6 +12,7 @@ pub mod error;
 mod host_tasks;
 mod hosts;
 mod openapi;
+mod operations;
 mod root;
 mod service_types;
 mod tasks;
@@ -55,6 +56,11 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/databases/{database_id}" => databases::get),
         route!(POST "/v1/databases/{database_id}" => databases::update),
         route!(DELETE "/v1/databases/{database_id}" => databases::delete),
+        route!(POST "/v1/databases/{database_id}/nodes/{node_name}/switchover" => operations::switchover),
+        route!(POST "/v1/databases/{database_id}/nodes/{node_name}/failover" => operations::failover),
+        route!(POST "/v1/databases/{database_id}/instances/{instance_id}/restart" => operations::restart),
+        route!(POST "/v1/databases/{database_id}/instances/{instance_id}/stop-instance" => operations::stop),
+        route!(POST "/v1/databases/{database_id}/instances/{instance_id}/start-instance" => operations::start),
         route!(GET "/v1/databases/{database_id}/tasks" => tasks::list),
         route!(GET "/v1/databases/{database_id}/tasks/{task_id}" => tasks::get),
         route!(GET "/v1/databases/{database_id}/tasks/{task_id}/log" => tasks::log),

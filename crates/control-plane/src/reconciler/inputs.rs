@@ -117,6 +117,7 @@ pub(crate) fn desired_state(
     .into_iter()
     .map(|mut d| {
         force(&mut d, db.record.forced_generation);
+        d.plan.stopped = db.record.stopped_instances.contains(&d.plan.instance_id);
         (d.plan.instance_id.clone(), d)
     })
     .collect();
@@ -215,6 +216,8 @@ pub(crate) fn observed_from_records(
                 Phase::Failed if r.observed.container_id.is_none() => plan::ObservedStatus::Missing,
                 Phase::Failed => plan::ObservedStatus::Failed,
                 Phase::Deleting => plan::ObservedStatus::Stopped,
+                // Its container was removed, its data kept.
+                Phase::Stopped => plan::ObservedStatus::Missing,
             };
             let live = matches!(
                 status,

@@ -17,6 +17,7 @@
 pub mod agents;
 pub(crate) mod inputs;
 mod observe;
+mod operations;
 mod pass;
 #[cfg(test)]
 mod patroni_tests;

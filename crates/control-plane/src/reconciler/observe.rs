@@ -89,7 +89,18 @@ impl Reconciler {
                 continue;
             };
             let state = self.fleet.instance(&record.host_id, &record.instance_id);
-            let view = view_of(state.as_ref(), host_sequence);
+            let mut view = view_of(state.as_ref(), host_sequence);
+            if pass
+                .db
+                .record
+                .stopped_instances
+                .contains(&record.instance_id)
+                && view.phase != Phase::Running
+            {
+                // Away on purpose: not a failure to report, nor to heal.
+                view.phase = Phase::Stopped;
+                view.error = None;
+            }
             if view == record.observed || view.sequence < record.observed.sequence {
                 continue;
             }

@@ -81,6 +81,18 @@ impl Reconciler {
             };
             let (reachable, alive) = self.reachable_hosts().await?;
             self.refresh_views(&mut pass, &reachable).await?;
+            if let Some(op) = Self::pending_operation(&pass) {
+                match self.carry_out(&pass, &op).await {
+                    // The next load reads the record without it, and plans.
+                    Ok(()) => continue,
+                    Err(e @ ReconcileError::Store(_)) => return Err(e),
+                    Err(e) => {
+                        self.operation_failed(&pass, &e).await?;
+                        *state = WorkerState::default();
+                        return Ok(Outcome::Done);
+                    }
+                }
+            }
             if pass.task.is_none()
                 && state.quiet.is_some_and(|(generation, until)| {
                     generation == pass.db.record.generation && tokio::time::Instant::now() < until
@@ -317,8 +329,10 @@ impl Reconciler {
                     .append_log(
                         database_id,
                         &t.task_id,
-                        format!("task started: {:?} of database {database_id}", t.task_type)
-                            .to_lowercase(),
+                        format!(
+                            "task started: {} of database {database_id}",
+                            t.task_type.as_str()
+                        ),
                         Map::new(),
                     )
                     .await?;
@@ -529,10 +543,10 @@ impl Reconciler {
             pass.log.end(TaskStatus::Completed, None).await?;
             return Ok(Outcome::Gone);
         }
-        let ready = pass
-            .records
-            .values()
-            .all(|r| r.observed.phase == Phase::Running);
+        let ready = pass.records.values().all(|r| {
+            r.observed.phase == Phase::Running
+                || pass.db.record.stopped_instances.contains(&r.instance_id)
+        });
         let becomes_available = ready && pass.db.record.state != DatabaseState::Available;
         if pass.log.task_id().is_some() || becomes_available {
             // Without a request's task, this line opens a reconcile task: the state moves,
@@ -636,7 +650,8 @@ fn unfinished(input: &PlanInput, waiting: &[plan::Wait], alive: &BTreeSet<String
                 && o.spec_hash.as_deref() == Some(d.spec_hash.as_str())
         })
     };
-    if !input.deleting && (!input.desired.iter().all(running) || !waiting.is_empty()) {
+    let settled = |d: &plan::DesiredInstance| d.stopped || running(d);
+    if !input.deleting && (!input.desired.iter().all(settled) || !waiting.is_empty()) {
         return Unfinished::Waiting;
     }
     Unfinished::No

@@ -145,6 +145,10 @@ impl Reconciler {
                     .map(|_| None),
                 Err(e) => Err(e),
             },
+            Step::Stop {
+                instance_id,
+                host_id,
+            } => self.stop(pass, host_id, instance_id).await,
             Step::Switchover {
                 node,
                 instance_id,
@@ -479,6 +483,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::Apply { .. } => "apply",
         Step::Resize { .. } => "resize",
         Step::Remove { .. } => "remove",
+        Step::Stop { .. } => "stop",
         Step::CreateRoles { .. } => "create_roles",
         Step::DropRoles { .. } => "drop_roles",
         Step::Switchover { .. } => "switchover",
@@ -545,6 +550,17 @@ fn describe(pass: &Pass, step: &Step) -> (String, String, String) {
             host_id,
         } => (
             format!("removing {}", noun(instance_id)),
+            host_id.clone(),
+            instance_id.clone(),
+        ),
+        Step::Stop {
+            instance_id,
+            host_id,
+        } => (
+            format!(
+                "stopping {} (its data directory is kept)",
+                noun(instance_id)
+            ),
             host_id.clone(),
             instance_id.clone(),
         ),

@@ -41,13 +41,88 @@ impl Reconciler {
         if let (Some(c), None) = (candidate, scheduled_at) {
             self.wait_streaming(leader, host_id, c).await?;
         }
-        let creds = self.credentials(database_id).await?;
         let body = rest::switchover_body(leader, candidate, scheduled_at);
+        let (status, answer) = self
+            .patroni_request(database_id, node, leader, host_id, "/switchover", &body)
+            .await?;
+        match status {
+            200 => {}
+            202 if scheduled_at.is_some() => return Ok(None),
+            _ => {
+                return Err(ReconcileError::Step(format!(
+                    "Patroni refused the switchover of node {node} from {leader} (HTTP {status}): {answer}"
+                )));
+            }
+        }
+        self.wait_leader(
+            database_id,
+            node,
+            Some(leader),
+            candidate,
+            "switchover",
+            &answer,
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Waits until Patroni's leader key of `node` names an instance other than `old`
+    /// (`candidate` when given), after Patroni accepted a `what` (switchover or failover)
+    /// with `answer`; returns the new leader.
+    ///
+    /// Errors: not within twice the leader key's ttl.
+    pub(crate) async fn wait_leader(
+        &self,
+        database_id: &str,
+        node: &str,
+        old: Option<&str>,
+        candidate: Option<&str>,
+        what: &str,
+        answer: &str,
+    ) -> Result<String, ReconcileError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2 * u64::from(TTL));
+        loop {
+            let now_leader = crate::patroni::read(&*self.store, database_id)
+                .await?
+                .remove(node)
+                .and_then(|n| n.leader);
+            match now_leader {
+                Some(l) if Some(l.as_str()) != old && candidate.is_none_or(|c| c == l) => {
+                    return Ok(l);
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(ReconcileError::Step(format!(
+                        "Patroni accepted the {what} of node {node} ({answer}), but its leader key \
+                         still names {} after {}s",
+                        now_leader.as_deref().unwrap_or("no instance"),
+                        2 * TTL
+                    )));
+                }
+                _ => tokio::time::sleep(KEYS_READ_EVERY).await,
+            }
+        }
+    }
+
+    /// POSTs `body` to `path` of the Patroni REST API of `instance_id` (of `node`, on
+    /// `host_id`), inside its own container (see [`rest`]); returns the HTTP status and
+    /// Patroni's answer, which never holds a secret.
+    ///
+    /// Errors: the agent cannot run the request, or curl got no answer.
+    pub(crate) async fn patroni_request(
+        &self,
+        database_id: &str,
+        node: &str,
+        instance_id: &str,
+        host_id: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, String), ReconcileError> {
+        let creds = self.credentials(database_id).await?;
         let request = rest::request(
             &postgres_alias(node, host_id),
             "POST",
-            "/switchover",
-            Some(&body),
+            path,
+            Some(body),
             &creds.restapi_password,
         );
         let out = self
@@ -55,7 +130,7 @@ impl Reconciler {
             .exec(
                 host_id,
                 ExecRequest {
-                    instance_id: leader.to_string(),
+                    instance_id: instance_id.to_string(),
                     argv: request.argv,
                     stdin: request.stdin,
                     user: "postgres".into(),
@@ -66,40 +141,12 @@ impl Reconciler {
             .map_err(|s| ReconcileError::Step(s.message().to_string()))?;
         if out.exit_code != 0 {
             return Err(ReconcileError::Step(format!(
-                "the request to Patroni's REST API on {leader} failed (curl exited {}): {}",
+                "the request to Patroni's REST API on {instance_id} failed (curl exited {}): {}",
                 out.exit_code,
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let (status, answer) = rest::response(&out.stdout).map_err(ReconcileError::Step)?;
-        match status {
-            200 => {}
-            202 if scheduled_at.is_some() => return Ok(None),
-            _ => {
-                return Err(ReconcileError::Step(format!(
-                    "Patroni refused the switchover of node {node} from {leader} (HTTP {status}): {answer}"
-                )));
-            }
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2 * u64::from(TTL));
-        loop {
-            let now_leader = crate::patroni::read(&*self.store, database_id)
-                .await?
-                .remove(node)
-                .and_then(|n| n.leader);
-            match now_leader {
-                Some(l) if l != leader && candidate.is_none_or(|c| c == l) => return Ok(Some(l)),
-                _ if tokio::time::Instant::now() >= deadline => {
-                    return Err(ReconcileError::Step(format!(
-                        "Patroni accepted the switchover of node {node} ({answer}), but its leader key \
-                         still names {} after {}s",
-                        now_leader.as_deref().unwrap_or("no instance"),
-                        2 * TTL
-                    )));
-                }
-                _ => tokio::time::sleep(KEYS_READ_EVERY).await,
-            }
-        }
+        rest::response(&out.stdout).map_err(ReconcileError::Step)
     }
 
     /// Waits until `candidate` streams from `leader` (on `host_id`) and is at most

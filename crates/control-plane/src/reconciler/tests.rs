@@ -424,6 +424,8 @@ impl Harness {
             current_task_id: Some(task.task_id.clone()),
             tenant_id: None,
             forced_generation: 0,
+            operation: None,
+            stopped_instances: Default::default(),
         };
         self.store
             .create_database(&record, &spec, &task)

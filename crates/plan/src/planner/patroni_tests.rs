@@ -392,3 +392,69 @@ fn a_replica_that_does_not_stream_yet_is_waited_for() {
     node.members.get_mut("db-n1-h2").unwrap().replication_state = Some("streaming".into());
     assert_eq!(plan(&with_patroni(i, "n1", node)), Plan::default());
 }
+
+fn stopped(mut d: DesiredInstance) -> DesiredInstance {
+    d.stopped = true;
+    d
+}
+
+/// `stop-instance` of a replica: its container goes, keeping its data, and the node
+/// neither waits for it nor would hand over to it; once it is gone nothing more is done.
+#[test]
+fn a_stopped_instance_is_stopped_once_and_not_waited_for() {
+    let mut i = input();
+    existing(&mut i, "n1", &[("db-n1-h1", "h1"), ("db-n1-h2", "h2")]);
+    i.desired = vec![
+        first("db-n1-h1", "h1", "n1", "H"),
+        stopped(desired("db-n1-h2", "h2", pg("n1"), "H", R1)),
+    ];
+    let keys = patroni(
+        Some("db-n1-h1"),
+        &[("db-n1-h1", "running", 500), ("db-n1-h2", "running", 500)],
+    );
+    let p = plan(&with_patroni(i.clone(), "n1", keys));
+    assert_eq!(
+        p.phases,
+        vec![vec![Step::Stop {
+            instance_id: "db-n1-h2".into(),
+            host_id: "h2".into(),
+        }]]
+    );
+
+    // Gone (the agent reports it missing) and unregistered from Patroni: converged.
+    i.observed.retain(|o| o.instance_id != "db-n1-h2");
+    i.observed.push(observed(
+        "db-n1-h2",
+        "h2",
+        pg("n1"),
+        Some("H"),
+        ObservedStatus::Missing,
+    ));
+    let keys = patroni(Some("db-n1-h1"), &[("db-n1-h1", "running", 600)]);
+    let p = plan(&with_patroni(i, "n1", keys));
+    assert!(p.is_empty(), "{:?}", p.phases);
+    assert!(p.waiting.is_empty(), "{:?}", p.waiting);
+}
+
+/// A forced stop of a node's every instance: no primary is waited for, and nothing brings
+/// the instances back.
+#[test]
+fn a_node_whose_every_instance_is_stopped_waits_for_no_primary() {
+    let mut i = input();
+    i.applied.push(record("db-n1-h1", "h1", pg("n1"), "H", R1));
+    i.observed.push(observed(
+        "db-n1-h1",
+        "h1",
+        pg("n1"),
+        Some("H"),
+        ObservedStatus::Missing,
+    ));
+    i.desired = vec![stopped(first("db-n1-h1", "h1", "n1", "H"))];
+    let keys = PatroniNode {
+        initialized: true,
+        ..PatroniNode::default()
+    };
+    let p = plan(&with_patroni(i, "n1", keys));
+    assert!(p.is_empty(), "{:?}", p.phases);
+    assert!(p.waiting.is_empty(), "{:?}", p.waiting);
+}

@@ -40,6 +40,7 @@ pub(super) fn desired(
         waiting: false,
         host_ports: BTreeSet::new(),
         bootstrap: false,
+        stopped: false,
     }
 }
 

@@ -216,6 +216,16 @@ impl Why<'_> {
                     text.into(),
                 )
             }
+            Step::Stop {
+                instance_id,
+                host_id,
+            } => instance_step(
+                PlannedAction::Stop,
+                self.records.get(instance_id).map(|r| &r.kind),
+                instance_id,
+                host_id,
+                "stopped by stop-instance".into(),
+            ),
             Step::CreateRoles { service_id } => {
                 let known = self
                     .creds

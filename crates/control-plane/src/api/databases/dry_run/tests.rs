@@ -64,6 +64,8 @@ fn db(spec: DatabaseSpec, generation: u64, forced_generation: u64) -> StoredData
             current_task_id: None,
             tenant_id: None,
             forced_generation,
+            operation: None,
+            stopped_instances: Default::default(),
         },
         spec,
         spec_revision: 1,

@@ -1,0 +1,182 @@
+//! The operations on a running database's Postgres instances (`spec::operations`), with the
+//! reference API's paths and bodies: each accepted one is a task of the database, carried
+//! out by the reconciler (`reconciler::operations`). An operation is refused with 409
+//! `operation_already_in_progress` while another task of the database is unfinished, so
+//! that operations and spec changes never interleave; what [`crate::operations`] refuses
+//! is a 404, 400 or 409 naming the field, and nothing is stored.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use chrono::Utc;
+use serde_json::Value;
+use spec::DatabaseState;
+use spec::operations::{
+    Operation, OperationResponse, parse_failover, parse_restart, parse_switchover,
+};
+use store::StoreError;
+
+use super::databases::stored;
+use super::{ApiError, QueryParams, json_body};
+use crate::instances::InstanceRecord;
+use crate::operations::{self as ops, Facts, Refusal};
+use crate::state::AppState;
+use crate::tasks::new_task;
+
+/// An optional JSON body: none at all reads as `null`.
+fn optional_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    json_body(body)
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::NotFound(m) => ApiError::NotFound(m),
+            Refusal::Invalid(e) => ApiError::InvalidInput(e),
+            Refusal::NotPossible(e) => ApiError::OperationNotPossible(e),
+        }
+    }
+}
+
+/// Reads the database, decides the operation against what runs, and stores it with its
+/// task, unless another request changed the database meanwhile.
+async fn accept(
+    app: &AppState,
+    id: &str,
+    decide: impl FnOnce(&Facts) -> Result<Operation, Refusal>,
+) -> Result<Json<OperationResponse>, ApiError> {
+    let current = stored(app, id).await?;
+    if current.record.state == DatabaseState::Deleting {
+        return Err(ApiError::DatabaseNotModifiable(format!(
+            "database {id:?} is being deleted"
+        )));
+    }
+    if let Some(task_id) = &current.record.current_task_id
+        && let Some(task) = app.store.get_task(id, task_id).await?
+        && !task.value.status.is_terminal()
+    {
+        return Err(ApiError::OperationInProgress(format!(
+            "database {id:?} has an unfinished task {task_id} ({}, {}); wait for it or cancel it",
+            task.value.task_type.as_str(),
+            task.value.status
+        )));
+    }
+    let records = app.store.list_instances::<InstanceRecord>(id).await?;
+    let patroni = crate::patroni::read(&app.store, id).await?;
+    let op = decide(&Facts {
+        db: &current,
+        records: &records,
+        patroni: &patroni,
+    })?;
+    let task = new_task(id, op.task_type());
+    let record = store::DatabaseRecord {
+        current_task_id: Some(task.task_id.clone()),
+        operation: Some(op),
+        updated_at: Utc::now(),
+        ..current.record.clone()
+    };
+    match app
+        .store
+        .update_database(current.spec_revision, &record, &current.spec, &task)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            return Err(ApiError::Conflict(format!(
+                "database {id:?} was modified by another request; try again"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(task_id = %task.task_id, task_type = task.task_type.as_str(), "operation accepted");
+    Ok(Json(OperationResponse { task }))
+}
+
+#[utoipa::path(post, path = "/v1/databases/{database_id}/nodes/{node_name}/switchover",
+    tag = "databases",
+    params(("database_id" = String, Path), ("node_name" = String, Path)),
+    request_body(content = spec::operations::SwitchoverRequest, description = "optional"),
+    responses((status = 200, body = OperationResponse, description = "the task of the switchover"),
+              (status = 400, body = spec::ApiErrorBody), (status = 404, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody, description = "another task is unfinished, \
+               or the node has no primary or no replica that can take over")))]
+#[tracing::instrument(skip_all, fields(database_id = %id, node = %node))]
+pub(crate) async fn switchover(
+    State(app): State<AppState>,
+    Path((id, node)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<OperationResponse>, ApiError> {
+    let request =
+        parse_switchover(&optional_body(&body)?, Utc::now()).map_err(ApiError::InvalidInput)?;
+    accept(&app, &id, |f| ops::switchover(f, &node, request)).await
+}
+
+#[utoipa::path(post, path = "/v1/databases/{database_id}/nodes/{node_name}/failover",
+    tag = "databases",
+    params(("database_id" = String, Path), ("node_name" = String, Path)),
+    request_body(content = spec::operations::FailoverRequest, description = "optional"),
+    responses((status = 200, body = OperationResponse, description = "the task of the failover"),
+              (status = 400, body = spec::ApiErrorBody), (status = 404, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody, description = "another task is unfinished, \
+               the primary is healthy (without skip_validation), or no replica runs")))]
+#[tracing::instrument(skip_all, fields(database_id = %id, node = %node))]
+pub(crate) async fn failover(
+    State(app): State<AppState>,
+    Path((id, node)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<OperationResponse>, ApiError> {
+    let request = parse_failover(&optional_body(&body)?).map_err(ApiError::InvalidInput)?;
+    accept(&app, &id, |f| ops::failover(f, &node, request)).await
+}
+
+#[utoipa::path(post, path = "/v1/databases/{database_id}/instances/{instance_id}/restart",
+    tag = "databases",
+    params(("database_id" = String, Path), ("instance_id" = String, Path)),
+    request_body(content = spec::operations::RestartInstanceRequest, description = "optional"),
+    responses((status = 200, body = OperationResponse, description = "the task of the restart"),
+              (status = 400, body = spec::ApiErrorBody), (status = 404, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody)))]
+#[tracing::instrument(skip_all, fields(database_id = %id, instance_id = %instance))]
+pub(crate) async fn restart(
+    State(app): State<AppState>,
+    Path((id, instance)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<OperationResponse>, ApiError> {
+    let request =
+        parse_restart(&optional_body(&body)?, Utc::now()).map_err(ApiError::InvalidInput)?;
+    accept(&app, &id, |f| ops::restart(f, &instance, request)).await
+}
+
+#[utoipa::path(post, path = "/v1/databases/{database_id}/instances/{instance_id}/stop-instance",
+    tag = "databases",
+    params(("database_id" = String, Path), ("instance_id" = String, Path),
+           ("force" = Option<bool>, Query, description = "`true`: stop even the last running \
+               instance of its node, or a primary no replica can take over from")),
+    responses((status = 200, body = OperationResponse, description = "the task of the stop"),
+              (status = 400, body = spec::ApiErrorBody), (status = 404, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody)))]
+#[tracing::instrument(skip_all, fields(database_id = %id, instance_id = %instance))]
+pub(crate) async fn stop(
+    State(app): State<AppState>,
+    Path((id, instance)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<OperationResponse>, ApiError> {
+    let force = QueryParams::parse(query).flag("force")?;
+    accept(&app, &id, |f| ops::stop(f, &instance, force)).await
+}
+
+#[utoipa::path(post, path = "/v1/databases/{database_id}/instances/{instance_id}/start-instance",
+    tag = "databases",
+    params(("database_id" = String, Path), ("instance_id" = String, Path)),
+    responses((status = 200, body = OperationResponse, description = "the task of the start"),
+              (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
+#[tracing::instrument(skip_all, fields(database_id = %id, instance_id = %instance))]
+pub(crate) async fn start(
+    State(app): State<AppState>,
+    Path((id, instance)): Path<(String, String)>,
+) -> Result<Json<OperationResponse>, ApiError> {
+    accept(&app, &id, |f| ops::start(f, &instance)).await
+}

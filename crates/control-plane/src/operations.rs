@@ -1,0 +1,323 @@
+//! Whether an operation on a running database (`spec::operations`) can be accepted, and
+//! what is stored for its task: pure, from the database, its instance records and
+//! Patroni's keys as the API read them.
+//!
+//! What is refused, and how (the reference API's error names where it has them):
+//! - an unknown node or instance: 404;
+//! - a candidate that is not a healthy replica of the node: 400 naming
+//!   `candidate_instance_id`;
+//! - what the node's state does not allow (a switchover without a primary or without a
+//!   replica to take over, a failover while the primary is healthy without
+//!   `skip_validation`, stopping a node's last running instance without `force`): 409
+//!   `operation_not_possible` naming the field that would allow it or the path parameter.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use plan::{PatroniMember, PatroniNode};
+use spec::InvalidInput;
+use spec::operations::{FailoverRequest, Operation, RestartInstanceRequest, SwitchoverRequest};
+use store::StoredDatabase;
+
+use crate::instances::InstanceRecord;
+
+/// What the API read to judge an operation.
+pub(crate) struct Facts<'a> {
+    pub db: &'a StoredDatabase,
+    pub records: &'a [InstanceRecord],
+    /// Patroni's keys, by node.
+    pub patroni: &'a BTreeMap<String, PatroniNode>,
+}
+
+/// Why an operation is refused.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Refusal {
+    /// 404: the node or instance of the path does not exist.
+    NotFound(String),
+    /// 400: a field of the body is wrong.
+    Invalid(InvalidInput),
+    /// 409: the node's state does not allow it now.
+    NotPossible(InvalidInput),
+}
+
+fn invalid(path: &str, message: String) -> Refusal {
+    Refusal::Invalid(InvalidInput::one(path, message))
+}
+
+fn not_possible(path: &str, message: String) -> Refusal {
+    Refusal::NotPossible(InvalidInput::one(path, message))
+}
+
+impl Facts<'_> {
+    fn node(&self, node: &str) -> Result<&PatroniNode, Refusal> {
+        if !self.db.spec.nodes.iter().any(|n| n.name == node) {
+            return Err(Refusal::NotFound(format!(
+                "node {node:?} not found in database {:?}",
+                self.db.record.id
+            )));
+        }
+        Ok(self.patroni.get(node).unwrap_or(&NO_KEYS))
+    }
+
+    /// A Postgres instance of the database: its node's name.
+    fn instance(&self, instance_id: &str) -> Result<&str, Refusal> {
+        self.records
+            .iter()
+            .find(|r| r.instance_id == instance_id)
+            .and_then(|r| r.kind.node())
+            .ok_or_else(|| {
+                Refusal::NotFound(format!(
+                    "postgres instance {instance_id:?} not found in database {:?}",
+                    self.db.record.id
+                ))
+            })
+    }
+
+    fn stopped(&self, instance_id: &str) -> bool {
+        self.db.record.stopped_instances.contains(instance_id)
+    }
+
+    /// The instances of `node` that run under Patroni and are not stopped.
+    fn running(&self, node: &str, keys: &PatroniNode) -> BTreeSet<String> {
+        self.records
+            .iter()
+            .filter(|r| r.kind.node() == Some(node) && !self.stopped(&r.instance_id))
+            .filter(|r| {
+                keys.members
+                    .get(&r.instance_id)
+                    .is_some_and(PatroniMember::is_running)
+            })
+            .map(|r| r.instance_id.clone())
+            .collect()
+    }
+}
+
+static NO_KEYS: PatroniNode = PatroniNode {
+    leader: None,
+    initialized: false,
+    members: BTreeMap::new(),
+};
+
+/// `switchover` of `node`: the primary hands over to the candidate (or to a replica Patroni
+/// picks), a replica that streams and has caught up ([`PatroniNode::can_take_over`]).
+pub(crate) fn switchover(
+    f: &Facts,
+    node: &str,
+    request: SwitchoverRequest,
+) -> Result<Operation, Refusal> {
+    let keys = f.node(node)?;
+    let Some(leader) = keys.leader.clone() else {
+        return Err(not_possible(
+            "node_name",
+            format!(
+                "node {node} has no primary to switch over from; a failover promotes a replica"
+            ),
+        ));
+    };
+    match &request.candidate_instance_id {
+        Some(c) => check_candidate(f, node, keys, c, |k, c| k.can_take_over(c))?,
+        None => {
+            let any = f
+                .running(node, keys)
+                .iter()
+                .any(|id| keys.can_take_over(id));
+            if !any {
+                return Err(not_possible(
+                    "node_name",
+                    format!(
+                        "node {node} has no replica that streams and has caught up to take over \
+                         from its primary {leader}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Operation::Switchover {
+        node: node.to_string(),
+        leader,
+        candidate: request.candidate_instance_id,
+        scheduled_at: request.scheduled_at,
+    })
+}
+
+/// `failover` of `node`: a replica is promoted, whether or not the primary answers. Without
+/// `skip_validation` only while the node has no running primary (the reference API's rule:
+/// a healthy primary is moved by a switchover). Without a candidate, the running replica
+/// that lags least is chosen.
+pub(crate) fn failover(
+    f: &Facts,
+    node: &str,
+    request: FailoverRequest,
+) -> Result<Operation, Refusal> {
+    let keys = f.node(node)?;
+    let leader_runs = keys
+        .leader
+        .as_deref()
+        .and_then(|l| keys.members.get(l))
+        .is_some_and(PatroniMember::is_running);
+    if leader_runs && !request.skip_validation {
+        return Err(not_possible(
+            "skip_validation",
+            format!(
+                "node {node}'s primary {} is healthy: use a switchover, or set skip_validation \
+                 to fail over anyway",
+                keys.leader.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    let healthy = |k: &PatroniNode, c: &str| {
+        k.leader.as_deref() != Some(c)
+            && k.members
+                .get(c)
+                .is_some_and(|m| m.is_running() && m.is_replica())
+    };
+    let candidate = match request.candidate_instance_id {
+        Some(c) => {
+            check_candidate(f, node, keys, &c, healthy)?;
+            c
+        }
+        None => f
+            .running(node, keys)
+            .into_iter()
+            .filter(|id| healthy(keys, id))
+            .max_by_key(|id| {
+                let position = keys.members.get(id).and_then(|m| m.wal_position);
+                // Ties go to the first id: max_by_key keeps the last maximum.
+                (position, std::cmp::Reverse(id.clone()))
+            })
+            .ok_or_else(|| {
+                not_possible(
+                    "node_name",
+                    format!("node {node} has no running replica to promote"),
+                )
+            })?,
+    };
+    Ok(Operation::Failover {
+        node: node.to_string(),
+        leader: keys.leader.clone(),
+        candidate,
+    })
+}
+
+/// The candidate is an instance of `node`, not stopped, and `healthy` by Patroni's keys.
+fn check_candidate(
+    f: &Facts,
+    node: &str,
+    keys: &PatroniNode,
+    candidate: &str,
+    healthy: impl Fn(&PatroniNode, &str) -> bool,
+) -> Result<(), Refusal> {
+    let path = "candidate_instance_id";
+    match f.records.iter().find(|r| r.instance_id == candidate) {
+        Some(r) if r.kind.node() == Some(node) => {}
+        Some(_) => {
+            return Err(invalid(
+                path,
+                format!("{candidate} is not an instance of node {node}"),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                path,
+                format!("{candidate} is not an instance of this database"),
+            ));
+        }
+    }
+    if keys.leader.as_deref() == Some(candidate) {
+        return Err(invalid(
+            path,
+            format!("{candidate} is node {node}'s primary already"),
+        ));
+    }
+    if f.stopped(candidate) || !healthy(keys, candidate) {
+        let seen = keys
+            .members
+            .get(candidate)
+            .map_or("not registered with Patroni", |m| m.shown_state());
+        return Err(invalid(
+            path,
+            format!(
+                "{candidate} is not a healthy replica that has caught up (Patroni: {seen}{})",
+                match keys.lag_bytes(candidate) {
+                    Some(lag) => format!(", {lag} bytes behind"),
+                    None => String::new(),
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `restart` of an instance's Postgres by its Patroni, now or at `scheduled_at`.
+pub(crate) fn restart(
+    f: &Facts,
+    instance_id: &str,
+    request: RestartInstanceRequest,
+) -> Result<Operation, Refusal> {
+    f.instance(instance_id)?;
+    if f.stopped(instance_id) {
+        return Err(not_possible(
+            "instance_id",
+            format!("{instance_id} is stopped: start it instead"),
+        ));
+    }
+    Ok(Operation::RestartInstance {
+        instance_id: instance_id.to_string(),
+        scheduled_at: request.scheduled_at,
+    })
+}
+
+/// `stop-instance`: the container goes, the data directory stays. A primary hands over
+/// to a caught-up replica first. Without `force`, refused when it would leave its node
+/// with no running instance, or a primary with no replica able to take over.
+pub(crate) fn stop(f: &Facts, instance_id: &str, force: bool) -> Result<Operation, Refusal> {
+    let node = f.instance(instance_id)?;
+    let keys = f.patroni.get(node).unwrap_or(&NO_KEYS);
+    let others: BTreeSet<String> = f
+        .running(node, keys)
+        .into_iter()
+        .filter(|id| id != instance_id)
+        .collect();
+    let leads = keys.leader.as_deref() == Some(instance_id);
+    let hand_over_to = if leads {
+        others.iter().find(|id| keys.can_take_over(id)).cloned()
+    } else {
+        None
+    };
+    if !force && !f.stopped(instance_id) {
+        if others.is_empty() {
+            return Err(not_possible(
+                "force",
+                format!(
+                    "{instance_id} is the last running instance of node {node}: stopping it stops \
+                     the node; set force=true to do so"
+                ),
+            ));
+        }
+        if leads && hand_over_to.is_none() {
+            return Err(not_possible(
+                "force",
+                format!(
+                    "{instance_id} is node {node}'s primary and no replica has caught up to take \
+                     over; set force=true to stop it anyway"
+                ),
+            ));
+        }
+    }
+    Ok(Operation::StopInstance {
+        instance_id: instance_id.to_string(),
+        hand_over_to,
+    })
+}
+
+/// `start-instance`: a stopped instance comes back (starting a running one changes
+/// nothing).
+pub(crate) fn start(f: &Facts, instance_id: &str) -> Result<Operation, Refusal> {
+    f.instance(instance_id)?;
+    Ok(Operation::StartInstance {
+        instance_id: instance_id.to_string(),
+    })
+}
+
+#[cfg(test)]
+#[path = "operations_tests.rs"]
+mod tests;

@@ -1,0 +1,341 @@
+//! Operations on a running database's Postgres instances, with the reference API's paths
+//! and bodies: switchover and failover of a node's primary, and restart, stop and start of
+//! one instance. Each is a task of the database, serialised with its other tasks.
+//!
+//! Bodies are read by hand, as specs are ([`crate::parse`]), so that every offending field
+//! is named by its JSON path; the structs here type them for the OpenAPI document.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{FieldError, InvalidInput};
+use crate::{Task, TaskType};
+
+/// `POST /v1/databases/{database_id}/nodes/{node_name}/switchover`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SwitchoverRequest {
+    /// The replica to hand the primary role to (1-63 characters); absent: the healthy
+    /// replica Patroni picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 63)]
+    pub candidate_instance_id: Option<String>,
+    /// RFC 3339 time at which Patroni switches over; absent: now. Must be in the future.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/databases/{database_id}/nodes/{node_name}/failover`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FailoverRequest {
+    /// The replica to promote; absent: the healthy replica that lags least.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 63)]
+    pub candidate_instance_id: Option<String>,
+    /// `true`: fail over even while the node's primary is healthy (as the reference API,
+    /// which otherwise refuses: a healthy primary is moved by a switchover).
+    #[serde(default)]
+    pub skip_validation: bool,
+}
+
+/// `POST /v1/databases/{database_id}/instances/{instance_id}/restart`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestartInstanceRequest {
+    /// RFC 3339 time at which Patroni restarts the instance's Postgres; absent: now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// The answer of every operation: its task (`type` `switchover`, `failover`,
+/// `restart_instance`, `stop_instance` or `start_instance`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OperationResponse {
+    pub task: Task,
+}
+
+/// An accepted operation, as the database's record keeps it until its task has carried it
+/// out. `leader` is the node's primary when the request was accepted: a leader that
+/// restarts after the operation ran (and before it recorded so) sees the primary moved and
+/// does not move it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Operation {
+    Switchover {
+        node: String,
+        leader: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        candidate: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduled_at: Option<DateTime<Utc>>,
+    },
+    Failover {
+        node: String,
+        /// None when the node had no primary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader: Option<String>,
+        candidate: String,
+    },
+    RestartInstance {
+        instance_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduled_at: Option<DateTime<Utc>>,
+    },
+    /// Stopped instances keep their data directory and host ports; the reconciler keeps
+    /// their container away until a start.
+    StopInstance {
+        instance_id: String,
+        /// The replica that takes over first, when the instance is its node's primary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hand_over_to: Option<String>,
+    },
+    StartInstance {
+        instance_id: String,
+    },
+}
+
+impl Operation {
+    /// The type of the task that carries it.
+    pub fn task_type(&self) -> TaskType {
+        match self {
+            Operation::Switchover { .. } => TaskType::Switchover,
+            Operation::Failover { .. } => TaskType::Failover,
+            Operation::RestartInstance { .. } => TaskType::RestartInstance,
+            Operation::StopInstance { .. } => TaskType::StopInstance,
+            Operation::StartInstance { .. } => TaskType::StartInstance,
+        }
+    }
+}
+
+/// Reads a switchover body (`{}` or an empty body is valid). `now` is what `scheduled_at`
+/// must be after. Errors: each offending field by JSON path (an unknown field, a candidate
+/// that is not a string of 1-63 characters, a time that is not RFC 3339 or not in the
+/// future).
+pub fn parse_switchover(
+    body: &Value,
+    now: DateTime<Utc>,
+) -> Result<SwitchoverRequest, InvalidInput> {
+    let mut errors = Vec::new();
+    let obj = object(
+        body,
+        &["candidate_instance_id", "scheduled_at"],
+        &mut errors,
+    );
+    let request = SwitchoverRequest {
+        candidate_instance_id: candidate(&obj, &mut errors),
+        scheduled_at: scheduled_at(&obj, now, &mut errors),
+    };
+    done(request, errors)
+}
+
+/// Reads a failover body. Errors as [`parse_switchover`]; `skip_validation` must be a
+/// boolean.
+pub fn parse_failover(body: &Value) -> Result<FailoverRequest, InvalidInput> {
+    let mut errors = Vec::new();
+    let obj = object(
+        body,
+        &["candidate_instance_id", "skip_validation"],
+        &mut errors,
+    );
+    let skip_validation = match obj.get("skip_validation") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::new("skip_validation", "must be a boolean"));
+            false
+        }
+    };
+    let request = FailoverRequest {
+        candidate_instance_id: candidate(&obj, &mut errors),
+        skip_validation,
+    };
+    done(request, errors)
+}
+
+/// Reads a restart body. Errors as [`parse_switchover`].
+pub fn parse_restart(
+    body: &Value,
+    now: DateTime<Utc>,
+) -> Result<RestartInstanceRequest, InvalidInput> {
+    let mut errors = Vec::new();
+    let obj = object(body, &["scheduled_at"], &mut errors);
+    let request = RestartInstanceRequest {
+        scheduled_at: scheduled_at(&obj, now, &mut errors),
+    };
+    done(request, errors)
+}
+
+fn done<T>(value: T, errors: Vec<FieldError>) -> Result<T, InvalidInput> {
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(InvalidInput { errors })
+    }
+}
+
+/// The body as an object of known fields; null (no body) is an empty one.
+fn object(body: &Value, known: &[&str], errors: &mut Vec<FieldError>) -> Map<String, Value> {
+    match body {
+        Value::Null => Map::new(),
+        Value::Object(m) => {
+            for key in m.keys().filter(|k| !known.contains(&k.as_str())) {
+                errors.push(FieldError::new(
+                    key.clone(),
+                    format!("unknown field; expected one of: {}", known.join(", ")),
+                ));
+            }
+            m.clone()
+        }
+        _ => {
+            errors.push(FieldError::new("", "request body: expected a JSON object"));
+            Map::new()
+        }
+    }
+}
+
+fn candidate(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get("candidate_instance_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if (1..=63).contains(&s.len()) => Some(s.clone()),
+        Some(_) => {
+            errors.push(FieldError::new(
+                "candidate_instance_id",
+                "must be an instance id: a string of 1 to 63 characters",
+            ));
+            None
+        }
+    }
+}
+
+fn scheduled_at(
+    obj: &Map<String, Value>,
+    now: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> Option<DateTime<Utc>> {
+    let raw = match obj.get("scheduled_at") {
+        None | Some(Value::Null) => return None,
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "scheduled_at",
+                "must be an RFC 3339 time such as 2030-01-01T22:00:00Z",
+            ));
+            return None;
+        }
+    };
+    match DateTime::parse_from_rfc3339(raw) {
+        Ok(t) if t.with_timezone(&Utc) > now => Some(t.with_timezone(&Utc)),
+        Ok(_) => {
+            errors.push(FieldError::new(
+                "scheduled_at",
+                format!(
+                    "must be in the future (it is {raw}; now is {})",
+                    now.to_rfc3339()
+                ),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(FieldError::new(
+                "scheduled_at",
+                format!("not an RFC 3339 time ({e}): {raw:?}"),
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn paths(e: InvalidInput) -> Vec<String> {
+        e.errors.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn an_empty_body_switches_over_now_to_patronis_choice() {
+        assert_eq!(
+            parse_switchover(&Value::Null, now()).unwrap(),
+            SwitchoverRequest::default()
+        );
+        assert_eq!(
+            parse_switchover(&json!({}), now()).unwrap(),
+            SwitchoverRequest::default()
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let e = parse_switchover(
+            &json!({"candidate_instance_id": "", "scheduled_at": "2029-12-31T23:00:00Z", "x": 1}),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            paths(e),
+            ["x", "candidate_instance_id", "scheduled_at"],
+            "unknown field, empty candidate, a time in the past"
+        );
+        let e = parse_restart(&json!({"scheduled_at": "tomorrow"}), now()).unwrap_err();
+        assert!(e.errors[0].message.contains("RFC 3339"), "{e:?}");
+        let e = parse_failover(&json!({"skip_validation": "yes"})).unwrap_err();
+        assert_eq!(paths(e), ["skip_validation"]);
+        let e = parse_failover(&json!([1])).unwrap_err();
+        assert_eq!(paths(e), [""]);
+    }
+
+    #[test]
+    fn a_time_ahead_is_kept_in_utc() {
+        let r = parse_restart(&json!({"scheduled_at": "2030-01-01T05:30:00+05:30"}), now());
+        assert!(r.is_err(), "05:30+05:30 is midnight UTC: not after now");
+        let r =
+            parse_restart(&json!({"scheduled_at": "2030-01-01T06:00:00+05:30"}), now()).unwrap();
+        assert_eq!(
+            r.scheduled_at.unwrap().to_rfc3339(),
+            "2030-01-01T00:30:00+00:00"
+        );
+    }
+
+    #[test]
+    fn operations_round_trip_as_stored() {
+        let op = Operation::Switchover {
+            node: "n1".into(),
+            leader: "db-n1-a".into(),
+            candidate: None,
+            scheduled_at: None,
+        };
+        let v = serde_json::to_value(&op).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "switchover", "node": "n1", "leader": "db-n1-a"})
+        );
+        assert_eq!(serde_json::from_value::<Operation>(v).unwrap(), op);
+        assert_eq!(op.task_type(), TaskType::Switchover);
+    }
+
+    #[test]
+    fn task_type_names_are_the_serialized_ones() {
+        use TaskType::*;
+        for t in [
+            Create,
+            Update,
+            Delete,
+            Reconcile,
+            RemoveHost,
+            Switchover,
+            Failover,
+            RestartInstance,
+            StopInstance,
+            StartInstance,
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), json!(t.as_str()));
+        }
+    }
+}
