@@ -8,8 +8,10 @@
 //!
 //! This module schedules: workers, their retries and their failures. [`pass`] is one pass
 //! over one database, [`steps`] runs a plan's steps on agents, [`switchover`] the steps
-//! that go to Patroni (a switchover, forgetting a node's keys), [`roles`] the role SQL,
-//! [`task_log`] says what happens on the task that carries it, and [`observe`] turns agent
+//! that go to Patroni (a switchover, forgetting a node's keys), [`operations`] the
+//! operations a request asks for (ADR 018), [`roles`] the role SQL, [`task_log`] says what
+//! happens on the task that carries it, [`task_ends`] how superseded and canceled tasks end,
+//! and [`observe`] turns agent
 //! reports into planner input and API records. The store and the agents are traits
 //! ([`store::StateStore`], [`agents::Agents`]), so all of it runs in unit tests against an
 //! in-memory store and fake agents.
@@ -25,6 +27,7 @@ mod relay;
 mod roles;
 mod steps;
 mod switchover;
+mod task_ends;
 mod task_log;
 #[cfg(test)]
 mod tests;
