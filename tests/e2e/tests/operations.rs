@@ -1,6 +1,7 @@
 //! The operations on a node's Postgres instances (issue 15's item 4), on hosts with engines
-//! of their own: switchover under a steady writer, failover, restart, stop and start, each
-//! a task with a log, and each bad input refused with nothing changed.
+//! of their own: switchover under a steady writer (and a service that follows it through
+//! its connection string), failover, restart, stop and start, each a task with a log, and
+//! each bad input refused with nothing changed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,13 +112,34 @@ async fn a_switchover_under_a_steady_writer_keeps_every_committed_row() {
         .apply(
             "/v1/databases",
             &json!({"id": db, "spec": {"database_name": "app",
-                "nodes": [{"name": "n1", "host_ids": [h1, h2]}]}}),
+                "nodes": [{"name": "n1", "host_ids": [h1, h2]}],
+                // A service pinned to the primary by its connection string, which lists
+                // both instances: it must follow the switchover on its own.
+                "services": [{"service_id": "pinned", "service_type": "mcp",
+                    "version": "latest", "host_ids": [h1],
+                    "database_connection": {"target_session_attrs": "primary"},
+                    "config": {"llm_enabled": false}}]}}),
         )
         .await;
     let (i1, i2) = (format!("{db}-n1-{h1}"), format!("{db}-n1-{h2}"));
     let (c1, c2) = (
         Fleet::container_name(&h1, &i1),
         Fleet::container_name(&h2, &i2),
+    );
+    let service_sessions = |container: &str| {
+        fleet
+            .psql_status(
+                container,
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'berth-fixture-service'",
+            )
+            .1
+    };
+    assert_eq!(
+        service_sessions(&c1),
+        "1",
+        "the service's session is on the primary"
     );
     fleet.psql(&c1, "app", "CREATE TABLE steady (id bigint PRIMARY KEY)");
     let writer = Writer::start(vec![
@@ -155,6 +177,19 @@ async fn a_switchover_under_a_steady_writer_keeps_every_committed_row() {
         })
         .await;
     let writes = writer.finish().await;
+    let (_, took) = fleet
+        .wait_for(
+            "the service's session on the new primary, and its health",
+            || async {
+                let services = fleet.service_instances(&db).await;
+                let ready = services
+                    .values()
+                    .all(|s| s["state"] == "running" && s["status"]["ready"] == true);
+                (ready && service_sessions(&c2) == "1").then_some(())
+            },
+        )
+        .await;
+    println!("the service reconnected to the new primary {took:?} after the switchover");
 
     let d = fleet.database(&db).await;
     assert_eq!(instance(&d, &i2)["role"], "primary", "{d}");
