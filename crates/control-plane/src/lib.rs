@@ -78,6 +78,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let authenticate = settings.api_auth_enabled()?;
     settings.api_tls_enabled()?;
+    // Refused before anything starts, naming the flag (also checked where the state is built).
+    settings.dcs()?;
     telemetry::install();
     let gauges = gauges::FleetGauges::new();
     let state = build_state(&settings).await?;

@@ -39,6 +39,19 @@ pub struct Settings {
     /// when those are addresses containers can dial (not 127.0.0.1).
     #[arg(long, env = "BERTH_DCS_ENDPOINTS", value_delimiter = ',')]
     pub dcs_endpoints: Vec<String>,
+    /// Seconds Patroni's leader key lives without renewal (`ttl`, ADR 016): how long a lost
+    /// primary goes unnoticed. At least 20 (Patroni 4), and at least
+    /// --patroni-loop-wait + 2 x --patroni-retry-timeout. Taken by nodes initialised after it
+    /// is set; a node keeps the values it started with.
+    #[arg(long, env = "BERTH_PATRONI_TTL", default_value_t = crate::patroni::config::TTL)]
+    pub patroni_ttl: u32,
+    /// Seconds between two runs of Patroni's loop (`loop_wait`), at least 1.
+    #[arg(long, env = "BERTH_PATRONI_LOOP_WAIT", default_value_t = crate::patroni::config::LOOP_WAIT)]
+    pub patroni_loop_wait: u32,
+    /// Seconds Patroni retries etcd and Postgres before it gives up a loop and a leader that
+    /// cannot renew its key demotes (`retry_timeout`), at least 3.
+    #[arg(long, env = "BERTH_PATRONI_RETRY_TIMEOUT", default_value_t = crate::patroni::config::RETRY_TIMEOUT)]
+    pub patroni_retry_timeout: u32,
     /// Where the replica keeps local files (the secret key file by default).
     #[arg(
         long,
@@ -132,6 +145,13 @@ pub enum SettingsError {
     EtcdPasswordFile { path: String, error: String },
     #[error("--dcs-endpoints: {0}")]
     Dcs(String),
+    /// Patroni's timeouts as given would be refused by Patroni, or let two instances accept
+    /// writes; the message names the flag to change.
+    #[error("{flag}: {error}")]
+    PatroniTimings {
+        flag: &'static str,
+        error: crate::patroni::config::TimingsError,
+    },
 }
 
 impl Settings {
@@ -147,14 +167,43 @@ impl Settings {
     }
 
     /// Patroni's DCS as rendered into every `patroni.yml`: --dcs-endpoints, else
-    /// --etcd-endpoints. Errors: endpoints of mixed schemes, or none.
+    /// --etcd-endpoints, with the --patroni-* timings. Errors: endpoints of mixed schemes, or
+    /// none; timings Patroni would refuse ([`Settings::patroni_timings`]).
     pub fn dcs(&self) -> Result<crate::patroni::config::Dcs, SettingsError> {
         let urls = if self.dcs_endpoints.iter().any(|e| !e.trim().is_empty()) {
             &self.dcs_endpoints
         } else {
             &self.etcd_endpoints
         };
-        crate::patroni::config::Dcs::from_urls(urls, &self.etcd_prefix).map_err(SettingsError::Dcs)
+        let timings = self.patroni_timings()?;
+        let dcs = crate::patroni::config::Dcs::from_urls(urls, &self.etcd_prefix)
+            .map_err(SettingsError::Dcs)?;
+        Ok(crate::patroni::config::Dcs { timings, ..dcs })
+    }
+
+    /// --patroni-ttl, --patroni-loop-wait and --patroni-retry-timeout, checked as Patroni 4
+    /// would ([`crate::patroni::config::PatroniTimings::validate`]). Errors: the first flag
+    /// out of bounds, named, with the bound; the rule between the three names --patroni-ttl.
+    pub fn patroni_timings(&self) -> Result<crate::patroni::config::PatroniTimings, SettingsError> {
+        use crate::patroni::config::{PatroniTimings, TimingsError};
+        let timings = PatroniTimings {
+            ttl: self.patroni_ttl,
+            loop_wait: self.patroni_loop_wait,
+            retry_timeout: self.patroni_retry_timeout,
+        };
+        timings
+            .validate()
+            .map_err(|error| SettingsError::PatroniTimings {
+                flag: match error {
+                    TimingsError::TtlTooShort(_) | TimingsError::TtlUnderLoop { .. } => {
+                        "--patroni-ttl"
+                    }
+                    TimingsError::LoopWaitTooShort(_) => "--patroni-loop-wait",
+                    TimingsError::RetryTimeoutTooShort(_) => "--patroni-retry-timeout",
+                },
+                error,
+            })?;
+        Ok(timings)
     }
 
     pub fn key_file(&self) -> PathBuf {
@@ -324,6 +373,86 @@ mod tests {
         // One without the other is refused by the parser.
         let alone = Settings::try_parse_from(["berth-control-plane", "--etcd-username", "root"]);
         assert!(alone.is_err());
+    }
+
+    #[test]
+    fn patroni_timings_default_to_berths_and_are_checked_naming_the_flag() {
+        let d = settings(&[]).dcs().unwrap();
+        assert_eq!(d.timings, crate::patroni::config::PatroniTimings::default());
+        // The flags, and the timings they make or the start of the error they are refused with.
+        type Case<'a> = (&'a [&'a str], Result<(u32, u32, u32), &'a str>);
+        let table: [Case; 7] = [
+            (&[], Ok((20, 5, 5))),
+            // Patroni's own defaults.
+            (
+                &[
+                    "--patroni-ttl=30",
+                    "--patroni-loop-wait=10",
+                    "--patroni-retry-timeout=10",
+                ],
+                Ok((30, 10, 10)),
+            ),
+            (
+                &["--patroni-ttl=15"],
+                Err("--patroni-ttl: ttl 15 s is under 20 s"),
+            ),
+            (
+                &["--patroni-loop-wait=0"],
+                Err("--patroni-loop-wait: loop_wait 0 s is under 1 s"),
+            ),
+            (
+                &["--patroni-retry-timeout=2"],
+                Err("--patroni-retry-timeout: retry_timeout 2 s is under 3 s"),
+            ),
+            (
+                &["--patroni-loop-wait=10", "--patroni-retry-timeout=6"],
+                Err(
+                    "--patroni-ttl: ttl 20 s is under loop_wait + 2 x retry_timeout = 10 + 2 x 6 s",
+                ),
+            ),
+            (
+                &[
+                    "--patroni-ttl=40",
+                    "--patroni-loop-wait=10",
+                    "--patroni-retry-timeout=6",
+                ],
+                Ok((40, 10, 6)),
+            ),
+        ];
+        for (args, want) in table {
+            let got = settings(args)
+                .dcs()
+                .map(|d| (d.timings.ttl, d.timings.loop_wait, d.timings.retry_timeout));
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{args:?}"),
+                (Err(e), Err(start)) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with(start), "{args:?}: {e}");
+                }
+                (got, want) => panic!("{args:?}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn patroni_timings_come_from_the_environment_too() {
+        // The variables' names; setting them in the process would race the other tests.
+        let cmd = <Settings as clap::CommandFactory>::command();
+        let env = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("patroni_ttl").as_deref(), Some("BERTH_PATRONI_TTL"));
+        assert_eq!(
+            env("patroni_loop_wait").as_deref(),
+            Some("BERTH_PATRONI_LOOP_WAIT")
+        );
+        assert_eq!(
+            env("patroni_retry_timeout").as_deref(),
+            Some("BERTH_PATRONI_RETRY_TIMEOUT")
+        );
     }
 
     #[test]

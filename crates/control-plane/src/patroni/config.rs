@@ -16,11 +16,14 @@ pub const REST_API_USER: &str = "berth";
 pub const REPLICATION_USER: &str = "replicator";
 
 /// Seconds the leader key lives without renewal: how long a dead primary goes unnoticed.
-/// Patroni's minimum (its default is 30).
+/// Patroni's minimum (its default is 30). The default of `--patroni-ttl`
+/// ([`PatroniTimings`]).
 pub const TTL: u32 = 20;
-/// Seconds between two runs of Patroni's loop (its default is 10).
+/// Seconds between two runs of Patroni's loop (its default is 10). The default of
+/// `--patroni-loop-wait`.
 pub const LOOP_WAIT: u32 = 5;
-/// Seconds Patroni retries the DCS and Postgres before it gives up a loop (default 10).
+/// Seconds Patroni retries the DCS and Postgres before it gives up a loop (default 10). The
+/// default of `--patroni-retry-timeout`.
 /// Patroni demotes a leader that cannot renew its key for this long, so `TTL` must exceed
 /// `LOOP_WAIT + 2 * RETRY_TIMEOUT`: the key then never expires before its holder demoted,
 /// and no two instances accept writes at once.
@@ -28,7 +31,93 @@ pub const RETRY_TIMEOUT: u32 = 5;
 
 const _: () = assert!(TTL > LOOP_WAIT + 2 * RETRY_TIMEOUT);
 
-/// Patroni's DCS: the fleet's etcd, as containers reach it.
+/// The least `ttl` Patroni 4.0 accepts (its validator: `IntValidator(min=20)`); 3.0 checks none.
+pub const MIN_TTL: u32 = 20;
+/// The least `loop_wait` Patroni 4.0 accepts.
+pub const MIN_LOOP_WAIT: u32 = 1;
+/// The least `retry_timeout` Patroni 4.0 accepts.
+pub const MIN_RETRY_TIMEOUT: u32 = 3;
+
+/// Patroni's three timeouts, in seconds, as rendered into `bootstrap.dcs` of every
+/// `patroni.yml` (the control-plane settings `--patroni-ttl`, `--patroni-loop-wait`,
+/// `--patroni-retry-timeout`). Patroni reads `bootstrap.dcs` only when it initialises a node:
+/// a node keeps the values it was initialised with in its DCS `config` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatroniTimings {
+    /// Seconds the leader key lives without renewal: how long a dead primary goes unnoticed.
+    pub ttl: u32,
+    /// Seconds between two runs of Patroni's loop.
+    pub loop_wait: u32,
+    /// Seconds Patroni retries the DCS and Postgres before it gives up a loop.
+    pub retry_timeout: u32,
+}
+
+impl Default for PatroniTimings {
+    /// berth's: [`TTL`], [`LOOP_WAIT`], [`RETRY_TIMEOUT`].
+    fn default() -> Self {
+        PatroniTimings {
+            ttl: TTL,
+            loop_wait: LOOP_WAIT,
+            retry_timeout: RETRY_TIMEOUT,
+        }
+    }
+}
+
+/// Why Patroni would not run with a [`PatroniTimings`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimingsError {
+    #[error("ttl {0} s is under {MIN_TTL} s, the least Patroni 4 accepts")]
+    TtlTooShort(u32),
+    #[error("loop_wait {0} s is under {MIN_LOOP_WAIT} s, the least Patroni 4 accepts")]
+    LoopWaitTooShort(u32),
+    #[error("retry_timeout {0} s is under {MIN_RETRY_TIMEOUT} s, the least Patroni 4 accepts")]
+    RetryTimeoutTooShort(u32),
+    /// Patroni's rule `loop_wait + 2 * retry_timeout <= ttl` (it would otherwise shrink
+    /// `loop_wait` itself, with a warning).
+    #[error(
+        "ttl {ttl} s is under loop_wait + 2 x retry_timeout = {loop_wait} + 2 x {retry_timeout} s: \
+         a leader cut off from etcd could still accept writes after its key expired and another \
+         instance took over"
+    )]
+    TtlUnderLoop {
+        ttl: u32,
+        loop_wait: u32,
+        retry_timeout: u32,
+    },
+}
+
+impl PatroniTimings {
+    /// Checks Patroni 4's minimums and its rule `loop_wait + 2 * retry_timeout <= ttl`, the
+    /// one that keeps a leader that cannot renew its key from outliving it. Patroni's own
+    /// defaults (30, 10, 10) sit exactly on that bound; berth's keep a margin.
+    pub fn validate(&self) -> Result<(), TimingsError> {
+        let PatroniTimings {
+            ttl,
+            loop_wait,
+            retry_timeout,
+        } = *self;
+        if ttl < MIN_TTL {
+            return Err(TimingsError::TtlTooShort(ttl));
+        }
+        if loop_wait < MIN_LOOP_WAIT {
+            return Err(TimingsError::LoopWaitTooShort(loop_wait));
+        }
+        if retry_timeout < MIN_RETRY_TIMEOUT {
+            return Err(TimingsError::RetryTimeoutTooShort(retry_timeout));
+        }
+        if u64::from(loop_wait) + 2 * u64::from(retry_timeout) > u64::from(ttl) {
+            return Err(TimingsError::TtlUnderLoop {
+                ttl,
+                loop_wait,
+                retry_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Patroni's DCS: the fleet's etcd, as containers reach it, and the timeouts Patroni runs
+/// its loop and leader key with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dcs {
     /// Each node's Patroni logs in to etcd as the node's own user, whose role reaches only
@@ -41,11 +130,14 @@ pub struct Dcs {
     pub protocol: String,
     /// berth's etcd prefix (`/berth`): Patroni's keys go under `{prefix}/patroni/`.
     pub prefix: String,
+    /// `bootstrap.dcs`'s `ttl`, `loop_wait`, `retry_timeout` (berth's defaults from
+    /// [`Dcs::from_urls`]).
+    pub timings: PatroniTimings,
 }
 
 impl Dcs {
-    /// The DCS from etcd client URLs (`http://10.0.0.1:2379`); a URL without a scheme is
-    /// taken as `http`. Errors: URLs of mixed schemes, or none.
+    /// The DCS from etcd client URLs (`http://10.0.0.1:2379`), with berth's default timings;
+    /// a URL without a scheme is taken as `http`. Errors: URLs of mixed schemes, or none.
     pub fn from_urls(urls: &[String], prefix: &str) -> Result<Dcs, String> {
         let mut protocol = None;
         let mut hosts = Vec::new();
@@ -65,6 +157,7 @@ impl Dcs {
             hosts,
             protocol: protocol.to_string(),
             prefix: prefix.to_string(),
+            timings: PatroniTimings::default(),
         })
     }
 
@@ -145,9 +238,9 @@ pub fn render(member: &Member, dcs: &Dcs) -> String {
         "ctl": {"cacert": ca},
         "bootstrap": {
             "dcs": {
-                "ttl": TTL,
-                "loop_wait": LOOP_WAIT,
-                "retry_timeout": RETRY_TIMEOUT,
+                "ttl": dcs.timings.ttl,
+                "loop_wait": dcs.timings.loop_wait,
+                "retry_timeout": dcs.timings.retry_timeout,
                 "maximum_lag_on_failover": plan::MAX_TAKEOVER_LAG_BYTES,
                 "postgresql": {
                     "use_pg_rewind": true,
@@ -346,6 +439,78 @@ mod tests {
         let n = |k: &str| at(&doc, &format!("bootstrap.dcs.{k}")).as_u64().unwrap();
         assert!(n("ttl") > n("loop_wait") + 2 * n("retry_timeout"));
         assert_eq!(n("maximum_lag_on_failover"), plan::MAX_TAKEOVER_LAG_BYTES);
+    }
+
+    #[test]
+    fn the_timings_are_rendered_as_set() {
+        let slow = Dcs {
+            timings: PatroniTimings {
+                ttl: 30,
+                loop_wait: 10,
+                retry_timeout: 10,
+            },
+            ..dcs()
+        };
+        let doc: serde_yaml::Value = serde_yaml::from_str(&render(&member(), &slow)).unwrap();
+        let n = |k: &str| at(&doc, &format!("bootstrap.dcs.{k}")).as_u64().unwrap();
+        assert_eq!((n("ttl"), n("loop_wait"), n("retry_timeout")), (30, 10, 10));
+        assert_eq!(dcs().timings, PatroniTimings::default());
+    }
+
+    #[test]
+    fn timings_patroni_would_refuse_are_refused() {
+        let t = |ttl, loop_wait, retry_timeout| {
+            PatroniTimings {
+                ttl,
+                loop_wait,
+                retry_timeout,
+            }
+            .validate()
+        };
+        use TimingsError::*;
+        let table = [
+            ((TTL, LOOP_WAIT, RETRY_TIMEOUT), Ok(())),
+            // Patroni's defaults: exactly on its bound.
+            ((30, 10, 10), Ok(())),
+            ((20, 1, 3), Ok(())),
+            ((60, 10, 25), Ok(())),
+            ((19, 1, 3), Err(TtlTooShort(19))),
+            ((0, 0, 0), Err(TtlTooShort(0))),
+            ((20, 0, 5), Err(LoopWaitTooShort(0))),
+            ((20, 5, 2), Err(RetryTimeoutTooShort(2))),
+            (
+                (20, 10, 6),
+                Err(TtlUnderLoop {
+                    ttl: 20,
+                    loop_wait: 10,
+                    retry_timeout: 6,
+                }),
+            ),
+            (
+                (30, 11, 10),
+                Err(TtlUnderLoop {
+                    ttl: 30,
+                    loop_wait: 11,
+                    retry_timeout: 10,
+                }),
+            ),
+            // No overflow at the extremes.
+            (
+                (u32::MAX, u32::MAX, u32::MAX),
+                Err(TtlUnderLoop {
+                    ttl: u32::MAX,
+                    loop_wait: u32::MAX,
+                    retry_timeout: u32::MAX,
+                }),
+            ),
+        ];
+        for ((ttl, loop_wait, retry_timeout), want) in table {
+            assert_eq!(
+                t(ttl, loop_wait, retry_timeout),
+                want,
+                "ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry_timeout}"
+            );
+        }
     }
 
     #[test]

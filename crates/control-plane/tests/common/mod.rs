@@ -56,6 +56,9 @@ impl ControlPlane {
             etcd_username: None,
             etcd_password_file: None,
             dcs_endpoints: vec![],
+            patroni_ttl: control_plane::patroni::config::TTL,
+            patroni_loop_wait: control_plane::patroni::config::LOOP_WAIT,
+            patroni_retry_timeout: control_plane::patroni::config::RETRY_TIMEOUT,
             data_dir: dir.path().to_path_buf(),
             key_file: None,
             manifest: Some(
