@@ -4,6 +4,7 @@
 //! transactions, leases and watches production does.
 
 pub mod net_fleet;
+pub mod psql;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

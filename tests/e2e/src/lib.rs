@@ -91,11 +91,7 @@ fn docker_at(engine: Option<&str>, args: &[&str]) -> String {
 }
 
 fn docker_command(engine: Option<&str>) -> Command {
-    let mut c = Command::new("docker");
-    if let Some(e) = engine {
-        c.arg("-H").arg(e);
-    }
-    c
+    test_support::psql::docker(engine)
 }
 
 /// The engine-per-host fleet of the test run: `deploy/fleet/hosts` fleet `e2e` on
@@ -889,28 +885,7 @@ impl Fleet {
     /// Like [`Fleet::psql`] for SQL that may fail: (succeeded, stdout and stderr).
     pub fn psql_status(&self, container: &str, database: &str, sql: &str) -> (bool, String) {
         let engine = self.engine_of_container(container);
-        let out = docker_command(engine.as_deref())
-            .args([
-                "exec",
-                container,
-                "psql",
-                "-XAtq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "/var/run/postgresql",
-                "-U",
-                "postgres",
-                "-d",
-                database,
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("docker CLI");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text.trim().to_string())
+        test_support::psql::psql(engine.as_deref(), container, database, sql)
     }
 
     pub fn docker_kill(&self, container: &str) {

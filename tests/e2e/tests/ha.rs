@@ -168,22 +168,10 @@ impl Checker {
                 let at = std::time::Instant::now();
                 let mut writable = Vec::new();
                 for (name, engine, container) in &targets {
-                    let mut c = std::process::Command::new("docker");
-                    if let Some(e) = engine {
-                        c.arg("-H").arg(e);
-                    }
-                    let ok = c
-                        .args([
-                            "exec", "-e", "PGCONNECT_TIMEOUT=2", container, "psql", "-XAtq", "-v",
-                            "ON_ERROR_STOP=1", "-h", "/var/run/postgresql", "-U", "postgres",
-                            "-d", "app", "-c",
-                        ])
-                        .arg(format!(
-                            "SET statement_timeout = '2s'; INSERT INTO checks (who) VALUES ('{name}')"
-                        ))
-                        .output()
-                        .is_ok_and(|o| o.status.success());
-                    if ok {
+                    let sql = format!(
+                        "SET statement_timeout = '2s'; INSERT INTO checks (who) VALUES ('{name}')"
+                    );
+                    if test_support::psql::psql(engine.as_deref(), container, "app", &sql).0 {
                         writable.push(name.clone());
                     }
                 }
