@@ -62,6 +62,9 @@ pub struct InstanceRecord {
     /// until one succeeds: a container that never started has no state of its own to say so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_error: Option<String>,
+    /// A Postgres instance's WAL as last checked (`reconciler::wal_watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<spec::wal::WalReport>,
 }
 
 impl InstanceRecord {
@@ -187,6 +190,12 @@ pub fn api_view(
         InstanceKind::Postgres { node } => View::Postgres({
             let member = patroni.and_then(|p| p.members.get(&r.instance_id));
             let leads = patroni.is_some_and(|p| p.leader.as_deref() == Some(&r.instance_id));
+            // A stopped instance's last report says nothing of now.
+            let wal = r.wal.clone().filter(|_| o.phase != Phase::Stopped);
+            let warnings = wal.as_ref().map(spec::wal::warnings).unwrap_or_default();
+            let critical = warnings
+                .iter()
+                .any(|w| w.level == spec::wal::WarningLevel::Critical);
             Instance {
                 id: r.instance_id.clone(),
                 database_id: r.database_id.clone(),
@@ -197,15 +206,17 @@ pub fn api_view(
                 } else {
                     InstanceRole::Replica
                 },
-                state: if unknown {
-                    PgState::Unknown
-                } else {
-                    postgres_state(o.phase, member)
+                state: match (unknown, postgres_state(o.phase, member)) {
+                    (true, _) => PgState::Unknown,
+                    (false, PgState::Available) if critical => PgState::Degraded,
+                    (false, state) => state,
                 },
                 patroni_state: member.map(|m| m.shown_state().to_string()),
                 timeline: member.and_then(|m| m.timeline),
                 lag_bytes: patroni.and_then(|p| p.lag_bytes(&r.instance_id)),
                 pending_restart: member.is_some_and(|m| m.pending_restart),
+                wal,
+                warnings,
                 connection_info: o.ports.iter().find_map(|p| {
                     p.host_port.map(|port| ConnectionInfo {
                         addresses: host_addresses.to_vec(),

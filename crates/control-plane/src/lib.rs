@@ -230,6 +230,7 @@ async fn lead(
             Arc::new(state.store.fenced(leadership.fence.clone())),
             settings.retention(),
         ));
+        let wal = tokio::spawn(reconciler.clone().watch_wal(reconciler::WAL_CHECK_PERIOD));
         let mut lost = leadership.lost.clone();
         reconciler
             .run(poked, async move {
@@ -238,6 +239,7 @@ async fn lead(
             .await;
         watcher.abort();
         retention.abort();
+        wal.abort();
         hosts.abort();
         gauges.stepped_down();
         reconciler.shutdown();

@@ -114,7 +114,14 @@ pub(crate) fn switchover(
         ));
     };
     match &request.candidate_instance_id {
-        Some(c) => check_candidate(f, node, keys, c, |k, c| k.can_take_over(c))?,
+        Some(c) => check_candidate(
+            f,
+            node,
+            keys,
+            c,
+            "a healthy replica that streams and has caught up",
+            |k, c| k.can_take_over(c),
+        )?,
         None => {
             let any = f
                 .running(node, keys)
@@ -172,7 +179,7 @@ pub(crate) fn failover(
     };
     let candidate = match request.candidate_instance_id {
         Some(c) => {
-            check_candidate(f, node, keys, &c, healthy)?;
+            check_candidate(f, node, keys, &c, "a running replica", healthy)?;
             c
         }
         None => f
@@ -198,12 +205,14 @@ pub(crate) fn failover(
     })
 }
 
-/// The candidate is an instance of `node`, not stopped, and `healthy` by Patroni's keys.
+/// The candidate is an instance of `node`, not stopped, and `healthy` by Patroni's keys
+/// (which `wanted` says in words).
 fn check_candidate(
     f: &Facts,
     node: &str,
     keys: &PatroniNode,
     candidate: &str,
+    wanted: &str,
     healthy: impl Fn(&PatroniNode, &str) -> bool,
 ) -> Result<(), Refusal> {
     let path = "candidate_instance_id";
@@ -236,7 +245,7 @@ fn check_candidate(
         return Err(invalid(
             path,
             format!(
-                "{candidate} is not a healthy replica that has caught up (Patroni: {seen}{})",
+                "{candidate} is not {wanted} (Patroni: {seen}{})",
                 match keys.lag_bytes(candidate) {
                     Some(lag) => format!(", {lag} bytes behind"),
                     None => String::new(),
@@ -310,9 +319,28 @@ pub(crate) fn stop(f: &Facts, instance_id: &str, force: bool) -> Result<Operatio
 }
 
 /// `start-instance`: a stopped instance comes back (starting a running one changes
-/// nothing).
-pub(crate) fn start(f: &Facts, instance_id: &str) -> Result<Operation, Refusal> {
-    f.instance(instance_id)?;
+/// nothing). While none of its node's instances runs, only the one that was the node's
+/// primary when it stopped may start without `force`: any other may be behind it, and
+/// Patroni would make it the primary (and rewind the old one), losing what only the old
+/// primary had.
+pub(crate) fn start(f: &Facts, instance_id: &str, force: bool) -> Result<Operation, Refusal> {
+    let node = f.instance(instance_id)?;
+    let keys = f.patroni.get(node).unwrap_or(&NO_KEYS);
+    let last = f.db.record.stopped_primaries.get(node);
+    if let Some(last) = last
+        && last != instance_id
+        && !force
+        && f.running(node, keys).is_empty()
+    {
+        return Err(not_possible(
+            "force",
+            format!(
+                "{last} was node {node}'s primary when the node stopped and holds its latest \
+                 data; start {last} first (its replicas then catch up from it), or set \
+                 force=true to start {instance_id} as the primary and lose what only {last} has"
+            ),
+        ));
+    }
     Ok(Operation::StartInstance {
         instance_id: instance_id.to_string(),
     })

@@ -24,6 +24,7 @@ fn db(stopped: &[&str]) -> StoredDatabase {
             forced_generation: 0,
             operation: None,
             stopped_instances: stopped.iter().map(|s| s.to_string()).collect(),
+            stopped_primaries: Default::default(),
         },
         spec: serde_json::from_value(json!({
             "database_name": "shop",
@@ -56,6 +57,7 @@ fn record(id: &str, node: &str) -> InstanceRecord {
             sequence: 1,
         },
         apply_error: None,
+        wal: None,
     }
 }
 
@@ -263,6 +265,42 @@ fn stopping_keeps_a_node_running_unless_forced() {
         path(restart(&f, "b", RestartInstanceRequest::default()).unwrap_err()),
         (409, "instance_id".into())
     );
-    assert!(start(&f, "b").is_ok());
+    assert!(start(&f, "b", false).is_ok());
     assert!(restart(&f, "a", RestartInstanceRequest::default()).is_ok());
+}
+
+/// The data-loss case: every instance stopped, the replica that was stopped first
+/// (and is behind) may not start first without force.
+#[test]
+fn only_the_last_primary_starts_a_stopped_node_without_force() {
+    let mut db = db(&["a", "b", "c"]);
+    db.record
+        .stopped_primaries
+        .insert("n1".to_string(), "a".to_string());
+    let recs = records();
+    let none = keys(None, "stopped");
+    let mut nothing_runs = none.clone();
+    nothing_runs.get_mut("n1").unwrap().members.clear();
+    let f = Facts {
+        db: &db,
+        records: &recs,
+        patroni: &nothing_runs,
+    };
+    assert_eq!(
+        path(start(&f, "b", false).unwrap_err()),
+        (409, "force".into())
+    );
+    assert!(
+        start(&f, "b", true).is_ok(),
+        "forced: the operator accepts the loss"
+    );
+    assert!(start(&f, "a", false).is_ok(), "the last primary starts");
+    // Once an instance of the node runs (b, started), the others join it as replicas.
+    db.record.stopped_instances.remove("b");
+    let f = Facts {
+        db: &db,
+        records: &recs,
+        patroni: &none,
+    };
+    assert!(start(&f, "c", false).is_ok());
 }

@@ -27,6 +27,10 @@ pub enum CancelError {
     NotFound(String),
     #[error("task {task_id:?} already ended as {status}")]
     AlreadyEnded { task_id: String, status: TaskStatus },
+    /// An operation's task that runs: Patroni may be carrying it out already, and cannot be
+    /// stopped half way (ADR 018).
+    #[error("task {0:?} is an operation that is being carried out; it cannot be canceled")]
+    OperationRunning(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -41,10 +45,12 @@ pub async fn cancel(
 ) -> Result<Task, CancelError> {
     let mut ended = None;
     let mut canceled = false;
+    let mut operation_running = false;
     let result = store
         .update_task(database_id, task_id, &mut |task| {
             // Only the last try of the change (the one stored) says whether it ended the task.
             canceled = false;
+            operation_running = false;
             match task.status {
                 TaskStatus::Pending => {
                     task.status = TaskStatus::Canceled;
@@ -52,6 +58,10 @@ pub async fn cancel(
                     task.error = Some("canceled before it started".into());
                     canceled = true;
                     true
+                }
+                TaskStatus::Running if task.task_type.is_operation() => {
+                    operation_running = true;
+                    false
                 }
                 TaskStatus::Running => {
                     task.status = TaskStatus::Canceling;
@@ -71,6 +81,7 @@ pub async fn cancel(
     match result {
         Err(StoreError::NotFound) => Err(CancelError::NotFound(task_id.to_string())),
         Err(e) => Err(CancelError::Store(e)),
+        Ok(_) if operation_running => Err(CancelError::OperationRunning(task_id.to_string())),
         Ok(task) => match ended {
             Some(status) => Err(CancelError::AlreadyEnded {
                 task_id: task_id.to_string(),

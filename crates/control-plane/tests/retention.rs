@@ -34,6 +34,7 @@ fn record(id: &str, generation: u64, task_id: &str) -> DatabaseRecord {
         forced_generation: 0,
         operation: None,
         stopped_instances: Default::default(),
+        stopped_primaries: Default::default(),
     }
 }
 

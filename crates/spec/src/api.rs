@@ -44,6 +44,8 @@ pub enum InstanceState {
     /// Stopped by `stop-instance`: no container, its data directory kept, until a
     /// `start-instance`.
     Stopped,
+    /// It runs, but a `critical` warning holds (`warnings`): left alone, it will stop.
+    Degraded,
     Unknown,
 }
 
@@ -82,6 +84,14 @@ pub struct Instance {
     /// A changed parameter takes effect only after a restart of its Postgres.
     #[serde(default)]
     pub pending_restart: bool,
+    /// Its WAL as last checked ([`crate::wal`]): `pg_wal`'s size, inactive replication
+    /// slots, the archiver; absent until a check read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::wal::WalReport>,
+    /// What the last checks found wrong, most severe first; a `critical` one makes the
+    /// instance `degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<crate::wal::InstanceWarning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_info: Option<ConnectionInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +181,18 @@ pub enum TaskType {
 }
 
 impl TaskType {
+    /// One of the operations on a running database's instances ([`crate::operations`]).
+    pub fn is_operation(self) -> bool {
+        matches!(
+            self,
+            TaskType::Switchover
+                | TaskType::Failover
+                | TaskType::RestartInstance
+                | TaskType::StopInstance
+                | TaskType::StartInstance
+        )
+    }
+
     /// The API's name of the type (`create`, `restart_instance`, ...), as serialized.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -164,6 +164,27 @@ pub fn parse_restart(
     done(request, errors)
 }
 
+/// Reads the body of `stop-instance` and `start-instance`, which take none (their `force`
+/// is a query parameter, as in the reference API): absent, empty or `{}`. Errors: each
+/// field given, by name.
+pub fn parse_no_body(body: &Value) -> Result<(), InvalidInput> {
+    let errors = match body {
+        Value::Null => Vec::new(),
+        Value::Object(m) => m
+            .keys()
+            .map(|k| {
+                FieldError::new(
+                    k.clone(),
+                    "unknown field: this request takes no body (force is a query parameter: \
+                     ?force=true)",
+                )
+            })
+            .collect(),
+        _ => vec![FieldError::new("", "request body: expected none, or {}")],
+    };
+    done((), errors)
+}
+
 fn done<T>(value: T, errors: Vec<FieldError>) -> Result<T, InvalidInput> {
     if errors.is_empty() {
         Ok(value)
@@ -289,6 +310,9 @@ mod tests {
         assert_eq!(paths(e), ["skip_validation"]);
         let e = parse_failover(&json!([1])).unwrap_err();
         assert_eq!(paths(e), [""]);
+        assert!(parse_no_body(&json!({})).is_ok());
+        let e = parse_no_body(&json!({"force": true})).unwrap_err();
+        assert_eq!(paths(e), ["force"], "force is a query parameter");
     }
 
     #[test]

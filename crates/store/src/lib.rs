@@ -20,7 +20,7 @@ mod state;
 mod tasks;
 pub mod tokens;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
@@ -129,6 +129,10 @@ pub struct DatabaseRecord {
     /// directories stay, until `start-instance` (or a spec that drops them).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub stopped_instances: BTreeSet<String>,
+    /// Node -> the instance that was its primary when it was stopped with no replica taking
+    /// over: it holds the node's latest data, so it is the one to start first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stopped_primaries: BTreeMap<String, String>,
 }
 
 fn is_zero(n: &u64) -> bool {

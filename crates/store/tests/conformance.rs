@@ -31,6 +31,7 @@ fn record(id: &str, generation: u64, task: &Task) -> DatabaseRecord {
         forced_generation: 0,
         operation: None,
         stopped_instances: Default::default(),
+        stopped_primaries: Default::default(),
     }
 }
 

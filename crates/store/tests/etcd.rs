@@ -43,6 +43,7 @@ fn record(id: &str, generation: u64) -> DatabaseRecord {
         forced_generation: 0,
         operation: None,
         stopped_instances: Default::default(),
+        stopped_primaries: Default::default(),
     }
 }
 

@@ -381,8 +381,42 @@ async fn each_operation_is_a_task_and_bad_input_changes_nothing() {
     assert_eq!(status.as_u16(), 409, "{refused}");
     assert_eq!(refused["errors"][0]["path"], "force", "{refused}");
 
-    // Start both: they come back as replicas of host-3's primary, with its rows.
-    for i in [&i1, &i2] {
+    // Forced, the node stops whole. Its primary, host-3's, has a row the replicas stopped
+    // before: only it may start first, else Patroni would promote a replica without it.
+    fleet.psql(&c3, "app", "INSERT INTO t VALUES (4)");
+    operate(
+        &fleet,
+        &db,
+        &format!("instances/{i3}/stop-instance?force=true"),
+        None,
+    )
+    .await;
+    let d = fleet.database(&db).await;
+    assert_eq!(instance(&d, &i3)["state"], "stopped", "{d}");
+    assert_eq!(
+        instance(&d, &i3)["role"],
+        "primary",
+        "the node's last primary: {d}"
+    );
+    let (status, refused) = fleet
+        .call(
+            "POST",
+            &format!("/v1/databases/{db}/instances/{i1}/start-instance"),
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 409, "{refused}");
+    assert_eq!(refused["errors"][0]["path"], "force", "{refused}");
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&i3),
+        "names the instance to start first: {refused}"
+    );
+
+    // The last primary first, then the others: replicas of it, with every row.
+    for i in [&i3, &i1, &i2] {
         operate(&fleet, &db, &format!("instances/{i}/start-instance"), None).await;
     }
     fleet
@@ -396,11 +430,49 @@ async fn each_operation_is_a_task_and_bad_input_changes_nothing() {
         })
         .await;
     fleet
-        .wait_for("host-3's row on host-1", || async {
-            (fleet.psql_status(&c1, "app", "SELECT count(*) FROM t").1 == "2").then_some(())
+        .wait_for("host-3's rows on host-1", || async {
+            (fleet.psql_status(&c1, "app", "SELECT count(*) FROM t").1 == "3").then_some(())
         })
         .await;
     let d = fleet.database(&db).await;
     assert_eq!(instance(&d, &i3)["role"], "primary", "{d}");
     assert_eq!(d["state"], "available", "{d}");
+
+    // A stopped instance that a spec drops goes; added again, it is a new instance that
+    // runs, not a stopped one. A spec change waits while an operation runs.
+    operate(&fleet, &db, &format!("instances/{i2}/stop-instance"), None).await;
+    let spec = |hosts: Value| json!({"spec": {"database_name": "app", "nodes": [{"name": "n1", "host_ids": hosts}]}});
+    fleet
+        .apply(&format!("/v1/databases/{db}"), &spec(json!([h1, h3])))
+        .await;
+    let (status, resp) = fleet
+        .call(
+            "POST",
+            &format!("/v1/databases/{db}/instances/{i1}/restart"),
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200, "{resp}");
+    let (status, busy) = fleet
+        .call(
+            "POST",
+            &format!("/v1/databases/{db}"),
+            Some(&spec(json!([h1, h2, h3]))),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 409, "{busy}");
+    assert_eq!(busy["name"], "operation_already_in_progress", "{busy}");
+    fleet
+        .wait_task(&db, resp["task"]["task_id"].as_str().unwrap())
+        .await;
+    fleet
+        .apply(&format!("/v1/databases/{db}"), &spec(json!([h1, h2, h3])))
+        .await;
+    fleet
+        .wait_for("host-2's new instance running as a replica", || async {
+            let d = fleet.database(&db).await;
+            let i = instance(&d, &i2);
+            (i["role"] == "replica" && i["state"] == "available").then_some(())
+        })
+        .await;
 }

@@ -70,7 +70,14 @@ fn full_view(
             .unwrap_or_default();
         let node = record.kind.node().and_then(|n| patroni.get(n));
         match api_view(record, &facts.unreachable, &addresses, node) {
-            View::Postgres(i) => view.instances.push(i),
+            View::Postgres(mut i) => {
+                // A node stopped whole keeps no leader key; its last primary is still the
+                // one that holds its latest data.
+                if d.record.stopped_primaries.values().any(|p| *p == i.id) {
+                    i.role = spec::InstanceRole::Primary;
+                }
+                view.instances.push(i)
+            }
             View::Service(s) => view.service_instances.push(s),
         }
     }
@@ -200,6 +207,7 @@ pub(crate) async fn create(
         forced_generation: 0,
         operation: None,
         stopped_instances: Default::default(),
+        stopped_primaries: Default::default(),
     };
     if dry_run {
         if app.store.get_database(&id).await?.is_some() {
@@ -306,7 +314,24 @@ pub(crate) async fn get(
 }
 
 /// The record of the next generation of a database, in `state`.
-/// An operation not carried out yet goes: the new spec's task supersedes its task.
+/// A new spec keeps stopped only the instances it still has, and a node's stopped primary
+/// only while the node and that instance stay: an instance the spec drops goes with its
+/// data, and one added again later is a new instance that runs.
+fn keep_stopped_of(record: &mut DatabaseRecord, spec: &DatabaseSpec) {
+    let wanted: BTreeSet<String> = spec
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.host_ids
+                .iter()
+                .map(|h| plan::postgres_instance_id(&record.id, &n.name, h))
+        })
+        .collect();
+    record.stopped_instances.retain(|i| wanted.contains(i));
+    record.stopped_primaries.retain(|_, i| wanted.contains(i));
+}
+
+/// An operation not carried out yet (its task canceled) goes with the new generation.
 fn next_record(current: &DatabaseRecord, state: DatabaseState) -> DatabaseRecord {
     DatabaseRecord {
         state,
@@ -394,6 +419,7 @@ pub(crate) async fn update(
     })
     .await?;
     let spec = request.spec;
+    super::operations::refuse_during_operation(&app, &current).await?;
     check_limits(&app, &spec).await?;
     ports::check_ports(&app, &id, &spec).await?;
     // Refused alike with dry_run: the plan it would show could not be carried out.
@@ -407,6 +433,7 @@ pub(crate) async fn update(
     if forced {
         base.record.forced_generation = current.record.generation + 1;
     }
+    keep_stopped_of(&mut base.record, &spec);
     if dry_run {
         let db = StoredDatabase {
             record: next_record(&base.record, DatabaseState::Modifying),
@@ -453,6 +480,7 @@ pub(crate) async fn delete(
             "database {id:?} is already being deleted"
         )));
     }
+    super::operations::refuse_during_operation(&app, &current).await?;
     let (_, task) = write_generation(
         &app,
         &current,

@@ -12,7 +12,7 @@ use chrono::Utc;
 use serde_json::Value;
 use spec::DatabaseState;
 use spec::operations::{
-    Operation, OperationResponse, parse_failover, parse_restart, parse_switchover,
+    Operation, OperationResponse, parse_failover, parse_no_body, parse_restart, parse_switchover,
 };
 use store::StoreError;
 
@@ -41,6 +41,40 @@ impl From<Refusal> for ApiError {
     }
 }
 
+/// The database's current task, if it has not ended.
+async fn unfinished_task(
+    app: &AppState,
+    current: &store::StoredDatabase,
+) -> Result<Option<spec::Task>, ApiError> {
+    let Some(task_id) = &current.record.current_task_id else {
+        return Ok(None);
+    };
+    Ok(app
+        .store
+        .get_task(&current.record.id, task_id)
+        .await?
+        .map(|t| t.value)
+        .filter(|t| !t.status.is_terminal()))
+}
+
+/// Refuses a spec change or a delete while an operation's task is unfinished (409
+/// `operation_already_in_progress`): superseding it would end it as canceled while
+/// Patroni may have carried it out.
+pub(super) async fn refuse_during_operation(
+    app: &AppState,
+    current: &store::StoredDatabase,
+) -> Result<(), ApiError> {
+    match unfinished_task(app, current).await? {
+        Some(task) if task.task_type.is_operation() => Err(ApiError::OperationInProgress(format!(
+            "database {:?} has an unfinished {} task {}; wait for it to end",
+            current.record.id,
+            task.task_type.as_str(),
+            task.task_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Reads the database, decides the operation against what runs, and stores it with its
 /// task, unless another request changed the database meanwhile.
 async fn accept(
@@ -54,14 +88,12 @@ async fn accept(
             "database {id:?} is being deleted"
         )));
     }
-    if let Some(task_id) = &current.record.current_task_id
-        && let Some(task) = app.store.get_task(id, task_id).await?
-        && !task.value.status.is_terminal()
-    {
+    if let Some(task) = unfinished_task(app, &current).await? {
         return Err(ApiError::OperationInProgress(format!(
-            "database {id:?} has an unfinished task {task_id} ({}, {}); wait for it or cancel it",
-            task.value.task_type.as_str(),
-            task.value.status
+            "database {id:?} has an unfinished task {} ({}, {}); wait for it or cancel it",
+            task.task_id,
+            task.task_type.as_str(),
+            task.status
         )));
     }
     let records = app.store.list_instances::<InstanceRecord>(id).await?;
@@ -163,20 +195,29 @@ pub(crate) async fn stop(
     State(app): State<AppState>,
     Path((id, instance)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Result<Json<OperationResponse>, ApiError> {
+    parse_no_body(&optional_body(&body)?).map_err(ApiError::InvalidInput)?;
     let force = QueryParams::parse(query).flag("force")?;
     accept(&app, &id, |f| ops::stop(f, &instance, force)).await
 }
 
 #[utoipa::path(post, path = "/v1/databases/{database_id}/instances/{instance_id}/start-instance",
     tag = "databases",
-    params(("database_id" = String, Path), ("instance_id" = String, Path)),
+    params(("database_id" = String, Path), ("instance_id" = String, Path),
+           ("force" = Option<bool>, Query, description = "`true`: start it even though every \
+               instance of its node is stopped and another was the node's primary when it \
+               stopped (what only that one has is lost)")),
     responses((status = 200, body = OperationResponse, description = "the task of the start"),
               (status = 404, body = spec::ApiErrorBody), (status = 409, body = spec::ApiErrorBody)))]
 #[tracing::instrument(skip_all, fields(database_id = %id, instance_id = %instance))]
 pub(crate) async fn start(
     State(app): State<AppState>,
     Path((id, instance)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Result<Json<OperationResponse>, ApiError> {
-    accept(&app, &id, |f| ops::start(f, &instance)).await
+    parse_no_body(&optional_body(&body)?).map_err(ApiError::InvalidInput)?;
+    let force = QueryParams::parse(query).flag("force")?;
+    accept(&app, &id, |f| ops::start(f, &instance, force)).await
 }

@@ -176,7 +176,7 @@ pub(crate) async fn cancel(
     match cancel_task(&app.store, &id, &task_id).await {
         Ok(task) => Ok(Json(task)),
         Err(CancelError::NotFound(m)) => Err(ApiError::NotFound(m)),
-        Err(e @ CancelError::AlreadyEnded { .. }) => {
+        Err(e @ (CancelError::AlreadyEnded { .. } | CancelError::OperationRunning(_))) => {
             Err(ApiError::TaskNotCancelable(e.to_string()))
         }
         Err(CancelError::Store(e)) => Err(e.into()),

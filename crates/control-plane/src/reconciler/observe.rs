@@ -104,7 +104,11 @@ impl Reconciler {
             if view == record.observed || view.sequence < record.observed.sequence {
                 continue;
             }
-            if view.phase == Phase::Failed && record.observed.phase != Phase::Failed {
+            // An instance that was stopped and is started again is missing until it is
+            // applied: not a failure.
+            let was_stopped = record.observed.phase == Phase::Stopped;
+            if view.phase == Phase::Failed && record.observed.phase != Phase::Failed && !was_stopped
+            {
                 pass.log
                     .note(
                         format!(

@@ -7,6 +7,8 @@
 //! An operation that fails fails its task, and nothing else: the database keeps its state,
 //! since nothing of its spec changed.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, json};
 use spec::TaskStatus;
@@ -38,7 +40,10 @@ impl Reconciler {
         op: &Operation,
     ) -> Result<(), ReconcileError> {
         let db = pass.db.record.id.as_str();
-        let mut stopped = pass.db.record.stopped_instances.clone();
+        let mut after = Stopped {
+            instances: pass.db.record.stopped_instances.clone(),
+            primaries: pass.db.record.stopped_primaries.clone(),
+        };
         let leader_of = |node: &str| pass.patroni.get(node).and_then(|n| n.leader.clone());
         match op {
             Operation::Switchover {
@@ -85,7 +90,7 @@ impl Reconciler {
                         format!("node {node}: its primary is {candidate}"),
                     )
                     .await?;
-                    return self.done(pass, stopped).await;
+                    return self.done(pass, after).await;
                 }
                 let host = host_of(pass, candidate)?;
                 let (status, answer) = self
@@ -155,31 +160,40 @@ impl Reconciler {
             } => {
                 let record = record_of(pass, instance_id)?;
                 let node = record.kind.node().unwrap_or_default().to_string();
-                if let Some(candidate) = hand_over_to
-                    && leader_of(&node).as_deref() == Some(instance_id.as_str())
-                {
-                    self.switchover_step(pass, &node, instance_id, &record.host_id, candidate)
-                        .await?;
+                let leads = leader_of(&node).as_deref() == Some(instance_id.as_str());
+                match hand_over_to {
+                    Some(candidate) if leads => {
+                        self.switchover_step(pass, &node, instance_id, &record.host_id, candidate)
+                            .await?;
+                    }
+                    // A forced stop of the primary: it keeps the node's latest data.
+                    _ if leads => {
+                        after.primaries.insert(node.clone(), instance_id.clone());
+                    }
+                    _ => {}
                 }
-                stopped.insert(instance_id.clone());
+                after.instances.insert(instance_id.clone());
             }
             Operation::StartInstance { instance_id } => {
-                stopped.remove(instance_id);
+                let record = record_of(pass, instance_id)?;
+                if let Some(node) = record.kind.node() {
+                    // The node runs again from this instance: what the stopped primary alone
+                    // had is its own again, or (a forced start) given up.
+                    after.primaries.remove(node);
+                }
+                after.instances.remove(instance_id);
             }
         }
-        self.done(pass, stopped).await
+        self.done(pass, after).await
     }
 
     /// Records that the pass's operation is carried out, with the stopped instances it
     /// leaves; a newer request that replaced the record meanwhile wins.
-    async fn done(
-        &self,
-        pass: &Pass,
-        stopped: std::collections::BTreeSet<String>,
-    ) -> Result<(), ReconcileError> {
+    async fn done(&self, pass: &Pass, after: Stopped) -> Result<(), ReconcileError> {
         let record = store::DatabaseRecord {
             operation: None,
-            stopped_instances: stopped,
+            stopped_instances: after.instances,
+            stopped_primaries: after.primaries,
             updated_at: Utc::now(),
             ..pass.db.record.clone()
         };
@@ -206,14 +220,24 @@ impl Reconciler {
         pass.log
             .end(TaskStatus::Failed, Some(error.to_string()))
             .await?;
-        self.done(pass, pass.db.record.stopped_instances.clone())
-            .await
+        let unchanged = Stopped {
+            instances: pass.db.record.stopped_instances.clone(),
+            primaries: pass.db.record.stopped_primaries.clone(),
+        };
+        self.done(pass, unchanged).await
     }
 
     async fn say(&self, pass: &Pass, node: &str, line: String) -> Result<(), ReconcileError> {
         pass.log.line(line, fields(&[("node", node)])).await?;
         Ok(())
     }
+}
+
+/// What an operation leaves stopped: the record's `stopped_instances` and
+/// `stopped_primaries`.
+struct Stopped {
+    instances: BTreeSet<String>,
+    primaries: BTreeMap<String, String>,
 }
 
 fn record_of<'a>(pass: &'a Pass, instance_id: &str) -> Result<&'a InstanceRecord, ReconcileError> {

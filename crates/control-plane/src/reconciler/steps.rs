@@ -366,6 +366,7 @@ impl Reconciler {
                         updated_at: now,
                         observed: view_of(None, 0),
                         apply_error: None,
+                        wal: None,
                     })
                 };
                 self.put_record(&record).await?;
@@ -385,6 +386,7 @@ impl Reconciler {
             updated_at: now,
             observed: self.observed_after(host_id, instance_id, r.sequence).await,
             apply_error: None,
+            wal: None,
         };
         self.put_record(&record).await?;
         Ok(record)
@@ -436,6 +438,7 @@ impl Reconciler {
                     updated_at: Utc::now(),
                     observed: observed.clone(),
                     apply_error: None,
+                    wal: None,
                 }
             }
         };

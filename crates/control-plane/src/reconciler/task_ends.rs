@@ -98,6 +98,25 @@ impl Reconciler {
             )
             .await?;
         }
+        if task.task_type.is_operation() {
+            // Canceled before it ran (a running operation cannot be canceled): nothing of
+            // the database changed, so its state stays; the operation goes.
+            if db.record.operation.is_some() {
+                let record = store::DatabaseRecord {
+                    operation: None,
+                    ..db.record.clone()
+                };
+                match self
+                    .store
+                    .put_database_record(db.spec_revision, &record)
+                    .await
+                {
+                    Ok(()) | Err(StoreError::Conflict) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        }
         if db.record.state != DatabaseState::Failed {
             self.store
                 .append_log(

@@ -426,6 +426,7 @@ impl Harness {
             forced_generation: 0,
             operation: None,
             stopped_instances: Default::default(),
+            stopped_primaries: Default::default(),
         };
         self.store
             .create_database(&record, &spec, &task)

@@ -66,6 +66,7 @@ fn db(spec: DatabaseSpec, generation: u64, forced_generation: u64) -> StoredData
             forced_generation,
             operation: None,
             stopped_instances: Default::default(),
+            stopped_primaries: Default::default(),
         },
         spec,
         spec_revision: 1,
@@ -153,6 +154,7 @@ impl Running {
                         sequence: 1,
                     },
                     apply_error: None,
+                    wal: None,
                 };
                 (d.plan.instance_id.clone(), record)
             })

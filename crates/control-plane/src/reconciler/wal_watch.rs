@@ -1,0 +1,221 @@
+//! WAL health of every running Postgres instance (`spec::wal`): the leader reads each one's
+//! `pg_wal` size, inactive replication slots and archiver state with one read-only query
+//! (system views and `pg_ls_waldir()`, inside the container, as the agent's Exec runs psql),
+//! and keeps the report on the instance's record, where `GET /v1/databases/{id}` shows it
+//! with the warnings it calls for.
+//!
+//! Records are rewritten only when the warnings change, or when the last report is older
+//! than [`REWRITE_AFTER`]: a check every minute of every instance would otherwise be most of
+//! etcd's writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use plan::InstanceKind;
+use serde::Deserialize;
+use spec::wal::{InactiveSlot, WalReport, warnings};
+
+use super::{ReconcileError, Reconciler};
+use crate::instances::Phase;
+
+/// The default time between two checks of an instance.
+pub const WAL_CHECK_PERIOD: Duration = Duration::from_secs(60);
+/// A report whose warnings did not change is written again after this long, so that the
+/// sizes shown are at most this old.
+pub const REWRITE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// One row of JSON; works on a primary and on a replica (where `pg_current_wal_lsn()`
+/// would fail), on Postgres 15 and 17.
+const WAL_SQL: &str = r#"\pset format unaligned
+\pset tuples_only on
+SELECT json_build_object(
+  'pg_wal_bytes', (SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()),
+  'max_wal_size_bytes', (SELECT setting::bigint * 1048576 FROM pg_settings WHERE name = 'max_wal_size'),
+  'wal_keep_size_bytes', (SELECT setting::bigint * 1048576 FROM pg_settings WHERE name = 'wal_keep_size'),
+  'oldest_segment_age_seconds', (SELECT extract(epoch FROM now() - min(modification))::bigint
+      FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'),
+  'inactive_slots', (SELECT coalesce(json_agg(json_build_object(
+      'slot_name', slot_name,
+      'retained_bytes', greatest(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
+          THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END, restart_lsn), 0)::bigint)),
+      '[]') FROM pg_replication_slots WHERE NOT active AND restart_lsn IS NOT NULL),
+  'archive_mode', current_setting('archive_mode'),
+  'archive_destination', current_setting('archive_command') NOT IN ('', '(disabled)')
+      OR current_setting('archive_library') <> '',
+  'archive_ready', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'),
+  'last_archived_wal', a.last_archived_wal,
+  'last_archived_at', a.last_archived_time,
+  'last_failed_wal', a.last_failed_wal,
+  'last_failed_at', a.last_failed_time,
+  'archive_failed_count', a.failed_count
+) FROM pg_stat_archiver a;
+"#;
+
+/// What [`WAL_SQL`] answers; `checked_at` is the control plane's.
+#[derive(Deserialize)]
+struct Row {
+    pg_wal_bytes: u64,
+    max_wal_size_bytes: u64,
+    wal_keep_size_bytes: u64,
+    oldest_segment_age_seconds: Option<u64>,
+    inactive_slots: Vec<InactiveSlot>,
+    archive_mode: String,
+    archive_destination: bool,
+    archive_ready: u64,
+    last_archived_wal: Option<String>,
+    last_archived_at: Option<DateTime<Utc>>,
+    last_failed_wal: Option<String>,
+    last_failed_at: Option<DateTime<Utc>>,
+    archive_failed_count: u64,
+}
+
+/// Reads [`WAL_SQL`]'s answer. Errors: not that JSON.
+fn parse(out: &str, checked_at: DateTime<Utc>) -> Result<WalReport, String> {
+    let row: Row = serde_json::from_str(out.trim()).map_err(|e| e.to_string())?;
+    Ok(WalReport {
+        checked_at,
+        pg_wal_bytes: row.pg_wal_bytes,
+        max_wal_size_bytes: row.max_wal_size_bytes,
+        wal_keep_size_bytes: row.wal_keep_size_bytes,
+        oldest_segment_age_seconds: row.oldest_segment_age_seconds,
+        inactive_slots: row.inactive_slots,
+        archive_mode: row.archive_mode,
+        archive_destination: row.archive_destination,
+        archive_ready: row.archive_ready,
+        last_archived_wal: row.last_archived_wal,
+        last_archived_at: row.last_archived_at,
+        last_failed_wal: row.last_failed_wal,
+        last_failed_at: row.last_failed_at,
+        archive_failed_count: row.archive_failed_count,
+    })
+}
+
+/// Whether `new` is worth a write over `old`: the warnings (codes and levels) changed, or
+/// `old` is [`REWRITE_AFTER`] old.
+fn worth_writing(old: Option<&WalReport>, new: &WalReport) -> bool {
+    let summary = |r: &WalReport| {
+        warnings(r)
+            .into_iter()
+            .map(|w| (w.code, w.level))
+            .collect::<Vec<_>>()
+    };
+    match old {
+        None => true,
+        Some(old) => {
+            summary(old) != summary(new) || new.checked_at - old.checked_at >= REWRITE_AFTER
+        }
+    }
+}
+
+impl Reconciler {
+    /// Checks every running Postgres instance's WAL every `every`, until the task is
+    /// aborted (the leader steps down). A check that fails (an instance restarting, a host
+    /// going away) is logged at debug level and tried again at the next round.
+    pub async fn watch_wal(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.check_wal().await {
+                tracing::warn!(error = %e, "WAL health round failed");
+            }
+        }
+    }
+
+    async fn check_wal(&self) -> Result<(), ReconcileError> {
+        let (reachable, _) = self.reachable_hosts().await?;
+        for db in self.store.list_databases().await? {
+            let database_id = db.record.id;
+            for (instance_id, record) in self.records(&database_id).await? {
+                let running = matches!(record.kind, InstanceKind::Postgres { .. })
+                    && record.observed.phase == Phase::Running
+                    && reachable.contains(&record.host_id);
+                if !running {
+                    continue;
+                }
+                let out = self
+                    .psql(
+                        &record.host_id,
+                        &instance_id,
+                        "postgres",
+                        WAL_SQL.to_string(),
+                        &[],
+                    )
+                    .await;
+                let report = match out.map(|o| parse(&o, Utc::now())) {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%database_id, %instance_id, error = %e, "unreadable WAL report");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%database_id, %instance_id, error = %e, "WAL check failed");
+                        continue;
+                    }
+                };
+                if !worth_writing(record.wal.as_ref(), &report) {
+                    continue;
+                }
+                // Read again just before the write: the database's worker may have
+                // rewritten the record since it was listed, and its change must stay.
+                let Some(mut fresh) = self.records(&database_id).await?.remove(&instance_id) else {
+                    continue;
+                };
+                for w in warnings(&report) {
+                    tracing::warn!(%database_id, %instance_id, code = %w.code, level = ?w.level, "{}", w.message);
+                }
+                fresh.wal = Some(report);
+                self.put_record(&fresh).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::wal::WarningLevel;
+
+    #[test]
+    fn a_report_reads_from_the_querys_json() {
+        let out = r#"{"pg_wal_bytes" : 50331648, "max_wal_size_bytes" : 1073741824, "wal_keep_size_bytes" : 268435456,
+            "oldest_segment_age_seconds" : 120, "inactive_slots" : [{"slot_name" : "leaked",
+            "retained_bytes" : 16777216}], "archive_mode" : "off", "archive_destination" : false,
+            "archive_ready" : 0, "last_archived_wal" : null, "last_archived_at" : null,
+            "last_failed_wal" : null, "last_failed_at" : null, "archive_failed_count" : 0}"#;
+        let r = parse(out, Utc::now()).unwrap();
+        assert_eq!(r.pg_wal_bytes, 48 << 20);
+        assert_eq!(r.inactive_slots[0].slot_name, "leaked");
+        assert!(parse("psql: error", Utc::now()).is_err());
+    }
+
+    #[test]
+    fn only_a_change_of_warnings_or_an_old_report_is_written() {
+        let t0 = Utc::now();
+        let ok = WalReport {
+            checked_at: t0,
+            pg_wal_bytes: 1,
+            max_wal_size_bytes: 100,
+            archive_mode: "off".into(),
+            ..WalReport::default()
+        };
+        let later = |r: &WalReport, minutes| WalReport {
+            checked_at: t0 + chrono::TimeDelta::minutes(minutes),
+            ..r.clone()
+        };
+        assert!(worth_writing(None, &ok));
+        assert!(
+            !worth_writing(Some(&ok), &later(&ok, 1)),
+            "same warnings, new sizes"
+        );
+        assert!(worth_writing(Some(&ok), &later(&ok, 5)), "five minutes old");
+        let full = WalReport {
+            pg_wal_bytes: 400,
+            ..later(&ok, 1)
+        };
+        assert_eq!(warnings(&full)[0].level, WarningLevel::Critical);
+        assert!(worth_writing(Some(&ok), &full), "a warning appeared");
+    }
+}
