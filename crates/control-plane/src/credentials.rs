@@ -37,6 +37,11 @@ pub struct DatabaseCredentials {
     /// database goes: its user is dropped, and made again with it if the node comes back.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub etcd_users: BTreeMap<String, EtcdUserCredentials>,
+    /// The nodes whose primaries were made one database with pglogical (ADR 019): each a
+    /// pglogical node subscribed to every other one. Empty until the control plane has
+    /// configured replication; a change of the spec's nodes leaves it as it was.
+    #[serde(default)]
+    pub replicated_nodes: std::collections::BTreeSet<String>,
 }
 
 /// The password of a node's etcd user; the name is
@@ -89,6 +94,7 @@ impl DatabaseCredentials {
             services: BTreeMap::new(),
             postgres_certs: BTreeMap::new(),
             etcd_users: BTreeMap::new(),
+            replicated_nodes: Default::default(),
         }
     }
 

@@ -378,6 +378,7 @@ pub fn desired_instances(
                 node: &node.name,
                 instance_id: &id,
                 database_name: &spec.database_name,
+                postgres_version: &postgres.version,
             };
             let mut files: BTreeMap<String, String> = [
                 ("berth.conf".to_string(), conf),

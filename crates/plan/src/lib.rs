@@ -72,6 +72,7 @@
 mod planner;
 mod ports;
 mod postgres;
+mod replication;
 pub mod routing;
 mod types;
 

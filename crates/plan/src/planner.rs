@@ -17,6 +17,9 @@ pub(crate) enum Phase {
     /// The node's leader (or the instance that initialises a new node): replicas clone from it.
     PostgresPrimaries,
     PostgresReplicas,
+    /// Replication between nodes needs each node's leader running, and goes before anything
+    /// (roles' grants, services) writes to the databases it joins.
+    Replicate,
     /// Roles need a running leader, and services log in with them.
     CreateRoles,
     Services,
@@ -203,6 +206,10 @@ pub fn plan(input: &PlanInput) -> Plan {
         })
     });
 
+    if let Some(step) = crate::replication::step(input, &nodes, primaries_ready) {
+        push(&mut phases, Phase::Replicate, step);
+    }
+
     // A service is desired as soon as one of its instances is, even on an unreachable host:
     // roles live in the database, not on a host.
     let desired_services: BTreeSet<&str> = desired
@@ -367,5 +374,7 @@ fn urgency(o: &ObservedInstance) -> (u8, &Option<String>, &InstanceKind) {
 
 #[cfg(test)]
 mod patroni_tests;
+#[cfg(test)]
+mod replication_tests;
 #[cfg(test)]
 mod tests;

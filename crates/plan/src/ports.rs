@@ -58,7 +58,8 @@ fn effect<'a>(
         | Step::CreateRoles { .. }
         | Step::DropRoles { .. }
         | Step::Switchover { .. }
-        | Step::ForgetNode { .. } => None,
+        | Step::ForgetNode { .. }
+        | Step::Replicate { .. } => None,
     }
 }
 

@@ -138,6 +138,10 @@ pub struct PlanInput {
     /// name. A node absent here has no key at all.
     #[serde(default)]
     pub patroni: BTreeMap<String, PatroniNode>,
+    /// The nodes already made one database by replication (recorded by the control plane
+    /// after [`Step::Replicate`]); empty before.
+    #[serde(default)]
+    pub replicated: BTreeSet<String>,
 }
 
 /// The most a replica may lag behind its leader, in bytes of WAL, to be switched over to
@@ -298,6 +302,12 @@ pub enum Step {
         host_id: String,
         candidate: String,
     },
+    /// Make the database's nodes one database (ADR 019): on each node's primary, a pglogical
+    /// node publishing its tables and its DDL, subscribed to every other node's primary.
+    /// `nodes` are the nodes of the spec, created together, each with a running primary.
+    Replicate {
+        nodes: Vec<String>,
+    },
     /// Delete the node's keys from Patroni's DCS: the node is gone (no instance of it is
     /// left), or it is about to be initialised anew and stale keys would stop that.
     ForgetNode {
@@ -315,7 +325,10 @@ impl Step {
             | Step::Remove { host_id, .. }
             | Step::Stop { host_id, .. }
             | Step::Switchover { host_id, .. } => Some(host_id),
-            Step::CreateRoles { .. } | Step::DropRoles { .. } | Step::ForgetNode { .. } => None,
+            Step::CreateRoles { .. }
+            | Step::DropRoles { .. }
+            | Step::ForgetNode { .. }
+            | Step::Replicate { .. } => None,
         }
     }
 
@@ -328,7 +341,10 @@ impl Step {
             | Step::Remove { instance_id, .. }
             | Step::Stop { instance_id, .. }
             | Step::Switchover { instance_id, .. } => Some(instance_id),
-            Step::CreateRoles { .. } | Step::DropRoles { .. } | Step::ForgetNode { .. } => None,
+            Step::CreateRoles { .. }
+            | Step::DropRoles { .. }
+            | Step::ForgetNode { .. }
+            | Step::Replicate { .. } => None,
         }
     }
 
@@ -360,6 +376,7 @@ impl Step {
             } => (instance_id, host_id),
             Step::CreateRoles { service_id } | Step::DropRoles { service_id } => (service_id, ""),
             Step::ForgetNode { node } => (node, ""),
+            Step::Replicate { .. } => ("", ""),
         }
     }
 }

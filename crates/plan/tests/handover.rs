@@ -220,7 +220,10 @@ fn apply(input: &mut PlanInput, step: &Step) {
             input.roles.insert(service_id.clone());
         }
         // Only services here: no Postgres node to switch over or forget.
-        Step::Resize { .. } | Step::Switchover { .. } | Step::ForgetNode { .. } => {}
+        Step::Resize { .. }
+        | Step::Switchover { .. }
+        | Step::ForgetNode { .. }
+        | Step::Replicate { .. } => {}
     }
 }
 

@@ -51,6 +51,7 @@ fn order_key(step: &Step) -> (String, String) {
             (service_id.clone(), String::new())
         }
         Step::ForgetNode { node } => (node.clone(), String::new()),
+        Step::Replicate { .. } => (String::new(), String::new()),
         other => (
             other.instance_id().unwrap().to_string(),
             other.host_id().unwrap().to_string(),
@@ -225,6 +226,7 @@ fn plan_input(deleting_allowed: bool) -> impl Strategy<Value = PlanInput> {
                     roles: roles.iter().map(|s| s.to_string()).collect(),
                     unreachable_hosts: unreachable,
                     patroni,
+                    replicated: Default::default(),
                 }
             },
         )
@@ -370,6 +372,9 @@ fn simulate(input: &PlanInput, plan: &Plan) -> PlanInput {
             }
             Step::DropRoles { service_id } => {
                 next.roles.remove(service_id);
+            }
+            Step::Replicate { nodes } => {
+                next.replicated = nodes.iter().cloned().collect();
             }
             Step::Switchover {
                 node,

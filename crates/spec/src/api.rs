@@ -457,6 +457,9 @@ pub enum PlannedAction {
     Switchover,
     /// Patroni's keys of a node are deleted from the DCS.
     ForgetNode,
+    /// The nodes become one database: each node's primary publishes to and subscribes from
+    /// every other node's primary with pglogical (ADR 019).
+    Replicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

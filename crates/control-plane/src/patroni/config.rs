@@ -179,6 +179,8 @@ pub struct Member<'a> {
     pub instance_id: &'a str,
     /// The spec's database, created on the node's first primary once initialised.
     pub database_name: &'a str,
+    /// The manifest's Postgres version of the image (`15`, `17`): which settings it knows.
+    pub postgres_version: &'a str,
 }
 
 fn run_file(name: &str) -> String {
@@ -287,6 +289,16 @@ pub fn render(member: &Member, dcs: &Dcs) -> String {
         },
         "watchdog": {"mode": "off"},
     });
+    // Replication between nodes (ADR 019) overrides the level and sizes above.
+    let mut doc = doc;
+    doc["bootstrap"]["dcs"]["postgresql"]["parameters"]
+        .as_object_mut()
+        .expect("an object")
+        .extend(super::pglogical::dcs_parameters());
+    doc["postgresql"]["parameters"]
+        .as_object_mut()
+        .expect("an object")
+        .extend(super::pglogical::local_parameters(member.postgres_version));
     // JSON is YAML, and every string in it is quoted: Patroni's YAML 1.1 reader would take
     // a bare `on` or `off` for a boolean.
     let body = serde_json::to_string_pretty(&doc).expect("a JSON value serialises");
@@ -348,6 +360,7 @@ mod tests {
             node: "n1",
             instance_id: "db1-n1-host-1",
             database_name: "app",
+            postgres_version: "17",
         }
     }
 

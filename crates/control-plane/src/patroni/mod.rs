@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dcs;
 pub mod etcd_auth;
+pub mod pglogical;
 pub mod rest;
 pub mod takeover;
 pub mod watch;

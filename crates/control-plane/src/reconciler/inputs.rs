@@ -195,6 +195,7 @@ pub(crate) fn plan_input(
             .filter(|h| !reachable.contains(h))
             .collect(),
         patroni: patroni.clone(),
+        replicated: creds.replicated_nodes.clone(),
     }
 }
 

@@ -24,6 +24,7 @@ mod pass;
 #[cfg(test)]
 mod patroni_tests;
 mod relay;
+mod replication;
 mod roles;
 mod steps;
 mod switchover;

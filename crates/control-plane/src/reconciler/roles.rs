@@ -100,6 +100,9 @@ impl Reconciler {
                     .collect();
                 drop_roles_sql(service_id, &databases, &db.spec.database_name)
             };
+            // Roles are made on every node here: their grants stay on each node rather than
+            // replicate to nodes that may not have the roles yet (ADR 019).
+            let sql = format!("{}{sql}", crate::patroni::pglogical::LOCAL_DDL);
             self.psql(
                 &host_id,
                 &instance_id,

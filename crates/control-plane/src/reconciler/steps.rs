@@ -169,6 +169,7 @@ impl Reconciler {
             Step::CreateRoles { service_id } => {
                 self.roles(pass, service_id, true).await.map(|_| None)
             }
+            Step::Replicate { nodes } => self.replicate(pass, nodes).await.map(|_| None),
             Step::DropRoles { service_id } => {
                 match self.roles(pass, service_id, false).await {
                     Ok(()) => Ok(None),
@@ -491,6 +492,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::DropRoles { .. } => "drop_roles",
         Step::Switchover { .. } => "switchover",
         Step::ForgetNode { .. } => "forget_node",
+        Step::Replicate { .. } => "replicate",
     }
 }
 
@@ -590,6 +592,14 @@ fn describe(pass: &Pass, step: &Step) -> (String, String, String) {
         Step::ForgetNode { node } => (
             format!("forgetting Patroni's keys of node {node}"),
             "the DCS".into(),
+            String::new(),
+        ),
+        Step::Replicate { nodes } => (
+            format!(
+                "replicating between nodes {} with pglogical",
+                nodes.join(", ")
+            ),
+            "primaries".into(),
             String::new(),
         ),
     }

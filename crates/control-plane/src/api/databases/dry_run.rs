@@ -283,6 +283,19 @@ impl Why<'_> {
                     "the node is no longer in the spec".into()
                 },
             },
+            Step::Replicate { nodes } => PlannedStep {
+                action: PlannedAction::Replicate,
+                kind: PlannedKind::Postgres,
+                instance_id: None,
+                host_id: None,
+                node_name: None,
+                service_id: None,
+                reason: format!(
+                    "nodes {} each have a running primary: each publishes to and subscribes \
+                     from every other one",
+                    nodes.join(", ")
+                ),
+            },
         }
     }
 
