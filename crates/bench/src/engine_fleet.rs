@@ -35,6 +35,24 @@ impl EngineFleet {
     }
 }
 
+impl EngineFleet {
+    /// Takes host `index`'s (0-based) link down: the host, its agent and its containers lose the network,
+    /// while its engine stays reachable from the machine over its unix socket.
+    pub fn cut(&self, index: usize) -> Result<()> {
+        fleet_script(&["cut", &self.name, &self.hosts[index].name]).map(drop)
+    }
+
+    /// Brings host `index`'s link back up (undoes [`EngineFleet::cut`]).
+    pub fn heal(&self, index: usize) -> Result<()> {
+        fleet_script(&["heal", &self.name, &self.hosts[index].name]).map(drop)
+    }
+
+    /// Removes every container and berth network from the hosts' engines; engines and images stay.
+    pub fn clean(&self) -> Result<()> {
+        fleet_script(&["clean", &self.name]).map(drop)
+    }
+}
+
 impl Drop for EngineFleet {
     fn drop(&mut self) {
         if let Err(e) = fleet_script(&["down", &self.name]) {

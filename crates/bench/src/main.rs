@@ -4,6 +4,7 @@
 mod api;
 mod converge;
 mod engine_fleet;
+mod failover;
 mod follow;
 mod follow_latency;
 mod history;
@@ -87,6 +88,16 @@ enum Bench {
         databases: usize,
         #[arg(long, default_value_t = 10)]
         lines: u32,
+    },
+    /// Time without a writable primary when the primary's host is cut off, and switchover time, with
+    /// Patroni's default timings and berth's side by side (an engine-per-host fleet of two hosts: needs root).
+    Failover {
+        /// Failover runs per configuration.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Switchover runs per configuration (0: none).
+        #[arg(long, default_value_t = 5)]
+        switchovers: usize,
     },
     /// All four with their defaults, scaled by --scale and --rounds.
     All {
@@ -193,6 +204,11 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
         })
         .await?
         .print(),
+        Bench::Failover { runs, switchovers } => {
+            failover::run(failover::FailoverOptions { runs, switchovers })
+                .await?
+                .print()
+        }
         Bench::All { rounds, scale } => {
             converge::run(rounds).await?.print();
             api::run(api::ApiOptions {
