@@ -13,7 +13,6 @@ use super::pass::Pass;
 use super::task_log::fields;
 use super::{ReconcileError, Reconciler, WorkerState};
 use crate::desired::postgres_alias;
-use crate::patroni::config::{LOOP_WAIT, TTL};
 use crate::patroni::rest;
 
 /// How often a step that waits for Patroni's keys reads them again.
@@ -80,7 +79,8 @@ impl Reconciler {
         what: &str,
         answer: &str,
     ) -> Result<String, ReconcileError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2 * u64::from(TTL));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(2 * u64::from(self.dcs.timings.ttl));
         loop {
             let now_leader = crate::patroni::read(&*self.store, database_id)
                 .await?
@@ -95,7 +95,7 @@ impl Reconciler {
                         "Patroni accepted the {what} of node {node} ({answer}), but its leader key \
                          still names {} after {}s",
                         now_leader.as_deref().unwrap_or("no instance"),
-                        2 * TTL
+                        2 * self.dcs.timings.ttl
                     )));
                 }
                 _ => tokio::time::sleep(KEYS_READ_EVERY).await,
@@ -170,7 +170,8 @@ impl Reconciler {
              FROM pg_stat_replication WHERE application_name = '{}';\n",
             candidate.replace('\'', "''")
         );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2 * u64::from(TTL));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(2 * u64::from(self.dcs.timings.ttl));
         loop {
             let out = self
                 .psql(host_id, leader, "postgres", sql.clone(), &[])
@@ -278,8 +279,9 @@ impl Reconciler {
         if waiting.iter().any(|w| w.recheck) {
             let pokes = self.pokes.clone();
             let db = pass.db.record.id.clone();
+            let loop_wait = Duration::from_secs(u64::from(self.dcs.timings.loop_wait));
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(LOOP_WAIT))).await;
+                tokio::time::sleep(loop_wait).await;
                 let _ = pokes.send(Some(db));
             });
         }
