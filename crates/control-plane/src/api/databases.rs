@@ -72,8 +72,9 @@ fn full_view(
         match api_view(record, &facts.unreachable, &addresses, node) {
             View::Postgres(mut i) => {
                 // A node stopped whole keeps no leader key; its last primary is still the
-                // one that holds its latest data.
-                if d.record.stopped_primaries.values().any(|p| *p == i.id) {
+                // one that holds its latest data, until Patroni names another leader.
+                let leaderless = node.is_none_or(|n| n.leader.is_none());
+                if leaderless && d.record.stopped_primaries.values().any(|p| *p == i.id) {
                     i.role = spec::InstanceRole::Primary;
                 }
                 view.instances.push(i)
