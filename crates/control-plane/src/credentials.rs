@@ -39,9 +39,13 @@ pub struct DatabaseCredentials {
     pub etcd_users: BTreeMap<String, EtcdUserCredentials>,
     /// The nodes whose primaries were made one database with pglogical (ADR 019): each a
     /// pglogical node subscribed to every other one. Empty until the control plane has
-    /// configured replication; a change of the spec's nodes leaves it as it was.
+    /// configured replication; the nodes of the spec from then on (ADR 020).
     #[serde(default)]
     pub replicated_nodes: std::collections::BTreeSet<String>,
+    /// For each replicated node, the hosts of its instances that the other nodes'
+    /// subscriptions list (`plan::PlanInput::replicated_hosts`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replicated_hosts: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// The password of a node's etcd user; the name is
@@ -95,6 +99,7 @@ impl DatabaseCredentials {
             postgres_certs: BTreeMap::new(),
             etcd_users: BTreeMap::new(),
             replicated_nodes: Default::default(),
+            replicated_hosts: Default::default(),
         }
     }
 
@@ -196,7 +201,10 @@ impl RoleVerifiers {
 }
 
 /// SQL that creates (or updates) a service's two roles on a primary, idempotently.
-/// `_ro` reads everything in the public schema; `_rw` also writes. Passwords are set as
+/// `_ro` reads everything in the public schema; `_rw` also writes, and is a member of `_ro`:
+/// PostgREST logs in as `_rw` and switches to its anonymous role, `_ro` by default, with
+/// `SET LOCAL ROLE` for each anonymous request, which Postgres allows members only (a
+/// repeated GRANT is a notice). Passwords are set as
 /// SCRAM-SHA-256 verifiers, so the SQL holds no password: Postgres logs a failing
 /// statement whole, and psql may echo it.
 pub fn create_roles_sql(
@@ -228,7 +236,9 @@ pub fn create_roles_sql(
          GRANT INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {r};\n\
          GRANT USAGE, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {r};\n\
          ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO {r};\n\
-         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, UPDATE ON SEQUENCES TO {r};\n"
+         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, UPDATE ON SEQUENCES TO {r};\n\
+         GRANT {ro} TO {r};\n",
+        ro = quote_ident(&ro),
     ));
     sql.push_str("COMMIT;\n");
     sql
@@ -367,6 +377,10 @@ mod tests {
         );
         assert!(!sql.contains("p''1") && !sql.contains("'p2'"), "{sql}");
         assert!(sql.contains("\"svc_svc_1_rw\""));
+        assert!(
+            sql.contains("GRANT \"svc_svc_1_ro\" TO \"svc_svc_1_rw\";"),
+            "{sql}"
+        );
         assert!(
             drop_roles_sql("svc-1", &[], "my_db").contains("DROP ROLE IF EXISTS \"svc_svc_1_ro\"")
         );

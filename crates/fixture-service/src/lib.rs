@@ -6,11 +6,13 @@
 //! with the managed credentials following libpq's multi-host rules (see [`connect`]), over
 //! TLS verified against the fleet CA when the files say `sslmode=verify-full`, and serves
 //! `GET /health` (200 only while its connection answers, checked per request; `ssl` says
-//! whether the server sees the session as TLS) and `GET /config` (the parsed connection
-//! without the password).
+//! whether the server sees the session as TLS), `GET /config` (the parsed connection
+//! without the password) and, standing in for PostgREST, `GET /{table}` (the table's rows,
+//! read as the anonymous role: [`rows`]).
 
 pub mod connect;
 pub mod probe;
+pub mod rows;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
-use service_config::{ParsedConnection, RenderedFile};
+use service_config::{ParsedConnection, PostgrestApi, RenderedFile};
 use spec::ServiceType;
 use tokio::sync::{RwLock, mpsc};
 use tracing::{info, warn};
@@ -48,8 +50,7 @@ pub enum StartError {
     Tls(#[from] connect::TlsError),
 }
 
-/// Reads and parses the rendered files of `service_type` from `dir`.
-pub fn load_config(service_type: ServiceType, dir: &Path) -> Result<ParsedConnection, StartError> {
+fn read_files(service_type: ServiceType, dir: &Path) -> Result<Vec<RenderedFile>, StartError> {
     let mut files = Vec::new();
     for name in service_config::config_files(service_type) {
         let path = dir.join(name);
@@ -59,7 +60,27 @@ pub fn load_config(service_type: ServiceType, dir: &Path) -> Result<ParsedConnec
             content,
         });
     }
-    Ok(service_config::parse_rendered(service_type, &files)?)
+    Ok(files)
+}
+
+/// Reads and parses the rendered files of `service_type` from `dir`.
+pub fn load_config(service_type: ServiceType, dir: &Path) -> Result<ParsedConnection, StartError> {
+    Ok(service_config::parse_rendered(
+        service_type,
+        &read_files(service_type, dir)?,
+    )?)
+}
+
+/// For `postgrest`, the anonymous role and schemas its rendered file in `dir` names, which
+/// `GET /{table}` reads with; None for the other types, which serve no rows.
+pub fn load_api(service_type: ServiceType, dir: &Path) -> Result<Option<PostgrestApi>, StartError> {
+    if service_type != ServiceType::Postgrest {
+        return Ok(None);
+    }
+    Ok(Some(service_config::postgrest_api(&read_files(
+        service_type,
+        dir,
+    )?)?))
 }
 
 struct Current {
@@ -72,6 +93,8 @@ struct Current {
 struct App {
     service_type: ServiceType,
     conn: ParsedConnection,
+    /// Set for a postgrest stand-in: what `GET /{table}` reads as.
+    api: Option<PostgrestApi>,
     tls: Tls,
     current: RwLock<Option<Current>>,
     /// Generations whose session failed a health check; the manager drops that session.
@@ -81,10 +104,12 @@ struct App {
 }
 
 /// Connects (with `tls`, see [`Tls::from_connection`]), keeps reconnecting, and serves HTTP
-/// on `listener` until `shutdown` resolves.
+/// on `listener` until `shutdown` resolves; with `api` (see [`load_api`]) also the rows of
+/// tables.
 pub async fn run(
     service_type: ServiceType,
     conn: ParsedConnection,
+    api: Option<PostgrestApi>,
     tls: Tls,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -93,6 +118,7 @@ pub async fn run(
     let app = Arc::new(App {
         service_type,
         conn,
+        api,
         tls,
         current: RwLock::new(None),
         failed: failed_tx,
@@ -102,6 +128,7 @@ pub async fn run(
     let router = axum::Router::new()
         .route("/health", get(health))
         .route("/config", get(config))
+        .route("/{table}", get(rows::table))
         .with_state(app);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)

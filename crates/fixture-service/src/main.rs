@@ -11,7 +11,8 @@ use spec::ServiceType;
 /// here. It is none of those services: it reads the config berth rendered for TYPE,
 /// connects to Postgres with it like libpq would (multi-host, target_session_attrs,
 /// sslmode=verify-full against the rendered sslrootcert), and
-/// serves GET /health (200 while the connection answers, else 503) and GET /config.
+/// serves GET /health (200 while the connection answers, else 503) and GET /config; as
+/// postgrest also GET /TABLE, the table's rows read as the anonymous role.
 #[derive(Parser)]
 #[command(name = "berth-fixture-service", version)]
 struct Args {
@@ -72,6 +73,7 @@ async fn main() -> ExitCode {
         .expect("clap requires --type without --probe");
     let started = async {
         let conn = fixture_service::load_config(service_type, &args.config_dir)?;
+        let api = fixture_service::load_api(service_type, &args.config_dir)?;
         let tls = fixture_service::connect::Tls::from_connection(&conn, &args.config_dir)?;
         let listener = fixture_service::bind(conn.listen_port).await?;
         tracing::info!(
@@ -83,16 +85,16 @@ async fn main() -> ExitCode {
             sslmode = %conn.sslmode,
             "test fixture started"
         );
-        Ok::<_, fixture_service::StartError>((conn, tls, listener))
+        Ok::<_, fixture_service::StartError>((conn, api, tls, listener))
     };
-    let (conn, tls, listener) = match started.await {
+    let (conn, api, tls, listener) = match started.await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    match fixture_service::run(service_type, conn, tls, listener, shutdown_signal()).await {
+    match fixture_service::run(service_type, conn, api, tls, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("serving: {e}");

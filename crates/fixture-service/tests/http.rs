@@ -1,5 +1,6 @@
 //! The fixture's HTTP side without a database: nothing answers on the configured hosts, so
-//! /health must say 503 and /config must show the connection without its password.
+//! /health (and a postgrest stand-in's rows) must say 503 and /config must show the
+//! connection without its password.
 
 use std::time::Duration;
 
@@ -20,12 +21,24 @@ async fn start(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_as(ServiceType::Mcp, conn, None).await
+}
+
+async fn start_as(
+    service_type: ServiceType,
+    conn: ParsedConnection,
+    api: Option<service_config::PostgrestApi>,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let tls = fixture_service::connect::Tls::Off;
-        fixture_service::run(ServiceType::Mcp, conn, tls, listener, async {
+        fixture_service::run(service_type, conn, api, tls, listener, async {
             let _ = stopped.await;
         })
         .await
@@ -141,6 +154,64 @@ async fn a_config_rendered_with_a_ca_asks_for_verify_full_with_it() {
             "{t}"
         );
     }
+}
+
+/// The postgrest stand-in reads its anonymous role and schema from the rendered file, and
+/// without a session answers a table's rows with 503; a name that is no plain identifier is
+/// a 404 before any SQL.
+#[tokio::test]
+async fn postgrest_rows_need_a_session_and_a_plain_table_name() {
+    let db_port = dead_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = |username: &str| Credentials {
+        username: username.into(),
+        password: "pw".into(),
+    };
+    let target = ConnectionTarget {
+        hosts: vec![("127.0.0.1".into(), db_port)],
+        dbname: "app".into(),
+        target_session_attrs: "read-write".into(),
+        ca_pem: None,
+    };
+    let config = serde_json::json!({"db_schemas": "api"});
+    for f in service_config::render(
+        ServiceType::Postgrest,
+        config.as_object().unwrap(),
+        &creds("svc_rest_rw"),
+        &creds("svc_rest_ro"),
+        &target,
+        0,
+    ) {
+        std::fs::write(dir.path().join(&f.path), &f.content).unwrap();
+    }
+    let api = fixture_service::load_api(ServiceType::Postgrest, dir.path()).unwrap();
+    assert_eq!(
+        api,
+        Some(service_config::PostgrestApi {
+            anon_role: "svc_rest_ro".into(),
+            schemas: vec!["api".into()],
+        })
+    );
+    assert_eq!(
+        fixture_service::load_api(ServiceType::Mcp, dir.path()).unwrap(),
+        None
+    );
+    let conn = fixture_service::load_config(ServiceType::Postgrest, dir.path()).unwrap();
+    let (port, stop, task) = start_as(ServiceType::Postgrest, conn, api).await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    let (code, body) = probe(&format!("{base}/kv")).await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["message"], "no database connection", "{body}");
+    let (code, body) = probe(&format!("{base}/kv;select")).await.unwrap();
+    assert_eq!(code, 404, "{body}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]

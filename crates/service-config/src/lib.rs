@@ -217,5 +217,32 @@ pub fn parse_rendered(
     Ok(parsed)
 }
 
+/// The API settings of a rendered `postgrest.conf` (see [`postgrest_api`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgrestApi {
+    /// `db-anon-role`: the role PostgREST switches to (`SET LOCAL ROLE`, within each
+    /// request's transaction) for a request without a JWT. The role it logs in with must be
+    /// a member of it.
+    pub anon_role: String,
+    /// `db-schemas`, in order; the first is where a plain `GET /{table}` looks.
+    pub schemas: Vec<String>,
+}
+
+/// Reads the anonymous role and the exposed schemas back from PostgREST's rendered
+/// `postgrest.conf` among `files`. Errors: the file is missing, not UTF-8, has a line that is
+/// not `key = value`, lacks `db-anon-role`, or its `db-schemas` names no schema.
+pub fn postgrest_api(files: &[RenderedFile]) -> Result<PostgrestApi, ParseError> {
+    let file = files
+        .iter()
+        .find(|f| f.path == postgrest::FILE)
+        .ok_or_else(|| ParseError::MissingFile {
+            service_type: ServiceType::Postgrest,
+            path: postgrest::FILE.to_owned(),
+        })?;
+    let text = std::str::from_utf8(&file.content)
+        .map_err(|e| ParseError::invalid(postgrest::FILE, format!("not UTF-8: {e}")))?;
+    postgrest::parse_api(text)
+}
+
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,8 @@
 use serde_json::{Map, Value};
 
 use crate::{
-    ConnectionTarget, Credentials, HEADER, ParseError, ParsedConnection, RenderedFile, uri, values,
+    ConnectionTarget, Credentials, HEADER, ParseError, ParsedConnection, PostgrestApi,
+    RenderedFile, uri, values,
 };
 
 pub(crate) const FILE: &str = "postgrest.conf";
@@ -106,6 +107,43 @@ pub(crate) fn render(
         path: FILE.into(),
         content: out.into_bytes(),
     }
+}
+
+/// What a rendered `postgrest.conf` says about the API PostgREST serves: the role an
+/// anonymous request runs as (`db-anon-role`) and the exposed schemas (`db-schemas`, a
+/// comma-separated list whose first is the default for a request without a profile header).
+pub(crate) fn parse_api(text: &str) -> Result<PostgrestApi, ParseError> {
+    let mut anon_role = None;
+    let mut schemas = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| {
+            ParseError::invalid(FILE, format!("line {}: expected key = value", n + 1))
+        })?;
+        let slot = match key.trim() {
+            "db-anon-role" => &mut anon_role,
+            "db-schemas" => &mut schemas,
+            _ => continue,
+        };
+        *slot = Some(
+            unquote(value.trim())
+                .map_err(|m| ParseError::invalid(FILE, format!("{}: {m}", key.trim())))?,
+        );
+    }
+    let anon_role = anon_role.ok_or_else(|| ParseError::invalid(FILE, "no db-anon-role"))?;
+    let schemas: Vec<String> = schemas
+        .unwrap_or_else(|| "public".into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if schemas.is_empty() {
+        return Err(ParseError::invalid(FILE, "db-schemas names no schema"));
+    }
+    Ok(PostgrestApi { anon_role, schemas })
 }
 
 pub(crate) fn parse(text: &str) -> Result<ParsedConnection, ParseError> {

@@ -78,6 +78,50 @@ fn postgrest_defaults_connect_rw_and_serve_as_ro() {
 }
 
 #[test]
+fn postgrest_api_reads_the_anon_role_and_schemas_back() {
+    let api = |cfg: &Map<String, Value>| {
+        postgrest_api(&render(
+            ServiceType::Postgrest,
+            cfg,
+            &rw(),
+            &ro(),
+            &target(),
+            8080,
+        ))
+    };
+    assert_eq!(
+        api(&Map::new()),
+        Ok(PostgrestApi {
+            anon_role: "svc_api_ro".into(),
+            schemas: vec!["public".into()],
+        })
+    );
+    let cfg = config(json!({"db_schemas": ["api", "public"], "db_anon_role": "web \"anon\""}));
+    assert_eq!(
+        api(&cfg),
+        Ok(PostgrestApi {
+            anon_role: "web \"anon\"".into(),
+            schemas: vec!["api".into(), "public".into()],
+        })
+    );
+    assert_eq!(
+        postgrest_api(&[]),
+        Err(ParseError::MissingFile {
+            service_type: ServiceType::Postgrest,
+            path: "postgrest.conf".into()
+        })
+    );
+    let without_role = RenderedFile {
+        path: "postgrest.conf".into(),
+        content: b"db-schemas = \"public\"\n".to_vec(),
+    };
+    assert_eq!(
+        postgrest_api(&[without_role]).unwrap_err().to_string(),
+        "postgrest.conf: no db-anon-role"
+    );
+}
+
+#[test]
 fn mcp_read_only_uses_ro_role() {
     let cfg = config(json!({
         "llm_enabled": true,
