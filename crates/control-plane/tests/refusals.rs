@@ -1,6 +1,7 @@
 //! Requests the API refuses before storing anything, against a real etcd: a fixed host port
-//! another database holds on the same host (409), and a body over the size limit (413), each
-//! in the API's JSON error shape naming what is wrong.
+//! another database holds on the same host (409), a Postgres version the manifest lacks
+//! (400), and a body over the size limit (413), each in the API's JSON error shape naming
+//! what is wrong.
 
 mod common;
 
@@ -136,4 +137,71 @@ async fn a_body_over_the_limit_gets_413_in_the_api_error_shape() {
     assert_eq!(stored.record.generation, 1);
     let (status, _) = cp.call("GET", "/v1/databases/b", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// `"16"` lies between the manifest's 15 and 17 but is not one of them: a create and an
+/// update naming it are 400s at `spec.postgres_version` listing what there is, with and
+/// without dry_run, and neither stores a database, a spec or a task.
+#[tokio::test]
+async fn a_postgres_version_the_manifest_lacks_is_a_400_and_stores_nothing() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    cp.register("host-1").await;
+    let with_version = |version: &str| {
+        let mut s = spec("host-1", 0, None);
+        s["postgres_version"] = json!(version);
+        s
+    };
+    let (status, body) = cp
+        .call(
+            "POST",
+            "/v1/databases",
+            Some(&create("a", with_version("15"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let tasks_of_a = || async {
+        let (status, body) = cp.call("GET", "/v1/databases/a/tasks", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["tasks"].as_array().map(Vec::len).unwrap_or_default()
+    };
+    assert_eq!(tasks_of_a().await, 1);
+
+    let refused = |body: &Value| {
+        let errs = errors(body);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "spec.postgres_version");
+        assert!(
+            errs[0].1.contains("\"16\"") && errs[0].1.contains("available: latest, 15, 17"),
+            "{errs:?}"
+        );
+    };
+    let b = create("b", with_version("16"));
+    for path in ["/v1/databases?dry_run=true", "/v1/databases"] {
+        let (status, body) = cp.call("POST", path, Some(&b)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        refused(&body);
+    }
+    let (status, _) = cp.call("GET", "/v1/databases/b", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let update = json!({"spec": with_version("16")}).to_string();
+    for path in ["/v1/databases/a?dry_run=true", "/v1/databases/a"] {
+        let (status, body) = cp.call("POST", path, Some(&update)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        refused(&body);
+    }
+    let stored = cp.store().await.get_database("a").await.unwrap().unwrap();
+    assert_eq!(stored.record.generation, 1);
+    assert_eq!(stored.spec.postgres_version.as_deref(), Some("15"));
+    assert_eq!(tasks_of_a().await, 1, "a refused update made a task");
+    let (status, list) = cp.call("GET", "/v1/databases", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["databases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no databases in {list}"))
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["a"]);
 }
