@@ -65,6 +65,10 @@ pub struct InstanceRecord {
     /// A Postgres instance's WAL as last checked (`reconciler::wal_watch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<spec::wal::WalReport>,
+    /// A Postgres primary's pglogical subscriptions as last checked, with each one's lag
+    /// behind its provider (`reconciler::subscription_watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<spec::subscriptions::SubscriptionReport>,
 }
 
 impl InstanceRecord {
@@ -153,6 +157,8 @@ fn error_of(r: &InstanceRecord) -> Option<String> {
 }
 
 /// A record as the API shows it; `unreachable` hosts make their instances `unknown`.
+// Made and taken apart at once per record, never stored: boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 pub enum View {
     Postgres(Instance),
     Service(ServiceInstance),
@@ -192,7 +198,17 @@ pub fn api_view(
             let leads = patroni.is_some_and(|p| p.leader.as_deref() == Some(&r.instance_id));
             // A stopped instance's last report says nothing of now.
             let wal = r.wal.clone().filter(|_| o.phase != Phase::Stopped);
-            let warnings = wal.as_ref().map(spec::wal::warnings).unwrap_or_default();
+            // Subscriptions run on primaries alone; a replica's last report is from when it
+            // was one.
+            let subscriptions = r
+                .subscriptions
+                .as_ref()
+                .filter(|_| o.phase != Phase::Stopped && leads)
+                .map(|s| s.subscriptions.clone())
+                .unwrap_or_default();
+            let mut warnings = wal.as_ref().map(spec::wal::warnings).unwrap_or_default();
+            warnings.extend(spec::subscriptions::warnings(&subscriptions));
+            warnings.sort_by_key(|w| std::cmp::Reverse(w.level));
             let critical = warnings
                 .iter()
                 .any(|w| w.level == spec::wal::WarningLevel::Critical);
@@ -216,6 +232,7 @@ pub fn api_view(
                 lag_bytes: patroni.and_then(|p| p.lag_bytes(&r.instance_id)),
                 pending_restart: member.is_some_and(|m| m.pending_restart),
                 wal,
+                subscriptions,
                 warnings,
                 connection_info: o.ports.iter().find_map(|p| {
                     p.host_port.map(|port| ConnectionInfo {
@@ -261,5 +278,88 @@ pub fn api_view(
             created_at: r.created_at,
             updated_at: r.updated_at,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::subscriptions::{Subscription, SubscriptionReport};
+
+    fn record(id: &str) -> InstanceRecord {
+        InstanceRecord {
+            instance_id: id.into(),
+            database_id: "db".into(),
+            host_id: "h1".into(),
+            kind: InstanceKind::Postgres { node: "n1".into() },
+            spec_hash: String::new(),
+            resources: Default::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            observed: ObservedView {
+                phase: Phase::Running,
+                container_id: None,
+                image: None,
+                ports: vec![],
+                last_health_at: None,
+                ready: true,
+                error: None,
+                sequence: 1,
+            },
+            apply_error: None,
+            wal: None,
+            subscriptions: Some(SubscriptionReport {
+                checked_at: Utc::now(),
+                subscriptions: ["replicating", "down"]
+                    .iter()
+                    .zip(["n2", "n3"])
+                    .map(|(status, provider)| Subscription {
+                        name: format!("berth_n1_from_{provider}"),
+                        provider_node: provider.into(),
+                        status: status.to_string(),
+                        lag_bytes: Some(0),
+                        lag_seconds: None,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    fn shown(r: &InstanceRecord, patroni: &PatroniNode) -> Instance {
+        match api_view(r, &BTreeSet::new(), &[], Some(patroni)) {
+            View::Postgres(i) => i,
+            View::Service(_) => unreachable!("a Postgres record"),
+        }
+    }
+
+    /// A primary shows its subscriptions, and a down one degrades it; a replica's report,
+    /// from when it was the primary, is not shown.
+    #[test]
+    fn a_down_subscription_degrades_the_primary_alone() {
+        let member = |role: &str| PatroniMember {
+            role: role.into(),
+            state: "running".into(),
+            replication_state: None,
+            timeline: Some(1),
+            wal_position: Some(0),
+            pending_restart: false,
+        };
+        let patroni = PatroniNode {
+            leader: Some("a".into()),
+            initialized: true,
+            members: [
+                ("a".to_string(), member("primary")),
+                ("b".to_string(), member("replica")),
+            ]
+            .into(),
+        };
+        let primary = shown(&record("a"), &patroni);
+        assert_eq!(primary.subscriptions.len(), 2);
+        assert_eq!(primary.state, PgState::Degraded);
+        assert_eq!(primary.warnings[0].code, "subscription_down");
+        let replica = shown(&record("b"), &patroni);
+        assert!(replica.subscriptions.is_empty());
+        assert!(replica.warnings.is_empty());
+        assert_eq!(replica.state, PgState::Available);
     }
 }

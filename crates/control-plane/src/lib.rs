@@ -230,7 +230,11 @@ async fn lead(
             Arc::new(state.store.fenced(leadership.fence.clone())),
             settings.retention(),
         ));
-        let wal = tokio::spawn(reconciler.clone().watch_wal(reconciler::WAL_CHECK_PERIOD));
+        let wal = tokio::spawn(
+            reconciler
+                .clone()
+                .watch_wal(Duration::from_secs(settings.instance_check_seconds.max(1))),
+        );
         let mut lost = leadership.lost.clone();
         reconciler
             .run(poked, async move {

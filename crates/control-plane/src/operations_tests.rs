@@ -58,6 +58,7 @@ fn record(id: &str, node: &str) -> InstanceRecord {
         },
         apply_error: None,
         wal: None,
+        subscriptions: None,
     }
 }
 

@@ -118,6 +118,10 @@ pub struct Settings {
     /// Seconds between the leader's retention sweeps.
     #[arg(long, env = "BERTH_RETENTION_SWEEP_SECONDS", default_value_t = 60)]
     pub retention_sweep_seconds: u64,
+    /// Seconds between two reads of every running Postgres instance's WAL health and
+    /// pglogical subscriptions, which `GET /v1/databases/{id}` shows (at least 1).
+    #[arg(long, env = "BERTH_INSTANCE_CHECK_SECONDS", default_value_t = crate::reconciler::WAL_CHECK_PERIOD.as_secs())]
+    pub instance_check_seconds: u64,
 }
 
 /// Whether the HTTP API asks for bearer tokens.

@@ -88,8 +88,13 @@ pub struct Instance {
     /// slots, the archiver; absent until a check read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<crate::wal::WalReport>,
-    /// What the last checks found wrong, most severe first; a `critical` one makes the
-    /// instance `degraded`.
+    /// A primary's pglogical subscriptions, one per other node of the database, as last
+    /// checked ([`crate::subscriptions`]): status and lag behind each provider. Absent on
+    /// replicas, on databases of one node, and until a check read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<crate::subscriptions::Subscription>,
+    /// What the last checks found wrong (WAL, subscriptions), most severe first; a
+    /// `critical` one makes the instance `degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<crate::wal::InstanceWarning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -28,6 +28,7 @@ pub mod operations;
 pub mod parse;
 pub mod quantity;
 pub mod secrets;
+pub mod subscriptions;
 pub mod wal;
 
 pub use api::*;

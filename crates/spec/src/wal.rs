@@ -68,7 +68,9 @@ pub enum WarningLevel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceWarning {
     /// `pg_wal_size`, `inactive_replication_slot`, `archive_backlog`,
-    /// `archive_without_destination`, `archive_failing` or `old_wal_retained`.
+    /// `archive_without_destination`, `archive_failing` or `old_wal_retained`; of
+    /// subscriptions ([`crate::subscriptions::warnings`]), `subscription_down` or
+    /// `subscription_not_replicating`.
     pub code: String,
     pub level: WarningLevel,
     pub message: String,

@@ -385,6 +385,8 @@ impl Fleet {
             format!("--replica-id=cp{index}"),
             "--leader-lease-ttl=3".into(),
             "--host-lease-ttl=3".into(),
+            // WAL health and subscriptions in GET within seconds rather than a minute.
+            "--instance-check-seconds=5".into(),
         ];
         if let Some(m) = &self.manifest {
             args.push(format!("--manifest={}", m.display()));

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use e2e::Fleet;
-use e2e::serde_json::json;
+use e2e::serde_json::{Value, json};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -191,6 +191,71 @@ async fn three_nodes_on_three_hosts_are_one_database() {
             ),
             "2",
             "on {node}"
+        );
+    }
+    every_primary_shows_its_subscriptions(&fleet, &db).await;
+}
+
+// ---- Subscriptions in GET /v1/databases/{id} (issue 16, item 3) ----
+
+/// Every node's primary lists its two subscriptions in `GET /v1/databases/{id}`, both
+/// `replicating`, from the two other nodes, each with its lag in bytes read from the
+/// provider's slot: what the leader's periodic instance check (every 5 s in the harness)
+/// reads and joins.
+async fn every_primary_shows_its_subscriptions(fleet: &Fleet, db: &str) {
+    let primaries = |d: &Value| -> Vec<Value> {
+        d["instances"]
+            .as_array()
+            .map(|i| {
+                i.iter()
+                    .filter(|i| i["role"] == "primary")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let replicating_with_lag = |i: &Value| {
+        i["subscriptions"].as_array().is_some_and(|s| {
+            s.len() == 2
+                && s.iter()
+                    .all(|s| s["status"] == "replicating" && s["lag_bytes"].is_u64())
+        })
+    };
+    let (shown, took) = fleet
+        .wait_for(
+            "every primary's two subscriptions replicating, with a lag, in GET",
+            || async {
+                let p = primaries(&fleet.database(db).await);
+                (p.len() == NODES.len() && p.iter().all(replicating_with_lag)).then_some(p)
+            },
+        )
+        .await;
+    println!("subscriptions with their lag in GET after {took:?}");
+    for i in &shown {
+        let node = i["node_name"].as_str().unwrap();
+        let subs = i["subscriptions"].as_array().unwrap();
+        let providers: Vec<&str> = subs
+            .iter()
+            .map(|s| s["provider_node"].as_str().unwrap())
+            .collect();
+        let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != node).collect();
+        assert_eq!(providers, others, "{node}: {i}");
+        for s in subs {
+            let provider = s["provider_node"].as_str().unwrap();
+            assert_eq!(s["name"], format!("berth_{node}_from_{provider}"), "{s}");
+            println!(
+                "{node} from {provider}: {} bytes behind, lag_seconds {}",
+                s["lag_bytes"], s["lag_seconds"]
+            );
+        }
+        assert_eq!(i["state"], "available", "{i}");
+        let codes: Vec<&str> = i["warnings"]
+            .as_array()
+            .map(|w| w.iter().filter_map(|w| w["code"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            codes.iter().all(|c| !c.starts_with("subscription_")),
+            "{node}: {codes:?}"
         );
     }
 }

@@ -11,7 +11,8 @@
 //! that go to Patroni (a switchover, forgetting a node's keys), [`operations`] the
 //! operations a request asks for (ADR 018), [`roles`] the role SQL, [`task_log`] says what
 //! happens on the task that carries it, [`task_ends`] how superseded and canceled tasks end,
-//! [`wal_watch`] checks each Postgres instance's WAL, and [`observe`] turns agent
+//! [`wal_watch`] checks each Postgres instance's WAL and, with [`subscription_watch`], its
+//! pglogical subscriptions, and [`observe`] turns agent
 //! reports into planner input and API records. The store and the agents are traits
 //! ([`store::StateStore`], [`agents::Agents`]), so all of it runs in unit tests against an
 //! in-memory store and fake agents.
@@ -27,6 +28,7 @@ mod relay;
 mod replication;
 mod roles;
 mod steps;
+mod subscription_watch;
 mod switchover;
 mod task_ends;
 mod task_log;

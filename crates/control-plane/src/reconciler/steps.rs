@@ -368,6 +368,7 @@ impl Reconciler {
                         observed: view_of(None, 0),
                         apply_error: None,
                         wal: None,
+                        subscriptions: None,
                     })
                 };
                 self.put_record(&record).await?;
@@ -388,6 +389,7 @@ impl Reconciler {
             observed: self.observed_after(host_id, instance_id, r.sequence).await,
             apply_error: None,
             wal: None,
+            subscriptions: None,
         };
         self.put_record(&record).await?;
         Ok(record)
@@ -440,6 +442,7 @@ impl Reconciler {
                     observed: observed.clone(),
                     apply_error: None,
                     wal: None,
+                    subscriptions: None,
                 }
             }
         };

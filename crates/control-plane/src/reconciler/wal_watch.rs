@@ -2,20 +2,25 @@
 //! `pg_wal` size, inactive replication slots and archiver state with one read-only query
 //! (system views and `pg_ls_waldir()`, inside the container, as the agent's Exec runs psql),
 //! and keeps the report on the instance's record, where `GET /v1/databases/{id}` shows it
-//! with the warnings it calls for.
+//! with the warnings it calls for. The same round reads each instance's pglogical
+//! subscriptions and slots ([`super::subscription_watch`]), a second query since those live
+//! in the database's own database.
 //!
 //! Records are rewritten only when the warnings change, or when the last report is older
 //! than [`REWRITE_AFTER`]: a check every minute of every instance would otherwise be most of
 //! etcd's writes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use plan::InstanceKind;
 use serde::Deserialize;
+use spec::subscriptions::SubscriptionReport;
 use spec::wal::{InactiveSlot, WalReport, warnings};
 
+use super::subscription_watch::{self, NodeRead, PglogicalRead};
 use super::{ReconcileError, Reconciler};
 use crate::instances::Phase;
 
@@ -127,34 +132,62 @@ impl Reconciler {
         let (reachable, _) = self.reachable_hosts().await?;
         for db in self.store.list_databases().await? {
             let database_id = db.record.id;
-            for (instance_id, record) in self.records(&database_id).await? {
+            let records = self.records(&database_id).await?;
+            // Every instance is read before any is written: a primary's subscriptions take
+            // their lag from the other nodes' primaries' reads of this round.
+            let mut reads: BTreeMap<String, (Option<WalReport>, Option<PglogicalRead>)> =
+                BTreeMap::new();
+            for (instance_id, record) in &records {
                 let running = matches!(record.kind, InstanceKind::Postgres { .. })
                     && record.observed.phase == Phase::Running
                     && reachable.contains(&record.host_id);
                 if !running {
                     continue;
                 }
-                let out = self
-                    .psql(
+                let wal = self
+                    .read_wal(&database_id, &record.host_id, instance_id)
+                    .await;
+                let pglogical = self
+                    .read_pglogical(
+                        &database_id,
                         &record.host_id,
-                        &instance_id,
-                        "postgres",
-                        WAL_SQL.to_string(),
-                        &[],
+                        instance_id,
+                        &db.spec.database_name,
                     )
                     .await;
-                let report = match out.map(|o| parse(&o, Utc::now())) {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%database_id, %instance_id, error = %e, "unreadable WAL report");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%database_id, %instance_id, error = %e, "WAL check failed");
-                        continue;
-                    }
+                reads.insert(instance_id.clone(), (wal, pglogical));
+            }
+            let checked_at = Utc::now();
+            let mut joined = subscription_watch::join(
+                &reads
+                    .iter()
+                    .filter_map(|(id, (_, read))| {
+                        let node = records.get(id)?.kind.node()?;
+                        Some((
+                            id.clone(),
+                            NodeRead {
+                                node,
+                                read: read.as_ref()?,
+                            },
+                        ))
+                    })
+                    .collect(),
+            );
+            for (instance_id, (wal, _)) in reads {
+                let Some(record) = records.get(&instance_id) else {
+                    continue;
                 };
-                if !worth_writing(record.wal.as_ref(), &report) {
+                let wal = wal.filter(|w| worth_writing(record.wal.as_ref(), w));
+                let subscriptions = joined
+                    .remove(&instance_id)
+                    .map(|subscriptions| SubscriptionReport {
+                        checked_at,
+                        subscriptions,
+                    })
+                    .filter(|s| {
+                        subscription_watch::worth_writing(record.subscriptions.as_ref(), s)
+                    });
+                if wal.is_none() && subscriptions.is_none() {
                     continue;
                 }
                 // Read again just before the write: the database's worker may have
@@ -162,14 +195,69 @@ impl Reconciler {
                 let Some(mut fresh) = self.records(&database_id).await?.remove(&instance_id) else {
                     continue;
                 };
-                for w in warnings(&report) {
-                    tracing::warn!(%database_id, %instance_id, code = %w.code, level = ?w.level, "{}", w.message);
+                if let Some(report) = wal {
+                    for w in warnings(&report) {
+                        tracing::warn!(%database_id, %instance_id, code = %w.code, level = ?w.level, "{}", w.message);
+                    }
+                    fresh.wal = Some(report);
                 }
-                fresh.wal = Some(report);
+                if let Some(report) = subscriptions {
+                    subscription_watch::log_warnings(&database_id, &instance_id, &report);
+                    fresh.subscriptions = Some(report);
+                }
                 self.put_record(&fresh).await?;
             }
         }
         Ok(())
+    }
+
+    /// One instance's WAL report, or None when the check failed (logged).
+    async fn read_wal(
+        &self,
+        database_id: &str,
+        host_id: &str,
+        instance_id: &str,
+    ) -> Option<WalReport> {
+        let out = self
+            .psql(host_id, instance_id, "postgres", WAL_SQL.to_string(), &[])
+            .await;
+        match out.map(|o| parse(&o, Utc::now())) {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                tracing::warn!(%database_id, %instance_id, error = %e, "unreadable WAL report");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%database_id, %instance_id, error = %e, "WAL check failed");
+                None
+            }
+        }
+    }
+
+    /// One instance's pglogical subscriptions and slots, read in `database_name`, or None
+    /// when the check failed (logged).
+    async fn read_pglogical(
+        &self,
+        database_id: &str,
+        host_id: &str,
+        instance_id: &str,
+        database_name: &str,
+    ) -> Option<PglogicalRead> {
+        let sql = subscription_watch::PGLOGICAL_SQL.to_string();
+        let out = self
+            .psql(host_id, instance_id, database_name, sql, &[])
+            .await;
+        match out.map(|o| subscription_watch::parse(&o)) {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                tracing::warn!(%database_id, %instance_id, error = %e, "unreadable pglogical report");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%database_id, %instance_id, error = %e, "pglogical check failed");
+                None
+            }
+        }
     }
 }
 

@@ -83,6 +83,7 @@ impl ControlPlane {
             task_retention_days: 30,
             deleted_history_days: 7,
             retention_sweep_seconds: 60,
+            instance_check_seconds: 60,
         };
         let mut settings = settings;
         adjust(&mut settings);

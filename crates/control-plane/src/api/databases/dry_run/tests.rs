@@ -155,6 +155,7 @@ impl Running {
                     },
                     apply_error: None,
                     wal: None,
+                    subscriptions: None,
                 };
                 (d.plan.instance_id.clone(), record)
             })
