@@ -146,6 +146,7 @@ mod tests {
         NodeSpec {
             name: name.to_string(),
             host_ids: hosts.iter().map(|h| h.to_string()).collect(),
+            source_node: None,
         }
     }
 

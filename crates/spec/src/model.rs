@@ -28,6 +28,11 @@ pub struct NodeSpec {
     pub name: String,
     /// The first host runs the node's primary, the others its streaming replicas.
     pub host_ids: Vec<String>,
+    /// The node a node added to a live database copies its structure and data from before
+    /// it joins replication (the reference API's `source_node`); absent = the first node of
+    /// the spec that already replicates. Read only when the node joins (ADR 020).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_node: Option<String>,
 }
 
 #[derive(

@@ -149,7 +149,7 @@ const SPEC_KEYS: &[&str] = &[
     "nodes",
     "services",
 ];
-const NODE_KEYS: &[&str] = &["name", "host_ids"];
+const NODE_KEYS: &[&str] = &["name", "host_ids", "source_node"];
 const SERVICE_KEYS: &[&str] = &[
     "service_id",
     "service_type",
@@ -172,6 +172,8 @@ struct NodeDraft {
     name: Option<String>,
     /// `(index in host_ids, host id)` of every well-formed host id.
     hosts: Vec<(usize, String)>,
+    /// A well-formed `source_node`, checked against the other nodes by [`check_nodes`].
+    source_node: Option<String>,
     path: String,
 }
 
@@ -268,6 +270,7 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
                 Some(NodeSpec {
                     name: n.name?,
                     host_ids: n.hosts.into_iter().map(|(_, h)| h).collect(),
+                    source_node: n.source_node,
                 })
             })
             .collect::<Option<_>>()?,
@@ -294,6 +297,7 @@ fn parse_node(v: &Value, path: String, e: &mut Errors) -> NodeDraft {
     let mut draft = NodeDraft {
         name: None,
         hosts: Vec::new(),
+        source_node: None,
         path,
     };
     let Some(o) = Obj::of(v, draft.path.clone(), e) else {
@@ -310,6 +314,7 @@ fn parse_node(v: &Value, path: String, e: &mut Errors) -> NodeDraft {
             }
         });
     draft.hosts = parse_host_ids(&o, e);
+    draft.source_node = o.str("source_node", e).map(str::to_string);
     draft
 }
 
@@ -521,6 +526,23 @@ fn check_nodes(nodes: &[NodeDraft], e: &mut Errors) {
             } else {
                 carriers.insert(host, node.name.as_deref().unwrap_or("?"));
             }
+        }
+    }
+    // A node added to a live database is copied from its source: another node of the spec.
+    for node in nodes {
+        let Some(source) = &node.source_node else {
+            continue;
+        };
+        if node.name.as_deref() == Some(source.as_str()) {
+            e.push(
+                format!("{}.source_node", node.path),
+                "must name another node: a node cannot be copied from itself",
+            );
+        } else if !names.contains(source.as_str()) {
+            e.push(
+                format!("{}.source_node", node.path),
+                format!("names no node of this spec: \"{source}\""),
+            );
         }
     }
 }

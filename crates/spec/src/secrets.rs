@@ -282,6 +282,7 @@ mod tests {
             nodes: vec![NodeSpec {
                 name: "n1".into(),
                 host_ids: vec!["h".into()],
+                source_node: None,
             }],
             services,
         }

@@ -142,7 +142,8 @@ fn seed_example_parses() {
         req.spec.nodes,
         vec![NodeSpec {
             name: "n1".into(),
-            host_ids: vec!["host-1".into()]
+            host_ids: vec!["host-1".into()],
+            source_node: None,
         }]
     );
     let svc = &req.spec.services[0];
@@ -422,6 +423,18 @@ fn node_rules() {
                     "not a node",
                 ),
             ],
+        ),
+        (
+            vec![("/spec/nodes/1/source_node", s("n2"))],
+            vec![("spec.nodes[1].source_node", "cannot be copied from itself")],
+        ),
+        (
+            vec![("/spec/nodes/1/source_node", s("n7"))],
+            vec![("spec.nodes[1].source_node", "names no node of this spec")],
+        ),
+        (
+            vec![("/spec/nodes/1/source_node", Some(json!(1)))],
+            vec![("spec.nodes[1].source_node", "expected a string")],
         ),
         (
             vec![("/spec/nodes/0/host_ids", None)],
