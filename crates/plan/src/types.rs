@@ -142,6 +142,12 @@ pub struct PlanInput {
     /// after [`Step::Replicate`]); empty before.
     #[serde(default)]
     pub replicated: BTreeSet<String>,
+    /// For each node of `replicated`, the hosts of its instances that the other nodes'
+    /// subscriptions list (their provider connection strings name every instance of the
+    /// node, so that they follow a failover inside it). A node whose instances move is
+    /// configured again.
+    #[serde(default)]
+    pub replicated_hosts: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The most a replica may lag behind its leader, in bytes of WAL, to be switched over to
@@ -304,7 +310,9 @@ pub enum Step {
     },
     /// Make the database's nodes one database (ADR 019): on each node's primary, a pglogical
     /// node publishing its tables and its DDL, subscribed to every other node's primary.
-    /// `nodes` are the nodes of the spec, created together, each with a running primary.
+    /// `nodes` are the nodes of the spec, each with a running primary: the control plane
+    /// compares them with the nodes it last configured, copies each node that joins from a
+    /// source node, and unsubscribes every node from each node that left (ADR 020).
     Replicate {
         nodes: Vec<String>,
     },

@@ -227,6 +227,7 @@ fn plan_input(deleting_allowed: bool) -> impl Strategy<Value = PlanInput> {
                     unreachable_hosts: unreachable,
                     patroni,
                     replicated: Default::default(),
+                    replicated_hosts: Default::default(),
                 }
             },
         )

@@ -25,6 +25,7 @@ use test_support::{EtcdServer, free_port};
 pub use reqwest;
 pub use serde_json;
 pub use spec::ServiceType;
+pub use test_support;
 
 /// Generous upper bound for anything to converge on a loaded 2-core machine. Waiting is
 /// bounded so a broken system fails the test; how long it took is reported, never asserted.
@@ -503,7 +504,9 @@ impl Fleet {
             .cloned()
     }
 
-    fn engine_of_container(&self, container: &str) -> Option<String> {
+    /// The engine (its `DOCKER_HOST`) of the host a container of this fleet runs on; None
+    /// for the machine's own engine.
+    pub fn engine_of_container(&self, container: &str) -> Option<String> {
         self.host_of_container(container)
             .and_then(|h| self.engine(&h))
     }

@@ -295,6 +295,7 @@ pub fn render(member: &Member, dcs: &Dcs) -> String {
         .as_object_mut()
         .expect("an object")
         .extend(super::pglogical::dcs_parameters());
+    doc["bootstrap"]["dcs"]["ignore_slots"] = super::pglogical::ignore_slots();
     doc["postgresql"]["parameters"]
         .as_object_mut()
         .expect("an object")

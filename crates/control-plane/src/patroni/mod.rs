@@ -6,6 +6,7 @@ pub mod config;
 pub mod dcs;
 pub mod etcd_auth;
 pub mod pglogical;
+pub mod pglogical_join;
 pub mod rest;
 pub mod takeover;
 pub mod watch;

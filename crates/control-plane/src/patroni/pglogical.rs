@@ -54,22 +54,54 @@ pub fn dcs_parameters() -> Map<String, Value> {
     .clone()
 }
 
+/// Patroni's `ignore_slots` (in `bootstrap.dcs`): Patroni drops every inactive slot it
+/// does not manage when it rereads the slots (its start, a restart, a demotion), on the
+/// primary and on replicas alike; pglogical's slots, and the copies `pg_failover_slots`
+/// keeps on replicas, are not Patroni's.
+pub fn ignore_slots() -> Value {
+    json!([{"type": "logical", "plugin": "pglogical_output"}])
+}
+
+/// How often, in milliseconds, a replica copies the primary's logical slots
+/// (`pg_failover_slots.worker_nap_time`; the extension's default is a minute): a slot
+/// created less than this long before a failover is not on the new primary yet.
+pub const FAILOVER_SLOTS_NAP_MS: u32 = 5_000;
+
 /// Parameters of each instance's own `postgresql.parameters`, for the image of
 /// `postgres_version` (the manifest's version: `15`, `17`).
+///
+/// On 17, `pg_failover_slots` (trixie's `postgresql-17-pg-failover-slots`) copies every
+/// logical slot of the primary to its replicas, so that after a failover inside a node the
+/// other nodes' subscriptions resume on the new primary where they stopped (issue 16,
+/// item 4). It needs `hot_standby_feedback` (the primary keeps the catalog rows the
+/// copies still decode) and a `primary_slot_name`, which Patroni's `use_slots` sets.
+/// Bookworm packages no `pg_failover_slots` for 15: there a failover inside a node loses
+/// the slots (ADR 020).
 pub fn local_parameters(postgres_version: &str) -> Map<String, Value> {
+    let modern = major(postgres_version).is_some_and(|m| m >= 17);
+    let libraries = if modern {
+        "pglogical,pg_failover_slots"
+    } else {
+        "pglogical"
+    };
     let mut p = json!({
-        "shared_preload_libraries": "pglogical",
+        "shared_preload_libraries": libraries,
         "pglogical.conflict_resolution": "last_update_wins",
     })
     .as_object()
     .expect("an object")
     .clone();
     // Postgres 17.11 (and 15.19) allow only the output plugins this lists; 15.18, in the
-    // bookworm image, does not know the parameter and would refuse to start with it.
-    if major(postgres_version).is_some_and(|m| m >= 17) {
+    // bookworm image, does not know the parameter and would not start with it.
+    if modern {
         p.insert(
             "output_plugin_libraries".into(),
             json!("pgoutput, test_decoding, pglogical_output"),
+        );
+        p.insert("hot_standby_feedback".into(), json!("on"));
+        p.insert(
+            "pg_failover_slots.worker_nap_time".into(),
+            json!(FAILOVER_SLOTS_NAP_MS),
         );
     }
     p
@@ -87,30 +119,38 @@ pub fn subscription_name(provider: &str, subscriber: &str) -> String {
     format!("berth_{subscriber}_from_{provider}")
 }
 
-/// What a subscriber dials a provider's primary at, from [`plan::routing::reach`].
+/// What a subscriber dials a provider node at: every instance of the node, as
+/// [`plan::routing::reach`] says the subscriber reaches it, and libpq keeps the one that
+/// accepts writes (`target_session_attrs=read-write`): after a failover inside the provider
+/// node its subscribers find the new primary without a change to the subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provider<'a> {
     /// The provider's node name (its pglogical node name).
     pub node: &'a str,
     /// The subscribing node's name.
     pub subscriber: &'a str,
-    pub host: &'a str,
-    pub port: u16,
+    /// `(address, port)` of each instance of the provider node; at least one.
+    pub hosts: &'a [(String, u16)],
 }
 
 /// The libpq connection string to `provider`'s database `database_name`: the superuser,
 /// its password from [`PASSFILE`], TLS checked against the fleet CA by the name the
-/// instance's certificate carries (its alias, or its host's address).
+/// instance's certificate carries (its alias, or its host's address), every instance of
+/// the node listed and the writable one kept.
 pub fn provider_dsn(provider: &Provider, database_name: &str) -> String {
+    let list = |f: &dyn Fn(&(String, u16)) -> String| {
+        provider.hosts.iter().map(f).collect::<Vec<_>>().join(",")
+    };
     [
-        ("host", provider.host.to_string()),
-        ("port", provider.port.to_string()),
+        ("host", list(&|(h, _)| h.clone())),
+        ("port", list(&|(_, p)| p.to_string())),
         ("dbname", database_name.to_string()),
         ("user", "postgres".to_string()),
         ("passfile", PASSFILE.to_string()),
         ("sslmode", "verify-full".to_string()),
         ("sslrootcert", format!("{RUN_DIR}/ca.crt")),
         ("connect_timeout", "10".to_string()),
+        ("target_session_attrs", "read-write".to_string()),
         ("application_name", "berth_pglogical".to_string()),
     ]
     .iter()
@@ -141,6 +181,13 @@ pub fn passfile_argv() -> Vec<String> {
 /// the superuser): the extension, the node (its own interface is the local socket, which
 /// only this instance uses), and the DDL replication. Idempotent.
 pub fn node_sql(node: &str, database_name: &str) -> String {
+    format!("{}{DDL_SQL}", local_node_sql(node, database_name))
+}
+
+/// The extension and the pglogical node alone, without the DDL replication: what a node
+/// that joins a live database needs before its copy, which brings the DDL replication's
+/// functions and triggers with the rest of the structure. Idempotent.
+pub fn local_node_sql(node: &str, database_name: &str) -> String {
     let local = format!(
         "host=/var/run/postgresql port={} dbname={} user=postgres",
         super::config::POSTGRES_PORT,
@@ -152,16 +199,43 @@ pub fn node_sql(node: &str, database_name: &str) -> String {
            IF NOT EXISTS (SELECT 1 FROM pglogical.local_node) THEN\n\
              PERFORM pglogical.create_node(node_name := {node}, dsn := {local});\n\
            END IF;\n\
-         END $berth$;\n\
-         {DDL_SQL}",
+         END $berth$;\n",
         node = literal(node),
         local = literal(&local),
     )
 }
 
-/// The SQL that subscribes the node it runs on to `provider` (idempotent). Nodes created
-/// together start empty, so neither structure nor data is copied.
-pub fn subscribe_sql(provider: &Provider, database_name: &str) -> String {
+/// What a subscription copies when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing: the subscriber already holds what the provider held (nodes created
+    /// together, which start empty, or a node already copied). Forwards no origin but the
+    /// provider's own: no loops.
+    Empty,
+    /// The provider's structure and data (pglogical's `pg_dump`/`pg_restore` and `COPY`
+    /// from one snapshot), and every change the provider applies from then on, whatever
+    /// its origin: changes of the other nodes that reach the provider after its snapshot
+    /// reach the new node too, until [`stop_forwarding_sql`] once the new node subscribes
+    /// to each of them.
+    Seed,
+}
+
+/// The SQL that subscribes the node it runs on to `provider`, idempotently: a
+/// subscription that exists is not made again (a [`Start::Seed`] that copied stays as it
+/// is; a copy into a node that holds the data would fail on the first object). An existing
+/// subscription with another connection string (the provider node's instances changed) is
+/// moved to a new interface of the provider with this one
+/// (`pglogical.alter_node_add_interface`, `alter_subscription_interface`), which restarts
+/// it where it stopped.
+pub fn subscribe_sql(provider: &Provider, database_name: &str, start: Start) -> String {
+    let name = subscription_name(provider.node, provider.subscriber);
+    let dsn = provider_dsn(provider, database_name);
+    // Named after its connection string, so that each string has one interface.
+    let interface = format!("berth_{:016x}", fnv1a(dsn.as_bytes()));
+    let (copy, forward) = match start {
+        Start::Empty => ("false", "'{}'"),
+        Start::Seed => ("true", "'{all}'"),
+    };
     format!(
         "DO $berth$ BEGIN\n\
            IF NOT EXISTS (SELECT 1 FROM pglogical.subscription WHERE sub_name = {name}) THEN\n\
@@ -169,23 +243,62 @@ pub fn subscribe_sql(provider: &Provider, database_name: &str) -> String {
                subscription_name := {name},\n\
                provider_dsn := {dsn},\n\
                replication_sets := ARRAY['default', 'default_insert_only', 'ddl_sql'],\n\
-               synchronize_structure := false,\n\
-               synchronize_data := false,\n\
-               forward_origins := '{{}}');\n\
+               synchronize_structure := {copy},\n\
+               synchronize_data := {copy},\n\
+               forward_origins := {forward});\n\
+           ELSIF (SELECT i.if_dsn FROM pglogical.subscription s \
+               JOIN pglogical.node_interface i ON i.if_id = s.sub_origin_if \
+               WHERE s.sub_name = {name}) IS DISTINCT FROM {dsn} THEN\n\
+             IF NOT EXISTS (SELECT 1 FROM pglogical.node_interface i \
+                 JOIN pglogical.node n ON n.node_id = i.if_nodeid \
+                 WHERE n.node_name = {node} AND i.if_name = {interface}) THEN\n\
+               PERFORM pglogical.alter_node_add_interface({node}, {interface}, {dsn});\n\
+             END IF;\n\
+             PERFORM pglogical.alter_subscription_interface({name}, {interface});\n\
            END IF;\n\
          END $berth$;\n",
-        name = literal(&subscription_name(provider.node, provider.subscriber)),
-        dsn = literal(&provider_dsn(provider, database_name)),
+        name = literal(&name),
+        dsn = literal(&dsn),
+        node = literal(provider.node),
+        interface = literal(&interface),
     )
 }
 
-fn literal(s: &str) -> String {
+/// The SQL that makes the local node's subscription to `provider` forward the provider's
+/// own changes alone, as every subscription but a [`Start::Seed`] does, and restarts it
+/// (from where it stopped) so that its walsender decodes with the new setting. pglogical
+/// has no function for it: its `sub_forward_origins` column (NULL for none, as
+/// `create_subscription` stores an empty list) is what its apply worker reads when it
+/// starts. Idempotent.
+pub fn stop_forwarding_sql(provider: &str, subscriber: &str) -> String {
+    let name = literal(&subscription_name(provider, subscriber));
+    format!(
+        "DO $berth$ BEGIN\n\
+           IF EXISTS (SELECT 1 FROM pglogical.subscription WHERE sub_name = {name} \
+               AND coalesce(cardinality(sub_forward_origins), 0) > 0) THEN\n\
+             UPDATE pglogical.subscription SET sub_forward_origins = NULL WHERE sub_name = {name};\n\
+             PERFORM pglogical.alter_subscription_disable({name}, true);\n\
+             PERFORM pglogical.alter_subscription_enable({name}, true);\n\
+           END IF;\n\
+         END $berth$;\n"
+    )
+}
+
+/// FNV-1a, 64 bits: a stable name for a string, not a secret (`std`'s hasher is seeded
+/// per process).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A libpq conninfo value: quoted, with `\` and `'` escaped, when it is empty or holds a
 /// space or either of those.
-fn conninfo_value(v: &str) -> String {
+pub(crate) fn conninfo_value(v: &str) -> String {
     if !v.is_empty() && !v.contains([' ', '\'', '\\']) {
         return v.to_string();
     }
@@ -219,7 +332,23 @@ mod tests {
         ];
         for (version, listed) in table {
             let p = local_parameters(version);
-            assert_eq!(p["shared_preload_libraries"], "pglogical", "{version}");
+            assert!(
+                p["shared_preload_libraries"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("pglogical"),
+                "{version}"
+            );
+            // Failover slots where the image has them (17), with what they need.
+            assert_eq!(
+                p["shared_preload_libraries"]
+                    .as_str()
+                    .unwrap()
+                    .contains("pg_failover_slots"),
+                listed,
+                "{version}"
+            );
+            assert_eq!(p.get("hot_standby_feedback").is_some(), listed, "{version}");
             assert_eq!(
                 p["pglogical.conflict_resolution"], "last_update_wins",
                 "{version}"
@@ -261,7 +390,15 @@ mod tests {
             assert_eq!(global["wal_log_hints"].as_str(), Some("on"));
             assert_eq!(
                 local["shared_preload_libraries"].as_str(),
-                Some("pglogical")
+                Some(if plugins {
+                    "pglogical,pg_failover_slots"
+                } else {
+                    "pglogical"
+                })
+            );
+            assert_eq!(
+                doc["bootstrap"]["dcs"]["ignore_slots"][0]["plugin"].as_str(),
+                Some("pglogical_output")
             );
             assert_eq!(
                 local["pglogical.conflict_resolution"].as_str(),
@@ -278,18 +415,21 @@ mod tests {
 
     #[test]
     fn the_provider_dsn_checks_tls_and_holds_no_password() {
+        let hosts = [
+            ("10.213.3.1".to_string(), 32768),
+            ("10.213.3.2".to_string(), 32769),
+        ];
         let p = Provider {
             node: "n1",
             subscriber: "n2",
-            host: "10.213.3.1",
-            port: 32768,
+            hosts: &hosts,
         };
         assert_eq!(
             provider_dsn(&p, "app"),
-            "host=10.213.3.1 port=32768 dbname=app user=postgres \
+            "host=10.213.3.1,10.213.3.2 port=32768,32769 dbname=app user=postgres \
              passfile=/var/lib/postgresql/data/berth-pglogical.pgpass sslmode=verify-full \
              sslrootcert=/var/lib/postgresql/berth/ca.crt connect_timeout=10 \
-             application_name=berth_pglogical"
+             target_session_attrs=read-write application_name=berth_pglogical"
         );
         assert!(provider_dsn(&p, "my app").contains("dbname='my app'"));
         assert!(provider_dsn(&p, "o'k").contains(r"dbname='o\'k'"));
@@ -304,22 +444,55 @@ mod tests {
 
     #[test]
     fn subscriptions_forward_no_origin_and_copy_nothing() {
+        let hosts = [("n2-host-2".to_string(), 5432)];
         let p = Provider {
             node: "n2",
             subscriber: "n1",
-            host: "n2-host-2",
-            port: 5432,
+            hosts: &hosts,
         };
-        let sql = subscribe_sql(&p, "app");
+        let sql = subscribe_sql(&p, "app", Start::Empty);
         for want in [
             "sub_name = 'berth_n1_from_n2'",
+            "subscription_name := 'berth_n1_from_n2'",
             "forward_origins := '{}'",
             "synchronize_structure := false",
             "synchronize_data := false",
             "'ddl_sql'",
             "host=n2-host-2 port=5432",
+            "ELSIF (SELECT i.if_dsn",
+            "alter_subscription_interface('berth_n1_from_n2', 'berth_",
         ] {
             assert!(sql.contains(want), "{want} in {sql}");
+        }
+    }
+
+    /// A joining node's subscription to its source copies and forwards everything, until
+    /// it forwards the source's own changes alone.
+    #[test]
+    fn a_seed_copies_and_forwards_until_told_not_to() {
+        let hosts = [("10.0.0.1".to_string(), 40000)];
+        let p = Provider {
+            node: "n1",
+            subscriber: "n4",
+            hosts: &hosts,
+        };
+        let sql = subscribe_sql(&p, "app", Start::Seed);
+        for want in [
+            "subscription_name := 'berth_n4_from_n1'",
+            "forward_origins := '{all}'",
+            "synchronize_structure := true",
+            "synchronize_data := true",
+        ] {
+            assert!(sql.contains(want), "{want} in {sql}");
+        }
+        let stop = stop_forwarding_sql("n1", "n4");
+        for want in [
+            "sub_name = 'berth_n4_from_n1' AND coalesce(cardinality(sub_forward_origins), 0) > 0",
+            "SET sub_forward_origins = NULL",
+            "alter_subscription_disable('berth_n4_from_n1', true)",
+            "alter_subscription_enable('berth_n4_from_n1', true)",
+        ] {
+            assert!(stop.contains(want), "{want} in {stop}");
         }
     }
 

@@ -196,6 +196,7 @@ pub(crate) fn plan_input(
             .collect(),
         patroni: patroni.clone(),
         replicated: creds.replicated_nodes.clone(),
+        replicated_hosts: creds.replicated_hosts.clone(),
     }
 }
 

@@ -29,7 +29,7 @@ fn node(i: &mut PlanInput, n: &str, host: &str, state: Option<&str>) {
 }
 
 #[test]
-fn replication_is_configured_once_every_node_has_a_running_primary() {
+fn replication_follows_the_nodes_once_every_node_has_a_running_primary() {
     type Case = (
         &'static str,
         &'static [(&'static str, &'static str, Option<&'static str>)],
@@ -88,11 +88,43 @@ fn replication_is_configured_once_every_node_has_a_running_primary() {
             None,
         ),
         (
-            "a node added to a replicated database is not joined here (item 3)",
+            "a node added to a replicated database joins it",
             &[
                 ("n1", "h1", Some("running")),
                 ("n2", "h2", Some("running")),
                 ("n3", "h3", Some("running")),
+            ],
+            &["n1", "n2"],
+            false,
+            Some(replicate(&["n1", "n2", "n3"])),
+        ),
+        (
+            "a second node added to a database that ran alone",
+            &[("n1", "h1", Some("running")), ("n2", "h2", Some("running"))],
+            &[],
+            false,
+            Some(replicate(&["n1", "n2"])),
+        ),
+        (
+            "a node removed: the others unsubscribe from it",
+            &[("n1", "h1", Some("running")), ("n3", "h3", Some("running"))],
+            &["n1", "n2", "n3"],
+            false,
+            Some(replicate(&["n1", "n3"])),
+        ),
+        (
+            "down to one node: it unsubscribes from the one that left",
+            &[("n1", "h1", Some("running"))],
+            &["n1", "n2"],
+            false,
+            Some(replicate(&["n1"])),
+        ),
+        (
+            "a node to join without a leader yet waits",
+            &[
+                ("n1", "h1", Some("running")),
+                ("n2", "h2", Some("running")),
+                ("n3", "h3", None),
             ],
             &["n1", "n2"],
             false,
@@ -112,6 +144,12 @@ fn replication_is_configured_once_every_node_has_a_running_primary() {
             node(&mut i, n, host, *state);
         }
         i.replicated = set(replicated);
+        // Each recorded node as its subscriptions list it: on its one host.
+        i.replicated_hosts = nodes
+            .iter()
+            .filter(|(n, _, _)| replicated.contains(n))
+            .map(|(n, host, _)| (n.to_string(), set(&[host])))
+            .collect();
         i.deleting = *deleting;
         let p = plan(&i);
         let got: Vec<&Step> = p
@@ -161,4 +199,25 @@ fn a_stopped_node_holds_replication_back() {
         "{:?}",
         p.phases
     );
+}
+
+/// The other nodes' subscriptions list every instance of a node: when its hosts change
+/// (a replica added, a host replaced), replication is configured again.
+#[test]
+fn a_node_whose_hosts_change_is_configured_again() {
+    let mut i = input();
+    node(&mut i, "n1", "h1", Some("running"));
+    node(&mut i, "n2", "h2", Some("running"));
+    i.replicated = set(&["n1", "n2"]);
+    i.replicated_hosts = [("n1", "h1"), ("n2", "h2")]
+        .into_iter()
+        .map(|(n, h)| (n.to_string(), set(&[h])))
+        .collect();
+    let replicates = |i: &PlanInput| plan(i).steps().any(|s| matches!(s, Step::Replicate { .. }));
+    assert!(!replicates(&i), "as recorded: nothing to do");
+    i.replicated_hosts.insert("n1".into(), set(&["h1", "h9"]));
+    assert!(replicates(&i), "a host of n1 is gone");
+    i.replicated_hosts.remove("n2");
+    i.replicated_hosts.insert("n1".into(), set(&["h1"]));
+    assert!(replicates(&i), "n2's hosts were never recorded");
 }
