@@ -174,7 +174,7 @@ impl Reconciler {
             },
             database,
         );
-        self.exec_on(j, join::copy_roles_argv(&dsn), "copying the roles")
+        self.exec_on(j, join::copy_roles_argv(&dsn), &[], "copying the roles")
             .await?;
         let sql = pglogical::local_node_sql(node, database);
         self.psql_on(j, database, sql).await?;
@@ -399,11 +399,13 @@ impl Reconciler {
             .await
     }
 
-    /// Runs `argv` as `postgres` in `n`'s primary; `what` names it in the error.
+    /// Runs `argv` as `postgres` in `n`'s primary with `stdin`; `what` names it in the
+    /// error, which holds the command's stderr (never `stdin`).
     async fn exec_on(
         &self,
         n: &NodeAt,
         argv: Vec<String>,
+        stdin: &[u8],
         what: &str,
     ) -> Result<(), ReconcileError> {
         let out = self
@@ -413,7 +415,7 @@ impl Reconciler {
                 ExecRequest {
                     instance_id: n.instance_id.clone(),
                     argv,
-                    stdin: Vec::new(),
+                    stdin: stdin.to_vec(),
                     user: "postgres".into(),
                     timeout_ms: 300_000,
                 },
@@ -431,32 +433,12 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Writes [`pglogical::PASSFILE`] in the primary, the password on stdin.
+    /// Writes [`pglogical::PASSFILE`] in the primary, the password on stdin (the command
+    /// only ever reads it, so its stderr cannot hold it).
     async fn write_passfile(&self, n: &NodeAt, content: &str) -> Result<(), ReconcileError> {
-        let out = self
-            .agents
-            .exec(
-                &n.host_id,
-                ExecRequest {
-                    instance_id: n.instance_id.clone(),
-                    argv: pglogical::passfile_argv(),
-                    stdin: content.as_bytes().to_vec(),
-                    user: "postgres".into(),
-                    timeout_ms: 30_000,
-                },
-            )
+        let what = "writing the replication password file";
+        self.exec_on(n, pglogical::passfile_argv(), content.as_bytes(), what)
             .await
-            .map_err(|s| ReconcileError::Step(s.message().to_string()))?;
-        if out.exit_code != 0 {
-            // The command's stderr cannot hold the password: it only ever reads it.
-            return Err(ReconcileError::Step(format!(
-                "writing the replication password file on {} exited {}: {}",
-                n.instance_id,
-                out.exit_code,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
     }
 
     /// Waits until every subscription on the primaries of `nodes` replicates (its slot on
