@@ -18,10 +18,14 @@ use super::{ReconcileError, Reconciler};
 use crate::patroni::pglogical::{self, Provider, Start};
 use crate::patroni::pglogical_join::{self as join, Membership};
 
-/// How long the step waits for subscriptions to replicate: until then a provider's slot
-/// may not exist yet, and a write there would never reach the subscriber. A joining node's
-/// copy counts in it, so it is generous.
-const REPLICATING_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the step waits for a subscription that neither replicates nor copies
+/// (`down`, `disabled`, ...) to replicate: until then a provider's slot may not exist yet,
+/// and a write there would never reach the subscriber.
+const REPLICATING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a joining node's copy (a subscription `initializing`) may take: its time grows
+/// with the data, so only a copy that makes no end is given up.
+const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// One node as the step reaches it: its primary, and every instance of it.
 struct NodeAt {
@@ -40,7 +44,8 @@ impl Reconciler {
     ///
     /// Errors: a node of `nodes` without a primary, a primary on another engine whose
     /// published port is not known, psql failing on a primary, copying the roles failing,
-    /// or a subscription not replicating within [`REPLICATING_TIMEOUT`].
+    /// or a subscription not replicating within [`REPLICATING_TIMEOUT`] (a copy: within
+    /// [`COPY_TIMEOUT`]).
     pub(crate) async fn replicate(
         &self,
         pass: &Pass,
@@ -95,6 +100,7 @@ impl Reconciler {
             )));
         }
 
+        self.unsubscribe_leaving(pass, &at, &m, database).await?;
         // The nodes that hold what they must subscribe to each other as they are.
         let mut core: Vec<String> = m.founders.iter().chain(&m.members).cloned().collect();
         for node in &core {
@@ -112,7 +118,7 @@ impl Reconciler {
             self.join(pass, &at, &core, node, source).await?;
             core.push(node.clone());
         }
-        self.leave(pass, &at, &m, database).await?;
+        self.drop_unused_slots(pass, &at, &core, database).await?;
 
         // The hosts each node's subscribers list, as far as the spec wants them: an
         // instance whose port is not published yet is left out, and the next plan, which
@@ -217,22 +223,17 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Unsubscribes the nodes that stay from each node that leaves, and that node from
-    /// them when it still has a primary, then drops every slot of berth's subscriptions
-    /// that no subscription reads any more, on every node that stays.
-    async fn leave(
+    /// Unsubscribes the nodes that stay and were configured before (`m.members`) from each
+    /// node that leaves, and that node from them when it still has a primary. First in the
+    /// step: a subscription to a node that is gone would never replicate, and the step
+    /// waits for every subscription of the nodes that stay.
+    async fn unsubscribe_leaving(
         &self,
         pass: &Pass,
         at: &BTreeMap<String, NodeAt>,
         m: &Membership,
         database: &str,
     ) -> Result<(), ReconcileError> {
-        let staying: Vec<&String> = m
-            .founders
-            .iter()
-            .chain(&m.members)
-            .chain(m.joins.iter().map(|(n, _)| n))
-            .collect();
         for node in &m.leaves {
             pass.log
                 .line(
@@ -242,7 +243,8 @@ impl Reconciler {
                 .await?;
             // Its own subscriptions first: their walsenders keep the others' slots active.
             if let Some(l) = at.get(node) {
-                let names: Vec<String> = staying
+                let names: Vec<String> = m
+                    .members
                     .iter()
                     .map(|p| pglogical::subscription_name(p, node))
                     .collect();
@@ -250,26 +252,40 @@ impl Reconciler {
                 self.psql_on(l, database, sql).await?;
             }
         }
-        let mut in_use = BTreeSet::new();
-        for node in &staying {
+        for node in &m.members {
             let names: Vec<String> = m
                 .leaves
                 .iter()
                 .map(|l| pglogical::subscription_name(l, node))
                 .collect();
-            let n = &at[*node];
             if !names.is_empty() {
                 let sql = join::drop_subscriptions_sql(&names);
-                self.psql_on(n, database, sql).await?;
+                self.psql_on(&at[node], database, sql).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Drops, on every node of `staying` (all configured by now), each slot of berth's
+    /// subscriptions that no subscription of any of them names: those of a node that left,
+    /// or of a subscription dropped while its provider could not be reached.
+    async fn drop_unused_slots(
+        &self,
+        pass: &Pass,
+        at: &BTreeMap<String, NodeAt>,
+        staying: &[String],
+        database: &str,
+    ) -> Result<(), ReconcileError> {
+        let mut in_use = BTreeSet::new();
+        for node in staying {
             let out = self
-                .psql_on(n, database, join::SUBSCRIPTION_SLOTS_SQL.into())
+                .psql_on(&at[node], database, join::SUBSCRIPTION_SLOTS_SQL.into())
                 .await?;
             in_use.extend(lines(&out));
         }
-        for node in &staying {
+        for node in staying {
             let sql = join::drop_unused_slots_sql(&in_use);
-            let out = self.psql_on(&at[*node], database, sql).await?;
+            let out = self.psql_on(&at[node], database, sql).await?;
             let dropped: Vec<String> = lines(&out)
                 .map(|l| l.split('|').next().unwrap_or_default().to_string())
                 .collect();
@@ -442,7 +458,8 @@ impl Reconciler {
     }
 
     /// Waits until every subscription on the primaries of `nodes` replicates (its slot on
-    /// the provider exists from then on; a seed has finished its copy).
+    /// the provider exists from then on; a copy has finished): [`REPLICATING_TIMEOUT`] from
+    /// the first time one is neither replicating nor copying, [`COPY_TIMEOUT`] in all.
     async fn wait_replicating(
         &self,
         at: &BTreeMap<String, NodeAt>,
@@ -453,6 +470,7 @@ impl Reconciler {
                    SELECT subscription_name || ' ' || status \
                    FROM pglogical.show_subscription_status() WHERE status <> 'replicating';\n";
         let started = Instant::now();
+        let mut stuck_since: Option<Instant> = None;
         loop {
             let mut pending = Vec::new();
             for node in nodes {
@@ -462,10 +480,16 @@ impl Reconciler {
             if pending.is_empty() {
                 return Ok(());
             }
-            if started.elapsed() > REPLICATING_TIMEOUT {
+            if pending.iter().all(|p| p.ends_with(" initializing")) {
+                stuck_since = None;
+            } else {
+                stuck_since.get_or_insert_with(Instant::now);
+            }
+            let stuck = stuck_since.is_some_and(|t| t.elapsed() > REPLICATING_TIMEOUT);
+            if stuck || started.elapsed() > COPY_TIMEOUT {
                 return Err(ReconcileError::Step(format!(
                     "subscriptions not replicating after {}s: {}",
-                    REPLICATING_TIMEOUT.as_secs(),
+                    started.elapsed().as_secs(),
                     pending.join("; ")
                 )));
             }
