@@ -112,7 +112,7 @@ fn net_fleet() -> (String, String) {
 }
 /// Always this many hosts, whatever a test uses: `up` with fewer would stop the engines a
 /// later test brings back, at the cost of starting an engine and loading its images.
-const NET_FLEET_HOSTS: usize = 3;
+const NET_FLEET_HOSTS: usize = 4;
 
 use test_support::net_fleet::NetFleet;
 pub use test_support::net_fleet::NetHost;
