@@ -11,6 +11,8 @@ source "$repo/deploy/fleet/proc.sh"
 #                          agents' metrics BASE+14+N
 #   BERTH_DEV_HOST_PREFIX  host ids PREFIX-1..3 (default host)
 #   BERTH_DEV_FLEET        deploy/fleet/hosts fleet name (default dev)
+#   BERTH_DEV_FLEET_INDEX  its subnet index, 10.213.INDEX.0/24 (default 0; another fleet
+#                          up at once needs another: 1 is the tests', so 2..15)
 #   BERTH_DEV_BIN_DIR      where berth-control-plane and berth-agent are (default target/debug)
 #   BERTH_DEV_SKIP_BUILD=1 use what is installed and built; install and build nothing
 dev=${BERTH_DEV_DIR:-$repo/.dev}
@@ -46,7 +48,7 @@ hosts=("$host_prefix-1" "$host_prefix-2" "$host_prefix-3")
 # is kept in $mode_file.
 fleet_hosts=$repo/deploy/fleet/hosts
 fleet=${BERTH_DEV_FLEET:-dev}
-fleet_index=0
+fleet_index=${BERTH_DEV_FLEET_INDEX:-0}
 mode_file=$dev/mode
 # An agent listens on this port of its host's address in that mode, and serves its metrics
 # on agent_metrics_port.

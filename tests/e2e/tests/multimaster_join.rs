@@ -258,3 +258,54 @@ async fn a_node_joins_a_live_database_and_leaves_no_slot_behind() {
     );
     assert_eq!(subs, "2", "n1's new primary subscribes to both others");
 }
+
+/// A database that ran with one node, then got a second (a newcomer's trial found its
+/// tables, made before any replication existed, in no replication set: the new node had
+/// their structure but no rows, and writes to them never left the first node).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_ran_alone_shares_its_rows_with_a_node_added_later() {
+    let fleet = Fleet::start_engine_per_host(2).await;
+    let db = fleet.db_id("alone");
+    let hosts: Vec<String> = (1..=2).map(|i| fleet.host(i)).collect();
+    let node = |i: usize| json!({"name": format!("n{}", i + 1), "host_ids": [hosts[i]]});
+    let spec = |nodes: Vec<Value>| json!({"spec": {"database_name": "app", "nodes": nodes}});
+    let mut create = spec(vec![node(0)]);
+    create["id"] = json!(db);
+    fleet.apply("/v1/databases", &create).await;
+    let container =
+        |i: usize| Fleet::container_name(&hosts[i], &format!("{db}-n{}-{}", i + 1, hosts[i]));
+    let psql = |i: usize, sql: &str| fleet.psql(&container(i), "app", sql);
+    psql(0, "CREATE TABLE items (id int PRIMARY KEY, v text)");
+    psql(0, "CREATE TABLE notes (v text)");
+    psql(
+        0,
+        "INSERT INTO items SELECT g, 'alone' FROM generate_series(1, 500) g",
+    );
+    psql(0, "INSERT INTO notes VALUES ('alone')");
+
+    let task = fleet
+        .apply(
+            &format!("/v1/databases/{db}"),
+            &spec(vec![node(0), node(1)]),
+        )
+        .await;
+    let log = fleet.task_log(&db, task["task_id"].as_str().unwrap()).await;
+    assert!(
+        log.iter().any(|l| l.contains("node n2 joins: copying n1")),
+        "{log:#?}"
+    );
+    assert_eq!(psql(1, "SELECT count(*) FROM items"), "500");
+    assert_eq!(psql(1, "SELECT count(*) FROM notes"), "1");
+    psql(0, "INSERT INTO items VALUES (501, 'after')");
+    psql(0, "INSERT INTO notes VALUES ('after')");
+    psql(1, "INSERT INTO items VALUES (502, 'from n2')");
+    for i in 0..2 {
+        fleet
+            .wait_for(&format!("every row on n{}", i + 1), || async {
+                let items = psql(i, "SELECT count(*) FROM items");
+                let notes = psql(i, "SELECT count(*) FROM notes");
+                (items == "502" && notes == "2").then_some(())
+            })
+            .await;
+    }
+}

@@ -103,8 +103,14 @@ impl Reconciler {
         self.unsubscribe_leaving(pass, &at, &m, database).await?;
         // The nodes that hold what they must subscribe to each other as they are.
         let mut core: Vec<String> = m.founders.iter().chain(&m.members).cloned().collect();
+        // A table made while its node ran alone (no DDL replication yet) joins a
+        // replication set here: else neither its rows nor its changes would leave the node.
         for node in &core {
-            let sql = pglogical::node_sql(node, database);
+            let sql = format!(
+                "{}{}",
+                pglogical::node_sql(node, database),
+                join::REPLICATE_EXISTING_TABLES_SQL
+            );
             self.psql_on(&at[node], database, sql).await?;
         }
         for a in &core {
