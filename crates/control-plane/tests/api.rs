@@ -281,6 +281,94 @@ async fn bad_input_is_a_400_naming_every_field_and_changes_nothing() {
 
 /// The API keeps the registered hosts' ids in memory; a host that registers after they were
 /// read must still be accepted, and one that never registered still refused.
+/// Backup repository keys through the API, as secret service config values: never in an
+/// answer (create, get, list), sealed in etcd, kept by an update that leaves them out,
+/// removed by one that sends them as null.
+#[tokio::test]
+async fn backup_repository_keys_are_sealed_never_returned_kept_and_removed_by_null() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    cp.register("host-1").await;
+    let spec = |keys: Option<Value>, retention: u32| {
+        let mut repository = json!({"id": "s3", "type": "s3", "s3_bucket": "app-backups",
+            "s3_region": "us-east-1", "retention_full": retention});
+        if let Some(Value::Object(keys)) = keys {
+            repository.as_object_mut().unwrap().extend(keys);
+        }
+        json!({"database_name": "app", "nodes": [{"name": "n1", "host_ids": ["host-1"],
+            "restore_config": {"source_database_id": "old", "source_node_name": "n1",
+                               "source_database_name": "app", "repository": "s3"}}],
+            "backup_config": {"repositories": [repository],
+                "schedules": [{"id": "nightly", "type": "full", "cron_expression": "0 0 * * *"}]}})
+    };
+    let keys = json!({"s3_key": "AKIA-API-PLAINTEXT", "s3_key_secret": "SECRET-API-PLAINTEXT"});
+    let stored_keys = || async {
+        let db = cp.store().await.get_database("app").await.unwrap().unwrap();
+        let r = &db.spec.backup_config.unwrap().repositories[0];
+        (
+            db.record.generation,
+            r.s3_key.clone(),
+            r.s3_key_secret.clone(),
+        )
+    };
+
+    let body = json!({"id": "app", "spec": spec(Some(keys.clone()), 2)}).to_string();
+    let (status, created) = cp.call("POST", "/v1/databases", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let (_, got) = cp.call("GET", "/v1/databases/app", None).await;
+    let (_, list) = cp.call("GET", "/v1/databases", None).await;
+    for answer in [&created, &got, &list] {
+        let text = answer.to_string();
+        assert!(
+            !text.contains("PLAINTEXT") && !text.contains("s3_key"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        got["spec"]["backup_config"]["repositories"][0]["retention_full"],
+        2
+    );
+    assert_eq!(
+        got["spec"]["backup_config"]["schedules"][0]["cron_expression"],
+        "0 0 * * *"
+    );
+    assert_eq!(
+        got["spec"]["nodes"][0]["restore_config"]["repository"],
+        "s3"
+    );
+    for (key, value) in cp.store().await.dump().await.unwrap() {
+        let text = String::from_utf8_lossy(&value);
+        assert!(
+            !text.contains("PLAINTEXT"),
+            "{key} holds a key in plain text: {text}"
+        );
+    }
+    let plain = |k: &str| Some(keys[k].as_str().unwrap().to_string());
+    assert_eq!(
+        stored_keys().await,
+        (1, plain("s3_key"), plain("s3_key_secret"))
+    );
+
+    // What GET answered, sent back with one change: the keys are kept.
+    let mut resent = got["spec"].clone();
+    resent["backup_config"]["repositories"][0]["retention_full"] = json!(3);
+    let body = json!({"spec": resent}).to_string();
+    let (status, updated) = cp.call("POST", "/v1/databases/app", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert!(!updated.to_string().contains("PLAINTEXT"), "{updated}");
+    assert_eq!(
+        stored_keys().await,
+        (2, plain("s3_key"), plain("s3_key_secret"))
+    );
+
+    // null removes them.
+    let nulls = json!({"s3_key": null, "s3_key_secret": null});
+    let body = json!({"spec": spec(Some(nulls), 3)}).to_string();
+    let (status, updated) = cp.call("POST", "/v1/databases/app", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(stored_keys().await, (3, None, None));
+}
+
 #[tokio::test]
 async fn a_host_registered_after_the_last_request_is_known_to_the_next() {
     let etcd = EtcdServer::start();

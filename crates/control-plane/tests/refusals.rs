@@ -1,7 +1,7 @@
 //! Requests the API refuses before storing anything, against a real etcd: a fixed host port
 //! another database holds on the same host (409), a Postgres version the manifest lacks
-//! (400), and a body over the size limit (413), each in the API's JSON error shape naming
-//! what is wrong.
+//! (400), a bad `backup_config` or `restore_config` (400), and a body over the size limit
+//! (413), each in the API's JSON error shape naming what is wrong.
 
 mod common;
 
@@ -204,4 +204,92 @@ async fn a_postgres_version_the_manifest_lacks_is_a_400_and_stores_nothing() {
         .filter_map(|d| d["id"].as_str())
         .collect();
     assert_eq!(ids, ["a"]);
+}
+
+/// A bad `backup_config` or `restore_config`, on a create and on an update, with and without
+/// dry_run: a 400 naming each bad field by its JSON path, no message quoting a key, and
+/// nothing stored changes (no database, no generation, no task, the stored keys as they were).
+#[tokio::test]
+async fn a_bad_backup_config_is_a_400_naming_the_field_and_stores_nothing() {
+    let etcd = EtcdServer::start();
+    let cp = ControlPlane::start(&etcd).await;
+    cp.register("host-1").await;
+    let with_backups = |schedule_cron: &str, base_path: &str| {
+        let mut s = spec("host-1", 0, None);
+        s["backup_config"] = json!({
+            "repositories": [
+                {"id": "s3", "type": "s3", "s3_bucket": "app-backups", "s3_region": "us-east-1",
+                 "s3_key": "AKIA-REFUSALS-KEY", "s3_key_secret": "REFUSALS-SECRET"},
+                {"id": "nfs", "type": "posix", "base_path": base_path}
+            ],
+            "schedules": [{"id": "nightly", "type": "full", "cron_expression": schedule_cron}]
+        });
+        s
+    };
+    let good = with_backups("0 0 * * *", "/mnt/backups");
+    let (status, body) = cp
+        .call("POST", "/v1/databases", Some(&create("a", good.clone())))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = cp.store().await.get_database("a").await.unwrap().unwrap();
+
+    let mut bad = with_backups("0 0 30 2 *", "backups");
+    bad["nodes"][0]["backup_config"] =
+        json!({"schedules": [{"id": "n1-hourly", "type": "incr", "cron_expression": "@hourly"}]});
+    bad["restore_config"] = json!({"source_database_id": "old", "source_node_name": "n1",
+        "source_database_name": "app", "repository": "s3",
+        "restore_options": {"type": "time", "target": "yesterday"}});
+    let want = [
+        (
+            "spec.backup_config.repositories[1].base_path",
+            "absolute path",
+        ),
+        (
+            "spec.backup_config.schedules[0].cron_expression",
+            "never comes due",
+        ),
+        ("spec.restore_config.restore_options.target", "RFC 3339"),
+        ("spec.nodes[0].backup_config.repositories", "nowhere to put"),
+    ];
+    let refused = |body: &Value| {
+        let errs = errors(body);
+        let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, want.map(|(p, _)| p), "{errs:?}");
+        for ((_, message), (_, fragment)) in errs.iter().zip(want) {
+            assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+        }
+        assert!(!body.to_string().contains("REFUSALS"), "a key in {body}");
+    };
+    let b = create("b", bad.clone());
+    for path in ["/v1/databases?dry_run=true", "/v1/databases"] {
+        let (status, body) = cp.call("POST", path, Some(&b)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["name"], "invalid_input", "{body}");
+        refused(&body);
+    }
+    let (status, _) = cp.call("GET", "/v1/databases/b", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The update leaves the keys out, as a client that read the database back would.
+    for k in ["s3_key", "s3_key_secret"] {
+        bad["backup_config"]["repositories"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove(k);
+    }
+    let update = json!({"spec": bad}).to_string();
+    for path in ["/v1/databases/a?dry_run=true", "/v1/databases/a"] {
+        let (status, body) = cp.call("POST", path, Some(&update)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        refused(&body);
+    }
+    let after = cp.store().await.get_database("a").await.unwrap().unwrap();
+    assert_eq!(after.record.generation, 1);
+    assert_eq!(after.spec_revision, before.spec_revision);
+    assert_eq!(
+        after.spec, before.spec,
+        "the stored spec, keys included, is unchanged"
+    );
+    let (_, tasks) = cp.call("GET", "/v1/databases/a/tasks", None).await;
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(1), "{tasks}");
 }

@@ -147,6 +147,8 @@ mod tests {
             name: name.to_string(),
             host_ids: hosts.iter().map(|h| h.to_string()).collect(),
             source_node: None,
+            backup_config: None,
+            restore_config: None,
         }
     }
 
@@ -157,6 +159,8 @@ mod tests {
             port: None,
             nodes,
             services: vec![],
+            backup_config: None,
+            restore_config: None,
         }
     }
 

@@ -14,8 +14,11 @@
 //! - [`catalog`]: each service type's `config` keys, rules and defaults (one module per
 //!   type), and which keys hold secrets.
 //! - [`secrets`]: redacting, splitting and carrying over secret config values.
+//! - [`backup`]: `backup_config` and `restore_config` (pgBackRest), their rules in
+//!   `parse/backup.rs`.
 
 pub mod api;
+pub mod backup;
 pub mod bodies;
 pub mod catalog;
 mod check;

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::backup::{BackupConfig, RestoreConfig};
+
 /// The full, declarative spec of one database.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatabaseSpec {
@@ -20,6 +22,15 @@ pub struct DatabaseSpec {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Where every node's pgBackRest backups go and when they are taken, unless a node has
+    /// its own (the reference API's `backup_config`; see `BackupConfig`). Accepted and
+    /// validated; berth takes no backups yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_config: Option<BackupConfig>,
+    /// The backup a new database starts from (the reference API's `restore_config`;
+    /// see `RestoreConfig`). Accepted and validated; berth restores nothing yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_config: Option<RestoreConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -33,6 +44,13 @@ pub struct NodeSpec {
     /// the spec that already replicates. Read only when the node joins (ADR 020).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_node: Option<String>,
+    /// This node's backup config, replacing the database's whole (not merged; ADR 021).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_config: Option<BackupConfig>,
+    /// The backup this node starts from when it is added, instead of copying `source_node`
+    /// (refused together with it). Accepted and validated; berth restores nothing yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_config: Option<RestoreConfig>,
 }
 
 #[derive(

@@ -148,8 +148,16 @@ const SPEC_KEYS: &[&str] = &[
     "port",
     "nodes",
     "services",
+    "backup_config",
+    "restore_config",
 ];
-const NODE_KEYS: &[&str] = &["name", "host_ids", "source_node"];
+const NODE_KEYS: &[&str] = &[
+    "name",
+    "host_ids",
+    "source_node",
+    "backup_config",
+    "restore_config",
+];
 const SERVICE_KEYS: &[&str] = &[
     "service_id",
     "service_type",
@@ -174,6 +182,8 @@ struct NodeDraft {
     hosts: Vec<(usize, String)>,
     /// A well-formed `source_node`, checked against the other nodes by [`check_nodes`].
     source_node: Option<String>,
+    /// Its `backup_config` and `restore_config` ([`backup`]).
+    backups: backup::Configs,
     path: String,
 }
 
@@ -220,6 +230,11 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
     }
     let postgres_version = postgres_version::postgres_version(&o, ctx.manifest, ctx.previous, e);
     let port = o.get("port").and_then(|v| parse_port(v, &o.at("port"), e));
+    let stored = backup::Stored {
+        backup: ctx.previous.and_then(|p| p.backup_config.as_ref()),
+        restore: ctx.previous.and_then(|p| p.restore_config.as_ref()),
+    };
+    let backups = backup::read_level(&o, stored, e);
 
     let mut nodes = Vec::new();
     if o.require("nodes", e).is_some()
@@ -229,7 +244,7 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
             e.push(o.at("nodes"), "must list at least one node");
         }
         for (i, item) in items.iter().enumerate() {
-            nodes.push(parse_node(item, index(&o.at("nodes"), i), e));
+            nodes.push(parse_node(item, index(&o.at("nodes"), i), ctx, e));
         }
     }
 
@@ -241,6 +256,8 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
     }
 
     check_nodes(&nodes, e);
+    let node_levels = nodes.iter().map(|n| (&n.backups, n.source_node.is_some()));
+    backup::check_levels(&backups, node_levels, e);
     check_services(&services, &nodes, port, e);
     if let Some(known) = ctx.known_hosts {
         let all_hosts = nodes
@@ -271,6 +288,8 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
                     name: n.name?,
                     host_ids: n.hosts.into_iter().map(|(_, h)| h).collect(),
                     source_node: n.source_node,
+                    backup_config: n.backups.backup,
+                    restore_config: n.backups.restore,
                 })
             })
             .collect::<Option<_>>()?,
@@ -290,14 +309,17 @@ fn parse_spec(v: &Value, ctx: &ValidationContext<'_>, e: &mut Errors) -> Option<
                 })
             })
             .collect::<Option<_>>()?,
+        backup_config: backups.backup,
+        restore_config: backups.restore,
     })
 }
 
-fn parse_node(v: &Value, path: String, e: &mut Errors) -> NodeDraft {
+fn parse_node(v: &Value, path: String, ctx: &ValidationContext<'_>, e: &mut Errors) -> NodeDraft {
     let mut draft = NodeDraft {
         name: None,
         hosts: Vec::new(),
         source_node: None,
+        backups: backup::Configs::default(),
         path,
     };
     let Some(o) = Obj::of(v, draft.path.clone(), e) else {
@@ -315,6 +337,17 @@ fn parse_node(v: &Value, path: String, e: &mut Errors) -> NodeDraft {
         });
     draft.hosts = parse_host_ids(&o, e);
     draft.source_node = o.str("source_node", e).map(str::to_string);
+    // The stored node of the same name, where omitted secrets come from.
+    let stored = ctx.previous.and_then(|p| {
+        p.nodes
+            .iter()
+            .find(|n| Some(&n.name) == draft.name.as_ref())
+    });
+    let stored = backup::Stored {
+        backup: stored.and_then(|n| n.backup_config.as_ref()),
+        restore: stored.and_then(|n| n.restore_config.as_ref()),
+    };
+    draft.backups = backup::read_level(&o, stored, e);
     draft
 }
 
@@ -650,6 +683,7 @@ fn exceeds_depth(v: &Value, max: usize) -> bool {
     false
 }
 
+mod backup;
 mod postgres_version;
 
 #[cfg(test)]

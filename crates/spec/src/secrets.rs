@@ -1,5 +1,6 @@
 //! Secret values inside service configs: removing them from what the API returns, splitting
-//! them out so the store can encrypt them apart, and carrying them over on updates.
+//! them out so the store can encrypt them apart, and carrying them over on updates. Backup
+//! repositories' keys follow the same rules ([`crate::backup`]).
 //!
 //! A secret is the value of any object key for which [`is_secret_key`] holds, at any depth
 //! (objects nested in objects or arrays). The whole value is the secret, even when it is an
@@ -26,12 +27,14 @@ pub fn redact(config: &Map<String, Value>) -> Map<String, Value> {
     split_secrets(config).0
 }
 
-/// The spec with every service config redacted, as the API returns it.
+/// The spec with every service config and every backup repository redacted
+/// ([`crate::backup::redact_backups`]), as the API returns it.
 pub fn redact_spec(spec: &DatabaseSpec) -> DatabaseSpec {
     let mut spec = spec.clone();
     for service in &mut spec.services {
         service.config = redact(&service.config);
     }
+    crate::backup::redact_backups(&mut spec);
     spec
 }
 
@@ -283,8 +286,12 @@ mod tests {
                 name: "n1".into(),
                 host_ids: vec!["h".into()],
                 source_node: None,
+                backup_config: None,
+                restore_config: None,
             }],
             services,
+            backup_config: None,
+            restore_config: None,
         }
     }
 

@@ -148,8 +148,9 @@ pub struct StoredDatabase {
     pub spec_revision: i64,
 }
 
-/// A database's keys as they are met in a range read: record, and spec with its revision.
-type PartialDatabase = (Option<DatabaseRecord>, Option<(DatabaseSpec, i64)>);
+/// A database's keys as they are met in a range read: record, and spec (still sealed) with
+/// its revision and key.
+type PartialDatabase = (Option<DatabaseRecord>, Option<(Value, i64, Vec<u8>)>);
 
 /// The order of a listing by time-ordered id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,15 +331,33 @@ impl Store {
         self.client.clone()
     }
 
-    fn sealed_spec(&self, spec: &DatabaseSpec) -> DatabaseSpec {
+    /// The spec as stored: secret service config values and backup repository keys sealed
+    /// in place (typed fields hold a sealed value only in the JSON, hence a `Value`).
+    fn sealed_spec(&self, spec: &DatabaseSpec) -> Value {
         let mut sealed = spec.clone();
         for service in &mut sealed.services {
             self.secrets.seal(&mut service.config, &self.is_secret_key);
         }
-        sealed
+        let mut doc = serde_json::to_value(&sealed).expect("a spec serializes to JSON");
+        let sealing = spec::backup::for_each_repository_object(&mut doc, &mut |repository| {
+            self.secrets
+                .seal(repository, &spec::backup::is_repository_secret_key);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let Ok(()) = sealing;
+        doc
     }
 
-    fn opened_spec(&self, mut spec: DatabaseSpec) -> Result<DatabaseSpec> {
+    /// A stored spec (`key`'s value) with its sealed values opened.
+    fn opened_spec(&self, key: &[u8], mut doc: Value) -> Result<DatabaseSpec> {
+        spec::backup::for_each_repository_object(&mut doc, &mut |repository| {
+            self.secrets.open(repository)
+        })?;
+        let mut spec: DatabaseSpec =
+            serde_json::from_value(doc).map_err(|source| StoreError::Decode {
+                key: String::from_utf8_lossy(key).into_owned(),
+                source,
+            })?;
         for service in &mut spec.services {
             self.secrets.open(&mut service.config)?;
         }
@@ -482,16 +501,19 @@ impl Store {
             let entry = records.entry(id.to_string()).or_default();
             match leaf {
                 "record" => entry.0 = Some(decode(kv.key(), kv.value())?),
-                "spec" => entry.1 = Some((decode(kv.key(), kv.value())?, kv.mod_revision())),
+                "spec" => {
+                    let spec = decode(kv.key(), kv.value())?;
+                    entry.1 = Some((spec, kv.mod_revision(), kv.key().to_vec()));
+                }
                 _ => {}
             }
         }
         let mut out = Vec::with_capacity(records.len());
         for (_, (record, spec)) in records {
-            if let (Some(record), Some((spec, spec_revision))) = (record, spec) {
+            if let (Some(record), Some((spec, spec_revision, key))) = (record, spec) {
                 out.push(StoredDatabase {
                     record,
-                    spec: self.opened_spec(spec)?,
+                    spec: self.opened_spec(&key, spec)?,
                     spec_revision,
                 });
             }

@@ -317,3 +317,43 @@ async fn credentials_are_sealed_at_rest() {
         assert!(!text.contains("pw-"), "{key}: {text}");
     }
 }
+
+#[tokio::test]
+async fn backup_repository_keys_are_sealed_at_rest_and_open_back() {
+    let etcd = EtcdServer::start();
+    let s = store(&etcd).await;
+    let repository = |id: &str| {
+        json!({"id": id, "type": "s3", "s3_bucket": "b-1", "s3_region": "r",
+               "s3_key": format!("KEY-PLAIN-{id}"), "s3_key_secret": format!("SECRET-PLAIN-{id}")})
+    };
+    let restore = json!({"source_database_id": "old", "source_node_name": "n1",
+                         "source_database_name": "example", "repository": repository("old")});
+    let spec: DatabaseSpec = serde_json::from_value(json!({
+        "database_name": "example",
+        "backup_config": {"repositories": [repository("db")]},
+        "restore_config": restore,
+        "nodes": [{"name": "n1", "host_ids": ["host-1"],
+                   "backup_config": {"repositories": [repository("node")]},
+                   "restore_config": restore}]
+    }))
+    .unwrap();
+    s.create_database(
+        &record("example", 1),
+        &spec,
+        &task("example", TaskType::Create),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_database("example").await.unwrap().unwrap().spec, spec);
+    assert_eq!(s.list_databases().await.unwrap()[0].spec, spec);
+    let mut sealed = 0;
+    for (key, value) in s.dump().await.unwrap() {
+        let text = String::from_utf8_lossy(&value);
+        assert!(
+            !text.contains("-PLAIN-"),
+            "{key} holds a key in plain text: {text}"
+        );
+        sealed += text.matches("$sealed").count();
+    }
+    assert_eq!(sealed, 8, "two keys in each of four repositories");
+}

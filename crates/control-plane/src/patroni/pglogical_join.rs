@@ -208,6 +208,8 @@ mod tests {
                 name: n.to_string(),
                 host_ids: vec![format!("host-{i}")],
                 source_node: source.map(String::from),
+                backup_config: None,
+                restore_config: None,
             })
             .collect()
     }

@@ -144,6 +144,8 @@ fn seed_example_parses() {
             name: "n1".into(),
             host_ids: vec!["host-1".into()],
             source_node: None,
+            backup_config: None,
+            restore_config: None,
         }]
     );
     let svc = &req.spec.services[0];
