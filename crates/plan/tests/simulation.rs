@@ -376,6 +376,19 @@ fn simulate(input: &PlanInput, plan: &Plan) -> PlanInput {
             }
             Step::Replicate { nodes } => {
                 next.replicated = nodes.iter().cloned().collect();
+                // The control plane records the hosts each node's subscribers list.
+                next.replicated_hosts = nodes
+                    .iter()
+                    .map(|n| {
+                        let hosts = input
+                            .desired
+                            .iter()
+                            .filter(|d| d.kind.node() == Some(n.as_str()))
+                            .map(|d| d.host_id.clone())
+                            .collect();
+                        (n.clone(), hosts)
+                    })
+                    .collect();
             }
             Step::Switchover {
                 node,
