@@ -10,6 +10,7 @@ mod follow_latency;
 mod history;
 mod procs;
 mod profile;
+mod replication_lag;
 mod scale;
 mod specs;
 mod stats;
@@ -98,6 +99,29 @@ enum Bench {
         /// Switchover runs per configuration (0: none).
         #[arg(long, default_value_t = 5)]
         switchovers: usize,
+    },
+    /// Replication lag between the nodes of a database (pglogical, ADR 019) under a steady write load on n1, at
+    /// each rate in turn (an engine-per-host fleet with a host per node: needs root).
+    ReplicationLag {
+        /// Nodes, one per host.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Write rates in rows per second, one single-row transaction each.
+        #[arg(long, value_delimiter = ',', default_value = "20,200")]
+        rates: Vec<u32>,
+        /// Seconds of load per rate.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Adding a node to a live replicated database holding --gib of data, copied from n1 (ADR 020; an
+    /// engine-per-host fleet with a host per node and a spare: needs root).
+    NodeJoin {
+        /// Nodes before the join, one per host.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// The data to fill n1 with first, in GiB.
+        #[arg(long, default_value_t = 1.0)]
+        gib: f64,
     },
     /// All four with their defaults, scaled by --scale and --rounds.
     All {
@@ -206,6 +230,22 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
         .print(),
         Bench::Failover { runs, switchovers } => {
             failover::run(failover::FailoverOptions { runs, switchovers })
+                .await?
+                .print()
+        }
+        Bench::ReplicationLag {
+            nodes,
+            rates,
+            seconds,
+        } => replication_lag::run(replication_lag::ReplicationLagOptions {
+            nodes,
+            rates,
+            seconds,
+        })
+        .await?
+        .print(),
+        Bench::NodeJoin { nodes, gib } => {
+            replication_lag::join::run(replication_lag::join::NodeJoinOptions { nodes, gib })
                 .await?
                 .print()
         }
