@@ -4,8 +4,9 @@
 //!
 //! A joining node is copied from a source node by its subscription to it
 //! ([`super::pglogical::Start::Seed`]), then subscribes to every node and every node to it,
-//! then stops forwarding other nodes' changes from the source. A node that leaves is unsubscribed everywhere, and every pglogical
-//! slot no subscription uses any more is dropped ([`drop_unused_slots_sql`]).
+//! then stops forwarding other nodes' changes from the source. A node that leaves is
+//! unsubscribed everywhere, and every pglogical slot no subscription uses any more is
+//! dropped ([`drop_unused_slots_sql`]).
 
 use std::collections::BTreeSet;
 
