@@ -114,4 +114,46 @@ impl TaskWatch {
                     .await;
         }
     }
+
+    /// Waits until task `task` of database `db` ended; an error holding its log (read from
+    /// `stack`'s API) unless it completed. When it ended.
+    pub async fn wait_completed(
+        &self,
+        stack: &crate::procs::Stack,
+        db: &str,
+        task: &str,
+        limit: Duration,
+    ) -> Result<Instant> {
+        let ended = self.wait_all(&[task.to_string()], limit).await?;
+        if ended[0].status != "completed" {
+            let log = stack
+                .get(&format!("/v1/databases/{db}/tasks/{task}/log?limit=1000"))
+                .await
+                .unwrap_or_default();
+            bail!("task {task} ended {}: {log}", ended[0].status);
+        }
+        Ok(ended[0].at)
+    }
+}
+
+/// Task `task` of database `db`'s log from `stack`'s API, each line at its offset in seconds
+/// from `from`.
+pub async fn task_log(
+    stack: &crate::procs::Stack,
+    db: &str,
+    task: &str,
+    from: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>> {
+    let log = stack
+        .get(&format!("/v1/databases/{db}/tasks/{task}/log?limit=1000"))
+        .await?;
+    let entries = log["entries"].as_array().cloned().unwrap_or_default();
+    Ok(entries
+        .iter()
+        .filter_map(|e| {
+            let at: chrono::DateTime<chrono::Utc> = e["timestamp"].as_str()?.parse().ok()?;
+            let offset = (at - from).num_milliseconds() as f64 / 1000.0;
+            Some(format!("+{offset:.2}s {}", e["message"].as_str()?))
+        })
+        .collect())
 }

@@ -23,24 +23,9 @@ pub fn docker(engine: Option<&str>) -> Command {
 /// as the text.
 pub fn psql(engine: Option<&str>, container: &str, database: &str, sql: &str) -> (bool, String) {
     let out = docker(engine)
-        .args([
-            "exec",
-            "-e",
-            "PGCONNECT_TIMEOUT=2",
-            container,
-            "psql",
-            "-XAtq",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "/var/run/postgresql",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-c",
-            sql,
-        ])
+        .args(["exec", "-e", "PGCONNECT_TIMEOUT=2", container])
+        .args(psql_argv(database))
+        .args(["-c", sql])
         .output();
     match out {
         Ok(out) => {
@@ -50,4 +35,30 @@ pub fn psql(engine: Option<&str>, container: &str, database: &str, sql: &str) ->
         }
         Err(e) => (false, format!("run the docker CLI: {e}")),
     }
+}
+
+/// The command of one psql session in `container` on `engine`, in database `database`, that
+/// reads its statements from stdin (`docker exec -i`), with [`psql`]'s output format and
+/// stopping at the first error: for a steady stream of statements, one connection for all.
+pub fn psql_session(engine: Option<&str>, container: &str, database: &str) -> Command {
+    let mut c = docker(engine);
+    c.args(["exec", "-i", container]).args(psql_argv(database));
+    c
+}
+
+/// psql as the superuser on the container's local socket: unaligned tuples only, no psqlrc,
+/// quiet, stopping at the first error.
+fn psql_argv(database: &str) -> [&str; 10] {
+    [
+        "psql",
+        "-XAtq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "/var/run/postgresql",
+        "-U",
+        "postgres",
+        "-d",
+        database,
+    ]
 }

@@ -133,19 +133,9 @@ impl<'f> Node<'f> {
 
     /// Waits until the task ended; an error unless it completed. When it ended.
     pub async fn wait_task(&self, task: &str) -> Result<Instant> {
-        let ended = self.watch.wait_all(&[task.to_string()], LIMIT).await?;
-        if ended[0].status != "completed" {
-            let log = self
-                .stack
-                .get(&format!(
-                    "/v1/databases/{}/tasks/{task}/log?limit=1000",
-                    self.db
-                ))
-                .await
-                .unwrap_or_default();
-            bail!("task {task} ended {}: {log}", ended[0].status);
-        }
-        Ok(ended[0].at)
+        self.watch
+            .wait_completed(&self.stack, &self.db, task, LIMIT)
+            .await
     }
 
     /// The task's log, each line at its offset in seconds from `from`.
@@ -154,22 +144,7 @@ impl<'f> Node<'f> {
         task: &str,
         from: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<String>> {
-        let log = self
-            .stack
-            .get(&format!(
-                "/v1/databases/{}/tasks/{task}/log?limit=1000",
-                self.db
-            ))
-            .await?;
-        let entries = log["entries"].as_array().cloned().unwrap_or_default();
-        Ok(entries
-            .iter()
-            .filter_map(|e| {
-                let at: chrono::DateTime<chrono::Utc> = e["timestamp"].as_str()?.parse().ok()?;
-                let offset = (at - from).num_milliseconds() as f64 / 1000.0;
-                Some(format!("+{offset:.2}s {}", e["message"].as_str()?))
-            })
-            .collect())
+        crate::tasks::task_log(&self.stack, &self.db, task, from).await
     }
 
     /// (primary, replica) by host index when the API shows both instances `available`, one the primary and

@@ -114,22 +114,7 @@ impl<'f> Db<'f> {
         task: &str,
         from: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<String>> {
-        let log = self
-            .stack
-            .get(&format!(
-                "/v1/databases/{}/tasks/{task}/log?limit=1000",
-                self.id
-            ))
-            .await?;
-        let entries = log["entries"].as_array().cloned().unwrap_or_default();
-        Ok(entries
-            .iter()
-            .filter_map(|e| {
-                let at: chrono::DateTime<chrono::Utc> = e["timestamp"].as_str()?.parse().ok()?;
-                let offset = (at - from).num_milliseconds() as f64 / 1000.0;
-                Some(format!("+{offset:.2}s {}", e["message"].as_str()?))
-            })
-            .collect())
+        crate::tasks::task_log(&self.stack, &self.id, task, from).await
     }
 
     fn container(&self, i: usize) -> String {
@@ -166,19 +151,10 @@ impl<'f> Db<'f> {
 
     /// Waits until the task ended; an error unless it completed.
     async fn wait_task(&self, task: &str) -> Result<()> {
-        let ended = self.watch.wait_all(&[task.to_string()], LIMIT).await?;
-        if ended[0].status != "completed" {
-            let log = self
-                .stack
-                .get(&format!(
-                    "/v1/databases/{}/tasks/{task}/log?limit=1000",
-                    self.id
-                ))
-                .await
-                .unwrap_or_default();
-            bail!("task {task} ended {}: {log}", ended[0].status);
-        }
-        Ok(())
+        self.watch
+            .wait_completed(&self.stack, &self.id, task, LIMIT)
+            .await
+            .map(|_| ())
     }
 
     /// Sends `statement(k)` for k = 0, 1, .. to one psql session on node `i`, `rate` a second on a fixed
@@ -192,22 +168,11 @@ impl<'f> Db<'f> {
         duration: Duration,
         statement: impl Fn(u64) -> String,
     ) -> Result<u64> {
-        let mut command = test_support::psql::docker(Some(&self.fleet.hosts[i].docker_host));
-        command.args([
-            "exec",
-            "-i",
+        let command = test_support::psql::psql_session(
+            Some(&self.fleet.hosts[i].docker_host),
             &self.container(i),
-            "psql",
-            "-XAtq",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "/var/run/postgresql",
-            "-U",
-            "postgres",
-            "-d",
             "app",
-        ]);
+        );
         let mut psql = tokio::process::Command::from(command)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
