@@ -165,18 +165,15 @@ fn backup_config(
 
     let schedule_items = o.array("schedules", e);
     let has_schedules = schedule_items.is_some_and(|s| !s.is_empty());
-    let mut repositories = Vec::new();
-    let mut repositories_ok = true;
-    let items = o.array("repositories", e);
-    match items {
+    let (repositories, repositories_ok) = match o.array("repositories", e) {
         None if !o.has("repositories") => {
-            repositories_ok = false;
             e.push(o.at("repositories"), needs_repository(has_schedules));
+            (Vec::new(), false)
         }
-        None => repositories_ok = false,
+        None => (Vec::new(), false),
         Some(items) if items.is_empty() => {
-            repositories_ok = false;
             e.push(o.at("repositories"), needs_repository(has_schedules));
+            (Vec::new(), false)
         }
         Some(items) => {
             if items.len() > MAX_REPOSITORIES {
@@ -185,54 +182,64 @@ fn backup_config(
                     format!("lists more than {MAX_REPOSITORIES} repositories (pgBackRest's repo1 to repo{MAX_REPOSITORIES})"),
                 );
             }
-            let mut ids = BTreeSet::new();
-            for (i, item) in items.iter().enumerate() {
-                let path = index(&o.at("repositories"), i);
-                let repository =
-                    repository(item, &path, BACKUP_REPOSITORY_KEYS, &stored_repositories, e);
-                if let Some(r) = &repository
-                    && !ids.insert(r.id.clone())
-                {
-                    e.push(
-                        field(&path, "id"),
-                        format!("duplicate repository id \"{}\"", r.id),
-                    );
-                }
-                repositories_ok &= repository.is_some();
-                repositories.extend(repository);
-            }
+            let read = |item: &Value, path: &str, e: &mut Errors| {
+                repository(item, path, BACKUP_REPOSITORY_KEYS, &stored_repositories, e)
+            };
+            unique_items(items, &o.at("repositories"), "repository", e, read, |r| {
+                &r.id
+            })
         }
-    }
+    };
 
-    let mut schedules = Vec::new();
-    let mut schedules_ok = true;
-    if let Some(items) = schedule_items {
-        if items.len() > MAX_SCHEDULES {
-            e.push(
-                o.at("schedules"),
-                format!("lists more than {MAX_SCHEDULES} schedules"),
-            );
-        }
-        let mut ids = BTreeSet::new();
-        for (i, item) in items.iter().enumerate() {
-            let path = index(&o.at("schedules"), i);
-            let schedule = schedule(item, &path, e);
-            if let Some(s) = &schedule
-                && !ids.insert(s.id.clone())
-            {
+    let (schedules, schedules_ok) = match schedule_items {
+        Some(items) => {
+            if items.len() > MAX_SCHEDULES {
                 e.push(
-                    field(&path, "id"),
-                    format!("duplicate schedule id \"{}\"", s.id),
+                    o.at("schedules"),
+                    format!("lists more than {MAX_SCHEDULES} schedules"),
                 );
             }
-            schedules_ok &= schedule.is_some();
-            schedules.extend(schedule);
+            unique_items(items, &o.at("schedules"), "schedule", e, schedule, |s| {
+                &s.id
+            })
         }
-    }
+        None => (Vec::new(), true),
+    };
     (repositories_ok && schedules_ok).then_some(BackupConfig {
         repositories,
         schedules,
     })
+}
+
+/// Reads each item of the list at `at` with `read`, and reports an id (`id_of`) that a
+/// later item repeats at that item's `id`, as "duplicate {what} id". The items read, and
+/// whether every one was valid.
+fn unique_items<T>(
+    items: &[Value],
+    at: &str,
+    what: &str,
+    e: &mut Errors,
+    mut read: impl FnMut(&Value, &str, &mut Errors) -> Option<T>,
+    id_of: impl Fn(&T) -> &String,
+) -> (Vec<T>, bool) {
+    let mut ids = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let path = index(at, i);
+        let one = read(item, &path, e);
+        if let Some(x) = &one
+            && !ids.insert(id_of(x).clone())
+        {
+            e.push(
+                field(&path, "id"),
+                format!("duplicate {what} id \"{}\"", id_of(x)),
+            );
+        }
+        ok &= one.is_some();
+        out.extend(one);
+    }
+    (out, ok)
 }
 
 fn needs_repository(has_schedules: bool) -> &'static str {

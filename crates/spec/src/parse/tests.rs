@@ -55,7 +55,7 @@ fn base() -> Value {
 }
 
 /// Sets (or with `None` removes) the value at a JSON pointer whose parent exists.
-fn set(body: &mut Value, pointer: &str, value: Option<Value>) {
+pub(super) fn set(body: &mut Value, pointer: &str, value: Option<Value>) {
     if pointer.is_empty() {
         *body = value.unwrap_or(Value::Null);
         return;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::backup::{RestoreRepository, RetentionFullType};
 use crate::manifest::Manifest;
+use crate::parse::tests::set;
 use crate::parse::{ValidationContext, parse_create_request, parse_update_request};
 use crate::{DatabaseSpec, InvalidInput};
 
@@ -57,29 +58,6 @@ fn base() -> Value {
             }
         }
     })
-}
-
-fn set(body: &mut Value, pointer: &str, value: Option<Value>) {
-    let (parent, last) = pointer.rsplit_once('/').expect("pointer");
-    let parent = body
-        .pointer_mut(parent)
-        .unwrap_or_else(|| panic!("no parent for {pointer}"));
-    match (parent, value) {
-        (Value::Object(m), Some(v)) => {
-            m.insert(last.to_string(), v);
-        }
-        (Value::Object(m), None) => {
-            m.remove(last);
-        }
-        (Value::Array(a), Some(v)) => {
-            let i: usize = last.parse().expect("index");
-            if i == a.len() { a.push(v) } else { a[i] = v }
-        }
-        (Value::Array(a), None) => {
-            a.remove(last.parse().expect("index"));
-        }
-        _ => panic!("parent of {pointer} is not a container"),
-    }
 }
 
 fn edited(edits: &[(&str, Option<Value>)]) -> Value {
