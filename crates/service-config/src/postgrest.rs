@@ -109,12 +109,10 @@ pub(crate) fn render(
     }
 }
 
-/// What a rendered `postgrest.conf` says about the API PostgREST serves: the role an
-/// anonymous request runs as (`db-anon-role`) and the exposed schemas (`db-schemas`, a
-/// comma-separated list whose first is the default for a request without a profile header).
-pub(crate) fn parse_api(text: &str) -> Result<PostgrestApi, ParseError> {
-    let mut anon_role = None;
-    let mut schemas = None;
+/// The `key = value` settings of a rendered `postgrest.conf`, in order, key and (still
+/// quoted) value trimmed; blank lines and `#` comments skipped.
+fn settings(text: &str) -> Result<Vec<(&str, &str)>, ParseError> {
+    let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -123,15 +121,24 @@ pub(crate) fn parse_api(text: &str) -> Result<PostgrestApi, ParseError> {
         let (key, value) = line.split_once('=').ok_or_else(|| {
             ParseError::invalid(FILE, format!("line {}: expected key = value", n + 1))
         })?;
-        let slot = match key.trim() {
+        out.push((key.trim(), value.trim()));
+    }
+    Ok(out)
+}
+
+/// What a rendered `postgrest.conf` says about the API PostgREST serves: the role an
+/// anonymous request runs as (`db-anon-role`) and the exposed schemas (`db-schemas`, a
+/// comma-separated list whose first is the default for a request without a profile header).
+pub(crate) fn parse_api(text: &str) -> Result<PostgrestApi, ParseError> {
+    let mut anon_role = None;
+    let mut schemas = None;
+    for (key, value) in settings(text)? {
+        let slot = match key {
             "db-anon-role" => &mut anon_role,
             "db-schemas" => &mut schemas,
             _ => continue,
         };
-        *slot = Some(
-            unquote(value.trim())
-                .map_err(|m| ParseError::invalid(FILE, format!("{}: {m}", key.trim())))?,
-        );
+        *slot = Some(unquote(value).map_err(|m| ParseError::invalid(FILE, format!("{key}: {m}")))?);
     }
     let anon_role = anon_role.ok_or_else(|| ParseError::invalid(FILE, "no db-anon-role"))?;
     let schemas: Vec<String> = schemas
@@ -149,16 +156,8 @@ pub(crate) fn parse_api(text: &str) -> Result<PostgrestApi, ParseError> {
 pub(crate) fn parse(text: &str) -> Result<ParsedConnection, ParseError> {
     let mut db_uri = None;
     let mut port = None;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (key, value) = line.split_once('=').ok_or_else(|| {
-            ParseError::invalid(FILE, format!("line {}: expected key = value", n + 1))
-        })?;
-        let value = value.trim();
-        match key.trim() {
+    for (key, value) in settings(text)? {
+        match key {
             "db-uri" => {
                 db_uri = Some(
                     unquote(value)
