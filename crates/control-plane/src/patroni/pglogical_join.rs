@@ -102,31 +102,41 @@ pub fn membership(
     m
 }
 
-/// Prints `t` when the database holds an object of its users: a relation, a function or
-/// an extension outside the system's, pglogical's and berth's own. A node that does is
-/// not configured as if it were new.
-pub const HOLDS_OBJECTS_SQL: &str = "\\pset format unaligned\n\\pset tuples_only on\n\
-    SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace \
-        WHERE s.nspname NOT IN ('pg_catalog', 'information_schema', 'pglogical', 'berth') \
-        AND s.nspname NOT LIKE 'pg\\_%') \
-    OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace \
-        WHERE s.nspname NOT IN ('pg_catalog', 'information_schema', 'pglogical', 'berth') \
-        AND s.nspname NOT LIKE 'pg\\_%') \
-    OR EXISTS (SELECT 1 FROM pg_extension WHERE extname NOT IN ('plpgsql', 'pglogical'));\n";
+/// The SQL condition on a schema `s` (a `pg_namespace` row) that it is the users': not the
+/// system's, pglogical's or berth's own, nor a toast or temporary one.
+macro_rules! users_schema {
+    () => {
+        "s.nspname NOT IN ('pg_catalog', 'information_schema', 'pglogical', 'berth') \
+         AND s.nspname NOT LIKE 'pg\\_%'"
+    };
+}
+
+/// Prints `t` when the database holds an object of its users: a relation or a function in
+/// a users' schema, or an extension but pglogical. A node that does is not configured as
+/// if it were new.
+pub const HOLDS_OBJECTS_SQL: &str = concat!(
+    "\\pset format unaligned\n\\pset tuples_only on\n",
+    "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace WHERE ",
+    users_schema!(),
+    ") OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace WHERE ",
+    users_schema!(),
+    ") OR EXISTS (SELECT 1 FROM pg_extension WHERE extname NOT IN ('plpgsql', 'pglogical'));\n",
+);
 
 /// Puts every table of the users' schemas that is in no replication set into one, as the
 /// DDL replication does for a new table (`berth.replicate_table`: `default` with a primary
 /// key, else `default_insert_only`). A copied node's tables arrive by `pg_restore`, which
 /// does not carry pglogical's own catalog. Idempotent.
-pub const REPLICATE_EXISTING_TABLES_SQL: &str = "DO $berth$ DECLARE t regclass; BEGIN\n\
-    FOR t IN SELECT c.oid FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace \
-        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
-        AND s.nspname NOT IN ('pg_catalog', 'information_schema', 'pglogical', 'berth') \
-        AND s.nspname NOT LIKE 'pg\\_%' \
-        AND c.oid NOT IN (SELECT set_reloid FROM pglogical.replication_set_table) LOOP\n\
-      PERFORM berth.replicate_table(t);\n\
-    END LOOP;\n\
-END $berth$;\n";
+pub const REPLICATE_EXISTING_TABLES_SQL: &str = concat!(
+    "DO $berth$ DECLARE t regclass; BEGIN\n",
+    "FOR t IN SELECT c.oid FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace ",
+    "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND ",
+    users_schema!(),
+    " AND c.oid NOT IN (SELECT set_reloid FROM pglogical.replication_set_table) LOOP\n",
+    "  PERFORM berth.replicate_table(t);\n",
+    "END LOOP;\n",
+    "END $berth$;\n",
+);
 
 /// The argv (run as `postgres` in the joining node's primary) that copies the roles of
 /// the source node (`source_dsn`, its [`super::pglogical::provider_dsn`]) into the local
@@ -341,6 +351,19 @@ mod tests {
             let got = membership(spec, &strings(wanted), &set(recorded), &set(holders));
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn the_users_schemas_leave_out_the_system_pglogical_and_berth() {
+        for sql in [HOLDS_OBJECTS_SQL, REPLICATE_EXISTING_TABLES_SQL] {
+            assert!(
+                sql.contains("NOT IN ('pg_catalog', 'information_schema', 'pglogical', 'berth')"),
+                "{sql}"
+            );
+            assert!(sql.contains(r"NOT LIKE 'pg\_%'"), "{sql}");
+        }
+        assert_eq!(HOLDS_OBJECTS_SQL.matches("NOT LIKE").count(), 2);
+        assert!(REPLICATE_EXISTING_TABLES_SQL.contains("PERFORM berth.replicate_table(t)"));
     }
 
     #[test]
