@@ -71,6 +71,27 @@ pub struct InstanceRecord {
     pub subscriptions: Option<spec::subscriptions::SubscriptionReport>,
 }
 
+/// The fields of a stored [`InstanceRecord`] that only the health watch writes
+/// (`reconciler::wal_watch`); the database's worker writes every other one.
+pub const HEALTH_FIELDS: [&str; 2] = ["wal", "subscriptions"];
+
+/// `doc` (an encoded record) with [`HEALTH_FIELDS`] as they are in `stored`, absent where
+/// `stored` has none. Pure.
+pub fn with_health_of(
+    mut doc: serde_json::Value,
+    stored: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    if let Some(fields) = doc.as_object_mut() {
+        for name in HEALTH_FIELDS {
+            match stored.and_then(|s| s.get(name)) {
+                Some(v) => fields.insert(name.to_string(), v.clone()),
+                None => fields.remove(name),
+            };
+        }
+    }
+    doc
+}
+
 impl InstanceRecord {
     /// The host port its `postgres` port is published on, as last seen.
     pub fn postgres_port(&self) -> Option<u16> {
@@ -284,6 +305,20 @@ pub fn api_view(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_write_keeps_the_stored_health_reports() {
+        let stored = serde_json::json!({"spec_hash": "old", "wal": {"pg_wal_bytes": 7}});
+        let doc = serde_json::json!({"spec_hash": "new", "subscriptions": {"stale": true}});
+        assert_eq!(
+            with_health_of(doc.clone(), Some(&stored)),
+            serde_json::json!({"spec_hash": "new", "wal": {"pg_wal_bytes": 7}})
+        );
+        assert_eq!(
+            with_health_of(doc, None),
+            serde_json::json!({"spec_hash": "new"})
+        );
+    }
     use spec::subscriptions::{Subscription, SubscriptionReport};
 
     fn record(id: &str) -> InstanceRecord {

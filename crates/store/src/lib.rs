@@ -35,7 +35,7 @@ pub use identity::{CertificateStanding, HostCertificate, RejoinToken, RevokedCer
 pub use keys::Keys;
 pub use memory::MemoryStore;
 pub use sealed::{SealError, SecretBox};
-pub use state::{StateStore, TaskChange};
+pub use state::{DocumentChange, StateStore, TaskChange};
 pub use tokens::{ApiTokenRecord, TokenScope};
 
 #[derive(Debug, thiserror::Error)]

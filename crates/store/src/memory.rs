@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use spec::{DatabaseSpec, Host, Task, TaskLogEntry};
 
-use crate::state::{StateStore, TaskChange};
+use crate::state::{DocumentChange, StateStore, TaskChange};
 use crate::{
     DatabaseRecord, HostDialFailure, HostLiveness, ListOrder, Result, StoreError, StoredDatabase,
     Versioned,
@@ -398,6 +398,22 @@ impl StateStore for MemoryStore {
         d.instances
             .insert((db.to_string(), instance_id.to_string()), doc.clone());
         Ok(())
+    }
+
+    async fn update_instance_document(
+        &self,
+        db: &str,
+        instance_id: &str,
+        change: DocumentChange<'_>,
+    ) -> Result<bool> {
+        let mut d = self.lock();
+        let key = (db.to_string(), instance_id.to_string());
+        let Some(new) = change(d.instances.get(&key)) else {
+            return Ok(false);
+        };
+        d.write()?;
+        d.instances.insert(key, new);
+        Ok(true)
     }
 
     async fn delete_instance(&self, db: &str, instance_id: &str) -> Result<()> {

@@ -26,6 +26,31 @@ impl Store {
         self.guarded_txn(vec![], vec![put]).await.map(|_| ())
     }
 
+    /// [`crate::StateStore::update_instance_document`]: a compare-and-swap on the document's
+    /// revision (on its absence, when there is none), read again and retried on a conflict.
+    pub async fn update_instance(
+        &self,
+        db: &str,
+        instance_id: &str,
+        mut change: impl FnMut(Option<&Value>) -> Option<Value>,
+    ) -> Result<bool> {
+        let key = self.keys.instance(db, instance_id);
+        loop {
+            let stored = self.get_json::<Value>(&key).await?;
+            let Some(new) = change(stored.as_ref().map(|v| &v.value)) else {
+                return Ok(false);
+            };
+            let compare = match &stored {
+                Some(v) => Compare::mod_revision(key.clone(), CompareOp::Equal, v.mod_revision),
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            };
+            let put = TxnOp::put(key.clone(), encode(&new), None);
+            if self.guarded_txn(vec![compare], vec![put]).await? {
+                return Ok(true);
+            }
+        }
+    }
+
     pub async fn delete_instance(&self, db: &str, instance_id: &str) -> Result<()> {
         self.guarded_txn(
             vec![],

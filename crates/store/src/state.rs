@@ -25,6 +25,11 @@ use crate::{
 /// called more than once (after a concurrent change), so it must not have other effects.
 pub type TaskChange<'a> = &'a mut (dyn FnMut(&mut Task) -> bool + Send);
 
+/// A read-modify-write of one instance document: given what is stored (None: nothing),
+/// returns what to store, or None to leave it as it is. It may be called more than once
+/// (after a concurrent change), so it must not have other effects.
+pub type DocumentChange<'a> = &'a mut (dyn FnMut(Option<&Value>) -> Option<Value> + Send);
+
 #[async_trait]
 pub trait StateStore: Send + Sync {
     // ---- databases ----
@@ -127,6 +132,16 @@ pub trait StateStore: Send + Sync {
     async fn list_instance_documents(&self, db: &str) -> Result<Vec<Value>>;
 
     async fn put_instance_document(&self, db: &str, instance_id: &str, doc: &Value) -> Result<()>;
+
+    /// Changes one instance document in a write that fails if another writer changed it
+    /// since it was read, retried with a fresh read until it holds: two writers that own
+    /// different fields of one document never undo each other. Returns whether it wrote.
+    async fn update_instance_document(
+        &self,
+        db: &str,
+        instance_id: &str,
+        change: DocumentChange<'_>,
+    ) -> Result<bool>;
 
     /// Absent is fine.
     async fn delete_instance(&self, db: &str, instance_id: &str) -> Result<()>;
@@ -284,6 +299,15 @@ impl StateStore for crate::Store {
 
     async fn put_instance_document(&self, db: &str, instance_id: &str, doc: &Value) -> Result<()> {
         crate::Store::put_instance(self, db, instance_id, doc).await
+    }
+
+    async fn update_instance_document(
+        &self,
+        db: &str,
+        instance_id: &str,
+        change: DocumentChange<'_>,
+    ) -> Result<bool> {
+        crate::Store::update_instance(self, db, instance_id, change).await
     }
 
     async fn delete_instance(&self, db: &str, instance_id: &str) -> Result<()> {

@@ -192,6 +192,32 @@ async fn suite(s: &dyn StateStore) {
         s.list_instance_documents("db").await.unwrap(),
         [a.clone(), b.clone()]
     );
+    // An update sees what is stored and changes only what it returns; one that returns
+    // nothing, or finds nothing to change, writes nothing.
+    let wrote = s
+        .update_instance_document("db", "b", &mut |stored| {
+            let mut doc = stored?.clone();
+            doc["health"] = json!("ok");
+            Some(doc)
+        })
+        .await
+        .unwrap();
+    assert!(wrote);
+    let b = json!({"instance_id": "b", "n": 2, "health": "ok"});
+    assert!(
+        !s.update_instance_document("db", "gone", &mut |stored| stored.cloned())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.update_instance_document("db", "b", &mut |_| None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.list_instance_documents("db").await.unwrap(),
+        [a.clone(), b.clone()]
+    );
     s.delete_instance("db", "a").await.unwrap();
     s.delete_instance("db", "never").await.unwrap();
     assert_eq!(

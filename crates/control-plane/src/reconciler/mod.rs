@@ -27,6 +27,7 @@ mod patroni_tests;
 mod relay;
 mod replication;
 mod roles;
+mod slot_sync;
 mod steps;
 mod subscription_watch;
 mod switchover;
@@ -408,10 +409,42 @@ impl Reconciler {
             .collect()
     }
 
+    /// Writes what the database's worker owns of an instance record; the health reports
+    /// ([`crate::instances::HEALTH_FIELDS`]) stay as stored, since only the health watch
+    /// writes them and the worker's copy may be older than the stored one.
     async fn put_record(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        let doc = encode(record);
         self.store
-            .put_instance_document(&record.database_id, &record.instance_id, &encode(record))
+            .update_instance_document(&record.database_id, &record.instance_id, &mut |stored| {
+                Some(crate::instances::with_health_of(doc.clone(), stored))
+            })
             .await
+            .map(|_| ())
+    }
+
+    /// Writes an instance's health reports into its stored record, leaving every other
+    /// field as stored; a record that is gone (the instance was removed) stays gone.
+    async fn put_health(
+        &self,
+        database_id: &str,
+        instance_id: &str,
+        wal: Option<&spec::wal::WalReport>,
+        subscriptions: Option<&spec::subscriptions::SubscriptionReport>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .update_instance_document(database_id, instance_id, &mut |stored| {
+                let mut doc = stored?.clone();
+                let fields = doc.as_object_mut()?;
+                if let Some(w) = wal {
+                    fields.insert("wal".into(), encode(w));
+                }
+                if let Some(s) = subscriptions {
+                    fields.insert("subscriptions".into(), encode(s));
+                }
+                Some(doc)
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn credentials(&self, database_id: &str) -> Result<DatabaseCredentials, ReconcileError> {

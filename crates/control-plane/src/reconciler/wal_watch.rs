@@ -20,6 +20,7 @@ use serde::Deserialize;
 use spec::subscriptions::SubscriptionReport;
 use spec::wal::{InactiveSlot, WalReport, warnings};
 
+use super::slot_sync;
 use super::subscription_watch::{self, NodeRead, PglogicalRead};
 use super::{ReconcileError, Reconciler};
 use crate::instances::Phase;
@@ -158,21 +159,26 @@ impl Reconciler {
                 reads.insert(instance_id.clone(), (wal, pglogical));
             }
             let checked_at = Utc::now();
-            let mut joined = subscription_watch::join(
-                &reads
-                    .iter()
-                    .filter_map(|(id, (_, read))| {
-                        let node = records.get(id)?.kind.node()?;
-                        Some((
-                            id.clone(),
-                            NodeRead {
-                                node,
-                                read: read.as_ref()?,
-                            },
-                        ))
-                    })
-                    .collect(),
-            );
+            let node_reads: BTreeMap<String, NodeRead> = reads
+                .iter()
+                .filter_map(|(id, (_, read))| {
+                    let node = records.get(id)?.kind.node()?;
+                    Some((
+                        id.clone(),
+                        NodeRead {
+                            node,
+                            read: read.as_ref()?,
+                        },
+                    ))
+                })
+                .collect();
+            let mut joined = subscription_watch::join(&node_reads);
+            let to_move: Vec<(String, String)> = slot_sync::primaries_to_move(&node_reads)
+                .into_iter()
+                .filter_map(|id| Some((id.clone(), records.get(&id)?.host_id.clone())))
+                .collect();
+            self.move_slots_for_replicas(&database_id, &db.spec.database_name, &to_move)
+                .await;
             for (instance_id, (wal, _)) in reads {
                 let Some(record) = records.get(&instance_id) else {
                     continue;
@@ -190,22 +196,23 @@ impl Reconciler {
                 if wal.is_none() && subscriptions.is_none() {
                     continue;
                 }
-                // Read again just before the write: the database's worker may have
-                // rewritten the record since it was listed, and its change must stay.
-                let Some(mut fresh) = self.records(&database_id).await?.remove(&instance_id) else {
-                    continue;
-                };
-                if let Some(report) = wal {
-                    for w in warnings(&report) {
+                if let Some(report) = &wal {
+                    for w in warnings(report) {
                         tracing::warn!(%database_id, %instance_id, code = %w.code, level = ?w.level, "{}", w.message);
                     }
-                    fresh.wal = Some(report);
                 }
-                if let Some(report) = subscriptions {
-                    subscription_watch::log_warnings(&database_id, &instance_id, &report);
-                    fresh.subscriptions = Some(report);
+                if let Some(report) = &subscriptions {
+                    subscription_watch::log_warnings(&database_id, &instance_id, report);
                 }
-                self.put_record(&fresh).await?;
+                // Only the reports change: the database's worker may rewrite the rest of
+                // the record meanwhile, and neither write undoes the other.
+                self.put_health(
+                    &database_id,
+                    &instance_id,
+                    wal.as_ref(),
+                    subscriptions.as_ref(),
+                )
+                .await?;
             }
         }
         Ok(())
