@@ -20,13 +20,17 @@ use super::wal_watch::REWRITE_AFTER;
 
 /// One row of JSON. Reads nothing where pglogical is not installed (databases of one node
 /// created before ADR 019 may not have it; psql's `\if` keeps the query from naming its
-/// functions there) and on a replica, where no subscription runs and no slot of pglogical
-/// exists. `pg_current_wal_lsn()` is only called on a primary. A walsender's `replay_lag`
+/// functions there). On a replica no subscription runs: where `pg_failover_slots` runs, it
+/// counts the copies of the primary's pglogical slots that are ready (caught up and let go
+/// by the copying worker, [`super::slot_sync`]). `pg_current_wal_lsn()` is only called on a
+/// primary. A walsender's `replay_lag`
 /// is NULL once its client has caught up (Postgres clears it then), so a slot with a
 /// walsender that confirmed all the WAL there is reads 0 seconds.
 pub(super) const PGLOGICAL_SQL: &str = r#"\pset format unaligned
 \pset tuples_only on
-SELECT to_regclass('pglogical.subscription') IS NOT NULL AND NOT pg_is_in_recovery() AS berth_pglogical \gset
+SELECT to_regclass('pglogical.subscription') IS NOT NULL AND NOT pg_is_in_recovery() AS berth_pglogical,
+  pg_is_in_recovery() AND current_setting('shared_preload_libraries') LIKE '%pg_failover_slots%'
+    AS berth_slot_copies \gset
 \if :berth_pglogical
 SELECT json_build_object(
   'subscriptions', (SELECT coalesce(json_agg(json_build_object(
@@ -45,6 +49,10 @@ SELECT json_build_object(
     FROM pg_replication_slots r LEFT JOIN pg_stat_replication p ON p.pid = r.active_pid
     WHERE r.plugin = 'pglogical_output' AND r.database = current_database())
 );
+\elif :berth_slot_copies
+SELECT json_build_object('subscriptions', '[]'::json, 'slots', '[]'::json,
+  'slot_copies', (SELECT count(*) FROM pg_replication_slots
+    WHERE plugin = 'pglogical_output' AND NOT active AND database = current_database()));
 \else
 SELECT '{"subscriptions": [], "slots": []}';
 \endif
@@ -57,6 +65,10 @@ pub(super) struct PglogicalRead {
     pub subscriptions: Vec<SubscriptionRow>,
     /// Its pglogical slots, as provider.
     pub slots: Vec<SlotRow>,
+    /// On a replica running `pg_failover_slots`: how many copies of pglogical slots are
+    /// ready there.
+    #[serde(default)]
+    pub slot_copies: Option<usize>,
 }
 
 /// A row of `pglogical.show_subscription_status()`.
@@ -227,14 +239,17 @@ mod tests {
         let n1 = PglogicalRead {
             subscriptions: vec![sub("n1", "n2", "replicating"), sub("n1", "n3", "down")],
             slots: vec![slot("n2", "n1", true, 10)],
+            slot_copies: None,
         };
         let n2 = PglogicalRead {
             subscriptions: vec![sub("n2", "n1", "replicating")],
             slots: vec![slot("n1", "n2", true, 20)],
+            slot_copies: None,
         };
         let n2_replica = PglogicalRead {
             subscriptions: vec![],
             slots: vec![slot("n1", "n2", false, 9999)],
+            slot_copies: Some(1),
         };
         let reads: BTreeMap<String, NodeRead> = [
             ("db-n1-h1", "n1", &n1),
