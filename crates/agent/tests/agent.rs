@@ -237,6 +237,51 @@ async fn config_change_recreates_with_new_content_and_the_same_chosen_port() {
         .await
         .unwrap();
     assert_eq!(bound_host_port(&c3, 8080), port);
+
+    // Another container took the port while the instance had none: the engine picks a new
+    // one, and the instance keeps that from then on.
+    docker
+        .remove_container(
+            &third.container_id,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut squatter = web_spec("squatter", "not web1");
+    squatter.ports[0].host_port = Some(u32::from(port));
+    agent.apply(squatter).await.expect("apply the squatter");
+    let (log, fourth) = agent
+        .apply(web_spec("web1", "version two"))
+        .await
+        .expect("apply with its port taken");
+    assert!(
+        log.iter()
+            .any(|l| l.message.contains("a host port chosen earlier is taken")),
+        "{log:?}"
+    );
+    let moved = bound_host_port(
+        &inspect(&docker, &agent.container_name("web1"))
+            .await
+            .unwrap(),
+        8080,
+    );
+    assert_ne!(moved, port);
+    assert_eq!(fourth.ports[0].host_port, u32::from(moved));
+    assert_eq!(http_get(moved, "/index.html").await, "version two");
+    let (_, fifth) = agent
+        .apply(web_spec("web1", "version three"))
+        .await
+        .expect("apply after the move");
+    assert_eq!(fifth.action(), ApplyAction::Recreated);
+    assert_eq!(
+        fifth.ports[0].host_port,
+        u32::from(moved),
+        "the new choice is kept"
+    );
     agent.shutdown().await;
 }
 

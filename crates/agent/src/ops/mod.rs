@@ -8,15 +8,14 @@ use std::time::Duration;
 use agent_proto::v1::{ApplyAction, ApplyResult, HostInfo, InstanceSpec, RemoveResult};
 
 use crate::instance::{
-    self, ChosenPorts, InstanceDir, LABEL_HOST_ID, LABEL_MANAGED, LABEL_SPEC_HASH, SpecError,
-    StoredSpec, container_name, port_names,
+    self, InstanceDir, LABEL_HOST_ID, LABEL_MANAGED, LABEL_SPEC_HASH, SpecError, StoredSpec,
+    container_name, port_names,
 };
 use crate::ports_file;
-use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerStatus, ExecOutput, HealthStatus, RuntimeError,
-};
+use crate::runtime::{ContainerInfo, ContainerRuntime, ContainerStatus, ExecOutput, HealthStatus};
 use crate::state::{StateHub, exit_reason, published_ports, unhealthy_reason};
 
+mod ports;
 mod progress;
 mod ready;
 
@@ -240,32 +239,17 @@ impl<R: ContainerRuntime> Ops<R> {
             let dir = dir.clone();
             crate::blocking::run(move || dir.read_ports()).await?
         };
-        let told = self.tell_ports_before_start(&spec, &dir, &chosen).await?;
-        let config = instance::container_config(&self.host_id, &spec, &hash, &dir, &chosen);
-        // Subscribe before starting so that no state change between start and wait is missed.
-        let (_, changes) = self.hub.subscribe();
-        let id = match (self.runtime.create(&config).await, &network) {
-            // Another agent of this engine removed the network with its last container between
-            // our check and this create: make it again, once.
-            (Err(RuntimeError::NotFound(message)), Some(net)) if message.contains("network") => {
-                self.runtime.ensure_network(net, &managed).await?;
-                self.runtime.create(&config).await?
-            }
-            (created, _) => created?,
-        };
-        self.store_spec(&dir, &spec, &hash).await?;
-        progress
-            .log("container created", &[("container_id", id.clone())])
-            .await;
-        if let Err(e) = self.runtime.start(&id).await {
-            // A container that never started would sit in "created" forever and look like progress.
-            let _ = self.runtime.remove(&id).await;
-            self.refresh_quietly(&spec.instance_id).await;
-            return Err(OpError::StartFailed {
-                instance_id: spec.instance_id.clone(),
-                reason: e.to_string(),
-            });
-        }
+        let ports::Started { id, told, changes } = self
+            .create_and_start(
+                &spec,
+                &hash,
+                &dir,
+                &mut chosen,
+                network.as_deref(),
+                &managed,
+                progress,
+            )
+            .await?;
         progress
             .log("container started", &[("container_id", id.clone())])
             .await;
@@ -349,53 +333,6 @@ impl<R: ContainerRuntime> Ops<R> {
             dir.write_spec(&stored)
         })
         .await
-    }
-
-    /// Before a container is created: writes the published-ports file when every published
-    /// port is already known (fixed, or chosen by an earlier container), or removes an earlier
-    /// container's file so the new one waits for its own. Returns what was written.
-    async fn tell_ports_before_start(
-        &self,
-        spec: &InstanceSpec,
-        dir: &InstanceDir,
-        chosen: &ChosenPorts,
-    ) -> std::io::Result<Option<ports_file::PublishedPorts>> {
-        if !ports_file::publishes_ports(spec) {
-            return Ok(None);
-        }
-        let known = ports_file::known_before_start(spec, chosen);
-        let runtime = dir.runtime_dir();
-        let written = known.clone();
-        crate::blocking::run(move || match &written {
-            Some(ports) => ports_file::write(&runtime, ports),
-            None => ports_file::clear(&runtime),
-        })
-        .await?;
-        Ok(known)
-    }
-
-    /// Records the host ports the engine picked for `host_port: 0`; true when something new was learned.
-    fn remember_chosen_ports(
-        &self,
-        spec: &InstanceSpec,
-        info: &ContainerInfo,
-        chosen: &mut ChosenPorts,
-    ) -> bool {
-        let mut changed = false;
-        for p in spec.ports.iter().filter(|p| p.host_port == Some(0)) {
-            if chosen.0.contains_key(&p.name) {
-                continue;
-            }
-            let bound = info
-                .ports
-                .iter()
-                .find(|(c, h)| u32::from(*c) == p.container_port && *h != 0);
-            if let Some((_, host)) = bound {
-                chosen.0.insert(p.name.clone(), *host);
-                changed = true;
-            }
-        }
-        changed
     }
 
     async fn refresh_quietly(&self, instance_id: &str) {
