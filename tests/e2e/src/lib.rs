@@ -27,6 +27,9 @@ pub use serde_json;
 pub use spec::ServiceType;
 pub use test_support;
 
+mod s3;
+pub use s3::{S3_BUCKET, S3_REGION, S3Server};
+
 /// Generous upper bound for anything to converge on a loaded 2-core machine. Waiting is
 /// bounded so a broken system fails the test; how long it took is reported, never asserted.
 pub const CONVERGE: Duration = Duration::from_secs(180);
@@ -38,9 +41,10 @@ fn workspace_root() -> PathBuf {
         .expect("workspace root")
 }
 
-/// Builds the binaries once per test process (a no-op when they are current). The CLI is
-/// built in the same run as the fleet's binaries: built alone, its dependencies' features
-/// would unify differently and each build would recompile what the other just compiled.
+/// Builds the binaries once per test process (a no-op when they are current). The CLI and
+/// the S3 test server are built in the same run as the fleet's binaries: built alone, their
+/// dependencies' features would unify differently and each build would recompile what the
+/// other just compiled.
 fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
@@ -53,6 +57,8 @@ fn binary(name: &str) -> PathBuf {
                 "berth-agent",
                 "--bin",
                 "berth",
+                "--bin",
+                "berth-s3-server",
             ])
             .current_dir(workspace_root())
             .status()
@@ -65,8 +71,8 @@ fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// The path of a binary of this workspace (`berth-control-plane`, `berth-agent`, `berth`),
-/// built first if needed.
+/// The path of a binary of this workspace (`berth-control-plane`, `berth-agent`, `berth`,
+/// `berth-s3-server`), built first if needed.
 pub fn built_binary(name: &str) -> PathBuf {
     binary(name)
 }
