@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::postgres::{Nodes, Place};
+use crate::postgres::{Node, Nodes, Place};
 use crate::types::{
     AppliedRecord, ApplyReason, DesiredInstance, InstanceKind, ObservedInstance, ObservedStatus,
     PatroniNode, Plan, PlanInput, Resources, Step, Wait,
@@ -74,6 +74,27 @@ pub fn plan(input: &PlanInput) -> Plan {
         phases[phase as usize].push(step);
     }
 
+    // Postgres instances whose running container this plan would replace: a node's
+    // primary is replaced only after these of its replicas (see `replace_primary`).
+    let replacing: BTreeSet<&str> = desired
+        .iter()
+        .filter(|(key, d)| {
+            reachable(&d.host_id)
+                && !d.waiting
+                && !d.stopped
+                && d.kind.node().is_some()
+                && observed.get(key).is_some_and(|o| !o.status.is_down())
+                && matches!(
+                    instance_step(d, observed.get(key).copied(), applied.get(key).copied()),
+                    Some(Step::Apply {
+                        reason: ApplyReason::Update | ApplyReason::LiftLimits,
+                        ..
+                    })
+                )
+        })
+        .map(|(_, d)| d.instance_id.as_str())
+        .collect();
+
     for (key, d) in &desired {
         if !reachable(&d.host_id) || d.waiting {
             continue;
@@ -107,6 +128,24 @@ pub fn plan(input: &PlanInput) -> Plan {
         };
         if let Some(step) = instance_step(d, observed.get(key).copied(), applied.get(key).copied())
         {
+            if let (InstanceKind::Postgres { node }, true) =
+                (&d.kind, replacing.contains(d.instance_id.as_str()))
+            {
+                let n = nodes.get(node);
+                if n.leader() == Some(d.instance_id.as_str()) {
+                    match replace_primary(node, n, d, &replacing) {
+                        Ok(None) => {}
+                        Ok(Some(switchover)) => {
+                            push(&mut phases, Phase::Switchovers, switchover);
+                            continue;
+                        }
+                        Err(wait) => {
+                            waiting.push(wait);
+                            continue;
+                        }
+                    }
+                }
+            }
             push(&mut phases, phase, step);
         }
     }
@@ -285,6 +324,56 @@ pub fn plan(input: &PlanInput) -> Plan {
 }
 
 /// The step that brings one desired instance (on a reachable host) to its desired state.
+/// How a node's running primary `d` gets a new container (a rolling update): never while
+/// one of its replicas is still to be replaced (`replacing`), since Patroni would promote a
+/// replica that this plan replaces next, and the old primary, back as a replica that never
+/// streamed from it, could be promoted to the same timeline number on another history;
+/// then through a switchover to a replica that has caught up, the old primary being
+/// replaced as a replica by a later plan; alone (`Ok(None)`: replace it now) only when the
+/// node has no other instance to run.
+fn replace_primary(
+    name: &str,
+    node: &Node,
+    d: &DesiredInstance,
+    replacing: &BTreeSet<&str>,
+) -> Result<Option<Step>, Wait> {
+    let others: Vec<&DesiredInstance> = node
+        .desired
+        .iter()
+        .copied()
+        .filter(|o| o.instance_id != d.instance_id && !o.stopped)
+        .collect();
+    if others.is_empty() {
+        return Ok(None);
+    }
+    let wait = |reason: String| Wait {
+        reason,
+        recheck: true,
+    };
+    if others
+        .iter()
+        .any(|o| replacing.contains(o.instance_id.as_str()))
+    {
+        return Err(wait(format!(
+            "node {name}: its primary {} gets its new container after its replicas",
+            d.instance_id
+        )));
+    }
+    match node.candidate() {
+        Some(candidate) => Ok(Some(Step::Switchover {
+            node: name.to_string(),
+            instance_id: d.instance_id.clone(),
+            host_id: d.host_id.clone(),
+            candidate: candidate.to_string(),
+        })),
+        None => Err(wait(format!(
+            "node {name}: its primary {} gets its new container once a replica runs and has \
+             caught up to take over",
+            d.instance_id
+        ))),
+    }
+}
+
 fn instance_step(
     d: &DesiredInstance,
     observed: Option<&ObservedInstance>,

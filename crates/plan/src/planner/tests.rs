@@ -666,6 +666,75 @@ fn deleting_removes_everything_reachable_and_ignores_desired() {
     );
 }
 
+/// A change that gives every instance of a node a new container: the replicas first, then a
+/// switchover to one that has caught up, then the old primary as a replica. Never the
+/// primary while a replica is still to be replaced (Patroni would promote the replica the
+/// plan replaces next).
+#[test]
+fn a_rolling_update_replaces_replicas_then_switches_over() {
+    use ApplyReason::*;
+    use ObservedStatus::*;
+    let step = |leader: &str, hashes: [&str; 3]| {
+        let mut i = input();
+        let ids = ["db-n1-h1", "db-n1-h2", "db-n1-h3"];
+        i.desired = vec![
+            first(ids[0], "h1", "n1", "NEW"),
+            desired(ids[1], "h2", pg("n1"), "NEW", R1),
+            desired(ids[2], "h3", pg("n1"), "NEW", R1),
+        ];
+        i.observed = (0..3)
+            .map(|k| {
+                observed(
+                    ids[k],
+                    &format!("h{}", k + 1),
+                    pg("n1"),
+                    Some(hashes[k]),
+                    Running,
+                )
+            })
+            .collect();
+        i.applied = (0..3)
+            .map(|k| record(ids[k], &format!("h{}", k + 1), pg("n1"), hashes[k], R1))
+            .collect();
+        let members: Vec<(&str, &str, u64)> = ids.iter().map(|id| (*id, "running", 9)).collect();
+        i.patroni = [("n1".to_string(), patroni(Some(leader), &members))].into();
+        plan(&i)
+    };
+    // Both replicas first; the primary waits.
+    let p = step("db-n1-h1", ["OLD", "OLD", "OLD"]);
+    assert_eq!(
+        p.steps().cloned().collect::<Vec<_>>(),
+        [
+            apply("db-n1-h2", "h2", Update),
+            apply("db-n1-h3", "h3", Update)
+        ]
+    );
+    assert!(
+        p.waiting
+            .iter()
+            .any(|w| w.reason.contains("after its replicas")),
+        "{:?}",
+        p.waiting
+    );
+    // Then the primary hands over to an updated replica that has caught up.
+    let p = step("db-n1-h1", ["OLD", "NEW", "NEW"]);
+    assert_eq!(
+        p.steps().cloned().collect::<Vec<_>>(),
+        [Step::Switchover {
+            node: "n1".into(),
+            instance_id: "db-n1-h1".into(),
+            host_id: "h1".into(),
+            candidate: "db-n1-h2".into(),
+        }]
+    );
+    // Then the old primary, now a replica, gets its new container.
+    let p = step("db-n1-h2", ["OLD", "NEW", "NEW"]);
+    assert_eq!(
+        p.steps().cloned().collect::<Vec<_>>(),
+        [apply("db-n1-h1", "h1", Update)]
+    );
+}
+
 /// Every phase at once, each sorted by id, in the documented order.
 #[test]
 fn phase_order() {
@@ -674,7 +743,8 @@ fn phase_order() {
     let mut i = input();
     i.roles = set(&["old", "web"]);
     i.desired = vec![
-        // n1: its leader is updated before its replica is healed.
+        // n1: its replica is healed; its leader waits for it to hand over before it is
+        // updated (`a_rolling_update_replaces_replicas_then_switches_over`).
         first("db-n1-h1", "h1", "n1", "P"),
         desired("db-n1-h2", "h2", pg("n1"), "P", R1),
         // n2: a new instance; the leader on h5 is no longer wanted and hands over to h3.
@@ -733,10 +803,7 @@ fn phase_order() {
     .collect();
     let expected = vec![
         vec![Step::ForgetNode { node: "n3".into() }],
-        vec![
-            apply("db-n1-h1", "h1", Update),
-            apply("db-n3-h1", "h1", Create),
-        ],
+        vec![apply("db-n3-h1", "h1", Create)],
         vec![
             apply("db-n1-h2", "h2", Heal),
             resize("db-n2-h3", "h3", R1),
