@@ -229,6 +229,37 @@ impl ScheduledBackupType {
     }
 }
 
+/// A backup's type, as pgBackRest's `--type` of `backup` names it: `full` copies every
+/// file, `diff` what changed since the last full backup, `incr` since the last backup of
+/// any type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
+
+    /// `full`, `diff` or `incr`; None for anything else.
+    pub fn parse(s: &str) -> Option<BackupType> {
+        match s {
+            "full" => Some(BackupType::Full),
+            "diff" => Some(BackupType::Diff),
+            "incr" => Some(BackupType::Incr),
+            _ => None,
+        }
+    }
+}
+
 /// `spec.restore_config` (a new database starts from a backup) or
 /// `spec.nodes[i].restore_config` (a new node does; not with `source_node`). Read only when
 /// the database or node is created.
