@@ -172,7 +172,7 @@ pub fn psql_argv(database_name: &str) -> Vec<String> {
         "-v",
         "ON_ERROR_STOP=1",
         "-h",
-        "/var/run/postgresql",
+        crate::desired::POSTGRES_SOCKET_DIR,
         "-U",
         "postgres",
         "-d",

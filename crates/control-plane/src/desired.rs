@@ -10,7 +10,7 @@ use plan::{DesiredInstance, InstanceKind, Resources};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use spec::manifest::Manifest;
-use spec::{DatabaseSpec, ServiceSpec};
+use spec::{DatabaseSpec, NodeSpec, ServiceSpec};
 
 use crate::credentials::{DatabaseCredentials, role_name};
 use crate::patroni::config as patroni;
@@ -21,6 +21,8 @@ pub const POSTGRES_CONFIG_DIR: &str = "/etc/berth/postgres";
 /// PGDATA itself is the mount: the entrypoint gives it to the postgres user, which a
 /// root-owned 0700 parent mount would lock out.
 pub const POSTGRES_DATA_DIR: &str = "/var/lib/postgresql/data";
+/// The directory of Postgres's Unix socket in the image (`unix_socket_directories`).
+pub const POSTGRES_SOCKET_DIR: &str = "/var/run/postgresql";
 /// Label holding the hash of the desired spec a container was applied from.
 pub const DESIRED_HASH_LABEL: &str = "berth.desired-hash";
 
@@ -288,6 +290,22 @@ fn postgres_tls_files(
 /// every Postgres instance ([`postgres_cert_names`]), must already exist in `creds`.
 ///
 /// Postgres instances run under Patroni with `dcs` as its DCS (ADR 016): each gets its
+/// The node's `pgbackrest.conf` (ADR 022), from its effective `backup_config`; None when it
+/// has no usable repository.
+pub fn node_backup_conf(database_id: &str, spec: &DatabaseSpec, node: &NodeSpec) -> Option<String> {
+    let config = spec::backup::effective_backup_config(spec, node)?;
+    pgbackrest::render_conf(
+        database_id,
+        &node.name,
+        &config.repositories,
+        &pgbackrest::PgLocal {
+            data_dir: POSTGRES_DATA_DIR,
+            socket_dir: POSTGRES_SOCKET_DIR,
+            port: patroni::POSTGRES_PORT,
+        },
+    )
+}
+
 /// `patroni.yml` and the address its peers dial it at, the node's alias on the database
 /// network when every instance of the node is on one engine, else its host's address and
 /// published ports (the image's `connect_ports=published`). A service on one engine reaches
@@ -373,12 +391,14 @@ pub fn desired_instances(
                     user.password.expose_secret(),
                 ));
             }
+            let backup_conf = node_backup_conf(database_id, spec, node);
             let member = patroni::Member {
                 database_id,
                 node: &node.name,
                 instance_id: &id,
                 database_name: &spec.database_name,
                 postgres_version: &postgres.version,
+                archiving: backup_conf.is_some(),
             };
             let mut files: BTreeMap<String, String> = [
                 ("berth.conf".to_string(), conf),
@@ -386,6 +406,9 @@ pub fn desired_instances(
             ]
             .into_iter()
             .collect();
+            if let Some(text) = backup_conf {
+                files.insert(pgbackrest::CONF_FILE.to_string(), text);
+            }
             files.extend(postgres_tls_files(&id, creds, ca_pem)?);
             let c = ContainerSpec {
                 image: postgres.image.clone(),

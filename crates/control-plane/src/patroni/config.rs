@@ -181,6 +181,9 @@ pub struct Member<'a> {
     pub database_name: &'a str,
     /// The manifest's Postgres version of the image (`15`, `17`): which settings it knows.
     pub postgres_version: &'a str,
+    /// The node has a `pgbackrest.conf`: its primary archives WAL there
+    /// ([`super::archiving`]).
+    pub archiving: bool,
 }
 
 fn run_file(name: &str) -> String {
@@ -278,7 +281,7 @@ pub fn render(member: &Member, dcs: &Dcs) -> String {
             // leader's next (spread) checkpoint, which takes minutes on an idle database.
             "basebackup": [{"checkpoint": "fast"}],
             "parameters": {
-                "unix_socket_directories": "/var/run/postgresql",
+                "unix_socket_directories": crate::desired::POSTGRES_SOCKET_DIR,
                 "password_encryption": "scram-sha-256",
                 "ssl": "on",
                 "ssl_cert_file": run_file("server.crt"),
@@ -300,6 +303,9 @@ pub fn render(member: &Member, dcs: &Dcs) -> String {
         .as_object_mut()
         .expect("an object")
         .extend(super::pglogical::local_parameters(member.postgres_version));
+    if member.archiving {
+        super::archiving::apply(&mut doc);
+    }
     // JSON is YAML, and every string in it is quoted: Patroni's YAML 1.1 reader would take
     // a bare `on` or `off` for a boolean.
     let body = serde_json::to_string_pretty(&doc).expect("a JSON value serialises");
@@ -362,6 +368,7 @@ mod tests {
             instance_id: "db1-n1-host-1",
             database_name: "app",
             postgres_version: "17",
+            archiving: false,
         }
     }
 

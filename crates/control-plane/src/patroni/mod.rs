@@ -2,6 +2,7 @@
 //! renders for each instance ([`config`]), what Patroni's keys in the DCS say ([`dcs`]), and
 //! the requests berth makes to its REST API ([`rest`]).
 
+pub mod archiving;
 pub mod config;
 pub mod dcs;
 pub mod etcd_auth;

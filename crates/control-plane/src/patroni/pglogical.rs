@@ -376,6 +376,7 @@ mod tests {
                 instance_id: "db1-n1-host-1",
                 database_name: "app",
                 postgres_version: version,
+                archiving: false,
             };
             let doc: serde_yaml::Value = serde_yaml::from_str(&render(&member, &dcs)).unwrap();
             let global = &doc["bootstrap"]["dcs"]["postgresql"]["parameters"];
