@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use plan::{PatroniMember, PatroniNode};
 use spec::InvalidInput;
-use spec::operations::{FailoverRequest, Operation, RestartInstanceRequest, SwitchoverRequest};
+use spec::operations::{
+    BackupRequest, FailoverRequest, Operation, RestartInstanceRequest, SwitchoverRequest,
+};
 use store::StoredDatabase;
 
 use crate::instances::InstanceRecord;
@@ -254,6 +256,53 @@ fn check_candidate(
         ));
     }
     Ok(())
+}
+
+/// `backups` of `node` (ADR 022): refused with a 400 when the node has no repository its
+/// instances can use (none configured, or only `posix` ones, which no instance reaches
+/// yet), and with a 409 while the node has no running primary to take it on.
+pub(crate) fn backup(f: &Facts, node: &str, request: BackupRequest) -> Result<Operation, Refusal> {
+    let keys = f.node(node)?;
+    let spec = &f.db.spec;
+    let node_spec = spec
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .expect("Facts::node found it");
+    let repositories = spec::backup::effective_backup_config(spec, node_spec)
+        .map(|c| c.repositories.as_slice())
+        .unwrap_or_default();
+    if pgbackrest::conf::usable(repositories).is_empty() {
+        let why = if repositories.is_empty() {
+            "has no backup repository"
+        } else {
+            "has only posix repositories, which berth cannot reach from every host yet"
+        };
+        return Err(invalid(
+            "node_name",
+            format!(
+                "node {node} {why}: add an s3 repository to spec.backup_config.repositories \
+                 (or to the node's backup_config) first"
+            ),
+        ));
+    }
+    let leader_runs = keys
+        .leader
+        .as_deref()
+        .filter(|l| !f.stopped(l))
+        .and_then(|l| keys.members.get(l))
+        .is_some_and(PatroniMember::is_running);
+    if !leader_runs {
+        return Err(not_possible(
+            "node_name",
+            format!("node {node} has no running primary to take a backup on"),
+        ));
+    }
+    Ok(Operation::Backup {
+        node: node.to_string(),
+        backup_type: request.backup_type,
+        annotations: request.annotations,
+    })
 }
 
 /// `restart` of an instance's Postgres by its Patroni, now or at `scheduled_at`.

@@ -305,3 +305,65 @@ fn only_the_last_primary_starts_a_stopped_node_without_force() {
     };
     assert!(start(&f, "c", false).is_ok());
 }
+
+#[test]
+fn a_backup_needs_a_usable_repository_and_a_running_primary() {
+    let request = || BackupRequest {
+        backup_type: spec::backup::BackupType::Full,
+        annotations: BTreeMap::new(),
+    };
+    let repository = |kind: &str| {
+        let mut r = json!({"id": "main", "type": kind, "base_path": "/b"});
+        if kind == "s3" {
+            r["s3_bucket"] = json!("bucket");
+            r["s3_region"] = json!("eu-west-1");
+        }
+        serde_json::from_value::<spec::backup::BackupConfig>(json!({"repositories": [r]})).unwrap()
+    };
+    let recs = records();
+    let k = keys(Some("a"), "running");
+    let mut plain = db(&[]);
+    fn facts<'a>(
+        db: &'a StoredDatabase,
+        records: &'a [InstanceRecord],
+        patroni: &'a BTreeMap<String, PatroniNode>,
+    ) -> Facts<'a> {
+        Facts {
+            db,
+            records,
+            patroni,
+        }
+    }
+    assert_eq!(
+        path(backup(&facts(&plain, &recs, &k), "n1", request()).unwrap_err()),
+        (400, "node_name".into())
+    );
+    plain.spec.backup_config = Some(repository("posix"));
+    let refused = backup(&facts(&plain, &recs, &k), "n1", request()).unwrap_err();
+    assert!(matches!(&refused, Refusal::Invalid(e) if e.errors[0].message.contains("only posix")));
+    plain.spec.backup_config = Some(repository("s3"));
+    assert_eq!(
+        backup(&facts(&plain, &recs, &k), "n1", request()).unwrap(),
+        Operation::Backup {
+            node: "n1".into(),
+            backup_type: spec::backup::BackupType::Full,
+            annotations: BTreeMap::new(),
+        }
+    );
+    assert_eq!(
+        path(backup(&facts(&plain, &recs, &k), "n9", request()).unwrap_err()),
+        (404, String::new())
+    );
+    let stopped = DatabaseRecord {
+        stopped_instances: ["a".to_string()].into(),
+        ..plain.record.clone()
+    };
+    let with_stopped = StoredDatabase {
+        record: stopped,
+        ..plain
+    };
+    assert_eq!(
+        path(backup(&facts(&with_stopped, &recs, &k), "n1", request()).unwrap_err()),
+        (409, "node_name".into())
+    );
+}

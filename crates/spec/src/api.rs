@@ -183,6 +183,8 @@ pub enum TaskType {
     StopInstance,
     /// `POST .../instances/{instance_id}/start-instance`.
     StartInstance,
+    /// `POST .../nodes/{node_name}/backups`: a pgBackRest backup of the node (ADR 022).
+    NodeBackup,
 }
 
 impl TaskType {
@@ -195,6 +197,7 @@ impl TaskType {
                 | TaskType::RestartInstance
                 | TaskType::StopInstance
                 | TaskType::StartInstance
+                | TaskType::NodeBackup
         )
     }
 
@@ -211,6 +214,7 @@ impl TaskType {
             TaskType::RestartInstance => "restart_instance",
             TaskType::StopInstance => "stop_instance",
             TaskType::StartInstance => "start_instance",
+            TaskType::NodeBackup => "node_backup",
         }
     }
 }

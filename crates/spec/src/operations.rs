@@ -5,6 +5,8 @@
 //! Bodies are read by hand, as specs are ([`crate::parse`]), so that every offending field
 //! is named by its JSON path; the structs here type them for the OpenAPI document.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -46,8 +48,20 @@ pub struct RestartInstanceRequest {
     pub scheduled_at: Option<DateTime<Utc>>,
 }
 
+/// `POST /v1/databases/{database_id}/nodes/{node_name}/backups` (the reference API's body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackupRequest {
+    /// `full`, `diff` or `incr` (pgBackRest's types).
+    #[serde(rename = "type")]
+    pub backup_type: crate::backup::BackupType,
+    /// Kept with the backup and listed with it: at most 16, keys 1-64 and values 1-256
+    /// characters without control characters (they become `--annotation=key=value`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
 /// The answer of every operation: its task (`type` `switchover`, `failover`,
-/// `restart_instance`, `stop_instance` or `start_instance`).
+/// `restart_instance`, `stop_instance`, `start_instance` or `node_backup`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OperationResponse {
     pub task: Task,
@@ -91,6 +105,13 @@ pub enum Operation {
     StartInstance {
         instance_id: String,
     },
+    /// A backup of `node`, taken on its primary into each of its repositories.
+    Backup {
+        node: String,
+        backup_type: crate::backup::BackupType,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        annotations: BTreeMap<String, String>,
+    },
 }
 
 impl Operation {
@@ -102,6 +123,7 @@ impl Operation {
             Operation::RestartInstance { .. } => TaskType::RestartInstance,
             Operation::StopInstance { .. } => TaskType::StopInstance,
             Operation::StartInstance { .. } => TaskType::StartInstance,
+            Operation::Backup { .. } => TaskType::NodeBackup,
         }
     }
 }
@@ -183,6 +205,69 @@ pub fn parse_no_body(body: &Value) -> Result<(), InvalidInput> {
         _ => vec![FieldError::new("", "request body: expected none, or {}")],
     };
     done((), errors)
+}
+
+/// Annotations of a backup: what pgBackRest takes.
+pub const MAX_ANNOTATIONS: usize = 16;
+
+/// Reads a backup body: `type` required; `annotations` an object of strings. Errors: each
+/// offending field by JSON path.
+pub fn parse_backup(body: &Value) -> Result<BackupRequest, InvalidInput> {
+    let mut errors = Vec::new();
+    let obj = object(body, &["type", "annotations"], &mut errors);
+    let backup_type = match obj.get("type") {
+        Some(Value::String(s)) => crate::backup::BackupType::parse(s),
+        _ => None,
+    };
+    if backup_type.is_none() {
+        errors.push(FieldError::new("type", "required: one of full, diff, incr"));
+    }
+    let mut annotations = BTreeMap::new();
+    match obj.get("annotations") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            if m.len() > MAX_ANNOTATIONS {
+                errors.push(FieldError::new(
+                    "annotations",
+                    format!("at most {MAX_ANNOTATIONS} annotations"),
+                ));
+            }
+            for (k, v) in m {
+                let path = format!("annotations.{k}");
+                let key_ok = (1..=64).contains(&k.len())
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                match v {
+                    Value::String(s)
+                        if key_ok
+                            && (1..=256).contains(&s.chars().count())
+                            && !s.chars().any(char::is_control) =>
+                    {
+                        annotations.insert(k.clone(), s.clone());
+                    }
+                    _ if !key_ok => errors.push(FieldError::new(
+                        path,
+                        "the key must be 1-64 letters, digits, '-', '_' or '.'",
+                    )),
+                    _ => errors.push(FieldError::new(
+                        path,
+                        "must be a string of 1-256 characters without control characters",
+                    )),
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new(
+            "annotations",
+            "must be an object of strings",
+        )),
+    }
+    match backup_type {
+        Some(backup_type) if errors.is_empty() => Ok(BackupRequest {
+            backup_type,
+            annotations,
+        }),
+        _ => Err(InvalidInput { errors }),
+    }
 }
 
 fn done<T>(value: T, errors: Vec<FieldError>) -> Result<T, InvalidInput> {
@@ -268,6 +353,24 @@ fn scheduled_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_body_names_each_bad_field() {
+        let ok = parse_backup(
+            &serde_json::json!({"type": "incr", "annotations": {"why": "before the upgrade"}}),
+        )
+        .unwrap();
+        assert_eq!(ok.backup_type, crate::backup::BackupType::Incr);
+        assert_eq!(ok.annotations["why"], "before the upgrade");
+        let bad = parse_backup(&serde_json::json!({"type": "differential", "annotations": {"a b": "x", "ok": ""}, "repo": 1}))
+            .unwrap_err();
+        let paths: Vec<&str> = bad.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["repo", "type", "annotations.a b", "annotations.ok"]);
+        assert_eq!(
+            parse_backup(&Value::Null).unwrap_err().errors[0].path,
+            "type"
+        );
+    }
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {

@@ -97,6 +97,10 @@ impl Keys {
     pub fn instance(&self, db: &str, instance: &str) -> String {
         format!("{}/instances/{db}/{instance}", self.prefix)
     }
+    /// The backups of a node's pgBackRest stanza as last listed (ADR 022).
+    pub fn backups(&self, db: &str, node: &str) -> String {
+        format!("{}/backups/{db}/{node}", self.prefix)
+    }
     pub fn credentials(&self, db: &str) -> String {
         format!("{}/credentials/{db}", self.prefix)
     }

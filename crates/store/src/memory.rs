@@ -29,6 +29,7 @@ struct Data {
     logs: BTreeMap<(String, String, String), TaskLogEntry>,
     instances: BTreeMap<(String, String), Value>,
     credentials: BTreeMap<String, Value>,
+    backups: BTreeMap<(String, String), Value>,
     hosts: BTreeMap<String, Host>,
     liveness: BTreeMap<String, HostLiveness>,
     dial: BTreeMap<String, HostDialFailure>,
@@ -426,6 +427,14 @@ impl StateStore for MemoryStore {
 
     async fn get_credentials_document(&self, db: &str) -> Result<Option<Value>> {
         Ok(self.lock().credentials.get(db).cloned())
+    }
+
+    async fn put_backups_document(&self, db: &str, node: &str, doc: &Value) -> Result<()> {
+        let mut d = self.lock();
+        d.write()?;
+        d.backups
+            .insert((db.to_string(), node.to_string()), doc.clone());
+        Ok(())
     }
 
     async fn put_credentials_document(&self, db: &str, doc: &Value) -> Result<()> {

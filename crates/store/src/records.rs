@@ -60,6 +60,25 @@ impl Store {
         .map(|_| ())
     }
 
+    /// The list of a node's backups, as the reconciler last wrote it; None before any.
+    pub async fn get_backups<T: DeserializeOwned>(
+        &self,
+        db: &str,
+        node: &str,
+    ) -> Result<Option<T>> {
+        Ok(self
+            .get_json::<T>(&self.keys.backups(db, node))
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// Replaces the list of a node's backups. Kept when the database is deleted, as the
+    /// backups are (they stay in the repository): the same id lists them again.
+    pub async fn put_backups<T: Serialize>(&self, db: &str, node: &str, list: &T) -> Result<()> {
+        let put = TxnOp::put(self.keys.backups(db, node), encode(list), None);
+        self.guarded_txn(vec![], vec![put]).await.map(|_| ())
+    }
+
     /// A database's generated credentials, with every secret value opened.
     pub async fn get_credentials<T: DeserializeOwned>(&self, db: &str) -> Result<Option<T>> {
         let Some(Versioned { value, .. }) =

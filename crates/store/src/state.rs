@@ -151,6 +151,9 @@ pub trait StateStore: Send + Sync {
 
     async fn put_credentials_document(&self, db: &str, doc: &Value) -> Result<()>;
 
+    /// Replaces the list of a node's backups (a document the control plane types).
+    async fn put_backups_document(&self, db: &str, node: &str, doc: &Value) -> Result<()>;
+
     // ---- hosts ----
 
     async fn list_hosts(&self) -> Result<Vec<Host>>;
@@ -316,6 +319,10 @@ impl StateStore for crate::Store {
 
     async fn get_credentials_document(&self, db: &str) -> Result<Option<Value>> {
         crate::Store::get_credentials(self, db).await
+    }
+
+    async fn put_backups_document(&self, db: &str, node: &str, doc: &Value) -> Result<()> {
+        crate::Store::put_backups(self, db, node, doc).await
     }
 
     async fn put_credentials_document(&self, db: &str, doc: &Value) -> Result<()> {

@@ -6,6 +6,7 @@
 
 mod all_tasks;
 pub mod auth;
+mod backups;
 mod body_limit;
 mod databases;
 pub mod error;
@@ -58,6 +59,8 @@ pub fn routes() -> Vec<Route> {
         route!(DELETE "/v1/databases/{database_id}" => databases::delete),
         route!(POST "/v1/databases/{database_id}/nodes/{node_name}/switchover" => operations::switchover),
         route!(POST "/v1/databases/{database_id}/nodes/{node_name}/failover" => operations::failover),
+        route!(POST "/v1/databases/{database_id}/nodes/{node_name}/backups" => operations::backup),
+        route!(GET "/v1/databases/{database_id}/nodes/{node_name}/backups" => backups::list),
         route!(POST "/v1/databases/{database_id}/instances/{instance_id}/restart" => operations::restart),
         route!(POST "/v1/databases/{database_id}/instances/{instance_id}/stop-instance" => operations::stop),
         route!(POST "/v1/databases/{database_id}/instances/{instance_id}/start-instance" => operations::start),

@@ -24,6 +24,8 @@ use utoipa::openapi::{RefOr, Schema};
         super::databases::delete,
         super::operations::switchover,
         super::operations::failover,
+        super::operations::backup,
+        super::backups::list,
         super::operations::restart,
         super::operations::stop,
         super::operations::start,

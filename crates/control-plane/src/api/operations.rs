@@ -12,7 +12,8 @@ use chrono::Utc;
 use serde_json::Value;
 use spec::DatabaseState;
 use spec::operations::{
-    Operation, OperationResponse, parse_failover, parse_no_body, parse_restart, parse_switchover,
+    Operation, OperationResponse, parse_backup, parse_failover, parse_no_body, parse_restart,
+    parse_switchover,
 };
 use store::StoreError;
 
@@ -220,4 +221,23 @@ pub(crate) async fn start(
     parse_no_body(&optional_body(&body)?).map_err(ApiError::InvalidInput)?;
     let force = QueryParams::parse(query).flag("force")?;
     accept(&app, &id, |f| ops::start(f, &instance, force)).await
+}
+
+#[utoipa::path(post, path = "/v1/databases/{database_id}/nodes/{node_name}/backups",
+    tag = "databases",
+    params(("database_id" = String, Path), ("node_name" = String, Path)),
+    request_body(content = spec::operations::BackupRequest),
+    responses((status = 200, body = OperationResponse, description = "the task of the backup (`node_backup`)"),
+              (status = 400, body = spec::ApiErrorBody, description = "a bad body, or the node has no repository"),
+              (status = 404, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody, description = "another task is unfinished, \
+               or the node has no running primary")))]
+#[tracing::instrument(skip_all, fields(database_id = %id, node = %node))]
+pub(crate) async fn backup(
+    State(app): State<AppState>,
+    Path((id, node)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<OperationResponse>, ApiError> {
+    let request = parse_backup(&json_body(&body)?).map_err(ApiError::InvalidInput)?;
+    accept(&app, &id, |f| ops::backup(f, &node, request)).await
 }

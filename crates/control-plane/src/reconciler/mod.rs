@@ -18,6 +18,7 @@
 //! in-memory store and fake agents.
 
 pub mod agents;
+pub(crate) mod backups;
 pub(crate) mod inputs;
 mod observe;
 mod operations;

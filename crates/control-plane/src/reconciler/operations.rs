@@ -174,6 +174,18 @@ impl Reconciler {
                 }
                 after.instances.insert(instance_id.clone());
             }
+            Operation::Backup {
+                node,
+                backup_type,
+                annotations,
+            } => {
+                let primary = leader_of(node).ok_or_else(|| {
+                    ReconcileError::Step(format!("node {node} has no primary to back up"))
+                })?;
+                let host = host_of(pass, &primary)?;
+                self.backup(pass, node, &primary, &host, *backup_type, annotations)
+                    .await?;
+            }
             Operation::StartInstance { instance_id } => {
                 let record = record_of(pass, instance_id)?;
                 if let Some(node) = record.kind.node() {

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use agent_proto::ExecRequest;
 use plan::routing::{PostgresEndpoint, reach};
 use secrecy::ExposeSecret;
 use serde_json::Map;
@@ -430,29 +429,16 @@ impl Reconciler {
         stdin: &[u8],
         what: &str,
     ) -> Result<(), ReconcileError> {
-        let out = self
-            .agents
-            .exec(
-                &n.host_id,
-                ExecRequest {
-                    instance_id: n.instance_id.clone(),
-                    argv,
-                    stdin: stdin.to_vec(),
-                    user: "postgres".into(),
-                    timeout_ms: 300_000,
-                },
-            )
-            .await
-            .map_err(|s| ReconcileError::Step(s.message().to_string()))?;
-        if out.exit_code != 0 {
-            return Err(ReconcileError::Step(format!(
-                "{what} on {} exited {}: {}",
-                n.instance_id,
-                out.exit_code,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        self.exec_postgres(
+            &n.host_id,
+            &n.instance_id,
+            argv,
+            stdin,
+            std::time::Duration::from_secs(300),
+            what,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Writes [`pglogical::PASSFILE`] in the primary, the password on stdin (the command
