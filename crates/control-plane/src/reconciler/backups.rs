@@ -34,8 +34,11 @@ pub struct BackupList {
 }
 
 impl Reconciler {
-    /// Runs `argv` as postgres in `instance_id` on `host_id`; its stdout, or an error
-    /// naming `what` with the command's stderr (never its stdin).
+    /// Runs `argv` as postgres in `instance_id` on `host_id` with `stdin`, killed after
+    /// `timeout`; its stdout, or an error naming `what` with the command's stderr (the end of
+    /// its stdout when stderr is empty, where pgBackRest says why), never its stdin, each
+    /// of `secrets` masked.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn exec_postgres(
         &self,
         host_id: &str,
@@ -44,7 +47,8 @@ impl Reconciler {
         stdin: &[u8],
         timeout: Duration,
         what: &str,
-    ) -> Result<String, ReconcileError> {
+        secrets: &[String],
+    ) -> Result<Vec<u8>, ReconcileError> {
         let out = self
             .agents
             .exec(
@@ -59,21 +63,39 @@ impl Reconciler {
             )
             .await
             .map_err(|s| ReconcileError::Step(s.message().to_string()))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.exit_code != 0 {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            // pgBackRest says why on stdout (its console log), the shell on stderr.
-            let why = [stderr.trim(), last_lines(&stdout, 5).as_str()]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            // psql says why on stderr; pgBackRest on stdout (its console log), with
+            // stderr empty.
+            let mut why = match stderr.trim() {
+                "" => last_lines(&stdout, 5),
+                said => said.to_string(),
+            };
+            for s in secrets.iter().filter(|s| !s.is_empty()) {
+                why = why.replace(s.as_str(), "***");
+            }
             return Err(ReconcileError::Step(format!(
                 "{what} on {instance_id} exited {}: {why}",
                 out.exit_code
             )));
         }
-        Ok(stdout)
+        Ok(out.stdout)
+    }
+
+    /// [`Reconciler::exec_postgres`] of a pgBackRest command; its output as text.
+    async fn pgbackrest(
+        &self,
+        host_id: &str,
+        instance_id: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<String, ReconcileError> {
+        let out = self
+            .exec_postgres(host_id, instance_id, argv, &[], timeout, what, &[])
+            .await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// A backup of `node` of type `backup_type` on `primary` (on `host_id`).
@@ -103,11 +125,10 @@ impl Reconciler {
         let conf = archiving::conf_path();
         let log_fields = fields(&[("node", node), ("instance_id", primary)]);
         let out = self
-            .exec_postgres(
+            .pgbackrest(
                 host_id,
                 primary,
                 pgbackrest::stanza_create_argv(&conf),
-                &[],
                 STANZA_TIMEOUT,
                 "pgbackrest stanza-create",
             )
@@ -125,11 +146,10 @@ impl Reconciler {
                 )
                 .await?;
             let out = self
-                .exec_postgres(
+                .pgbackrest(
                     host_id,
                     primary,
                     pgbackrest::backup_argv(&conf, number, backup_type, annotations),
-                    &[],
                     BACKUP_TIMEOUT,
                     "pgbackrest backup",
                 )
@@ -164,11 +184,10 @@ impl Reconciler {
         instance_id: &str,
     ) -> Result<BackupList, ReconcileError> {
         let out = self
-            .exec_postgres(
+            .pgbackrest(
                 host_id,
                 instance_id,
                 pgbackrest::info_argv(&archiving::conf_path()),
-                &[],
                 INFO_TIMEOUT,
                 "pgbackrest info",
             )

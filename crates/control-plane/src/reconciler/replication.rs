@@ -436,6 +436,7 @@ impl Reconciler {
             stdin,
             std::time::Duration::from_secs(300),
             what,
+            &[],
         )
         .await
         .map(|_| ())

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use agent_proto::ExecRequest;
 use secrecy::ExposeSecret;
 
 use super::pass::Pass;
@@ -137,30 +136,16 @@ impl Reconciler {
         secrets: &[String],
     ) -> Result<String, ReconcileError> {
         let out = self
-            .agents
-            .exec(
+            .exec_postgres(
                 host_id,
-                ExecRequest {
-                    instance_id: instance_id.to_string(),
-                    argv: psql_argv(database_name),
-                    stdin: sql.into_bytes(),
-                    user: "postgres".into(),
-                    timeout_ms: 30_000,
-                },
+                instance_id,
+                psql_argv(database_name),
+                sql.as_bytes(),
+                std::time::Duration::from_secs(30),
+                "psql",
+                secrets,
             )
-            .await
-            .map_err(|s| ReconcileError::Step(s.message().to_string()))?;
-        if out.exit_code != 0 {
-            let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            for s in secrets {
-                stderr = stderr.replace(s.as_str(), "***");
-            }
-            return Err(ReconcileError::Step(format!(
-                "psql on {instance_id} exited {}: {}",
-                out.exit_code,
-                stderr.trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use agent_proto::ExecRequest;
 use chrono::{DateTime, Utc};
 use plan::InstanceKind;
 use spec::DatabaseState;
@@ -126,27 +125,17 @@ impl Reconciler {
             &creds.restapi_password,
         );
         let out = self
-            .agents
-            .exec(
+            .exec_postgres(
                 host_id,
-                ExecRequest {
-                    instance_id: instance_id.to_string(),
-                    argv: request.argv,
-                    stdin: request.stdin,
-                    user: "postgres".into(),
-                    timeout_ms: (rest::REQUEST_TIMEOUT_SECONDS + 10) * 1000,
-                },
+                instance_id,
+                request.argv,
+                &request.stdin,
+                std::time::Duration::from_secs(u64::from(rest::REQUEST_TIMEOUT_SECONDS) + 10),
+                "the request to Patroni's REST API (curl)",
+                &[],
             )
-            .await
-            .map_err(|s| ReconcileError::Step(s.message().to_string()))?;
-        if out.exit_code != 0 {
-            return Err(ReconcileError::Step(format!(
-                "the request to Patroni's REST API on {instance_id} failed (curl exited {}): {}",
-                out.exit_code,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        rest::response(&out.stdout).map_err(ReconcileError::Step)
+            .await?;
+        rest::response(&out).map_err(ReconcileError::Step)
     }
 
     /// Waits until `candidate` streams from `leader` (on `host_id`) and is at most
