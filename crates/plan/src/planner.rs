@@ -329,8 +329,8 @@ pub fn plan(input: &PlanInput) -> Plan {
 /// replica that this plan replaces next, and the old primary, back as a replica that never
 /// streamed from it, could be promoted to the same timeline number on another history;
 /// then through a switchover to a replica that has caught up, the old primary being
-/// replaced as a replica by a later plan; alone (`Ok(None)`: replace it now) only when the
-/// node has no other instance to run.
+/// replaced as a replica by a later plan; in place (`Ok(None)`) when no other instance can
+/// take over.
 fn replace_primary(
     name: &str,
     node: &Node,
@@ -366,11 +366,10 @@ fn replace_primary(
             host_id: d.host_id.clone(),
             candidate: candidate.to_string(),
         })),
-        None => Err(wait(format!(
-            "node {name}: its primary {} gets its new container once a replica runs and has \
-             caught up to take over",
-            d.instance_id
-        ))),
+        // No replica can take over (none runs yet, or none has caught up; a new one may
+        // even need the primary's new container to reach it, as when a node comes to span
+        // engines): replaced in place, as a lone primary is.
+        None => Ok(None),
     }
 }
 

@@ -7,11 +7,9 @@
 //!
 //! `archive_mode = on` archives on the primary only, whichever instance that is now. Replicas
 //! get no `restore_command`: they stream, and the primary keeps what they have not received
-//! in their replication slots (`use_slots`). A standby that may also restore from the
-//! archive alternates between the two, and one restarted while its primary switched
-//! segments was seen looping on an archived segment that ended before its own WAL did,
-//! never streaming again. The callback creates the stanza when an instance becomes
-//! primary (`berth-patroni-callback` in the image).
+//! in their replication slots (`use_slots`), so the archive is for restores, not for
+//! replicas catching up. The callback creates the stanza when an instance becomes primary
+//! (`berth-patroni-callback` in the image).
 
 use serde_json::{Value, json};
 

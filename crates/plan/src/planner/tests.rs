@@ -743,8 +743,8 @@ fn phase_order() {
     let mut i = input();
     i.roles = set(&["old", "web"]);
     i.desired = vec![
-        // n1: its replica is healed; its leader waits for it to hand over before it is
-        // updated (`a_rolling_update_replaces_replicas_then_switches_over`).
+        // n1: no replica can take over from its leader (the only one is down), so the
+        // leader is updated in place before its replica is healed.
         first("db-n1-h1", "h1", "n1", "P"),
         desired("db-n1-h2", "h2", pg("n1"), "P", R1),
         // n2: a new instance; the leader on h5 is no longer wanted and hands over to h3.
@@ -803,7 +803,10 @@ fn phase_order() {
     .collect();
     let expected = vec![
         vec![Step::ForgetNode { node: "n3".into() }],
-        vec![apply("db-n3-h1", "h1", Create)],
+        vec![
+            apply("db-n1-h1", "h1", Update),
+            apply("db-n3-h1", "h1", Create),
+        ],
         vec![
             apply("db-n1-h2", "h2", Heal),
             resize("db-n2-h3", "h3", R1),
