@@ -11,7 +11,9 @@ use agent_proto::v1::{
     ResizeInstanceRequest, WatchRequest, instance_event,
 };
 use bollard::query_parameters::KillContainerOptions;
-use common::{TestAgent, bound_host_port, docker, http_get, inspect, sleeper_spec, web_spec};
+use common::{
+    TestAgent, bound_host_port, docker, force_remove, http_get, inspect, sleeper_spec, web_spec,
+};
 use tonic::Streaming;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,17 +219,7 @@ async fn config_change_recreates_with_new_content_and_the_same_chosen_port() {
     );
 
     // A container that is gone behind the agent's back comes back on the same port too.
-    docker
-        .remove_container(
-            &second.container_id,
-            Some(
-                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                    .force(true)
-                    .build(),
-            ),
-        )
-        .await
-        .unwrap();
+    force_remove(&docker, &second.container_id).await;
     let (_, third) = agent
         .apply(web_spec("web1", "version two"))
         .await
@@ -240,17 +232,7 @@ async fn config_change_recreates_with_new_content_and_the_same_chosen_port() {
 
     // Another container took the port while the instance had none: the engine picks a new
     // one, and the instance keeps that from then on.
-    docker
-        .remove_container(
-            &third.container_id,
-            Some(
-                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                    .force(true)
-                    .build(),
-            ),
-        )
-        .await
-        .unwrap();
+    force_remove(&docker, &third.container_id).await;
     let mut squatter = web_spec("squatter", "not web1");
     squatter.ports[0].host_port = Some(u32::from(port));
     agent.apply(squatter).await.expect("apply the squatter");

@@ -35,6 +35,21 @@ pub async fn docker() -> Docker {
     docker
 }
 
+/// Removes a container behind the agent's back (`docker rm -f`).
+pub async fn force_remove(docker: &Docker, id: &str) {
+    docker
+        .remove_container(
+            id,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .expect("remove the container");
+}
+
 static IMAGE: OnceCell<()> = OnceCell::const_new();
 
 /// Builds `berth-agent-test:busybox` (FROM scratch + a static busybox) unless the engine already has it.
