@@ -19,6 +19,7 @@
 
 pub mod agents;
 pub(crate) mod backups;
+mod exec;
 pub(crate) mod inputs;
 mod observe;
 mod operations;
