@@ -10,6 +10,8 @@
 //! | `{p}/host-tasks/{host}/{task}` | [`spec::Task`] | tasks of scope `host` (a host's removal); kept after the host goes |
 //! | `{p}/host-task-logs/{host}/{task}/{entry}` | [`spec::TaskLogEntry`] | their logs |
 //! | `{p}/instances/{db}/{instance}` | instance record | what was applied where, and its last observed status |
+//! | `{p}/backups/{db}/{node}` | backup list | the node's backups as last listed (ADR 022); kept after a delete |
+//! | `{p}/backup-schedules/{db}/{node}/{schedule}` | schedule mark | the last due time the leader fired (ADR 024) |
 //! | `{p}/credentials/{db}` | credentials | generated passwords, sealed |
 //! | `{p}/pki` | CA and join token | sealed whole |
 //! | `{p}/leader` | replica id | under the leader's lease; its create revision fences leader writes |
@@ -100,6 +102,14 @@ impl Keys {
     /// The backups of a node's pgBackRest stanza as last listed (ADR 022).
     pub fn backups(&self, db: &str, node: &str) -> String {
         format!("{}/backups/{db}/{node}", self.prefix)
+    }
+    /// Every backup schedule's mark (ADR 024).
+    pub fn schedule_marks(&self) -> String {
+        format!("{}/backup-schedules/", self.prefix)
+    }
+    /// The mark of one backup schedule of a node: the last due time the leader fired.
+    pub fn schedule_mark(&self, db: &str, node: &str, schedule: &str) -> String {
+        format!("{}/backup-schedules/{db}/{node}/{schedule}", self.prefix)
     }
     pub fn credentials(&self, db: &str) -> String {
         format!("{}/credentials/{db}", self.prefix)
