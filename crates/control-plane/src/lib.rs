@@ -18,6 +18,7 @@ pub mod reconciler;
 pub mod registry;
 pub mod retention;
 pub mod retry;
+pub mod schedules;
 pub mod scram;
 pub mod settings;
 pub mod state;
@@ -235,6 +236,9 @@ async fn lead(
                 .clone()
                 .watch_wal(Duration::from_secs(settings.instance_check_seconds.max(1))),
         );
+        let schedules = tokio::spawn(schedules::run(
+            state.store.fenced(leadership.fence.clone()),
+        ));
         let mut lost = leadership.lost.clone();
         reconciler
             .run(poked, async move {
@@ -244,6 +248,7 @@ async fn lead(
         watcher.abort();
         retention.abort();
         wal.abort();
+        schedules.abort();
         hosts.abort();
         gauges.stepped_down();
         reconciler.shutdown();
