@@ -239,7 +239,8 @@ pub async fn tick(store: &Store, now: DateTime<Utc>) -> Result<Duration, StoreEr
                         }
                         Fired::NoPrimary(why) => {
                             pending = true;
-                            tracing::info!(database_id = %ctx.0, node = %ctx.1,
+                            // Every RETRY for up to NO_PRIMARY_GRACE: the give-up is the warning.
+                            tracing::debug!(database_id = %ctx.0, node = %ctx.1,
                                 schedule = %ctx.2, due = %ctx.3, why,
                                 "scheduled backup waits for a running primary");
                         }
