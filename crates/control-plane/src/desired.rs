@@ -294,16 +294,60 @@ fn postgres_tls_files(
 /// has no usable repository.
 pub fn node_backup_conf(database_id: &str, spec: &DatabaseSpec, node: &NodeSpec) -> Option<String> {
     let config = spec::backup::effective_backup_config(spec, node)?;
-    pgbackrest::render_conf(
-        database_id,
-        &node.name,
-        &config.repositories,
-        &pgbackrest::PgLocal {
-            data_dir: POSTGRES_DATA_DIR,
-            socket_dir: POSTGRES_SOCKET_DIR,
-            port: patroni::POSTGRES_PORT,
-        },
-    )
+    pgbackrest::render_conf(database_id, &node.name, &config.repositories, &pg_local())
+}
+
+/// What a node that starts from a backup needs (ADR 025).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRestore {
+    /// The node's `pgbackrest-restore.conf` (holds repository keys).
+    pub conf: String,
+    /// The `pgbackrest restore` command line Patroni runs to bootstrap the node.
+    pub command: String,
+    /// The database in the backup.
+    pub source_database_name: String,
+}
+
+/// The backup `node` starts from, when its effective `restore_config` names a repository
+/// its instances can use. A repository named by id is one of the node's effective
+/// `backup_config` (validated on the way in).
+pub fn node_restore(spec: &DatabaseSpec, node: &NodeSpec) -> Option<NodeRestore> {
+    let restore = spec::backup::effective_restore_config(spec, node)?;
+    let repository = match &restore.repository {
+        spec::backup::RestoreRepository::Inline(r) => r,
+        spec::backup::RestoreRepository::Id(id) => {
+            spec::backup::effective_backup_config(spec, node)?
+                .repositories
+                .iter()
+                .find(|r| &r.id == id)?
+        }
+    };
+    if pgbackrest::conf::usable(std::slice::from_ref(repository)).is_empty() {
+        return None;
+    }
+    let source = pgbackrest::RestoreSource {
+        source_database_id: &restore.source_database_id,
+        source_node: &restore.source_node_name,
+        repository,
+    };
+    let argv = pgbackrest::restore_argv(
+        &crate::patroni::restore::conf_path(),
+        &restore.restore_options,
+    );
+    Some(NodeRestore {
+        conf: pgbackrest::render_restore_conf(&node.name, &source, &pg_local()),
+        command: pgbackrest::shell_join(&argv),
+        source_database_name: restore.source_database_name.clone(),
+    })
+}
+
+/// Where pgBackRest finds Postgres in an instance's container.
+fn pg_local() -> pgbackrest::PgLocal<'static> {
+    pgbackrest::PgLocal {
+        data_dir: POSTGRES_DATA_DIR,
+        socket_dir: POSTGRES_SOCKET_DIR,
+        port: patroni::POSTGRES_PORT,
+    }
 }
 
 /// `patroni.yml` and the address its peers dial it at, the node's alias on the database
@@ -392,6 +436,7 @@ pub fn desired_instances(
                 ));
             }
             let backup_conf = node_backup_conf(database_id, spec, node);
+            let restore = node_restore(spec, node);
             let member = patroni::Member {
                 database_id,
                 node: &node.name,
@@ -399,6 +444,10 @@ pub fn desired_instances(
                 database_name: &spec.database_name,
                 postgres_version: &postgres.version,
                 archiving: backup_conf.is_some(),
+                restore: restore.as_ref().map(|r| crate::patroni::restore::Restore {
+                    command: &r.command,
+                    source_database_name: &r.source_database_name,
+                }),
             };
             let mut files: BTreeMap<String, String> = [
                 ("berth.conf".to_string(), conf),
@@ -408,6 +457,9 @@ pub fn desired_instances(
             .collect();
             if let Some(text) = backup_conf {
                 files.insert(pgbackrest::CONF_FILE.to_string(), text);
+            }
+            if let Some(restore) = restore {
+                files.insert(pgbackrest::RESTORE_CONF_FILE.to_string(), restore.conf);
             }
             files.extend(postgres_tls_files(&id, creds, ca_pem)?);
             let c = ContainerSpec {

@@ -338,3 +338,63 @@ fn certificate_names_are_the_alias_and_the_host_address() {
         Err(DesiredError::MissingCertificate("db-n1-host-1".into()))
     );
 }
+
+#[test]
+fn a_node_that_starts_from_a_backup_restores_instead_of_initdb() {
+    let spec: DatabaseSpec = serde_json::from_value(json!({
+        "database_name": "shop",
+        "nodes": [{"name": "n1", "host_ids": ["host-1", "host-2"]}],
+        "backup_config": {"repositories": [{"id": "main", "type": "s3", "s3_bucket": "b",
+            "s3_region": "eu-west-1", "s3_key": "AKIA", "s3_key_secret": "s3cr3t"}]},
+        "restore_config": {"source_database_id": "old", "source_node_name": "n2",
+            "source_database_name": "app", "repository": "main",
+            "restore_options": {"type": "time", "target": "2026-12-01T06:00:00Z"}}
+    }))
+    .unwrap();
+    let d = build(&spec, &creds(), &one_engine());
+    let postgres: Vec<&Desired> = d.iter().filter(|d| d.plan.kind.node().is_some()).collect();
+    assert_eq!(postgres.len(), 2);
+    for p in postgres {
+        let conf = file(p, pgbackrest::RESTORE_CONF_FILE);
+        assert!(
+            conf.contains("repo1-path=/databases/old/main/n2\n"),
+            "{conf}"
+        );
+        let yml = file(p, "patroni.yml");
+        let doc: serde_json::Value =
+            serde_json::from_str(yml.split_once('\n').unwrap().1.split_once('\n').unwrap().1)
+                .unwrap();
+        let bootstrap = &doc["bootstrap"];
+        assert_eq!(bootstrap["method"], "berth_restore");
+        assert!(bootstrap.get("initdb").is_none());
+        let command = bootstrap["berth_restore"]["command"].as_str().unwrap();
+        assert!(
+            command.ends_with(
+                "'--target=2026-12-01 06:00:00.000000+00' --target-action=promote --type=time restore"
+            ),
+            "{command}"
+        );
+        assert_eq!(
+            bootstrap["berth_restore"]["keep_existing_recovery_conf"],
+            true
+        );
+        assert!(
+            bootstrap["post_bootstrap"]
+                .as_str()
+                .unwrap()
+                .contains(r#"ALTER DATABASE "app" RENAME TO "shop""#)
+        );
+    }
+    // Without a restore_config, initdb as before, and no restore file.
+    let mut plain = spec.clone();
+    plain.restore_config = None;
+    let d = build(&plain, &creds(), &one_engine());
+    let p = d.iter().find(|d| d.plan.kind.node().is_some()).unwrap();
+    assert!(
+        !p.spec
+            .files
+            .iter()
+            .any(|f| f.path == pgbackrest::RESTORE_CONF_FILE)
+    );
+    assert!(file(p, "patroni.yml").contains("CREATE DATABASE"));
+}

@@ -236,9 +236,7 @@ async fn lead(
                 .clone()
                 .watch_wal(Duration::from_secs(settings.instance_check_seconds.max(1))),
         );
-        let schedules = tokio::spawn(schedules::run(
-            state.store.fenced(leadership.fence.clone()),
-        ));
+        let schedules = tokio::spawn(schedules::run(state.store.fenced(leadership.fence.clone())));
         let mut lost = leadership.lost.clone();
         reconciler
             .run(poked, async move {

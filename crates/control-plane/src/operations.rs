@@ -15,8 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use plan::{PatroniMember, PatroniNode};
 use spec::InvalidInput;
+use spec::backup::{RepositoryType, RestoreRepository};
 use spec::operations::{
-    BackupRequest, FailoverRequest, Operation, RestartInstanceRequest, SwitchoverRequest,
+    BackupRequest, FailoverRequest, Operation, RestartInstanceRequest, RestoreRequest,
+    SwitchoverRequest,
 };
 use store::StoredDatabase;
 
@@ -302,6 +304,101 @@ pub(crate) fn backup(f: &Facts, node: &str, request: BackupRequest) -> Result<Op
         node: node.to_string(),
         backup_type: request.backup_type,
         annotations: request.annotations,
+    })
+}
+
+/// Restore types that leave no primary behind (a standby, or recovery settings kept as
+/// they are): a restored node must come up writable.
+const NO_PRIMARY_RESTORE_TYPES: [&str; 2] = ["standby", "preserve"];
+
+/// `restore` of `request.target_nodes` (every node when empty) in place (ADR 025). Refused
+/// with a 404 for an unknown node; a 400 naming the field for a repository the node's
+/// instances cannot use (an id that is not one of the node's repositories, a `posix` one)
+/// or a restore that would leave no primary (`type` `standby` or `preserve`, a
+/// `target-action` other than `promote`); a 409 for a database of several nodes (their
+/// pglogical replication is not rebuilt yet) and for a node with no running instance to
+/// check the backup on.
+pub(crate) fn restore(f: &Facts, request: RestoreRequest) -> Result<Operation, Refusal> {
+    let spec = &f.db.spec;
+    let nodes: Vec<String> = if request.target_nodes.is_empty() {
+        spec.nodes.iter().map(|n| n.name.clone()).collect()
+    } else {
+        request.target_nodes.clone()
+    };
+    let mut keys = Vec::new();
+    for node in &nodes {
+        keys.push((node, f.node(node)?));
+    }
+    if spec.nodes.len() > 1 {
+        return Err(not_possible(
+            "target_nodes",
+            format!(
+                "database {} has {} nodes: restoring a node of a multi-master database is \
+                 not supported yet (its pglogical replication would not be rebuilt)",
+                f.db.record.id,
+                spec.nodes.len()
+            ),
+        ));
+    }
+    let config = &request.restore_config;
+    let options = &config.restore_options;
+    if let Some(t) = options.get("type")
+        && NO_PRIMARY_RESTORE_TYPES.contains(&t.as_str())
+    {
+        return Err(invalid(
+            "restore_config.restore_options.type",
+            format!("a restored node must come up as a primary: type {t} leaves none"),
+        ));
+    }
+    if let Some(action) = options.get("target-action")
+        && action != "promote"
+    {
+        return Err(invalid(
+            "restore_config.restore_options.target-action",
+            format!("a restored node must come up as a primary: only promote, not {action}"),
+        ));
+    }
+    for (node, keys) in keys {
+        let node_spec = spec
+            .nodes
+            .iter()
+            .find(|n| &n.name == node)
+            .expect("Facts::node found it");
+        let repository = match &config.repository {
+            RestoreRepository::Inline(r) => Some(r),
+            RestoreRepository::Id(id) => spec::backup::effective_backup_config(spec, node_spec)
+                .and_then(|c| c.repositories.iter().find(|r| &r.id == id)),
+        };
+        match repository {
+            None => {
+                return Err(invalid(
+                    "restore_config.repository",
+                    format!("node {node} has no repository of that id in its backup_config"),
+                ));
+            }
+            Some(r) if r.repository_type != RepositoryType::S3 => {
+                return Err(invalid(
+                    "restore_config.repository",
+                    "berth restores from s3 repositories only: posix repositories are not \
+                     reachable from every host yet"
+                        .to_string(),
+                ));
+            }
+            Some(_) => {}
+        }
+        if f.running(node, keys).is_empty() {
+            return Err(not_possible(
+                "target_nodes",
+                format!(
+                    "node {node} has no running instance to check the backup on before its \
+                     data is replaced"
+                ),
+            ));
+        }
+    }
+    Ok(Operation::Restore {
+        nodes,
+        restore_config: Box::new(request.restore_config),
     })
 }
 

@@ -25,6 +25,7 @@ fn db(stopped: &[&str]) -> StoredDatabase {
             operation: None,
             stopped_instances: stopped.iter().map(|s| s.to_string()).collect(),
             stopped_primaries: Default::default(),
+            restored_nodes: Default::default(),
         },
         spec: serde_json::from_value(json!({
             "database_name": "shop",
@@ -366,4 +367,68 @@ fn a_backup_needs_a_usable_repository_and_a_running_primary() {
         path(backup(&facts(&with_stopped, &recs, &k), "n1", request()).unwrap_err()),
         (409, "node_name".into())
     );
+}
+
+#[test]
+fn a_restore_needs_one_node_an_s3_repository_of_it_and_a_running_instance() {
+    let request = |repository: serde_json::Value, options: serde_json::Value| RestoreRequest {
+        restore_config: serde_json::from_value(json!({"source_database_id": DB,
+            "source_node_name": "n1", "source_database_name": "shop",
+            "repository": repository, "restore_options": options}))
+        .unwrap(),
+        target_nodes: vec![],
+    };
+    let recs = records();
+    let k = keys(Some("a"), "running");
+    let mut one = db(&[]);
+    one.spec.nodes.truncate(1);
+    one.spec.backup_config = Some(
+        serde_json::from_value(json!({"repositories": [
+            {"id": "main", "type": "s3", "s3_bucket": "bucket", "s3_region": "eu-west-1"},
+            {"id": "local", "type": "posix", "base_path": "/b"}]}))
+        .unwrap(),
+    );
+    let facts = |db| Facts {
+        db,
+        records: &recs,
+        patroni: &k,
+    };
+    let ok = restore(&facts(&one), request(json!("main"), json!({}))).unwrap();
+    assert!(matches!(&ok, Operation::Restore { nodes, .. } if nodes == &["n1".to_string()]));
+    for (repository, options, refused) in [
+        (json!("nope"), json!({}), (400, "restore_config.repository")),
+        (
+            json!("local"),
+            json!({}),
+            (400, "restore_config.repository"),
+        ),
+        (
+            json!("main"),
+            json!({"type": "standby"}),
+            (400, "restore_config.restore_options.type"),
+        ),
+        (
+            json!("main"),
+            json!({"type": "immediate", "target-action": "pause"}),
+            (400, "restore_config.restore_options.target-action"),
+        ),
+    ] {
+        let got = path(restore(&facts(&one), request(repository, options)).unwrap_err());
+        assert_eq!(got, (refused.0, refused.1.to_string()));
+    }
+    // Several nodes: their replication would not be rebuilt.
+    let mut two = db(&[]);
+    two.spec.backup_config = one.spec.backup_config.clone();
+    let got = path(restore(&facts(&two), request(json!("main"), json!({}))).unwrap_err());
+    assert_eq!(got, (409, "target_nodes".into()));
+    // No running instance to check the backup on.
+    let stopped = StoredDatabase {
+        record: DatabaseRecord {
+            stopped_instances: ["a", "b", "c"].map(String::from).into(),
+            ..one.record.clone()
+        },
+        ..one.clone()
+    };
+    let got = path(restore(&facts(&stopped), request(json!("main"), json!({}))).unwrap_err());
+    assert_eq!(got, (409, "target_nodes".into()));
 }

@@ -35,6 +35,7 @@ fn record(id: &str, generation: u64, task_id: &str) -> DatabaseRecord {
         operation: None,
         stopped_instances: Default::default(),
         stopped_primaries: Default::default(),
+        restored_nodes: Default::default(),
     }
 }
 

@@ -83,52 +83,98 @@ pub fn render_conf(
          log-level-stderr=off\nlog-level-file=off\nlog-timestamp=n\n"
     );
     for (n, r) in repos {
-        let mut line = |key: &str, value: &str| {
-            let _ = writeln!(out, "repo{n}-{key}={value}");
-        };
-        line("type", r.repository_type.as_str());
-        line(
-            "path",
-            &repository_path(r.base_path.as_deref(), database_id, &r.id, node),
-        );
-        if let Some(bucket) = &r.s3_bucket {
-            line("s3-bucket", bucket);
+        let path = repository_path(r.base_path.as_deref(), database_id, &r.id, node);
+        repository_lines(&mut out, n, r, &path, true);
+    }
+    stanza_section(&mut out, pg);
+    Some(out)
+}
+
+/// `repo{n}-*` lines of repository `r` at `path`; `retention` for a repository backups go
+/// to (a restore expires nothing).
+fn repository_lines(out: &mut String, n: usize, r: &Repository, path: &str, retention: bool) {
+    let mut line = |key: &str, value: &str| {
+        let _ = writeln!(out, "repo{n}-{key}={value}");
+    };
+    line("type", r.repository_type.as_str());
+    line("path", path);
+    if let Some(bucket) = &r.s3_bucket {
+        line("s3-bucket", bucket);
+    }
+    if let Some(region) = &r.s3_region {
+        line("s3-region", region);
+    }
+    let default_endpoint = r
+        .s3_region
+        .as_ref()
+        .map(|region| format!("s3.{region}.amazonaws.com"));
+    if let Some(endpoint) = r.s3_endpoint.as_ref().or(default_endpoint.as_ref()) {
+        let (host, port) = endpoint_parts(endpoint);
+        line("s3-endpoint", host);
+        if let Some(port) = port {
+            line("storage-port", port);
         }
-        if let Some(region) = &r.s3_region {
-            line("s3-region", region);
+    }
+    match (&r.s3_key, &r.s3_key_secret) {
+        (Some(key), Some(secret)) => {
+            line("s3-key", key);
+            line("s3-key-secret", secret);
         }
-        let default_endpoint = r
-            .s3_region
-            .as_ref()
-            .map(|region| format!("s3.{region}.amazonaws.com"));
-        if let Some(endpoint) = r.s3_endpoint.as_ref().or(default_endpoint.as_ref()) {
-            let (host, port) = endpoint_parts(endpoint);
-            line("s3-endpoint", host);
-            if let Some(port) = port {
-                line("storage-port", port);
-            }
-        }
-        match (&r.s3_key, &r.s3_key_secret) {
-            (Some(key), Some(secret)) => {
-                line("s3-key", key);
-                line("s3-key-secret", secret);
-            }
-            // Validation allows both or neither: neither means the host's own credentials.
-            _ => line("s3-key-type", "auto"),
-        }
+        // Validation allows both or neither: neither means the host's own credentials.
+        _ => line("s3-key-type", "auto"),
+    }
+    if retention {
         let (count, kind) = r.retention();
         line("retention-full", &count.to_string());
         line("retention-full-type", kind.as_str());
-        for (key, value) in &r.custom_options {
-            line(key, value);
-        }
     }
+    for (key, value) in &r.custom_options {
+        line(key, value);
+    }
+}
+
+/// The `[db]` section: the local Postgres.
+fn stanza_section(out: &mut String, pg: &PgLocal) {
     let _ = write!(
         out,
         "\n[{STANZA}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user=postgres\n",
         pg.data_dir, pg.socket_dir, pg.port
     );
-    Some(out)
+}
+
+/// The backup a node starts from (ADR 025): node `source_node` of database
+/// `source_database_id`, in `repository`.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreSource<'a> {
+    pub source_database_id: &'a str,
+    pub source_node: &'a str,
+    /// An `s3` repository (with its keys, if it has any).
+    pub repository: &'a Repository,
+}
+
+/// The `pgbackrest-restore.conf` a node's first instance bootstraps from ([`RESTORE_CONF_FILE`]
+/// in its config directory): `repo1` is the source's repository at the source node's path.
+/// The restore's own options go on the command line ([`crate::restore_argv`]): pgBackRest
+/// reads `type`, `target` and `set` from there only. Holds repository keys.
+///
+/// [`RESTORE_CONF_FILE`]: crate::RESTORE_CONF_FILE
+pub fn render_restore_conf(node: &str, source: &RestoreSource, pg: &PgLocal) -> String {
+    let mut out = format!(
+        "# Written by berth's control plane: node {node} starts from a backup of node {} of \
+         database {} (ADR 025). Holds repository keys.\n[global]\nlog-level-console=info\n\
+         log-level-stderr=off\nlog-level-file=off\nlog-timestamp=n\n",
+        source.source_node, source.source_database_id
+    );
+    let r = source.repository;
+    let path = repository_path(
+        r.base_path.as_deref(),
+        source.source_database_id,
+        &r.id,
+        source.source_node,
+    );
+    repository_lines(&mut out, 1, r, &path, false);
+    stanza_section(&mut out, pg);
+    out
 }
 
 #[cfg(test)]
@@ -234,5 +280,28 @@ mod tests {
         assert_eq!(endpoint_parts("s3.example.com"), ("s3.example.com", None));
         assert_eq!(endpoint_parts("10.1.2.3:9000"), ("10.1.2.3", Some("9000")));
         assert_eq!(endpoint_parts("host:"), ("host:", None));
+    }
+
+    #[test]
+    fn a_restore_reads_the_source_nodes_path_and_expires_nothing() {
+        let repository = s3("main");
+        let source = RestoreSource {
+            source_database_id: "old",
+            source_node: "n2",
+            repository: &repository,
+        };
+        let conf = render_restore_conf("n1", &source, &PG);
+        assert!(
+            conf.contains("repo1-path=/backups/databases/old/main/n2\n"),
+            "{conf}"
+        );
+        assert!(
+            !conf.contains("retention"),
+            "a restore expires nothing: {conf}"
+        );
+        assert!(
+            conf.contains("[db]\npg1-path=/var/lib/postgresql/data\n"),
+            "{conf}"
+        );
     }
 }

@@ -12,7 +12,7 @@ pub mod info;
 
 use std::collections::BTreeMap;
 
-pub use conf::{PgLocal, render_conf, repository_path};
+pub use conf::{PgLocal, RestoreSource, render_conf, render_restore_conf, repository_path};
 pub use info::{BackupInfo, InfoError, parse_info};
 
 /// The stanza of every node: each node has its own repository paths, so one name serves
@@ -21,6 +21,9 @@ pub const STANZA: &str = "db";
 
 /// The name of the file in an instance's config directory.
 pub const CONF_FILE: &str = "pgbackrest.conf";
+/// The file a node's first instance restores from when the node starts from a backup
+/// ([`conf::render_restore_conf`]), in the same directory.
+pub const RESTORE_CONF_FILE: &str = "pgbackrest-restore.conf";
 
 pub use spec::backup::BackupType;
 
@@ -87,6 +90,58 @@ pub fn backup_argv(
     argv
 }
 
+/// Restore types that stop at a target: without `target-action=promote`, pgBackRest's
+/// default (`pause`) leaves the restored Postgres paused in recovery, and Patroni waits for
+/// a primary for ever.
+const TARGET_TYPES: &[&str] = &["immediate", "lsn", "name", "time", "xid"];
+
+/// A restore into the (empty) data directory with `options` (pgBackRest's `restore`
+/// options by name, validated on the way in, ADR 021) as `--name=value`, on the command
+/// line since pgBackRest reads `type`, `target` and `set` from there only. A restore to a
+/// target gets `--target-action=promote` unless it names its action; an RFC 3339 `time`
+/// target (what the API takes) is given in pgBackRest's own form, which it reads to pick
+/// the backup set to start from (with another form it warns and starts from the latest
+/// set, which may end after the target).
+pub fn restore_argv(conf_path: &str, options: &BTreeMap<String, String>) -> Vec<String> {
+    let mut options = options.clone();
+    let restore_type = options.get("type").cloned().unwrap_or_default();
+    if TARGET_TYPES.contains(&restore_type.as_str()) {
+        options
+            .entry("target-action".into())
+            .or_insert_with(|| "promote".into());
+    }
+    if restore_type == "time"
+        && let Some(target) = options.get_mut("target")
+        && let Ok(at) = chrono::DateTime::parse_from_rfc3339(target)
+    {
+        *target = at
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%d %H:%M:%S%.6f+00")
+            .to_string();
+    }
+    let mut argv = base(conf_path);
+    argv.extend(options.iter().map(|(k, v)| format!("--{k}={v}")));
+    argv.push("restore".to_string());
+    argv
+}
+
+/// `argv` as one command line that a POSIX shell, or Python's `shlex.split` (how Patroni
+/// reads a bootstrap `command`), splits back into the same words: words of safe characters
+/// bare, others in single quotes.
+pub fn shell_join(argv: &[String]) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./=:%+@,".contains(c);
+    argv.iter()
+        .map(|w| {
+            if !w.is_empty() && w.chars().all(safe) {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r#"'"'"'"#))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Every backup of the stanza in every repository, as JSON ([`parse_info`]).
 pub fn info_argv(conf_path: &str) -> Vec<String> {
     let mut argv = base(conf_path);
@@ -129,5 +184,42 @@ mod tests {
         assert_eq!(info_argv(conf)[3..], ["--output=json", "info"]);
         assert_eq!(BackupType::parse("diff"), Some(BackupType::Diff));
         assert_eq!(BackupType::parse("differential"), None);
+    }
+
+    #[test]
+    fn a_restore_to_a_time_promotes_there_in_pgbackrests_form() {
+        let conf = "/run/pgbackrest-restore.conf";
+        let options = BTreeMap::from([
+            ("type".to_string(), "time".to_string()),
+            (
+                "target".to_string(),
+                "2026-12-01T07:00:00.5+01:00".to_string(),
+            ),
+        ]);
+        let argv = restore_argv(conf, &options);
+        assert_eq!(
+            argv[3..],
+            [
+                "--target=2026-12-01 06:00:00.500000+00",
+                "--target-action=promote",
+                "--type=time",
+                "restore"
+            ]
+        );
+        assert_eq!(
+            shell_join(&argv),
+            "pgbackrest --config=/run/pgbackrest-restore.conf --stanza=db \
+             '--target=2026-12-01 06:00:00.500000+00' --target-action=promote --type=time restore"
+        );
+        // The latest point: no target, so no target action (pgBackRest refuses one).
+        assert_eq!(restore_argv(conf, &BTreeMap::new())[3..], ["restore"]);
+        let named = BTreeMap::from([
+            ("type".to_string(), "name".to_string()),
+            ("target".to_string(), "it's here".to_string()),
+        ]);
+        assert_eq!(
+            shell_join(&restore_argv(conf, &named)[3..4]),
+            r#"'--target=it'"'"'s here'"#
+        );
     }
 }

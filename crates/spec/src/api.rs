@@ -185,6 +185,8 @@ pub enum TaskType {
     StartInstance,
     /// `POST .../nodes/{node_name}/backups`: a pgBackRest backup of the node (ADR 022).
     NodeBackup,
+    /// `POST .../restore`: nodes rebuilt from a pgBackRest backup (ADR 025).
+    Restore,
 }
 
 impl TaskType {
@@ -198,6 +200,7 @@ impl TaskType {
                 | TaskType::StopInstance
                 | TaskType::StartInstance
                 | TaskType::NodeBackup
+                | TaskType::Restore
         )
     }
 
@@ -215,6 +218,7 @@ impl TaskType {
             TaskType::StopInstance => "stop_instance",
             TaskType::StartInstance => "start_instance",
             TaskType::NodeBackup => "node_backup",
+            TaskType::Restore => "restore",
         }
     }
 }

@@ -7,7 +7,8 @@
 //! ([`crate::parse`], rules in `parse/backup.rs`) checks every field; docs/api.md and ADR 021
 //! say what is accepted and why.
 //!
-//! Accepted and validated only: berth takes no backups and restores none yet.
+//! The control plane acts on them: WAL archiving and backups (ADR 022), schedules (ADR
+//! 024), restores (ADR 025).
 //!
 //! `s3_key` and `s3_key_secret` are secrets, handled as secret service config values are
 //! ([`crate::secrets`]): the store seals them in place ([`for_each_repository_object`],
@@ -341,14 +342,47 @@ pub fn effective_backup_config<'a>(
     node.backup_config.as_ref().or(spec.backup_config.as_ref())
 }
 
-/// The restore config that applies to `node`: its own, or else the database's.
+/// The restore config that applies to `node`: its own, or else the database's, which is its
+/// first node's only (ADR 025: the other nodes are copied from the first by pglogical).
 pub fn effective_restore_config<'a>(
     spec: &'a DatabaseSpec,
     node: &'a NodeSpec,
 ) -> Option<&'a RestoreConfig> {
+    let first = spec.nodes.first().is_some_and(|n| n.name == node.name);
     node.restore_config
         .as_ref()
-        .or(spec.restore_config.as_ref())
+        .or(spec.restore_config.as_ref().filter(|_| first))
+}
+
+/// Refuses what berth cannot restore yet (ADR 025), each at its path: a node of a database
+/// of several nodes with a `restore_config` of its own (it would join pglogical replication
+/// without a copy of the data it has), and a database created with several nodes and a
+/// `restore_config` (`creating`: the first spec; later, nodes added to a database that
+/// started from a backup are copied from its first node).
+pub fn check_restores(spec: &DatabaseSpec, creating: bool) -> Result<(), crate::InvalidInput> {
+    if spec.nodes.len() < 2 {
+        return Ok(());
+    }
+    let message = "a database of several nodes cannot start from a backup yet: create it with \
+                   one node and spec.restore_config, then add the others (they are copied \
+                   from the first)";
+    let mut errors = Vec::new();
+    if creating && spec.restore_config.is_some() {
+        errors.push(crate::FieldError::new("spec.restore_config", message));
+    }
+    for (i, node) in spec.nodes.iter().enumerate() {
+        if node.restore_config.is_some() {
+            errors.push(crate::FieldError::new(
+                format!("spec.nodes[{i}].restore_config"),
+                message,
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::InvalidInput { errors })
+    }
 }
 
 /// Whether a key of a repository object holds a secret (`s3_key`, `s3_key_secret`): what

@@ -60,8 +60,21 @@ pub struct BackupRequest {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// `POST /v1/databases/{database_id}/restore` (the reference API's body): each target node is
+/// rebuilt from the backup `restore_config` names (ADR 025).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestoreRequest {
+    /// The backup to restore from, as a spec's `restore_config` names it. An inline
+    /// repository carries no keys here (they would be stored in plain text in the task):
+    /// name a repository of the node's `backup_config` by id to use its keys.
+    pub restore_config: crate::backup::RestoreConfig,
+    /// The nodes to restore; absent or empty: every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_nodes: Vec<String>,
+}
+
 /// The answer of every operation: its task (`type` `switchover`, `failover`,
-/// `restart_instance`, `stop_instance`, `start_instance` or `node_backup`).
+/// `restart_instance`, `stop_instance`, `start_instance`, `node_backup` or `restore`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OperationResponse {
     pub task: Task,
@@ -112,6 +125,13 @@ pub enum Operation {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         annotations: BTreeMap<String, String>,
     },
+    /// Each of `nodes` rebuilt from the backup `restore_config` names: its instances and
+    /// their data removed, then its first instance restored by pgBackRest and the others
+    /// cloned from it (ADR 025).
+    Restore {
+        nodes: Vec<String>,
+        restore_config: Box<crate::backup::RestoreConfig>,
+    },
 }
 
 impl Operation {
@@ -124,6 +144,7 @@ impl Operation {
             Operation::StopInstance { .. } => TaskType::StopInstance,
             Operation::StartInstance { .. } => TaskType::StartInstance,
             Operation::Backup { .. } => TaskType::NodeBackup,
+            Operation::Restore { .. } => TaskType::Restore,
         }
     }
 }
@@ -265,6 +286,70 @@ pub fn parse_backup(body: &Value) -> Result<BackupRequest, InvalidInput> {
         Some(backup_type) if errors.is_empty() => Ok(BackupRequest {
             backup_type,
             annotations,
+        }),
+        _ => Err(InvalidInput { errors }),
+    }
+}
+
+/// Reads a restore body: `restore_config` required, by a spec's rules, with no key in an
+/// inline repository; `target_nodes` an array of node names, each once. Whether the nodes
+/// exist and the repository id is theirs is the caller's to check. Errors: each offending
+/// field by JSON path.
+pub fn parse_restore(body: &Value) -> Result<RestoreRequest, InvalidInput> {
+    let mut errors = Vec::new();
+    let obj = object(body, &["restore_config", "target_nodes"], &mut errors);
+    let restore_config = match obj.get("restore_config") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("restore_config", "required"));
+            None
+        }
+        Some(v) => crate::parse::restore_config_at(v, "restore_config", &mut errors),
+    };
+    if let Some(crate::backup::RestoreConfig {
+        repository: crate::backup::RestoreRepository::Inline(r),
+        ..
+    }) = &restore_config
+    {
+        for (key, given) in [
+            ("s3_key", r.s3_key.is_some()),
+            ("s3_key_secret", r.s3_key_secret.is_some()),
+        ] {
+            if given {
+                errors.push(FieldError::new(
+                    format!("restore_config.repository.{key}"),
+                    "a restore request carries no keys: name a repository of the node's \
+                     backup_config by id to restore with its keys",
+                ));
+            }
+        }
+    }
+    let mut target_nodes: Vec<String> = Vec::new();
+    match obj.get("target_nodes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("target_nodes[{i}]");
+                match item {
+                    Value::String(n) if target_nodes.contains(n) => {
+                        errors.push(FieldError::new(path, "named twice"));
+                    }
+                    Value::String(n) => match crate::ident::validate_node_name(n) {
+                        Ok(()) => target_nodes.push(n.clone()),
+                        Err(msg) => errors.push(FieldError::new(path, msg)),
+                    },
+                    _ => errors.push(FieldError::new(path, "expected a node name")),
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new(
+            "target_nodes",
+            "expected an array of node names",
+        )),
+    }
+    match restore_config {
+        Some(restore_config) if errors.is_empty() => Ok(RestoreRequest {
+            restore_config,
+            target_nodes,
         }),
         _ => Err(InvalidInput { errors }),
     }

@@ -686,5 +686,20 @@ fn exceeds_depth(v: &Value, max: usize) -> bool {
 mod backup;
 mod postgres_version;
 
+/// Reads a `restore_config` given on its own at `path` (the body of `POST
+/// /v1/databases/{id}/restore`), by the rules a spec's `restore_config` follows, except that
+/// a repository named by id is checked by the caller against the node it restores.
+pub(crate) fn restore_config_at(
+    v: &Value,
+    path: &str,
+    errors: &mut Vec<crate::FieldError>,
+) -> Option<crate::backup::RestoreConfig> {
+    let mut e = Errors::default();
+    let config = Obj::of(v, path.to_string(), &mut e)
+        .and_then(|o| backup::restore_config(&o, None, &mut e).0);
+    errors.extend(e.0);
+    config
+}
+
 #[cfg(test)]
 mod tests;

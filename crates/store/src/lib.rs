@@ -135,6 +135,11 @@ pub struct DatabaseRecord {
     /// over: it holds the node's latest data, so it is the one to start first.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stopped_primaries: BTreeMap<String, String>,
+    /// Node -> the backup a `restore` task rebuilt it from (ADR 025): the node's effective
+    /// `restore_config` from then on, over the spec's. No keys: a restore request names a
+    /// repository of the node by id, or one that uses the host's credentials.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restored_nodes: BTreeMap<String, spec::backup::RestoreConfig>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -32,6 +32,7 @@ fn record(id: &str, generation: u64, task: &Task) -> DatabaseRecord {
         operation: None,
         stopped_instances: Default::default(),
         stopped_primaries: Default::default(),
+        restored_nodes: Default::default(),
     }
 }
 

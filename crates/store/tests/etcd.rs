@@ -44,6 +44,7 @@ fn record(id: &str, generation: u64) -> DatabaseRecord {
         operation: None,
         stopped_instances: Default::default(),
         stopped_primaries: Default::default(),
+        restored_nodes: Default::default(),
     }
 }
 

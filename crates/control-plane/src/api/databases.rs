@@ -188,6 +188,7 @@ pub(crate) async fn create(
         parse_create_request(&body, &ctx)
     })
     .await?;
+    spec::backup::check_restores(&request.spec, true).map_err(ApiError::InvalidInput)?;
     check_limits(&app, &request.spec).await?;
     let id = request
         .id
@@ -209,6 +210,7 @@ pub(crate) async fn create(
         operation: None,
         stopped_instances: Default::default(),
         stopped_primaries: Default::default(),
+        restored_nodes: Default::default(),
     };
     if dry_run {
         if app.store.get_database(&id).await?.is_some() {
@@ -421,6 +423,7 @@ pub(crate) async fn update(
     .await?;
     let spec = request.spec;
     super::operations::refuse_during_operation(&app, &current).await?;
+    spec::backup::check_restores(&spec, false).map_err(ApiError::InvalidInput)?;
     check_limits(&app, &spec).await?;
     ports::check_ports(&app, &id, &spec).await?;
     // Refused alike with dry_run: the plan it would show could not be carried out.

@@ -61,6 +61,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/v1/databases/{database_id}/nodes/{node_name}/failover" => operations::failover),
         route!(POST "/v1/databases/{database_id}/nodes/{node_name}/backups" => operations::backup),
         route!(GET "/v1/databases/{database_id}/nodes/{node_name}/backups" => backups::list),
+        route!(POST "/v1/databases/{database_id}/restore" => operations::restore),
         route!(POST "/v1/databases/{database_id}/instances/{instance_id}/restart" => operations::restart),
         route!(POST "/v1/databases/{database_id}/instances/{instance_id}/stop-instance" => operations::stop),
         route!(POST "/v1/databases/{database_id}/instances/{instance_id}/start-instance" => operations::start),

@@ -26,6 +26,7 @@ use utoipa::openapi::{RefOr, Schema};
         super::operations::failover,
         super::operations::backup,
         super::backups::list,
+        super::operations::restore,
         super::operations::restart,
         super::operations::stop,
         super::operations::start,

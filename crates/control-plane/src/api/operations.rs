@@ -13,7 +13,7 @@ use serde_json::Value;
 use spec::DatabaseState;
 use spec::operations::{
     Operation, OperationResponse, parse_backup, parse_failover, parse_no_body, parse_restart,
-    parse_switchover,
+    parse_restore, parse_switchover,
 };
 use store::StoreError;
 
@@ -240,4 +240,24 @@ pub(crate) async fn backup(
 ) -> Result<Json<OperationResponse>, ApiError> {
     let request = parse_backup(&json_body(&body)?).map_err(ApiError::InvalidInput)?;
     accept(&app, &id, |f| ops::backup(f, &node, request)).await
+}
+
+#[utoipa::path(post, path = "/v1/databases/{database_id}/restore",
+    tag = "databases",
+    params(("database_id" = String, Path)),
+    request_body(content = spec::operations::RestoreRequest),
+    responses((status = 200, body = OperationResponse, description = "the task of the restore (`restore`)"),
+              (status = 400, body = spec::ApiErrorBody, description = "a bad body, or a repository \
+               the node cannot restore from"),
+              (status = 404, body = spec::ApiErrorBody),
+              (status = 409, body = spec::ApiErrorBody, description = "another task is unfinished, \
+               the database has several nodes, or a node has no running instance")))]
+#[tracing::instrument(skip_all, fields(database_id = %id))]
+pub(crate) async fn restore(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OperationResponse>, ApiError> {
+    let request = parse_restore(&json_body(&body)?).map_err(ApiError::InvalidInput)?;
+    accept(&app, &id, |f| ops::restore(f, request)).await
 }

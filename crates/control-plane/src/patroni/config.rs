@@ -184,6 +184,8 @@ pub struct Member<'a> {
     /// The node has a `pgbackrest.conf`: its primary archives WAL there
     /// ([`super::archiving`]).
     pub archiving: bool,
+    /// The node starts from a backup ([`super::restore`]) instead of `initdb`.
+    pub restore: Option<super::restore::Restore<'a>>,
 }
 
 fn run_file(name: &str) -> String {
@@ -306,6 +308,9 @@ pub fn render(member: &Member, dcs: &Dcs) -> String {
     if member.archiving {
         super::archiving::apply(&mut doc);
     }
+    if let Some(restore) = &member.restore {
+        super::restore::apply(&mut doc, restore, member.database_name);
+    }
     // JSON is YAML, and every string in it is quoted: Patroni's YAML 1.1 reader would take
     // a bare `on` or `off` for a boolean.
     let body = serde_json::to_string_pretty(&doc).expect("a JSON value serialises");
@@ -369,6 +374,7 @@ mod tests {
             database_name: "app",
             postgres_version: "17",
             archiving: false,
+            restore: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod etcd_auth;
 pub mod pglogical;
 pub mod pglogical_join;
 pub mod rest;
+pub mod restore;
 pub mod takeover;
 pub mod watch;
 

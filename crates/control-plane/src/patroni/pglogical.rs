@@ -377,6 +377,7 @@ mod tests {
                 database_name: "app",
                 postgres_version: version,
                 archiving: false,
+                restore: None,
             };
             let doc: serde_yaml::Value = serde_yaml::from_str(&render(&member, &dcs)).unwrap();
             let global = &doc["bootstrap"]["dcs"]["postgresql"]["parameters"];

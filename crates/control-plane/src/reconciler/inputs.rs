@@ -105,9 +105,16 @@ pub(crate) fn desired_state(
         ctx.now,
     )
     .map_err(|e| ReconcileError::Step(format!("cannot issue a Postgres certificate: {e}")))?;
+    // A node a restore rebuilt starts from that backup (ADR 025), whatever the spec says.
+    let mut spec = db.spec.clone();
+    for node in &mut spec.nodes {
+        if let Some(restore) = db.record.restored_nodes.get(&node.name) {
+            node.restore_config = Some(restore.clone());
+        }
+    }
     let desired = desired_instances(
         database_id,
-        &db.spec,
+        &spec,
         ctx.manifest,
         &creds,
         &topology,

@@ -28,6 +28,7 @@ mod pass;
 mod patroni_tests;
 mod relay;
 mod replication;
+mod restore;
 mod roles;
 mod slot_sync;
 mod steps;

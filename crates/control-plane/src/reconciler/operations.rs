@@ -186,6 +186,22 @@ impl Reconciler {
                 self.backup(pass, node, &primary, &host, *backup_type, annotations)
                     .await?;
             }
+            Operation::Restore {
+                nodes,
+                restore_config,
+            } => {
+                let record = self.restore(pass, nodes, restore_config).await?;
+                // The record named the nodes' new source before their data went; a newer
+                // request that replaced it since wins, as for every operation.
+                return match self
+                    .store
+                    .put_database_record(pass.db.spec_revision, &record)
+                    .await
+                {
+                    Ok(()) | Err(StoreError::Conflict) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
+            }
             Operation::StartInstance { instance_id } => {
                 let record = record_of(pass, instance_id)?;
                 if let Some(node) = record.kind.node() {

@@ -427,6 +427,7 @@ impl Harness {
             operation: None,
             stopped_instances: Default::default(),
             stopped_primaries: Default::default(),
+            restored_nodes: Default::default(),
         };
         self.store
             .create_database(&record, &spec, &task)

@@ -92,6 +92,27 @@ fn a_node_without_its_own_config_has_the_databases() {
 }
 
 #[test]
+fn the_databases_restore_config_is_its_first_nodes_and_several_nodes_cannot_restore() {
+    let mut spec = spec();
+    for node in &mut spec.nodes {
+        node.restore_config = None;
+    }
+    assert!(effective_restore_config(&spec, &spec.nodes[0]).is_some());
+    assert!(effective_restore_config(&spec, &spec.nodes[1]).is_none());
+    // Created with two nodes: refused; two nodes later on (the second copied from the
+    // first): accepted.
+    let refused = check_restores(&spec, true).unwrap_err();
+    assert_eq!(refused.errors[0].path, "spec.restore_config");
+    assert!(check_restores(&spec, false).is_ok());
+    spec.nodes[1].restore_config = spec.restore_config.clone();
+    let refused = check_restores(&spec, false).unwrap_err();
+    assert_eq!(refused.errors[0].path, "spec.nodes[1].restore_config");
+    spec.nodes.truncate(1);
+    spec.nodes[0].restore_config = spec.restore_config.clone();
+    assert!(check_restores(&spec, true).is_ok());
+}
+
+#[test]
 fn cron_expressions_are_read_as_vixie_cron_in_utc() {
     use chrono::{TimeZone, Utc};
     let next = |expr: &str, from: chrono::DateTime<Utc>| {

@@ -484,7 +484,7 @@ fn required_one_of(
 }
 
 /// `restore_config`, and the repository id it names when it names one by id.
-fn restore_config(
+pub(super) fn restore_config(
     o: &Obj<'_>,
     stored: Option<&RestoreConfig>,
     e: &mut Errors,

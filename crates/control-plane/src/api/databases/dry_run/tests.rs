@@ -67,6 +67,7 @@ fn db(spec: DatabaseSpec, generation: u64, forced_generation: u64) -> StoredData
             operation: None,
             stopped_instances: Default::default(),
             stopped_primaries: Default::default(),
+            restored_nodes: Default::default(),
         },
         spec,
         spec_revision: 1,
