@@ -177,6 +177,15 @@ fn error_of(r: &InstanceRecord) -> Option<String> {
     }
 }
 
+/// An instance's `error`: why it does not run first, then WAL archiving's failure; either
+/// alone when the other is absent.
+fn joined_error(instance: Option<String>, archive: Option<String>) -> Option<String> {
+    match (instance, archive) {
+        (Some(i), Some(a)) => Some(format!("{i}; {a}")),
+        (i, a) => i.or(a),
+    }
+}
+
 /// A record as the API shows it; `unreachable` hosts make their instances `unknown`.
 // Made and taken apart at once per record, never stored: boxing would only add allocations.
 #[allow(clippy::large_enum_variant)]
@@ -252,6 +261,15 @@ pub fn api_view(
                 timeline: member.and_then(|m| m.timeline),
                 lag_bytes: patroni.and_then(|p| p.lag_bytes(&r.instance_id)),
                 pending_restart: member.is_some_and(|m| m.pending_restart),
+                wal_archive: wal.as_ref().and_then(spec::wal::archive_status),
+                error: joined_error(
+                    if unknown {
+                        Some("the host is unreachable".into())
+                    } else {
+                        error_of(r)
+                    },
+                    wal.as_ref().and_then(spec::wal::archive_error),
+                ),
                 wal,
                 subscriptions,
                 warnings,
@@ -261,11 +279,6 @@ pub fn api_view(
                         port,
                     })
                 }),
-                error: if unknown {
-                    Some("the host is unreachable".into())
-                } else {
-                    error_of(r)
-                },
                 created_at: r.created_at,
                 updated_at: r.updated_at,
             }
@@ -396,5 +409,44 @@ mod tests {
         assert!(replica.subscriptions.is_empty());
         assert!(replica.warnings.is_empty());
         assert_eq!(replica.state, PgState::Available);
+    }
+
+    /// A failing archiver shows in `wal_archive` and in `error`, after why the instance
+    /// does not run when it does not.
+    #[test]
+    fn a_failing_archiver_is_the_instances_error() {
+        let patroni = PatroniNode {
+            leader: Some("b".into()),
+            initialized: true,
+            members: Default::default(),
+        };
+        let mut r = record("a");
+        r.wal = Some(spec::wal::WalReport {
+            archive_mode: "on".into(),
+            archive_destination: true,
+            last_failed_wal: Some("000000010000000000000007".into()),
+            last_failed_at: Some(Utc::now()),
+            archive_failed_count: 3,
+            ..Default::default()
+        });
+        let i = shown(&r, &patroni);
+        assert!(i.wal_archive.as_ref().unwrap().failing);
+        assert!(i.warnings.iter().any(|w| w.code == "archive_failing"));
+        let error = i.error.unwrap();
+        assert!(error.starts_with("WAL archiving is failing: 000000010000000000000007"));
+        assert!(error.contains("(3 failures)"), "{error}");
+
+        r.observed.phase = Phase::Failed;
+        r.observed.error = Some("container is exited".into());
+        let error = shown(&r, &patroni).error.unwrap();
+        assert!(
+            error.starts_with("container is exited; WAL archiving is failing"),
+            "{error}"
+        );
+
+        r.wal.as_mut().unwrap().archive_mode = "off".into();
+        let i = shown(&r, &patroni);
+        assert_eq!(i.wal_archive, None);
+        assert_eq!(i.error.as_deref(), Some("container is exited"));
     }
 }

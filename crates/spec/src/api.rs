@@ -88,6 +88,13 @@ pub struct Instance {
     /// slots, the archiver; absent until a check read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<crate::wal::WalReport>,
+    /// Its WAL archiver, from the same check ([`crate::wal::archive_status`]): the last
+    /// segment archived, the last that failed, the failure count, the backlog, and whether
+    /// archiving fails now (then `error` says so too). Absent where the instance archives
+    /// nothing (`archive_mode` off, or `on` on a replica, [`crate::wal::archives`]) and
+    /// until a check read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_archive: Option<crate::wal::WalArchive>,
     /// A primary's pglogical subscriptions, one per other node of the database, as last
     /// checked ([`crate::subscriptions`]): status and lag behind each provider. Absent on
     /// replicas, on databases of one node, and until a check read them.
@@ -99,6 +106,9 @@ pub struct Instance {
     pub warnings: Vec<crate::wal::InstanceWarning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_info: Option<ConnectionInfo>,
+    /// What is wrong with it, absent when nothing is: first why it does not run (its host is
+    /// unreachable, its container failed or could not be created), then, after `; `, WAL
+    /// archiving that fails ([`crate::wal::archive_error`], while `wal_archive.failing`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,

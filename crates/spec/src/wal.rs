@@ -28,6 +28,10 @@ pub struct WalReport {
     pub inactive_slots: Vec<InactiveSlot>,
     /// `off`, `on` or `always` (the `archive_mode` setting).
     pub archive_mode: String,
+    /// The instance is a replica (`pg_is_in_recovery()`): with `archive_mode = on` it
+    /// archives nothing, the primary does ([`archives`]).
+    #[serde(default)]
+    pub in_recovery: bool,
     /// An `archive_command` or `archive_library` is set: archiving has somewhere to go.
     pub archive_destination: bool,
     /// Segments waiting to be archived (`.ready` files in `pg_wal/archive_status`).
@@ -127,7 +131,7 @@ pub fn warnings(report: &WalReport) -> Vec<InstanceWarning> {
             });
         }
     }
-    let archiving = report.archive_mode != "off";
+    let archiving = archives(report);
     if archiving && !report.archive_destination {
         out.push(InstanceWarning {
             code: "archive_without_destination".into(),
@@ -150,12 +154,7 @@ pub fn warnings(report: &WalReport) -> Vec<InstanceWarning> {
             message: format!("{} WAL segments wait to be archived", report.archive_ready),
         });
     }
-    let failing = match (report.last_failed_at, report.last_archived_at) {
-        (Some(failed), Some(archived)) => failed > archived,
-        (Some(_), None) => true,
-        _ => false,
-    };
-    if archiving && failing {
+    if archiving && last_attempt_failed(report) {
         out.push(InstanceWarning {
             code: "archive_failing".into(),
             level: WarningLevel::Warning,
@@ -182,6 +181,93 @@ pub fn warnings(report: &WalReport) -> Vec<InstanceWarning> {
     }
     out.sort_by_key(|w| std::cmp::Reverse(w.level));
     out
+}
+
+/// Whether the instance archives WAL: `archive_mode` is `always`, or `on` on a primary
+/// (Postgres archives nothing with `on` while in recovery). Pure.
+pub fn archives(report: &WalReport) -> bool {
+    match report.archive_mode.as_str() {
+        "off" => false,
+        "on" => !report.in_recovery,
+        _ => true,
+    }
+}
+
+/// The archiver's last attempt failed: its latest failure is newer than its latest success
+/// (or it never archived anything). `pg_stat_archiver` keeps only the latest of each.
+fn last_attempt_failed(report: &WalReport) -> bool {
+    match (report.last_failed_at, report.last_archived_at) {
+        (Some(failed), Some(archived)) => failed > archived,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// The WAL archiver of an instance that archives ([`archives`]), as the API shows it
+/// (`wal_archive` on an instance): where archiving stands, read from `pg_stat_archiver` and
+/// `pg_wal/archive_status` by the last check ([`WalReport`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WalArchive {
+    /// The last segment archived (a WAL file name such as `000000010000000000000007`, or a
+    /// `.history` or `.partial` file); null until one was.
+    pub last_archived_wal: Option<String>,
+    /// When it was archived; null until one was.
+    pub last_archived_at: Option<DateTime<Utc>>,
+    /// The last segment whose archiving failed, absent if none ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_wal: Option<String>,
+    /// When that attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_at: Option<DateTime<Utc>>,
+    /// Failed attempts since the instance's statistics were reset (Postgres retries a
+    /// segment, so one segment may count several times).
+    pub failed_count: u64,
+    /// Segments waiting to be archived (`.ready` files in `pg_wal/archive_status`): what
+    /// `pg_wal` keeps until archiving catches up.
+    pub ready_segments: u64,
+    /// Archiving does not work now: the latest failure is newer than the latest success, or
+    /// `archive_mode` is on with no `archive_command` or `archive_library` to archive with.
+    /// `pg_wal` then grows until it works again.
+    pub failing: bool,
+}
+
+/// `report`'s archiver state, or None when the instance archives nothing ([`archives`]:
+/// `archive_mode = off`, or a replica with `on`). Pure.
+pub fn archive_status(report: &WalReport) -> Option<WalArchive> {
+    if !archives(report) {
+        return None;
+    }
+    Some(WalArchive {
+        last_archived_wal: report.last_archived_wal.clone(),
+        last_archived_at: report.last_archived_at,
+        last_failed_wal: report.last_failed_wal.clone(),
+        last_failed_at: report.last_failed_at,
+        failed_count: report.archive_failed_count,
+        ready_segments: report.archive_ready,
+        failing: !report.archive_destination || last_attempt_failed(report),
+    })
+}
+
+/// A sentence for the instance's `error` while archiving fails ([`WalArchive::failing`]),
+/// naming the segment and the failure count; None while it works or is off. Pure.
+pub fn archive_error(report: &WalReport) -> Option<String> {
+    let status = archive_status(report).filter(|s| s.failing)?;
+    if !report.archive_destination {
+        return Some(format!(
+            "WAL archiving is failing: archive_mode is {} but no archive_command or \
+             archive_library is set; pg_wal grows until one is",
+            report.archive_mode
+        ));
+    }
+    let failures = match status.failed_count {
+        1 => "1 failure".to_string(),
+        n => format!("{n} failures"),
+    };
+    Some(format!(
+        "WAL archiving is failing: {} could not be archived ({failures}); pg_wal grows until \
+         it works again",
+        status.last_failed_wal.as_deref().unwrap_or("a segment"),
+    ))
 }
 
 fn mib(bytes: u64) -> String {
@@ -315,6 +401,101 @@ mod tests {
                 want.into_iter().map(|(c, l)| (c.to_string(), l)).collect();
             assert_eq!(codes(&r), want, "{name}");
         }
+    }
+
+    #[test]
+    fn archive_status_and_error_follow_the_archiver() {
+        let at = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(archive_status(&report()), None, "archiving off");
+        assert_eq!(archive_error(&report()), None);
+
+        let archiving = WalReport {
+            archive_mode: "on".into(),
+            archive_destination: true,
+            archive_ready: 2,
+            last_archived_wal: Some("000000010000000000000006".into()),
+            last_archived_at: at("2030-01-01T00:00:00Z"),
+            ..report()
+        };
+        let ok = archive_status(&archiving).unwrap();
+        assert_eq!(
+            ok,
+            WalArchive {
+                last_archived_wal: Some("000000010000000000000006".into()),
+                last_archived_at: at("2030-01-01T00:00:00Z"),
+                last_failed_wal: None,
+                last_failed_at: None,
+                failed_count: 0,
+                ready_segments: 2,
+                failing: false,
+            }
+        );
+        assert_eq!(archive_error(&archiving), None);
+
+        let failing = WalReport {
+            last_failed_wal: Some("000000010000000000000007".into()),
+            last_failed_at: at("2030-01-01T00:01:00Z"),
+            archive_failed_count: 3,
+            ..archiving.clone()
+        };
+        assert!(archive_status(&failing).unwrap().failing);
+        assert_eq!(
+            archive_error(&failing).unwrap(),
+            "WAL archiving is failing: 000000010000000000000007 could not be archived \
+             (3 failures); pg_wal grows until it works again"
+        );
+
+        let recovered = WalReport {
+            last_archived_wal: Some("000000010000000000000008".into()),
+            last_archived_at: at("2030-01-01T00:02:00Z"),
+            ..failing.clone()
+        };
+        let status = archive_status(&recovered).unwrap();
+        assert!(!status.failing, "archived since the failure");
+        assert_eq!(status.failed_count, 3, "the count stays");
+        assert_eq!(archive_error(&recovered), None);
+
+        let never_archived = WalReport {
+            last_archived_wal: None,
+            last_archived_at: None,
+            archive_failed_count: 1,
+            ..failing.clone()
+        };
+        assert!(
+            archive_error(&never_archived)
+                .unwrap()
+                .contains("(1 failure)")
+        );
+
+        // A replica with `on` archives nothing: a failure from when it was the primary
+        // is not its own now.
+        let demoted = WalReport {
+            in_recovery: true,
+            ..failing.clone()
+        };
+        assert_eq!(archive_status(&demoted), None);
+        assert_eq!(archive_error(&demoted), None);
+        assert!(warnings(&demoted).is_empty());
+        let always = WalReport {
+            archive_mode: "always".into(),
+            ..demoted
+        };
+        assert!(
+            archive_status(&always).unwrap().failing,
+            "`always` archives there"
+        );
+
+        let nowhere = WalReport {
+            archive_mode: "always".into(),
+            archive_destination: false,
+            ..archiving
+        };
+        assert!(archive_status(&nowhere).unwrap().failing);
+        assert!(
+            archive_error(&nowhere)
+                .unwrap()
+                .contains("archive_mode is always but no archive_command")
+        );
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! subscriptions and slots ([`super::subscription_watch`]), a second query since those live
 //! in the database's own database.
 //!
-//! Records are rewritten only when the warnings change, or when the last report is older
-//! than [`REWRITE_AFTER`]: a check every minute of every instance would otherwise be most of
-//! etcd's writes.
+//! Records are rewritten only when the warnings change, when an archiving instance's
+//! archiver moved (a segment archived or failed since the stored report), or when the last
+//! report is older than [`REWRITE_AFTER`]: a check every minute of every instance would
+//! otherwise be most of etcd's writes. An instance that archives nothing new (archiving off,
+//! or an idle primary between two `archive_timeout` switches) is not rewritten; a busy one
+//! is at most once per check, as every report is.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use chrono::{DateTime, Utc};
 use plan::InstanceKind;
 use serde::Deserialize;
 use spec::subscriptions::SubscriptionReport;
-use spec::wal::{InactiveSlot, WalReport, warnings};
+use spec::wal::{InactiveSlot, WalReport, archives, warnings};
 
 use super::slot_sync;
 use super::subscription_watch::{self, NodeRead, PglogicalRead};
@@ -47,6 +50,7 @@ SELECT json_build_object(
           THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END, restart_lsn), 0)::bigint)),
       '[]') FROM pg_replication_slots WHERE NOT active AND restart_lsn IS NOT NULL),
   'archive_mode', current_setting('archive_mode'),
+  'in_recovery', pg_is_in_recovery(),
   'archive_destination', current_setting('archive_command') NOT IN ('', '(disabled)')
       OR current_setting('archive_library') <> '',
   'archive_ready', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'),
@@ -67,6 +71,7 @@ struct Row {
     oldest_segment_age_seconds: Option<u64>,
     inactive_slots: Vec<InactiveSlot>,
     archive_mode: String,
+    in_recovery: bool,
     archive_destination: bool,
     archive_ready: u64,
     last_archived_wal: Option<String>,
@@ -87,6 +92,7 @@ fn parse(out: &str, checked_at: DateTime<Utc>) -> Result<WalReport, String> {
         oldest_segment_age_seconds: row.oldest_segment_age_seconds,
         inactive_slots: row.inactive_slots,
         archive_mode: row.archive_mode,
+        in_recovery: row.in_recovery,
         archive_destination: row.archive_destination,
         archive_ready: row.archive_ready,
         last_archived_wal: row.last_archived_wal,
@@ -97,8 +103,9 @@ fn parse(out: &str, checked_at: DateTime<Utc>) -> Result<WalReport, String> {
     })
 }
 
-/// Whether `new` is worth a write over `old`: the warnings (codes and levels) changed, or
-/// `old` is [`REWRITE_AFTER`] old.
+/// Whether `new` is worth a write over `old`: the warnings (codes and levels) changed, the
+/// archiver moved while archiving is on (`wal_archive` would show another last archived or
+/// failed segment, or another failure count), or `old` is [`REWRITE_AFTER`] old.
 fn worth_writing(old: Option<&WalReport>, new: &WalReport) -> bool {
     let summary = |r: &WalReport| {
         warnings(r)
@@ -106,10 +113,19 @@ fn worth_writing(old: Option<&WalReport>, new: &WalReport) -> bool {
             .map(|w| (w.code, w.level))
             .collect::<Vec<_>>()
     };
+    let archiver = |r: &WalReport| {
+        (
+            r.last_archived_wal.clone(),
+            r.last_failed_wal.clone(),
+            r.archive_failed_count,
+        )
+    };
     match old {
         None => true,
         Some(old) => {
-            summary(old) != summary(new) || new.checked_at - old.checked_at >= REWRITE_AFTER
+            summary(old) != summary(new)
+                || (archives(new) && archiver(old) != archiver(new))
+                || new.checked_at - old.checked_at >= REWRITE_AFTER
         }
     }
 }
@@ -277,7 +293,7 @@ mod tests {
     fn a_report_reads_from_the_querys_json() {
         let out = r#"{"pg_wal_bytes" : 50331648, "max_wal_size_bytes" : 1073741824, "wal_keep_size_bytes" : 268435456,
             "oldest_segment_age_seconds" : 120, "inactive_slots" : [{"slot_name" : "leaked",
-            "retained_bytes" : 16777216}], "archive_mode" : "off", "archive_destination" : false,
+            "retained_bytes" : 16777216}], "archive_mode" : "off", "in_recovery" : false, "archive_destination" : false,
             "archive_ready" : 0, "last_archived_wal" : null, "last_archived_at" : null,
             "last_failed_wal" : null, "last_failed_at" : null, "archive_failed_count" : 0}"#;
         let r = parse(out, Utc::now()).unwrap();
@@ -312,5 +328,68 @@ mod tests {
         };
         assert_eq!(warnings(&full)[0].level, WarningLevel::Critical);
         assert!(worth_writing(Some(&ok), &full), "a warning appeared");
+    }
+
+    #[test]
+    fn an_archiver_that_moved_is_written_while_archiving_is_on() {
+        let t0 = Utc::now();
+        let archiving = WalReport {
+            checked_at: t0,
+            pg_wal_bytes: 1,
+            max_wal_size_bytes: 100,
+            archive_mode: "on".into(),
+            archive_destination: true,
+            last_archived_wal: Some("000000010000000000000006".into()),
+            last_archived_at: Some(t0),
+            ..WalReport::default()
+        };
+        let next = |changes: fn(&mut WalReport)| {
+            let mut r = WalReport {
+                checked_at: t0 + chrono::TimeDelta::minutes(1),
+                ..archiving.clone()
+            };
+            changes(&mut r);
+            r
+        };
+        assert!(
+            !worth_writing(Some(&archiving), &next(|r| r.archive_ready = 3)),
+            "only the backlog moved"
+        );
+        assert!(
+            worth_writing(
+                Some(&archiving),
+                &next(|r| r.last_archived_wal = Some("000000010000000000000007".into()))
+            ),
+            "a segment archived"
+        );
+        // A second failure of the same segment: the warning was there already.
+        let failed = next(|r| {
+            r.last_failed_wal = Some("000000010000000000000007".into());
+            r.last_failed_at = Some(r.checked_at);
+            r.archive_failed_count = 1;
+        });
+        let again = WalReport {
+            archive_failed_count: 2,
+            checked_at: failed.checked_at + chrono::TimeDelta::minutes(1),
+            ..failed.clone()
+        };
+        assert_eq!(summary_codes(&failed), summary_codes(&again));
+        assert!(worth_writing(Some(&failed), &again), "one more failure");
+
+        // Archiving off: pg_stat_archiver's leftovers moving (a reset) write nothing.
+        let off = WalReport {
+            archive_mode: "off".into(),
+            ..archiving.clone()
+        };
+        let reset = WalReport {
+            last_archived_wal: None,
+            checked_at: t0 + chrono::TimeDelta::minutes(1),
+            ..off.clone()
+        };
+        assert!(!worth_writing(Some(&off), &reset));
+    }
+
+    fn summary_codes(r: &WalReport) -> Vec<String> {
+        warnings(r).into_iter().map(|w| w.code).collect()
     }
 }
