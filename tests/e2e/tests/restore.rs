@@ -201,11 +201,17 @@ async fn restores_in_place_to_a_time_and_into_new_databases() {
     let answer = fleet.database(&db).await.to_string();
     assert!(!answer.contains(&s3.secret_key) && !answer.contains(&s3.access_key));
 
+    // The restore ended with a full backup of the new timeline: the older incremental one
+    // lies on the abandoned timeline, and pgBackRest would refuse to restore the latest
+    // point of the new one from it.
+    let list = fleet.get(&format!("/v1/databases/{db}/nodes/n1/backups")).await;
+    let newest = list["backups"].as_array().and_then(|b| b.last()).cloned();
+    let newest = newest.expect("backups listed");
+    assert_eq!(newest["type"], "full", "{list}");
+    assert_eq!(newest["annotations"]["berth"], "after-restore", "{list}");
+
     // A new database from the source's backups, the latest point: every row, in a database
-    // of its own name; the source keeps running. A full backup first, as after any restore
-    // to a target: the older incremental one lies on the abandoned timeline, and pgBackRest
-    // refuses to restore the latest point of the new one from it.
-    backup(&fleet, &db, "full").await;
+    // of its own name; the source keeps running.
     let copy = fleet.db_id("restore-copy");
     let mut copy_spec = spec("shop", &hosts[..1], &s3);
     copy_spec["restore_config"] = restore_config(&db, json!({}));

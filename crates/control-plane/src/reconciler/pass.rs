@@ -449,6 +449,7 @@ impl Reconciler {
                 || pass.db.record.stopped_instances.contains(&r.instance_id)
         });
         let becomes_available = ready && pass.db.record.state != DatabaseState::Available;
+        self.backup_restored_nodes(&pass).await?;
         if pass.log.task_id().is_some() || becomes_available {
             // Without a request's task, this line opens a reconcile task: the state moves,
             // and automation should see why.

@@ -12,12 +12,14 @@
 //!
 //! The plans that follow rebuild the node as a new one: its Patroni keys are forgotten, its
 //! first instance bootstraps with `pgbackrest restore` and promotes at the target, and the
-//! others are cloned from it. The task completes when the database has converged.
+//! others are cloned from it. Once the database has converged, the task takes a full
+//! backup of each restored node that has a repository ([`Reconciler::backup_restored_nodes`]),
+//! then completes.
 
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use spec::backup::RestoreConfig;
+use spec::backup::{BackupType, RestoreConfig};
 use store::{DatabaseRecord, StoreError};
 
 use super::pass::Pass;
@@ -214,6 +216,81 @@ impl Reconciler {
                 fields(&[("node", node)]),
             )
             .await?;
+        Ok(())
+    }
+}
+
+impl Reconciler {
+    /// At the end of a `restore` task, or of the `create` task of a database that starts
+    /// from a backup: a full backup of each node that was restored and has a usable
+    /// repository, on its primary. Without it, the node's newest backups lie on the
+    /// timeline the restore abandoned (or, for a new database, there are none), and
+    /// pgBackRest cannot restore the new timeline's latest point from them. A backup that
+    /// fails is said in the task's log and does not fail the restore, which is done.
+    pub(super) async fn backup_restored_nodes(&self, pass: &Pass) -> Result<(), ReconcileError> {
+        let Some(task) = &pass.task else {
+            return Ok(());
+        };
+        let spec = &pass.db.spec;
+        let nodes: Vec<&str> = match task.task_type {
+            spec::TaskType::Restore => pass
+                .db
+                .record
+                .restored_nodes
+                .keys()
+                .map(String::as_str)
+                .collect(),
+            spec::TaskType::Create => spec
+                .nodes
+                .iter()
+                .filter(|n| crate::desired::node_restore(spec, n).is_some())
+                .map(|n| n.name.as_str())
+                .collect(),
+            _ => return Ok(()),
+        };
+        for node in nodes {
+            let Some(node_spec) = spec.nodes.iter().find(|n| n.name == node) else {
+                continue;
+            };
+            if crate::desired::node_backup_conf(&pass.db.record.id, spec, node_spec).is_none() {
+                continue;
+            }
+            let log_fields = fields(&[("node", node)]);
+            let Some(primary) = pass.patroni.get(node).and_then(|n| n.leader.clone()) else {
+                continue;
+            };
+            let Some(host) = pass.records.get(&primary).map(|r| r.host_id.clone()) else {
+                continue;
+            };
+            pass.log
+                .line(
+                    format!(
+                        "node {node}: a full backup of the restored data, so that its new \
+                         timeline can be restored"
+                    ),
+                    log_fields.clone(),
+                )
+                .await?;
+            let annotations = [("berth".to_string(), "after-restore".to_string())].into();
+            match self
+                .backup(pass, node, &primary, &host, BackupType::Full, &annotations)
+                .await
+            {
+                Ok(()) => {}
+                Err(e @ ReconcileError::Store(_)) => return Err(e),
+                Err(e) => {
+                    pass.log
+                        .line(
+                            format!(
+                                "node {node}: the full backup after the restore failed: {e}; \
+                                 take one before relying on point-in-time restores"
+                            ),
+                            log_fields,
+                        )
+                        .await?;
+                }
+            }
+        }
         Ok(())
     }
 }
