@@ -204,7 +204,9 @@ async fn restores_in_place_to_a_time_and_into_new_databases() {
     // The restore ended with a full backup of the new timeline: the older incremental one
     // lies on the abandoned timeline, and pgBackRest would refuse to restore the latest
     // point of the new one from it.
-    let list = fleet.get(&format!("/v1/databases/{db}/nodes/n1/backups")).await;
+    let list = fleet
+        .get(&format!("/v1/databases/{db}/nodes/n1/backups"))
+        .await;
     let newest = list["backups"].as_array().and_then(|b| b.last()).cloned();
     let newest = newest.expect("backups listed");
     assert_eq!(newest["type"], "full", "{list}");
