@@ -2,6 +2,7 @@
 //! timing; they fail only when the system under test does not work (then the table would be meaningless).
 
 mod api;
+mod backup;
 mod converge;
 mod engine_fleet;
 mod failover;
@@ -122,6 +123,13 @@ enum Bench {
         /// The data to fill n1 with first, in GiB.
         #[arg(long, default_value_t = 1.0)]
         gib: f64,
+    },
+    /// pgBackRest backup and restore throughput through berth (ADR 022, 025) for a database of about a GB on
+    /// one node, to an S3 server on the machine, beside pg_basebackup and a tar of the data directory.
+    Backup {
+        /// Rows of the table filled first, about 228 bytes each (4,800,000: 1.1 GB).
+        #[arg(long, default_value_t = 4_800_000)]
+        rows: u64,
     },
     /// All four with their defaults, scaled by --scale and --rounds.
     All {
@@ -249,6 +257,7 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
                 .await?
                 .print()
         }
+        Bench::Backup { rows } => backup::run(backup::BackupOptions { rows }).await?.print(),
         Bench::All { rounds, scale } => {
             converge::run(rounds).await?.print();
             api::run(api::ApiOptions {

@@ -33,7 +33,15 @@ fn product_bin_dir() -> Option<PathBuf> {
 
 /// Builds the release binaries the benchmarks start (a no-op when they are current).
 pub fn build_binaries() -> Result<()> {
-    let mut args = vec!["build", "--release", "--bin", "berth-hollow-agent"];
+    // The simulated agent and the S3 server are the benchmarks' own tools, always from this workspace.
+    let mut args = vec![
+        "build",
+        "--release",
+        "--bin",
+        "berth-hollow-agent",
+        "--bin",
+        "berth-s3-server",
+    ];
     if product_bin_dir().is_none() {
         // The CLI with the fleet's binaries, in one build: built alone it would unify features differently
         // and each build would undo the other's.
@@ -78,7 +86,7 @@ pub fn build_binaries() -> Result<()> {
 
 pub fn binary(name: &str) -> PathBuf {
     match product_bin_dir() {
-        Some(dir) if name != "berth-hollow-agent" => dir.join(name),
+        Some(dir) if !matches!(name, "berth-hollow-agent" | "berth-s3-server") => dir.join(name),
         _ => target_dir().join("release").join(name),
     }
 }
