@@ -23,8 +23,18 @@ pub(super) const MANAGED_REPOSITORY_OPTIONS: &[&str] = &[
     "retention-full-type",
 ];
 /// Restore options that say where to restore from or to, which berth decides from
-/// `repository` and the node.
-pub(super) const MANAGED_RESTORE_OPTIONS: &[&str] = &["repo", "stanza", "config", "pg1-path"];
+/// `repository` and the node, and those that would change the restored node's recovery or
+/// archiving behind berth's back (ADR 025): `archive-mode` (`off` stops the node archiving
+/// for good) and `recovery-option` (a `recovery_target_action` or `restore_command` of its
+/// own).
+pub(super) const MANAGED_RESTORE_OPTIONS: &[&str] = &[
+    "repo",
+    "stanza",
+    "config",
+    "pg1-path",
+    "archive-mode",
+    "recovery-option",
+];
 /// Restore types that read a `target`.
 const TARGET_TYPES: &[&str] = &["time", "xid", "name", "lsn"];
 
@@ -153,6 +163,14 @@ pub(super) fn check_restore_target(options: &BTreeMap<String, String>, path: &st
 }
 
 fn check_target(restore_type: &str, target: &str) -> Result<(), String> {
+    if restore_type == "time"
+        && let Ok(at) = chrono::DateTime::parse_from_rfc3339(target)
+        && at > chrono::Utc::now()
+    {
+        // Recovery would end at the end of the archive short of it: Postgres refuses to
+        // start then, and nothing good follows.
+        return Err("is in the future: no WAL reaches it".into());
+    }
     let ok = match restore_type {
         "time" => chrono::DateTime::parse_from_rfc3339(target).is_ok(),
         "lsn" => target.split_once('/').is_some_and(|(hi, lo)| {
