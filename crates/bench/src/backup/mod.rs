@@ -447,7 +447,8 @@ impl BackupReport {
         table.note(format!(
             "database `app`: {:.2} GB (`pg_database_size`), table big {:.2} GB with {} rows of 192 hex characters, \
              filled by one CREATE TABLE AS in {:.1} s; its WAL archived {:.1} s after the fill (a checkpoint, \
-             then waiting for `pg_stat_archiver`), before anything was measured",
+             then waiting until no segment was `.ready`), before anything was measured; the tar includes \
+             pg_wal (the segments kept for `max_wal_size`), pg_basebackup only the WAL of its own span",
             self.database_bytes as f64 / 1e9,
             self.table_bytes as f64 / 1e9,
             self.options.rows,
