@@ -177,6 +177,35 @@ pub fn render_restore_conf(node: &str, source: &RestoreSource, pg: &PgLocal) -> 
     out
 }
 
+/// pgBackRest's repository options that hold credentials (its "secure" options), without
+/// the `repoN-` prefix.
+const SECRET_OPTIONS: &[&str] = &[
+    "s3-key",
+    "s3-key-secret",
+    "s3-token",
+    "cipher-pass",
+    "azure-key",
+    "sftp-private-key-passphrase",
+];
+
+/// The credentials `conf` (a rendered `pgbackrest.conf`) holds: the values of its
+/// `repoN-s3-key`, `repoN-s3-key-secret` and other secret options, so that what a command
+/// run with it prints can be masked before it is logged or returned.
+pub fn secrets(conf: &str) -> Vec<String> {
+    conf.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(key, value)| {
+            !value.is_empty()
+                && key
+                    .strip_prefix("repo")
+                    .map(|k| k.trim_start_matches(|c: char| c.is_ascii_digit()))
+                    .and_then(|k| k.strip_prefix('-'))
+                    .is_some_and(|k| SECRET_OPTIONS.contains(&k))
+        })
+        .map(|(_, value)| value.to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +293,21 @@ mod tests {
                 "pg1-port=5432",
                 "pg1-user=postgres",
             ]
+        );
+    }
+
+    #[test]
+    fn the_secrets_of_a_conf_are_its_keys() {
+        let conf = render_conf("db1", "n1", &[s3("main")], &PG).unwrap();
+        assert_eq!(secrets(&conf), ["AKIA", "s3cr3t"]);
+        let mut auto = s3("main");
+        auto.s3_key = None;
+        auto.s3_key_secret = None;
+        let conf = render_conf("db1", "n1", &[auto], &PG).unwrap();
+        assert!(secrets(&conf).is_empty(), "{conf}");
+        assert_eq!(
+            secrets("repo2-cipher-pass=x\nrepo12-s3-token=t\nrepo1-path=/p\n"),
+            ["x", "t"]
         );
     }
 

@@ -149,6 +149,41 @@ pub fn info_argv(conf_path: &str) -> Vec<String> {
     argv
 }
 
+/// The script of [`info_argv_conf_on_stdin`]. `$0` is the directory of the temporary file,
+/// `$@` the command, whose `--config=` word is replaced by the file's path. The traps remove
+/// the file however the shell ends, short of SIGKILL.
+const CONF_ON_STDIN_SCRIPT: &str = r#"umask 077
+f=$(mktemp "$0/pgbackrest-conf.XXXXXXXX") || exit 1
+trap 'rm -f "$f"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+cat > "$f" || exit 1
+for a do
+  shift
+  case $a in --config=*) a="--config=$f" ;; esac
+  set -- "$@" "$a"
+done
+"$@"
+exit $?"#;
+
+/// [`info_argv`] with a config that is not in the container: one `sh -c` that writes its
+/// stdin (the whole `pgbackrest.conf`, keys included) into a new private file in `dir`
+/// (mode 0600, `mktemp`), runs `pgbackrest --config=<file> --stanza=db --output=json info`
+/// with it, removes the file whatever happened, and exits with `info`'s status (1 when the
+/// file could not be made). The keys travel on stdin only: never in an argv that `ps`
+/// shows.
+pub fn info_argv_conf_on_stdin(dir: &str) -> Vec<String> {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        CONF_ON_STDIN_SCRIPT.to_string(),
+        dir.to_string(),
+    ];
+    argv.extend(info_argv("(stdin)"));
+    argv
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +219,90 @@ mod tests {
         assert_eq!(info_argv(conf)[3..], ["--output=json", "info"]);
         assert_eq!(BackupType::parse("diff"), Some(BackupType::Diff));
         assert_eq!(BackupType::parse("differential"), None);
+    }
+
+    /// A directory removed when dropped.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Runs [`info_argv_conf_on_stdin`] with `sh`, and a `pgbackrest` on `PATH` that prints
+    /// its argv, its config's mode and content, then exits with `status`.
+    fn run_conf_on_stdin(status: i32) -> (std::process::Output, TempDir) {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = TempDir(std::env::temp_dir().join(format!(
+            "pgbackrest-conf-on-stdin-{}-{status}",
+            std::process::id()
+        )));
+        let bin = tmp.path().join("bin");
+        let dir = tmp.path().join("run");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = bin.join("pgbackrest");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\"\nconf=${{1#--config=}}\n\
+                 stat -c %a \"$conf\"\ncat \"$conf\"\nexit {status}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let argv = info_argv_conf_on_stdin(dir.to_str().unwrap());
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("PATH", path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"[global]\nrepo1-s3-key-secret=s3cr3t\n")
+            .unwrap();
+        (child.wait_with_output().unwrap(), tmp)
+    }
+
+    #[test]
+    fn info_reads_its_config_from_stdin_through_a_private_file_it_removes() {
+        let (out, tmp) = run_conf_on_stdin(0);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        let conf = lines[0].strip_prefix("--config=").unwrap();
+        assert!(
+            conf.starts_with(&format!("{}/", tmp.path().join("run").display())),
+            "{conf}"
+        );
+        assert_eq!(lines[..4], info_argv(conf)[1..]);
+        assert_eq!(lines[4], "600");
+        assert_eq!(lines[5..], ["[global]", "repo1-s3-key-secret=s3cr3t"]);
+        let argv = info_argv_conf_on_stdin("/run");
+        assert!(!argv.iter().any(|w| w.contains("s3cr3t")));
+        let left = std::fs::read_dir(tmp.path().join("run")).unwrap().count();
+        assert_eq!(left, 0, "the config is removed");
+    }
+
+    #[test]
+    fn info_through_stdin_exits_with_infos_status_and_still_removes_the_config() {
+        let (out, tmp) = run_conf_on_stdin(56);
+        assert_eq!(out.status.code(), Some(56));
+        let left = std::fs::read_dir(tmp.path().join("run")).unwrap().count();
+        assert_eq!(left, 0, "the config is removed");
     }
 
     #[test]

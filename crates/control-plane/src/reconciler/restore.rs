@@ -29,8 +29,6 @@ use crate::patroni::config::RUN_DIR;
 
 /// What `pgbackrest info` may take against a repository.
 const INFO_TIMEOUT: Duration = Duration::from_secs(120);
-/// What writing or removing a small file in a container may take.
-const FILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Reconciler {
     /// Rebuilds `nodes` from `config`'s backup; returns the record to store, with the
@@ -152,42 +150,21 @@ impl Reconciler {
                      restored"
                 ))
             })?;
-        let task = pass.log.task_id().unwrap_or_default();
-        let path = format!("{RUN_DIR}/restore-check-{task}.conf");
-        let sh = |script: &str| vec!["sh".to_string(), "-c".into(), script.into(), path.clone()];
-        self.exec_postgres(
-            &on.host_id,
-            &on.instance_id,
-            sh("umask 077 && cat > \"$0\""),
-            conf.as_bytes(),
-            FILE_TIMEOUT,
-            "writing the restore's pgBackRest config",
-            &[],
-        )
-        .await?;
+        // The config holds the repository's keys: it goes on stdin, into a private file
+        // that the same shell removes.
+        let secrets = pgbackrest::conf::secrets(&conf);
         let listed = self
             .exec_postgres(
                 &on.host_id,
                 &on.instance_id,
-                pgbackrest::info_argv(&path),
-                &[],
+                pgbackrest::info_argv_conf_on_stdin(RUN_DIR),
+                conf.as_bytes(),
                 INFO_TIMEOUT,
                 "pgbackrest info of the restore's source",
-                &[],
+                &secrets,
             )
-            .await;
-        // The file holds keys: removed whatever info said.
-        self.exec_postgres(
-            &on.host_id,
-            &on.instance_id,
-            sh("rm -f \"$0\""),
-            &[],
-            FILE_TIMEOUT,
-            "removing the restore's pgBackRest config",
-            &[],
-        )
-        .await?;
-        let backups = pgbackrest::parse_info(&String::from_utf8_lossy(&listed?))
+            .await?;
+        let backups = pgbackrest::parse_info(&String::from_utf8_lossy(&listed))
             .map_err(|e| ReconcileError::Step(e.to_string()))?;
         let source = format!(
             "node {} of database {}",
