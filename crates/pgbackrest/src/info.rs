@@ -4,8 +4,11 @@
 //! `label`, `type`, `timestamp.start`/`stop` (Unix seconds), `info.size` (the database's
 //! bytes), `info.repository.size` (bytes stored, compressed), `archive.start`/`stop` (the
 //! first and last WAL segment the backup needs), `lsn.start`/`stop`, `database.repo-key`
-//! (the repository's number), `annotation` (an object, when set) and `error`. Fields this
-//! module does not know are ignored: the format grows between versions.
+//! (the repository's number), `annotation` (an object, when set) and `error`. The stanza's
+//! `status` (`code`, `message`) and each repository's (`repo[].status`) say whether
+//! pgBackRest could read the repositories at all ([`StatusCode`]): `info` prints them and
+//! exits 0 when a repository refuses its credentials. Fields this module does not know are
+//! ignored: the format grows between versions.
 
 use std::collections::BTreeMap;
 
@@ -54,18 +57,173 @@ pub enum InfoError {
     Missing { label: String, field: &'static str },
 }
 
+/// pgBackRest's status of a stanza (`status.code`), overall or in one repository
+/// (`repo[].status.code`): the codes of pgBackRest's `info` command (`command/info/info.c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCode {
+    /// 0, `ok`: the stanza has backups.
+    Ok,
+    /// 1, `missing stanza path`: nothing was ever written at the repository's path.
+    MissingStanzaPath,
+    /// 2, `no valid backups`: the stanza exists and has no backup.
+    NoValidBackups,
+    /// 3, `missing stanza data`: the stanza's directory has no `backup.info`.
+    MissingStanzaData,
+    /// 4, `different across repos`: the repositories' statuses differ (overall only).
+    Mixed,
+    /// 5, `database mismatch across repos` (overall only).
+    DatabaseMismatch,
+    /// 6, `requested backup not found` (with `--set` only).
+    BackupMissing,
+    /// 99: any other error, such as a repository that refused the credentials or could not
+    /// be reached; the repository's `message` says which (`[ErrorType] text`), the overall
+    /// one only `other`.
+    Other,
+    /// A code this module does not know.
+    Unknown(i64),
+}
+
+impl StatusCode {
+    fn from_code(code: i64) -> StatusCode {
+        match code {
+            0 => StatusCode::Ok,
+            1 => StatusCode::MissingStanzaPath,
+            2 => StatusCode::NoValidBackups,
+            3 => StatusCode::MissingStanzaData,
+            4 => StatusCode::Mixed,
+            5 => StatusCode::DatabaseMismatch,
+            6 => StatusCode::BackupMissing,
+            99 => StatusCode::Other,
+            n => StatusCode::Unknown(n),
+        }
+    }
+
+    /// The repository was read: it has backups, or there is no stanza (or no backup) at its
+    /// path. Any other code means pgBackRest could not say what the repository holds.
+    pub fn was_read(self) -> bool {
+        matches!(
+            self,
+            StatusCode::Ok
+                | StatusCode::MissingStanzaPath
+                | StatusCode::NoValidBackups
+                | StatusCode::MissingStanzaData
+        )
+    }
+}
+
+/// A `status` object: its code and pgBackRest's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: StatusCode,
+    pub message: String,
+}
+
+/// The status of the stanza in one repository (`repo[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryStatus {
+    /// The repository's number in the config (`key`).
+    pub key: u32,
+    pub status: Status,
+}
+
+/// What `info` says of [`STANZA`]: its backups and whether it could read its repositories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StanzaInfo {
+    /// Oldest first.
+    pub backups: Vec<BackupInfo>,
+    /// The overall status; None when pgBackRest printed none.
+    pub status: Option<Status>,
+    /// The status in each repository, in the config's order.
+    pub repositories: Vec<RepositoryStatus>,
+}
+
+impl StanzaInfo {
+    /// Why pgBackRest could not read the stanza, in its own words: the messages of the
+    /// repositories whose status is not [`StatusCode::was_read`] (prefixed with `repoN: `
+    /// when several repositories were asked), or else the overall message when the overall
+    /// status is not one of those or [`StatusCode::Mixed`]. None when every repository was
+    /// read, whether or not it holds a backup. A message pgBackRest wrote on several lines
+    /// (an S3 error with its response) reads as one, its lines joined by ` | `.
+    pub fn unreadable(&self) -> Option<String> {
+        let several = self.repositories.len() > 1;
+        let failed: Vec<String> = self
+            .repositories
+            .iter()
+            .filter(|r| !r.status.code.was_read())
+            .map(|r| {
+                let message = one_line(&r.status.message);
+                if several {
+                    format!("repo{}: {message}", r.key)
+                } else {
+                    message
+                }
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Some(failed.join("; "));
+        }
+        self.status
+            .as_ref()
+            .filter(|s| !s.code.was_read() && s.code != StatusCode::Mixed)
+            .map(|s| one_line(&s.message))
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 #[derive(Deserialize)]
 struct Stanza {
     name: String,
     #[serde(default)]
     backup: Vec<serde_json::Value>,
+    #[serde(default)]
+    status: Option<RawStatus>,
+    #[serde(default)]
+    repo: Vec<RawRepository>,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+impl From<RawStatus> for Status {
+    fn from(s: RawStatus) -> Status {
+        Status {
+            code: StatusCode::from_code(s.code),
+            message: s.message,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRepository {
+    key: u32,
+    status: RawStatus,
 }
 
 /// The backups of [`STANZA`] in `out`, oldest first. A stanza that exists in no
-/// repository yet has none.
+/// repository yet has none; so has one whose repositories pgBackRest could not read
+/// ([`parse_stanza`] says which).
 ///
 /// Errors: `out` is not the JSON described in the module docs.
 pub fn parse_info(out: &str) -> Result<Vec<BackupInfo>, InfoError> {
+    Ok(parse_stanza(out)?.backups)
+}
+
+/// [`STANZA`] in `out`: its backups, oldest first, and its statuses.
+///
+/// Errors: `out` is not the JSON described in the module docs.
+pub fn parse_stanza(out: &str) -> Result<StanzaInfo, InfoError> {
     let stanzas: Vec<Stanza> = serde_json::from_str(out.trim())?;
     let stanza = stanzas
         .into_iter()
@@ -73,7 +231,18 @@ pub fn parse_info(out: &str) -> Result<Vec<BackupInfo>, InfoError> {
         .ok_or(InfoError::NoStanza)?;
     let mut backups: Vec<BackupInfo> = stanza.backup.iter().map(one).collect::<Result<_, _>>()?;
     backups.sort_by(|a, b| (a.started_at, &a.label).cmp(&(b.started_at, &b.label)));
-    Ok(backups)
+    Ok(StanzaInfo {
+        backups,
+        status: stanza.status.map(Status::from),
+        repositories: stanza
+            .repo
+            .into_iter()
+            .map(|r| RepositoryStatus {
+                key: r.key,
+                status: r.status.into(),
+            })
+            .collect(),
+    })
 }
 
 fn one(b: &serde_json::Value) -> Result<BackupInfo, InfoError> {
@@ -155,6 +324,73 @@ mod tests {
         assert_eq!(b[1].annotations["reason"], "nightly");
         assert_eq!(b[1].started_at.timestamp(), 1764558960);
         assert_eq!(b[1].repository, 1);
+    }
+
+    /// `info --stanza=db --output=json` of an S3 repository that refused the key, in the
+    /// shape of pgBackRest 2.45+ (the lock object gained `restore` in later versions).
+    const REFUSED: &str = r#"[{"archive":[],"backup":[],"cipher":"none","db":[],"name":"db",
+      "repo":[{"cipher":"none","key":1,"status":{"code":99,
+        "message":"[ProtocolError] HTTP request failed with 403 (Forbidden):\n*** Path/Query ***:\nGET /?delimiter=%2F&list-type=2&prefix=databases%2Fold%2Fmain%2Fn1%2Fbackup%2F\n*** Response Content ***:\n<Error><Code>InvalidAccessKeyId</Code><AWSAccessKeyId>AKIA</AWSAccessKeyId></Error>"}}],
+      "status":{"code":99,"lock":{"backup":{"held":false},"restore":{"held":false}},"message":"other"}}]"#;
+
+    #[test]
+    fn a_repository_pgbackrest_could_not_read_says_why_in_its_words() {
+        let stanza = parse_stanza(REFUSED).unwrap();
+        assert!(stanza.backups.is_empty());
+        assert_eq!(stanza.status.as_ref().unwrap().code, StatusCode::Other);
+        assert_eq!(stanza.repositories[0].key, 1);
+        assert_eq!(
+            stanza.unreadable().unwrap(),
+            "[ProtocolError] HTTP request failed with 403 (Forbidden): | *** Path/Query ***: | \
+             GET /?delimiter=%2F&list-type=2&prefix=databases%2Fold%2Fmain%2Fn1%2Fbackup%2F | \
+             *** Response Content ***: | <Error><Code>InvalidAccessKeyId</Code>\
+             <AWSAccessKeyId>AKIA</AWSAccessKeyId></Error>"
+        );
+    }
+
+    #[test]
+    fn a_stanza_without_backups_was_read() {
+        // pgBackRest's own test shapes (test/src/module/command/infoTest.c), named db.
+        for (code, message) in [
+            (1, "missing stanza path"),
+            (2, "no valid backups"),
+            (3, "missing stanza data"),
+        ] {
+            let out = format!(
+                r#"[{{"archive":[],"backup":[],"cipher":"none","db":[],"name":"db",
+                  "repo":[{{"cipher":"none","key":1,"status":{{"code":{code},"message":"{message}"}}}}],
+                  "status":{{"code":{code},"lock":{{"backup":{{"held":false}}}},"message":"{message}"}}}}]"#
+            );
+            let stanza = parse_stanza(&out).unwrap();
+            assert!(stanza.status.as_ref().unwrap().code.was_read(), "{code}");
+            assert_eq!(stanza.unreadable(), None, "{code}");
+        }
+        assert_eq!(parse_stanza(OUT).unwrap().unreadable(), None);
+    }
+
+    #[test]
+    fn of_several_repositories_the_ones_not_read_are_named() {
+        let out = r#"[{"backup":[],"name":"db","repo":[
+            {"cipher":"none","key":1,"status":{"code":2,"message":"no valid backups"}},
+            {"cipher":"none","key":3,"status":{"code":99,"message":"[HostConnectError] unable to connect"}}],
+          "status":{"code":4,"lock":{"backup":{"held":false}},"message":"different across repos"}}]"#;
+        assert_eq!(
+            parse_stanza(out).unwrap().unreadable().unwrap(),
+            "repo3: [HostConnectError] unable to connect"
+        );
+        // Mixed, but every repository was read.
+        let read = out.replace(
+            r#""code":99,"message":"[HostConnectError] unable to connect""#,
+            r#""code":0,"message":"ok""#,
+        );
+        assert_eq!(parse_stanza(&read).unwrap().unreadable(), None);
+        // An overall status no repository explains.
+        let mismatch = r#"[{"backup":[],"name":"db","repo":[],
+          "status":{"code":5,"message":"database mismatch across repos"}}]"#;
+        assert_eq!(
+            parse_stanza(mismatch).unwrap().unreadable().unwrap(),
+            "database mismatch across repos"
+        );
     }
 
     #[test]

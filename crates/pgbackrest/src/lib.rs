@@ -13,7 +13,10 @@ pub mod info;
 use std::collections::BTreeMap;
 
 pub use conf::{PgLocal, RestoreSource, render_conf, render_restore_conf, repository_path};
-pub use info::{BackupInfo, InfoError, parse_info};
+pub use info::{
+    BackupInfo, InfoError, RepositoryStatus, StanzaInfo, Status, StatusCode, parse_info,
+    parse_stanza,
+};
 
 /// The stanza of every node: each node has its own repository paths, so one name serves
 /// (the reference control plane's `db`).

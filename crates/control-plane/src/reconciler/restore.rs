@@ -163,9 +163,27 @@ impl Reconciler {
                 "pgbackrest info of the restore's source",
                 &secrets,
             )
-            .await?;
-        let backups = pgbackrest::parse_info(&String::from_utf8_lossy(&listed))
-            .map_err(|e| ReconcileError::Step(e.to_string()))?;
+            .await
+            .map_err(|e| match e {
+                ReconcileError::Step(why) => {
+                    ReconcileError::Step(format!("{why}; nothing was restored"))
+                }
+                e => e,
+            })?;
+        let stanza = pgbackrest::parse_stanza(&String::from_utf8_lossy(&listed))
+            .map_err(|e| ReconcileError::Step(format!("{e}; nothing was restored")))?;
+        // A repository that refused the keys or could not be reached lists no backup either:
+        // said as pgBackRest says it, not as an empty repository.
+        if let Some(why) = stanza.unreadable() {
+            let why = secrets
+                .iter()
+                .filter(|s| !s.is_empty())
+                .fold(why, |why, s| why.replace(s.as_str(), "***"));
+            return Err(ReconcileError::Step(format!(
+                "pgBackRest cannot read the restore's repository: {why}; nothing was restored"
+            )));
+        }
+        let backups = stanza.backups;
         let source = format!(
             "node {} of database {}",
             config.source_node_name, config.source_database_id
