@@ -5,27 +5,20 @@
 //! networks still reach the machine's addresses; the fleet's gateway on its bridge for
 //! [`Fleet::start_engine_per_host`], which every host's namespace routes to.
 //!
-//! pgBackRest speaks only HTTPS to S3, so the server gets a certificate made here for that
-//! address. It is self-signed and the Postgres image trusts no test CA, so pgBackRest must
+//! pgBackRest speaks only HTTPS to S3, so the server gets a certificate for that address
+//! ([`s3_server::Launch`] makes it). It is self-signed and the Postgres image trusts no test CA, so pgBackRest must
 //! be told not to verify it: `storage-verify-tls=n` in the repository's custom options (and
 //! `s3-uri-style=path`, since the endpoint is an address, not a domain with buckets as
 //! subdomains). [`S3Server::repository`] and [`S3Server::pgbackrest_env`] include both.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::{Fleet, binary, dcs_address};
 
-/// How long the server gets to bind and say so: it only reads two small files first.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One `berth-s3-server` with one bucket, started by [`Fleet::start_s3`]. Killed on drop,
-/// its data removed with it.
+/// One `berth-s3-server` with one bucket, started by [`Fleet::start_s3`] through
+/// [`s3_server::Launch`]. Killed on drop, its data removed with it.
 pub struct S3Server {
     /// `IP:PORT` where containers on the fleet's hosts reach it (berth's `s3_endpoint`;
     /// pgBackRest's `repo1-s3-endpoint` is the IP, `repo1-storage-port` the port).
@@ -47,8 +40,7 @@ pub struct S3Server {
     pub root: PathBuf,
     /// The certificate the server presents (PEM), self-signed for `ip`.
     pub cert_pem: String,
-    child: Child,
-    dir: tempfile::TempDir,
+    server: s3_server::Running,
 }
 
 /// The region [`Fleet::start_s3`] gives its server: not AWS's default `us-east-1`, so that a
@@ -70,73 +62,27 @@ impl Fleet {
 
     /// Like [`Fleet::start_s3`] with another bucket name and region.
     pub fn start_s3_with(&self, bucket: &str, region: &str) -> S3Server {
-        let ip = dcs_address(self.net.as_ref());
-        let dir = tempfile::Builder::new()
-            .prefix("berth-e2e-s3-")
-            .tempdir()
-            .expect("temp dir");
-        let cert = rcgen::generate_simple_self_signed(vec![ip.to_string()])
-            .expect("a self-signed certificate");
-        let cert_pem = cert.cert.pem();
-        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert_file, &cert_pem).expect("write the certificate");
-        std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("write the key");
-        let root = dir.path().join("data");
-        let log = dir.path().join("s3-server.log");
-        let access_key = format!("berth-e2e-{:08x}", rand::random::<u32>());
-        let secret_key = format!("{:032x}", rand::random::<u128>());
-
-        let mut child = Command::new(binary("berth-s3-server"))
-            .arg(format!("--root={}", root.display()))
-            .arg(format!("--listen={ip}:0"))
-            .arg(format!("--cert={}", cert_file.display()))
-            .arg(format!("--key={}", key_file.display()))
-            .arg(format!("--access-key={access_key}"))
-            .arg(format!("--region={region}"))
-            .arg(format!("--bucket={bucket}"))
-            // Never an argument: arguments show in `ps`.
-            .env("BERTH_S3_SECRET_KEY", &secret_key)
-            .env("BERTH_LOG", "info,rustls=error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start berth-s3-server");
-
-        // Read the one line it prints once bound, on a thread so that a server that hangs
-        // fails the test instead of blocking it.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-        let Some(bound) = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "berth-s3-server did not start (stdout {line:?}); its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
+        let server = s3_server::Launch {
+            binary: &binary("berth-s3-server"),
+            ip: dcs_address(self.net.as_ref()),
+            bucket,
+            region,
+            prefix: "berth-e2e",
+            log_filter: "info,rustls=error",
+        }
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
         S3Server {
-            endpoint: bound.to_string(),
-            ip: bound.ip(),
-            port: bound.port(),
+            endpoint: server.addr.to_string(),
+            ip: server.addr.ip(),
+            port: server.addr.port(),
             bucket: bucket.to_string(),
             region: region.to_string(),
-            access_key,
-            secret_key,
-            root,
-            cert_pem,
-            child,
-            dir,
+            access_key: server.access_key.clone(),
+            secret_key: server.secret_key.clone(),
+            root: server.root.clone(),
+            cert_pem: server.cert_pem.clone(),
+            server,
         }
     }
 }
@@ -190,13 +136,6 @@ impl S3Server {
 
     /// The server's log so far (requests at `info`, errors at `warn`).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("s3-server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.log()
     }
 }

@@ -12,7 +12,8 @@
 //! Once bound it prints exactly one line, `listening on ADDR:PORT`, to stdout (with port 0
 //! the parent learns the chosen port from it); logs go to stderr (`BERTH_LOG`, default
 //! `warn,rustls=error`: pgBackRest sends the endpoint IP as SNI, which rustls warns of on
-//! every connection). It serves until SIGTERM or SIGINT.
+//! every connection). It serves until SIGTERM or SIGINT. Tests and benchmarks start it
+//! through this package's library (`s3_server::Launch`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,10 +31,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 
-mod access;
+use s3_server::SECRET_ENV;
 
-/// The environment variable the secret key is read from.
-const SECRET_ENV: &str = "BERTH_S3_SECRET_KEY";
+mod access;
 
 #[derive(Debug, Parser)]
 #[command(about = "s3s-fs over HTTPS, for tests")]
