@@ -316,8 +316,10 @@ const NO_PRIMARY_RESTORE_TYPES: [&str; 2] = ["standby", "preserve"];
 /// instances cannot use (an id that is not one of the node's repositories, a `posix` one)
 /// or a restore that would leave no primary (`type` `standby` or `preserve`, a
 /// `target-action` other than `promote`); a 409 for a database of several nodes (their
-/// pglogical replication is not rebuilt yet) and for a node with no running instance to
-/// check the backup on.
+/// pglogical replication is not rebuilt yet). A node with no running instance is restored
+/// all the same (a node whose instances all fail is what a restore is for): the task checks
+/// the backup first on a running instance when the node has one, and otherwise says in its
+/// log that the node's first instance checks it as it restores.
 pub(crate) fn restore(f: &Facts, request: RestoreRequest) -> Result<Operation, Refusal> {
     let spec = &f.db.spec;
     let nodes: Vec<String> = if request.target_nodes.is_empty() {
@@ -325,9 +327,8 @@ pub(crate) fn restore(f: &Facts, request: RestoreRequest) -> Result<Operation, R
     } else {
         request.target_nodes.clone()
     };
-    let mut keys = Vec::new();
     for node in &nodes {
-        keys.push((node, f.node(node)?));
+        f.node(node)?;
     }
     if spec.nodes.len() > 1 {
         return Err(not_possible(
@@ -358,7 +359,7 @@ pub(crate) fn restore(f: &Facts, request: RestoreRequest) -> Result<Operation, R
             format!("a restored node must come up as a primary: only promote, not {action}"),
         ));
     }
-    for (node, keys) in keys {
+    for node in &nodes {
         let node_spec = spec
             .nodes
             .iter()
@@ -385,15 +386,6 @@ pub(crate) fn restore(f: &Facts, request: RestoreRequest) -> Result<Operation, R
                 ));
             }
             Some(_) => {}
-        }
-        if f.running(node, keys).is_empty() {
-            return Err(not_possible(
-                "target_nodes",
-                format!(
-                    "node {node} has no running instance to check the backup on before its \
-                     data is replaced"
-                ),
-            ));
         }
     }
     Ok(Operation::Restore {

@@ -1,9 +1,12 @@
 //! Carrying out a restore in place (ADR 025): each target node is rebuilt from a backup.
 //!
 //! 1. The backup is checked first, on a running instance of the node, with the very
-//!    `pgbackrest-restore.conf` the node will restore from: the source must have a backup,
-//!    and for a restore to a time, one that ended before that time. Otherwise the task fails
-//!    and nothing was changed.
+//!    `pgbackrest-restore.conf` the node will restore from: pgBackRest must be able to read
+//!    the repository, the source must have a backup, and for a restore to a time, one that
+//!    ended before that time. Otherwise the task fails and nothing was changed. A node with
+//!    no running instance (all of them failing, which is when a restore is needed) is not
+//!    checked: the task log says so, and `pgbackrest restore` itself fails on the node's
+//!    first instance if the backup is not there.
 //! 2. The record names the node's new source (`restored_nodes`) before anything is removed,
 //!    so that from then on every instance the planner creates for the node restores instead
 //!    of running `initdb`, whatever happens to this control plane.
@@ -110,7 +113,12 @@ impl Reconciler {
         Ok(record)
     }
 
-    /// Checks on a running instance of `node` that `config` names a backup it can restore.
+    /// Checks on a running instance of `node` that `config` names a backup it can restore;
+    /// with no running instance, says so in the task's log and checks nothing.
+    ///
+    /// Errors (the task fails, nothing was restored): the node cannot use the restore's
+    /// repository, `pgbackrest info` fails or pgBackRest cannot read the repository (its
+    /// message, keys masked), or no backup fits.
     async fn check_backup(
         &self,
         pass: &Pass,
@@ -143,13 +151,21 @@ impl Reconciler {
             .records
             .values()
             .filter(|r| r.kind.node() == Some(node) && running(&r.instance_id))
-            .max_by_key(|r| Some(r.instance_id.as_str()) == leader.as_deref())
-            .ok_or_else(|| {
-                ReconcileError::Step(format!(
-                    "node {node} has no running instance to check the backup on; nothing was \
-                     restored"
-                ))
-            })?;
+            .max_by_key(|r| Some(r.instance_id.as_str()) == leader.as_deref());
+        let Some(on) = on else {
+            // A node whose instances all fail is what a restore is for; pgBackRest checks the
+            // backup anyway when the node's first instance restores from it.
+            pass.log
+                .line(
+                    format!(
+                        "node {node} has no running instance to check the backup on: its first \
+                         instance checks it as it restores"
+                    ),
+                    fields(&[("node", node)]),
+                )
+                .await?;
+            return Ok(());
+        };
         // The config holds the repository's keys: it goes on stdin, into a private file
         // that the same shell removes.
         let secrets = pgbackrest::conf::secrets(&conf);
