@@ -1,18 +1,20 @@
 //! pgBackRest as berth runs it (ADR 022), without I/O: the `pgbackrest.conf` of a node's
 //! Postgres instances from the node's `backup_config` ([`conf`]), the commands the
-//! instances and the control plane run ([`archive_command`], [`backup_argv`], ...), and the
-//! backups `pgbackrest info` reports ([`info`]).
+//! instances and the control plane run ([`archive_command`], [`backup_argv`], ...), the
+//! backups `pgbackrest info` reports ([`info`]), and what its errors say ([`errors`]).
 //!
 //! Every instance of a node has the same file: a node is one pgBackRest stanza, [`STANZA`],
 //! with one path per repository ([`repository_path`]), so backups and archived WAL of a node
 //! outlive whichever instance is its primary, and the database itself.
 
 pub mod conf;
+pub mod errors;
 pub mod info;
 
 use std::collections::BTreeMap;
 
 pub use conf::{PgLocal, RestoreSource, render_conf, render_restore_conf, repository_path};
+pub use errors::{LOCK_ACQUIRE_ERROR, error_codes, is_lock_collision};
 pub use info::{
     BackupInfo, InfoError, RepositoryStatus, StanzaInfo, Status, StatusCode, parse_info,
     parse_stanza,

@@ -21,6 +21,7 @@
 
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use spec::backup::{BackupType, RestoreConfig};
 use store::{DatabaseRecord, StoreError};
@@ -32,6 +33,10 @@ use crate::patroni::config::RUN_DIR;
 
 /// What `pgbackrest info` may take against a repository.
 const INFO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many times the full backup after a restore is tried when it meets another pgBackRest
+/// command's lock ([`pgbackrest::is_lock_collision`]), delays from [`crate::retry::policy`]
+/// between them.
+const LOCK_ATTEMPTS: usize = 5;
 
 impl Reconciler {
     /// Rebuilds `nodes` from `config`'s backup; returns the record to store, with the
@@ -237,7 +242,10 @@ impl Reconciler {
     /// repository, on its primary. Without it, the node's newest backups lie on the
     /// timeline the restore abandoned (or, for a new database, there are none), and
     /// pgBackRest cannot restore the new timeline's latest point from them. A backup that
-    /// fails is said in the task's log and does not fail the restore, which is done.
+    /// meets another pgBackRest command's lock (the new primary's `archive-push`) is tried
+    /// again, up to [`LOCK_ATTEMPTS`] times, each retry said in the task's log. A backup that
+    /// fails otherwise, or still meets the lock, is said in the task's log and does not
+    /// fail the restore, which is done.
     pub(super) async fn backup_restored_nodes(&self, pass: &Pass) -> Result<(), ReconcileError> {
         let Some(task) = &pass.task else {
             return Ok(());
@@ -283,10 +291,40 @@ impl Reconciler {
                 )
                 .await?;
             let annotations = [("berth".to_string(), "after-restore".to_string())].into();
-            match self
-                .backup(pass, node, &primary, &host, BackupType::Full, &annotations)
-                .await
-            {
+            let mut delays = crate::retry::policy()
+                .with_max_times(LOCK_ATTEMPTS - 1)
+                .build();
+            let mut attempt = 1;
+            let outcome = loop {
+                let outcome = self
+                    .backup(pass, node, &primary, &host, BackupType::Full, &annotations)
+                    .await;
+                // The restored primary archives its new timeline meanwhile: its archive-push
+                // may hold the stanza's lock when the backup asks for it, and is done soon.
+                let delay = match &outcome {
+                    Err(ReconcileError::Step(why)) if pgbackrest::is_lock_collision(why) => {
+                        delays.next().map(|delay| (delay, why))
+                    }
+                    _ => None,
+                };
+                let Some((delay, why)) = delay else {
+                    break outcome;
+                };
+                attempt += 1;
+                pass.log
+                    .line(
+                        format!(
+                            "node {node}: the full backup met another pgBackRest command's lock \
+                             ({why}); trying again in {:.1} s (attempt {attempt} of \
+                             {LOCK_ATTEMPTS})",
+                            delay.as_secs_f64()
+                        ),
+                        log_fields.clone(),
+                    )
+                    .await?;
+                tokio::time::sleep(delay).await;
+            };
+            match outcome {
                 Ok(()) => {}
                 Err(e @ ReconcileError::Store(_)) => return Err(e),
                 Err(e) => {
