@@ -52,18 +52,6 @@ pub fn archive_command(conf_path: &str) -> String {
     shell_words(&argv)
 }
 
-/// Postgres's `restore_command`: fetch one archived WAL segment, from the first repository
-/// that has it.
-pub fn restore_command(conf_path: &str) -> String {
-    let mut argv = base(conf_path);
-    argv.extend([
-        "archive-get".to_string(),
-        "%f".to_string(),
-        "\"%p\"".to_string(),
-    ]);
-    shell_words(&argv)
-}
-
 /// Creates the stanza in every repository, or checks that an existing one belongs to this
 /// cluster: safe to run again (pgBackRest's `stanza-create`).
 pub fn stanza_create_argv(conf_path: &str) -> Vec<String> {
@@ -199,10 +187,6 @@ mod tests {
         assert_eq!(
             archive_command(conf),
             "pgbackrest --config=/var/lib/postgresql/berth/pgbackrest.conf --stanza=db archive-push \"%p\""
-        );
-        assert_eq!(
-            restore_command(conf),
-            "pgbackrest --config=/var/lib/postgresql/berth/pgbackrest.conf --stanza=db archive-get %f \"%p\""
         );
         let argv = backup_argv(
             conf,
