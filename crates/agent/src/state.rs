@@ -387,6 +387,10 @@ pub fn exit_reason(info: &ContainerInfo) -> String {
         reason.push_str(": ");
         reason.push_str(&info.error);
     }
+    if let Some(words) = &info.last_words {
+        reason.push_str(": ");
+        reason.push_str(words);
+    }
     reason
 }
 
@@ -583,6 +587,7 @@ mod tests {
             nano_cpus: 0,
             memory_bytes: 0,
             network: None,
+            last_words: None,
         }
     }
 

@@ -113,5 +113,7 @@ pub(super) fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
         nano_cpus: host_config.nano_cpus.unwrap_or(0),
         memory_bytes: host_config.memory.unwrap_or(0),
         network,
+        // Read from the log by the runtime, which has the client.
+        last_words: None,
     }
 }

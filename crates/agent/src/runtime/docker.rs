@@ -15,8 +15,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    InspectNetworkOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions, StopContainerOptionsBuilder,
+    InspectNetworkOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -41,6 +41,27 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// [`ContainerInfo::last_words`] of an exited container; None when its log cannot be
+    /// read (the reason then says only the exit code).
+    async fn last_words(&self, id: &str) -> Option<String> {
+        let options = LogsOptionsBuilder::new()
+            .stderr(true)
+            .tail(&LAST_WORDS_TAIL.to_string())
+            .build();
+        let mut stream = self.client().logs(id, Some(options));
+        let mut stderr = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(out) => stderr.push_str(&out.to_string()),
+                Err(e) => {
+                    tracing::debug!(container_id = id, error = %e, "the exited container's log could not be read");
+                    return None;
+                }
+            }
+        }
+        last_words(&stderr)
+    }
+
     /// Engine API 1.41 does not refuse a second network of the same name, so two agents of
     /// one engine creating a database's network at the same moment can both succeed, and the
     /// name then resolves to neither. Every agent keeps the oldest (ties by id) and removes
@@ -211,7 +232,15 @@ impl ContainerRuntime for DockerRuntime {
             .inspect_container(name_or_id, None::<InspectContainerOptions>)
             .await
         {
-            Ok(resp) => Ok(Some(container_info(resp))),
+            Ok(resp) => {
+                let mut info = container_info(resp);
+                if matches!(info.status, ContainerStatus::Exited | ContainerStatus::Dead)
+                    && info.exit_code != 0
+                {
+                    info.last_words = self.last_words(&info.id).await;
+                }
+                Ok(Some(info))
+            }
             Err(e) => match RuntimeError::from(e) {
                 RuntimeError::NotFound(_) => Ok(None),
                 other => Err(other),

@@ -137,6 +137,29 @@ pub struct ContainerInfo {
     pub memory_bytes: i64,
     /// The user-defined network the container was created on, if any.
     pub network: Option<String>,
+    /// Why an exited container's image said it stopped: the last line of its stderr that
+    /// berth's images write themselves (`[berth-...] ...`), when it exited non-zero. Other
+    /// programs' lines are left out: they are not known to keep secrets out.
+    pub last_words: Option<String>,
+}
+
+/// How much of an exited container's log is read for [`ContainerInfo::last_words`].
+pub const LAST_WORDS_TAIL: usize = 20;
+/// The longest [`ContainerInfo::last_words`], in bytes (cut at a character boundary).
+pub const LAST_WORDS_MAX: usize = 600;
+
+/// The last line of `stderr` (the tail of a container's log) that berth's images wrote,
+/// shortened to [`LAST_WORDS_MAX`] bytes.
+pub fn last_words(stderr: &str) -> Option<String> {
+    let line = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with("[berth-"))?;
+    let mut end = line.len().min(LAST_WORDS_MAX);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(line[..end].to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -247,3 +270,24 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 mod convert;
 mod docker;
 pub use docker::DockerRuntime;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_words_are_the_last_line_a_berth_image_wrote() {
+        let log = "[berth-postgres] starting Patroni\n\
+                   2026-12-01 10:00:00 FATAL: password=hunter2 in some program's line\n\
+                   [berth-postgres] error: this node's restore failed: no backup set\n\
+                   trailing noise\n";
+        assert_eq!(
+            last_words(log).as_deref(),
+            Some("[berth-postgres] error: this node's restore failed: no backup set")
+        );
+        assert_eq!(last_words("only other programs\n"), None);
+        let long = format!("[berth-x] {}", "é".repeat(LAST_WORDS_MAX));
+        let cut = last_words(&long).unwrap();
+        assert!(cut.len() <= LAST_WORDS_MAX && cut.starts_with("[berth-x] é"));
+    }
+}
