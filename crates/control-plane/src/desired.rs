@@ -302,8 +302,9 @@ pub fn node_backup_conf(database_id: &str, spec: &DatabaseSpec, node: &NodeSpec)
 pub struct NodeRestore {
     /// The node's `pgbackrest-restore.conf` (holds repository keys).
     pub conf: String,
-    /// The `pgbackrest restore` command line Patroni runs to bootstrap the node.
-    pub command: String,
+    /// The `pgbackrest restore` command Patroni runs (through the image's wrapper,
+    /// [`crate::patroni::restore::WRAPPER`]) to bootstrap the node.
+    pub argv: Vec<String>,
     /// The database in the backup.
     pub source_database_name: String,
 }
@@ -336,7 +337,7 @@ pub fn node_restore(spec: &DatabaseSpec, node: &NodeSpec) -> Option<NodeRestore>
     );
     Some(NodeRestore {
         conf: pgbackrest::render_restore_conf(&node.name, &source, &pg_local()),
-        command: pgbackrest::shell_join(&argv),
+        argv,
         source_database_name: restore.source_database_name.clone(),
     })
 }
@@ -445,7 +446,7 @@ pub fn desired_instances(
                 postgres_version: &postgres.version,
                 archiving: backup_conf.is_some(),
                 restore: restore.as_ref().map(|r| crate::patroni::restore::Restore {
-                    command: &r.command,
+                    argv: &r.argv,
                     source_database_name: &r.source_database_name,
                 }),
             };

@@ -369,6 +369,10 @@ fn a_node_that_starts_from_a_backup_restores_instead_of_initdb() {
         assert!(bootstrap.get("initdb").is_none());
         let command = bootstrap["berth_restore"]["command"].as_str().unwrap();
         assert!(
+            command.starts_with("berth-restore-bootstrap run pgbackrest "),
+            "{command}"
+        );
+        assert!(
             command.ends_with(
                 "'--target=2026-12-01 06:00:00.000000+00' --target-action=promote --type=time restore"
             ),
@@ -378,11 +382,9 @@ fn a_node_that_starts_from_a_backup_restores_instead_of_initdb() {
             bootstrap["berth_restore"]["keep_existing_recovery_conf"],
             true
         );
-        assert!(
-            bootstrap["post_bootstrap"]
-                .as_str()
-                .unwrap()
-                .contains(r#"ALTER DATABASE "app" RENAME TO "shop""#)
+        assert_eq!(
+            bootstrap["post_bootstrap"],
+            "berth-restore-bootstrap finish app shop"
         );
     }
     // Without a restore_config, initdb as before, and no restore file.

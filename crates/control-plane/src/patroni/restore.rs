@@ -23,38 +23,58 @@ pub fn conf_path() -> String {
     format!("{RUN_DIR}/{}", pgbackrest::RESTORE_CONF_FILE)
 }
 
+/// The image's wrapper of both halves of the bootstrap (`deploy/images/postgres/
+/// restore-bootstrap`): `run` restores and marks the data directory as restored but not
+/// finished; `finish`, the `post_bootstrap`, renames the database and removes the mark.
+/// The image's entrypoint does not start a data directory whose restore failed or did
+/// not finish (ADR 025).
+pub const WRAPPER: &str = "berth-restore-bootstrap";
+
 /// The backup a node starts from, as far as `patroni.yml` needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restore<'a> {
-    /// The `pgbackrest restore` command line ([`pgbackrest::restore_argv`]), which reads
+    /// The `pgbackrest restore` command ([`pgbackrest::restore_argv`]), which reads
     /// [`conf_path`].
-    pub command: &'a str,
+    pub argv: &'a [String],
     /// The database in the backup, renamed to the spec's `database_name` once restored.
     pub source_database_name: &'a str,
 }
 
 /// Replaces `initdb` with the restore in a rendered `patroni.yml` document, and the
-/// `post_bootstrap` that creates the spec's database (the backup has it) with one that
-/// renames the restored database when its name differs.
+/// `post_bootstrap` that creates the spec's database (the backup has it) with the
+/// wrapper's `finish`, which renames the restored database when its name differs.
 pub fn apply(doc: &mut Value, restore: &Restore, database_name: &str) {
     let bootstrap = doc["bootstrap"]
         .as_object_mut()
         .expect("patroni.yml has a bootstrap section");
     bootstrap.remove("initdb");
-    bootstrap.remove("post_bootstrap");
+    let words = |args: &[&str]| -> Vec<String> {
+        [WRAPPER]
+            .iter()
+            .chain(args)
+            .map(|w| w.to_string())
+            .collect()
+    };
+    let mut run = words(&["run"]);
+    run.extend(restore.argv.iter().cloned());
     bootstrap.insert("method".into(), json!(METHOD));
     // Patroni passes --scope and --datadir unless told not to; pgBackRest takes neither.
     bootstrap.insert(
         METHOD.into(),
-        json!({"command": restore.command, "no_params": true, "keep_existing_recovery_conf": true}),
+        json!({
+            "command": pgbackrest::shell_join(&run),
+            "no_params": true,
+            "keep_existing_recovery_conf": true,
+        }),
     );
-    if restore.source_database_name != database_name {
-        bootstrap.insert(
-            "post_bootstrap".into(),
-            json!(format!(
-                "psql -X -q -v ON_ERROR_STOP=1 -c 'ALTER DATABASE \"{}\" RENAME TO \"{}\"'",
-                restore.source_database_name, database_name
-            )),
-        );
-    }
+    // Patroni splits the command with shlex and appends the new primary's conninfo.
+    let finish = if restore.source_database_name == database_name {
+        words(&["finish"])
+    } else {
+        words(&["finish", restore.source_database_name, database_name])
+    };
+    bootstrap.insert(
+        "post_bootstrap".into(),
+        json!(pgbackrest::shell_join(&finish)),
+    );
 }
