@@ -19,6 +19,7 @@
 
 pub mod agents;
 pub(crate) mod backups;
+mod crash_loop;
 mod exec;
 pub(crate) mod inputs;
 mod observe;
@@ -42,7 +43,7 @@ mod wal_watch;
 
 pub use wal_watch::WAL_CHECK_PERIOD;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,6 +104,9 @@ pub(crate) struct WorkerState {
     quiet: Option<(u64, tokio::time::Instant)>,
     /// What the last pass said it waits for on Patroni, so that each wait is said once.
     waits_noted: Vec<plan::Wait>,
+    /// Heals of instances whose container stopped on its own, in the current task, by
+    /// instance ([`crash_loop`]).
+    heals: BTreeMap<String, u32>,
 }
 
 pub struct Reconciler {

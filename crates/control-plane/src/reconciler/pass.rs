@@ -109,12 +109,18 @@ impl Reconciler {
                     .settle(pass, &input, &plan.waiting, &alive, state)
                     .await;
             }
+            let stopped_again =
+                super::crash_loop::count_heals(&plan, &input, &pass.records, &mut state.heals);
             let executed = self.execute(&mut pass, plan).await;
             if pass.task.is_none() {
                 // A reconcile task this pass opened goes on in the next pass.
                 state.task_id = pass.log.task_id();
             }
             match executed {
+                // Healed once more, but the task counts it (crash_loop).
+                Ok(()) if let Some(e) = stopped_again => {
+                    return self.failed_attempt(&pass, e, state).await;
+                }
                 Ok(()) => {}
                 Err(e @ ReconcileError::Store(_)) => return Err(e),
                 Err(e) => return self.failed_attempt(&pass, e, state).await,
