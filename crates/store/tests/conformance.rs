@@ -1,13 +1,13 @@
 //! One suite, two stores: what the reconciler relies on from [`StateStore`] holds for etcd
 //! and for the in-memory store its unit tests use.
 
-use chrono::Utc;
 use serde_json::{Map, json};
 use spec::{DatabaseSpec, DatabaseState, Task, TaskStatus, TaskType};
 use store::{
     DatabaseRecord, Fence, ListOrder, MemoryStore, SecretBox, StateStore, Store, StoreError,
 };
 use test_support::EtcdServer;
+use test_support::records::{self, task};
 
 fn spec(model: &str) -> DatabaseSpec {
     serde_json::from_value(json!({
@@ -19,35 +19,11 @@ fn spec(model: &str) -> DatabaseSpec {
     .unwrap()
 }
 
+/// The record of `id` at `generation`, whose current task is `task`.
 fn record(id: &str, generation: u64, task: &Task) -> DatabaseRecord {
     DatabaseRecord {
-        id: id.into(),
-        state: DatabaseState::Creating,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        generation,
         current_task_id: Some(task.task_id.clone()),
-        tenant_id: None,
-        forced_generation: 0,
-        operation: None,
-        stopped_instances: Default::default(),
-        stopped_primaries: Default::default(),
-        restored_nodes: Default::default(),
-    }
-}
-
-fn task(db: &str, t: TaskType) -> Task {
-    Task {
-        task_id: uuid::Uuid::now_v7().to_string(),
-        database_id: db.into(),
-        scope: "database".into(),
-        entity_id: db.into(),
-        task_type: t,
-        status: TaskStatus::Pending,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        completed_at: None,
-        error: None,
+        ..records::record(id, generation)
     }
 }
 

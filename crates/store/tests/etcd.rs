@@ -1,10 +1,10 @@
 //! The store against a real etcd started on free ports.
 
-use chrono::Utc;
 use serde_json::{Map, json};
-use spec::{DatabaseSpec, DatabaseState, Task, TaskStatus, TaskType};
-use store::{DatabaseRecord, ListOrder, SecretBox, Store, StoreError};
+use spec::{DatabaseSpec, TaskStatus, TaskType};
+use store::{ListOrder, SecretBox, Store, StoreError};
 use test_support::EtcdServer;
+use test_support::records::{record, task};
 
 fn is_secret(k: &str) -> bool {
     k.contains("api_key")
@@ -29,38 +29,6 @@ fn spec() -> DatabaseSpec {
             "host_ids": ["host-1"], "config": {"llm_model": "m1", "anthropic_api_key": "sk-ant-PLAINTEXT"}}]
     }))
     .unwrap()
-}
-
-fn record(id: &str, generation: u64) -> DatabaseRecord {
-    DatabaseRecord {
-        id: id.into(),
-        state: DatabaseState::Creating,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        generation,
-        current_task_id: None,
-        tenant_id: None,
-        forced_generation: 0,
-        operation: None,
-        stopped_instances: Default::default(),
-        stopped_primaries: Default::default(),
-        restored_nodes: Default::default(),
-    }
-}
-
-fn task(db: &str, t: TaskType) -> Task {
-    Task {
-        task_id: uuid::Uuid::now_v7().to_string(),
-        database_id: db.into(),
-        scope: "database".into(),
-        entity_id: db.into(),
-        task_type: t,
-        status: TaskStatus::Pending,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        completed_at: None,
-        error: None,
-    }
 }
 
 #[tokio::test]

@@ -2,13 +2,13 @@
 //! its first log line and the database's record together or not at all; two fires that
 //! read the same mark cannot both win; a deposed leader's fire is refused.
 
-use chrono::Utc;
 use serde_json::{Value, json};
-use spec::{DatabaseSpec, Task, TaskLogEntry, TaskStatus, TaskType};
+use spec::{DatabaseSpec, DatabaseState, Task, TaskLogEntry, TaskType};
 use store::{
     DatabaseRecord, Fence, ScheduleKey, ScheduledFire, SecretBox, Store, StoreError, StoredMark,
 };
 use test_support::EtcdServer;
+use test_support::records::{self, task};
 
 async fn store(etcd: &EtcdServer) -> Store {
     Store::connect(
@@ -29,25 +29,11 @@ fn spec() -> DatabaseSpec {
     .unwrap()
 }
 
-/// A record as stored; fields this test does not set take their defaults.
+/// An available database's record, at generation 1.
 fn record(id: &str) -> DatabaseRecord {
-    serde_json::from_value(json!({"id": id, "state": "available", "generation": 1,
-        "created_at": Utc::now(), "updated_at": Utc::now()}))
-    .unwrap()
-}
-
-fn task(db: &str, t: TaskType) -> Task {
-    Task {
-        task_id: uuid::Uuid::now_v7().to_string(),
-        database_id: db.into(),
-        scope: "database".into(),
-        entity_id: db.into(),
-        task_type: t,
-        status: TaskStatus::Pending,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        completed_at: None,
-        error: None,
+    DatabaseRecord {
+        state: DatabaseState::Available,
+        ..records::record(id, 1)
     }
 }
 

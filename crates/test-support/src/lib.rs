@@ -5,6 +5,7 @@
 
 pub mod net_fleet;
 pub mod psql;
+pub mod records;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
