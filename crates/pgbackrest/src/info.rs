@@ -2,9 +2,10 @@
 //!
 //! pgBackRest prints an array of stanzas; each has `backup`, an array of objects with
 //! `label`, `type`, `timestamp.start`/`stop` (Unix seconds), `info.size` (the database's
-//! bytes), `info.repository.size` (bytes stored, compressed), `archive.start`/`stop` (the
-//! first and last WAL segment the backup needs), `lsn.start`/`stop`, `database.repo-key`
-//! (the repository's number), `annotation` (an object, when set) and `error`. The stanza's
+//! bytes), `info.repository.size` (the backup set's bytes in the repository, compressed:
+//! this backup and the ones it refers to), `archive.start`/`stop` (the first and last WAL
+//! segment the backup needs), `lsn.start`/`stop`, `database.repo-key` (the repository's
+//! number), `annotation` (an object, when set) and `error`. The stanza's
 //! `status` (`code`, `message`) and each repository's (`repo[].status`) say whether
 //! pgBackRest could read the repositories at all ([`StatusCode`]): `info` prints them and
 //! exits 0 when a repository refuses its credentials. Fields this module does not know are
@@ -31,8 +32,12 @@ pub struct BackupInfo {
     pub stopped_at: DateTime<Utc>,
     /// Bytes of the database the backup covers.
     pub database_size_bytes: u64,
-    /// Bytes the backup takes in the repository (after compression, only what this backup
-    /// stored for a `diff` or `incr`).
+    /// Bytes of the backup set in the repository, as stored (compressed): this backup's
+    /// files and those of the backups it refers to, what a restore of it reads
+    /// (`info.repository.size`, pgBackRest's "backup set size"). For a `full` backup that is
+    /// what it stored; a `diff` or `incr` stored only part of it (`info.repository.delta`,
+    /// not read here). 0 for a block-incremental backup, whose set size pgBackRest (2.45+)
+    /// does not report.
     pub repository_size_bytes: u64,
     /// The first and last WAL segment a restore of this backup needs.
     pub wal_start: Option<String>,
@@ -299,7 +304,7 @@ mod tests {
       "backup":[
         {"annotation":{"reason":"nightly"},"archive":{"start":"000000010000000000000005","stop":"000000010000000000000005"},
          "database":{"id":1,"repo-key":1},"error":false,
-         "info":{"delta":2000,"repository":{"delta":300,"size":300},"size":2000},
+         "info":{"delta":2000,"repository":{"delta":300,"size":4000300},"size":31000000},
          "label":"20261201-031501F_20261201-031600I","prior":"20261201-031501F",
          "timestamp":{"start":1764558960,"stop":1764558965},"type":"incr"},
         {"archive":{"start":"000000010000000000000003","stop":"000000010000000000000003"},
@@ -324,6 +329,8 @@ mod tests {
         assert_eq!(b[1].annotations["reason"], "nightly");
         assert_eq!(b[1].started_at.timestamp(), 1764558960);
         assert_eq!(b[1].repository, 1);
+        // The set: the incr's own 300 bytes and the full's it refers to.
+        assert_eq!(b[1].repository_size_bytes, 4_000_300);
     }
 
     /// `info --stanza=db --output=json` of an S3 repository that refused the key, in the
