@@ -27,7 +27,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::converge::berth::{Berth, Topology};
 use crate::procs::{Stack, binary};
-use crate::specs::three_services;
 use crate::stats::{Table, fmt_opt, median, percentile};
 use crate::tasks::task_id;
 
@@ -250,7 +249,7 @@ async fn follow_task(
     polls: &[Duration],
     into: &mut Totals,
 ) -> Result<()> {
-    let stack = &berth.stack;
+    let stack = &berth.cluster.stack;
     let log = stack.dir.path().join(format!("cli-{task}.log"));
     let cli = follow_with_cli(&stack.api, db, task, &log);
     let pollers =
@@ -291,11 +290,11 @@ pub async fn run(options: FollowLatencyOptions) -> Result<Table> {
     let load_before = load_average();
     let started = Instant::now();
     let mut totals = Totals::default();
-    let h = |i: usize| vec![berth.hosts[i].clone()];
-    let spec = three_services(&berth.hosts[0], [&h(0), &h(1), &h(2)], "claude-sonnet-4-5");
+    let spec = berth.spec();
     for r in 0..options.rounds.max(1) {
         let db = berth.db(r);
         let created = berth
+            .cluster
             .stack
             .post(
                 "/v1/databases",
@@ -304,9 +303,10 @@ pub async fn run(options: FollowLatencyOptions) -> Result<Table> {
             .await?;
         follow_task(&berth, &db, &task_id(&created)?, &polls, &mut totals).await?;
         let resp = berth
+            .cluster
             .stack
             .http
-            .delete(format!("{}/v1/databases/{db}", berth.stack.api))
+            .delete(format!("{}/v1/databases/{db}", berth.cluster.stack.api))
             .send()
             .await?;
         let deleted: Value = resp.json().await?;

@@ -3,6 +3,7 @@
 
 mod api;
 mod backup;
+mod cluster;
 mod converge;
 mod engine_fleet;
 mod failover;

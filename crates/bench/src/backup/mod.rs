@@ -98,7 +98,7 @@ pub async fn run(options: BackupOptions) -> Result<BackupReport> {
     eprintln!("database {} up in {}", node.id, node.container);
     let result = measure(&node, &s3, options).await;
     if result.is_err() {
-        eprintln!("{}\n{}", node.stack.log_tails(20), s3.log());
+        eprintln!("{}\n{}", node.cluster.stack.log_tails(20), s3.log());
     }
     let mut report = result?;
     report.load = (load_before, loadavg());
@@ -263,7 +263,7 @@ async fn copies(node: &Node) -> Result<Vec<Copy>> {
 async fn operation(node: &Node, path: &str, body: &serde_json::Value) -> Result<Operation> {
     let posted_at = chrono::Utc::now();
     let (task, took) = node.operation(path, body).await?;
-    let log = node.task_log(&task, posted_at).await?;
+    let log = node.cluster.task_log(&node.id, &task, posted_at).await?;
     Ok(Operation { took, log })
 }
 
@@ -314,7 +314,7 @@ async fn restore(node: &Node) -> Result<(Operation, Duration)> {
         Ok(w) => w?,
         Err(_) => bail!("no write reached the restored primary within 5 minutes of the task's end"),
     };
-    let log = node.task_log(&task, posted_at).await?;
+    let log = node.cluster.task_log(&node.id, &task, posted_at).await?;
     let restore = Operation { took, log };
     Ok((restore, first_write))
 }

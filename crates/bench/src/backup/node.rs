@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::procs::{Proc, Stack, StackOptions, start_agents};
-use crate::tasks::{TaskWatch, task_id};
+use crate::cluster::{Cluster, query};
+use crate::procs::StackOptions;
+use crate::tasks::task_id;
 
 use super::s3::S3Server;
 
@@ -22,12 +23,7 @@ pub const REPOSITORY: &str = "main";
 /// A database of one node on one host. Dropping it stops the agent, removes the host's containers and the
 /// database's networks, then the stack (whose directory holds the agent's data directories).
 pub struct Node {
-    // Fields drop in this order after `drop`: the agent is already gone by then.
-    agents: Vec<Proc>,
-    watch: TaskWatch,
-    pub stack: Stack,
-    /// The API's host id.
-    host: String,
+    pub cluster: Cluster,
     /// The database's id.
     pub id: String,
     /// The primary's container on the machine's engine (its name stays across a restore: the instance id is
@@ -37,29 +33,8 @@ pub struct Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // The agent first, so no reconcile pass brings back what is removed here.
-        self.agents.clear();
-        if let Ok(ids) = cli(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=berth.host-id={}", self.host),
-        ]) {
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f", "-v"];
-                args.extend(ids);
-                let _ = cli(&args);
-            }
-        }
-        if let Ok(names) = cli(&["network", "ls", "--format", "{{.Name}}"]) {
-            for n in names
-                .lines()
-                .filter(|n| n.starts_with(&format!("berth-{}", self.id)))
-            {
-                let _ = cli(&["network", "rm", n]);
-            }
-        }
+        self.cluster.stop_agents();
+        self.cluster.remove_leftovers(&self.id);
     }
 }
 
@@ -67,33 +42,23 @@ impl Node {
     /// Starts the stack and one agent, creates the database with `s3` as its repository, and waits for the
     /// create task and the primary.
     pub async fn start(s3: &S3Server) -> Result<Node> {
-        let stack = Stack::start(StackOptions {
-            reconcile: true,
-            ..Default::default()
-        })
-        .await?;
         let tag = std::process::id() & 0xffff;
         let host = format!("bk{tag:04x}-host-1");
-        let agents = start_agents(&stack, std::slice::from_ref(&host), None).await?;
-        let watch = TaskWatch::start(&stack.etcd.endpoint(), "/berth").await?;
+        let options = StackOptions {
+            reconcile: true,
+            ..Default::default()
+        };
         let mut node = Node {
-            agents,
-            watch,
-            stack,
+            cluster: Cluster::start(options, vec![host.clone()], None).await?,
             id: format!("bk{tag:04x}"),
             container: String::new(),
-            host,
         };
         let spec = json!({
             "database_name": "app",
-            "nodes": [{"name": "n1", "host_ids": [node.host]}],
+            "nodes": [{"name": "n1", "host_ids": [host]}],
             "backup_config": {"repositories": [s3.repository(REPOSITORY, "/berth")]},
         });
-        let created = node
-            .stack
-            .post("/v1/databases", &json!({"id": node.id, "spec": spec}))
-            .await?;
-        node.wait_task(&task_id(&created)?).await?;
+        node.cluster.create(&node.id, &spec, TASK_LIMIT).await?;
         node.container = node.primary().await?;
         Ok(node)
     }
@@ -101,12 +66,13 @@ impl Node {
     /// Waits until the database is available with its primary running; the primary's container.
     pub async fn primary(&self) -> Result<String> {
         let path = format!("/v1/databases/{}", self.id);
-        self.stack
+        self.cluster
+            .stack
             .wait_for(
                 "the database available with a primary",
                 Duration::from_secs(300),
                 || async {
-                    let d = self.stack.get(&path).await.ok()?;
+                    let d = self.cluster.stack.get(&path).await.ok()?;
                     if d["state"] != "available" {
                         return None;
                     }
@@ -126,15 +92,7 @@ impl Node {
 
     /// psql as the superuser in the primary's container, in database `app`; its output, or an error with it.
     pub async fn psql(&self, sql: &str) -> Result<String> {
-        let (container, sql) = (self.container.clone(), sql.to_string());
-        let (ok, out) = tokio::task::spawn_blocking(move || {
-            test_support::psql::psql(None, &container, "app", &sql)
-        })
-        .await?;
-        if !ok {
-            bail!("psql: {out}");
-        }
-        Ok(out)
+        query(None, &self.container, sql).await
     }
 
     /// Runs `script` with `sh -c` as user postgres in the primary's container, and how long the `docker exec`
@@ -177,30 +135,16 @@ impl Node {
     /// id and how long from the POST until the watch saw it completed.
     pub async fn operation(&self, path: &str, body: &Value) -> Result<(String, Duration)> {
         let started = Instant::now();
-        let answer = self.stack.post(path, body).await?;
+        let answer = self.cluster.stack.post(path, body).await?;
         let task = task_id(&answer)?;
-        let ended = self.wait_task(&task).await?;
+        let ended = self.cluster.wait_task(&self.id, &task, TASK_LIMIT).await?;
         Ok((task, ended.duration_since(started)))
-    }
-
-    async fn wait_task(&self, task: &str) -> Result<Instant> {
-        self.watch
-            .wait_completed(&self.stack, &self.id, task, TASK_LIMIT)
-            .await
-    }
-
-    /// The task's log, each line at its offset in seconds from `from`.
-    pub async fn task_log(
-        &self,
-        task: &str,
-        from: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<String>> {
-        crate::tasks::task_log(&self.stack, &self.id, task, from).await
     }
 
     /// The node's backups as the API lists them (oldest first).
     pub async fn backups(&self) -> Result<Vec<Value>> {
         let list = self
+            .cluster
             .stack
             .get(&format!("/v1/databases/{}/nodes/n1/backups", self.id))
             .await?;
@@ -209,20 +153,4 @@ impl Node {
             .cloned()
             .with_context(|| format!("no backups in {list}"))
     }
-}
-
-/// The docker CLI against the machine's engine; its stdout, or an error with its stderr.
-fn cli(args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .context("run docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

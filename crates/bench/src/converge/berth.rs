@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use crate::cluster::Cluster;
 use crate::engine_fleet::EngineFleet;
-use crate::procs::{Proc, Stack, StackOptions, start_agents};
+use crate::procs::StackOptions;
 use crate::specs::three_services;
-use crate::tasks::{TaskWatch, task_id};
+use crate::tasks::task_id;
 
-use super::engine::{LIMIT, cli};
+use super::engine::LIMIT;
 
 /// The engine-per-host fleet's name and subnet index for `deploy/fleet/hosts` (10.213.2.0/24): the dev fleet
 /// has index 0 and the end-to-end tests' fleet 1, so the bench can run beside either.
@@ -53,13 +54,10 @@ pub struct Measured {
 /// A running berth fleet of three hosts.
 pub struct Berth {
     pub topology: Topology,
-    watch: TaskWatch,
-    /// The API's host ids, host-1..3 in order.
-    pub hosts: Vec<String>,
+    /// Its hosts are host-1..3 in order.
+    pub cluster: Cluster,
     /// Database ids of this run start with it (so do their networks).
     db_prefix: String,
-    agents: Vec<Proc>,
-    pub stack: Stack,
     /// The engine-per-host fleet; taken down in `drop`, after the agents stopped.
     fleet: Option<EngineFleet>,
 }
@@ -67,30 +65,11 @@ pub struct Berth {
 impl Drop for Berth {
     /// Whatever a failed round left: the agents leave containers running when they stop.
     fn drop(&mut self) {
-        // Agents first, so no reconcile pass brings back what is removed here.
-        self.agents.clear();
-        if let Some(fleet) = self.fleet.take() {
+        self.cluster.stop_agents();
+        match self.fleet.take() {
             // Its `down` removes every container and network of its engines, and the engines.
-            drop(fleet);
-            return;
-        }
-        for h in &self.hosts {
-            if let Ok(ids) = cli(&["ps", "-aq", "--filter", &format!("label=berth.host-id={h}")]) {
-                let ids: Vec<&str> = ids.split_whitespace().collect();
-                if !ids.is_empty() {
-                    let mut args = vec!["rm", "-f", "-v"];
-                    args.extend(ids);
-                    let _ = cli(&args);
-                }
-            }
-        }
-        if let Ok(names) = cli(&["network", "ls", "--format", "{{.Name}}"]) {
-            for n in names
-                .lines()
-                .filter(|n| n.starts_with(&format!("berth-{}", self.db_prefix)))
-            {
-                let _ = cli(&["network", "rm", n]);
-            }
+            Some(fleet) => drop(fleet),
+            None => self.cluster.remove_leftovers(&self.db_prefix),
         }
     }
 }
@@ -103,26 +82,21 @@ impl Berth {
             Topology::SharedEngine => None,
             Topology::EnginePerHost => Some(EngineFleet::up(FLEET_NAME, 3, FLEET_SUBNET)?),
         };
-        let stack = Stack::start(StackOptions {
+        let options = StackOptions {
             reconcile: true,
             grpc_ip: fleet.as_ref().map(|f| f.gateway.clone()),
             ..Default::default()
-        })
-        .await?;
+        };
         let id = std::process::id() & 0xffff;
         let (host_prefix, db_prefix) = match topology {
             Topology::SharedEngine => (format!("bench{id:04x}"), format!("cv{id:04x}")),
             Topology::EnginePerHost => (format!("benchnet{id:04x}"), format!("cn{id:04x}")),
         };
         let hosts: Vec<String> = (1..=3).map(|i| format!("{host_prefix}-host-{i}")).collect();
-        let agents = start_agents(&stack, &hosts, fleet.as_ref()).await?;
         Ok(Berth {
             topology,
-            watch: TaskWatch::start(&stack.etcd.endpoint(), "/berth").await?,
-            hosts,
+            cluster: Cluster::start(options, hosts, fleet.as_ref()).await?,
             db_prefix,
-            agents,
-            stack,
             fleet,
         })
     }
@@ -132,10 +106,11 @@ impl Berth {
         format!("{}-{r}", self.db_prefix)
     }
 
-    fn spec(&self) -> serde_json::Value {
-        let h = |i: usize| vec![self.hosts[i].clone()];
+    /// The spec each round creates: three services on the three hosts ([`three_services`]).
+    pub fn spec(&self) -> serde_json::Value {
+        let h = |i: usize| vec![self.cluster.hosts[i].clone()];
         let (a, b, c) = (h(0), h(1), h(2));
-        three_services(&self.hosts[0], [&a, &b, &c], "claude-sonnet-4-5")
+        three_services(&self.cluster.hosts[0], [&a, &b, &c], "claude-sonnet-4-5")
     }
 
     /// Creates database `db` and records the round in `into`: the time from POST until its task completed
@@ -160,7 +135,7 @@ impl Berth {
                 eprintln!(
                     "berth ({:?}) round {db} failed: {e}\n{}",
                     self.topology,
-                    self.stack.log_tails(20)
+                    self.cluster.stack.log_tails(20)
                 );
                 into.failures.push(last);
                 Ok(false)
@@ -173,6 +148,7 @@ impl Berth {
         let started = Instant::now();
         let posted_at = chrono::Utc::now();
         let resp = self
+            .cluster
             .stack
             .post(
                 "/v1/databases",
@@ -181,11 +157,13 @@ impl Berth {
             .await?;
         let task = task_id(&resp)?;
         let ended = self
+            .cluster
             .watch
             .wait_all(std::slice::from_ref(&task), LIMIT)
             .await?;
         if ended[0].status != "completed" {
             let log = self
+                .cluster
                 .stack
                 .get(&format!("/v1/databases/{db}/tasks/{task}/log?limit=1000"))
                 .await
@@ -213,6 +191,7 @@ impl Berth {
     /// The task's log lines, each at its offset from the POST: where berth's time went.
     async fn timeline(&self, t: &Timeline) -> Result<Vec<String>> {
         let log = self
+            .cluster
             .stack
             .get(&format!(
                 "/v1/databases/{}/tasks/{}/log?limit=1000",
@@ -238,23 +217,23 @@ impl Berth {
 
     /// Deletes database `db` and waits for its task to end.
     pub async fn delete(&self, db: &str) -> Result<()> {
-        let resp = self
-            .stack
+        let stack = &self.cluster.stack;
+        let resp = stack
             .http
-            .delete(format!("{}/v1/databases/{db}", self.stack.api))
+            .delete(format!("{}/v1/databases/{db}", stack.api))
             .send()
             .await?;
         let body: serde_json::Value = resp.json().await?;
         let task = task_id(&body)?;
-        self.watch.wait_all(&[task], LIMIT).await?;
+        self.cluster.watch.wait_all(&[task], LIMIT).await?;
         Ok(())
     }
 
     /// postgrest's `db-uri` in database `db` after the `@` (so without its role and password), as the agent of
     /// host-2 wrote it to the instance's config dir.
     fn rest_connection(&self, db: &str) -> Option<String> {
-        let host = &self.hosts[1];
-        let file = agent::instance::instances_root(&self.stack.dir.path().join(host))
+        let host = &self.cluster.hosts[1];
+        let file = agent::instance::instances_root(&self.cluster.stack.dir.path().join(host))
             .join(format!("{db}-rest-{host}"))
             .join("config/postgrest.conf");
         let text = std::fs::read_to_string(file).ok()?;
@@ -264,6 +243,6 @@ impl Berth {
 
     /// The container the agent of host `host` (0-based) runs instance `instance` in.
     pub fn container(&self, host: usize, instance: &str) -> String {
-        format!("berth-{}-{instance}", self.hosts[host])
+        format!("berth-{}-{instance}", self.cluster.hosts[host])
     }
 }

@@ -12,7 +12,7 @@
 
 pub(crate) mod berth;
 mod compose;
-mod engine;
+pub(crate) mod engine;
 mod floor;
 mod report;
 mod swarm;
@@ -35,7 +35,7 @@ pub async fn run(rounds: usize) -> Result<Table> {
     let rounds = rounds.max(1);
     let engine = DockerRuntime::connect(None)?;
     let shared = Berth::start(Topology::SharedEngine).await?;
-    let dir = shared.stack.dir.path().join("alternatives");
+    let dir = shared.cluster.stack.dir.path().join("alternatives");
     std::fs::create_dir_all(&dir)?;
     let (ours, per_host, cap) = {
         // Dropped at the end of this block: its fleet is down before the alternatives run.

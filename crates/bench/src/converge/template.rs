@@ -61,7 +61,7 @@ pub async fn capture(
     into: &Path,
 ) -> Result<Captured> {
     let docker = &engine.client();
-    let host = |i: usize| &berth.hosts[i];
+    let host = |i: usize| &berth.cluster.hosts[i];
     let n1 = format!("{db}-n1-{}", host(0));
     let members = [
         ("pg", berth.container(0, &n1)),

@@ -114,7 +114,10 @@ async fn measure(
     let node = Node::start(fleet, tag, timings).await?;
     let mut m = Measured::default();
     for run in 1..=options.runs {
-        node.stack.wait_hosts_healthy(2, node::LIMIT).await?;
+        node.cluster
+            .stack
+            .wait_hosts_healthy(2, node::LIMIT)
+            .await?;
         let (primary, replica) = node.settled().await?;
         // A host fails at any moment of Patroni's loop, but the runs would all cut at about the same one:
         // each starts once the API shows the roles settled, which one of Patroni's loops writes. So run k of
@@ -159,7 +162,10 @@ async fn measure(
     }
     let path = format!("/v1/databases/{}/nodes/n1/switchover", node.db);
     for run in 1..=options.switchovers {
-        node.stack.wait_hosts_healthy(2, node::LIMIT).await?;
+        node.cluster
+            .stack
+            .wait_hosts_healthy(2, node::LIMIT)
+            .await?;
         let (_, replica) = node.settled().await?;
         let (asked, asked_at) = (Instant::now(), chrono::Utc::now());
         let body = json!({"candidate_instance_id": node.instance(replica)});
@@ -170,8 +176,8 @@ async fn measure(
         };
         let task = task_id(&answer)?;
         let accepted = node.first_write(replica, asked).await?;
-        let completed = node.wait_task(&task).await? - asked;
-        m.switchover_log = node.task_log(&task, asked_at).await?;
+        let completed = node.cluster.wait_task(&node.db, &task, node::LIMIT).await? - asked;
+        m.switchover_log = node.cluster.task_log(&node.db, &task, asked_at).await?;
         eprintln!(
             "{name} switchover {run}/{}: first write on the new primary {:.2} s after the request, task \
              completed after {:.2} s",

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::cluster::{Cluster, psql};
 use crate::engine_fleet::EngineFleet;
-use crate::procs::{Proc, Stack, StackOptions, start_agents};
-use crate::tasks::{TaskWatch, task_id};
+use crate::procs::StackOptions;
 
 /// How long a leader, a write or a rejoin may take before the run is declared broken: several times the
 /// longest ttl measured, so a slow machine is not mistaken for a broken failover.
@@ -49,12 +49,9 @@ pub struct Accepted {
 /// on the engines go with the fleet's `clean`.
 pub struct Node<'f> {
     fleet: &'f EngineFleet,
-    pub stack: Stack,
-    watch: TaskWatch,
-    /// The API's host ids, host-1 and host-2 of the fleet in order.
-    hosts: Vec<String>,
+    /// Its hosts are host-1 and host-2 of the fleet, in order.
+    pub cluster: Cluster,
     pub db: String,
-    _agents: Vec<Proc>,
 }
 
 impl<'f> Node<'f> {
@@ -62,31 +59,21 @@ impl<'f> Node<'f> {
     /// database (`tag` names its hosts and database), and waits until it has a primary, a streaming replica
     /// and the probe table on both.
     pub async fn start(fleet: &'f EngineFleet, tag: &str, timings: Timings) -> Result<Node<'f>> {
-        let stack = Stack::start(StackOptions {
+        let options = StackOptions {
             reconcile: true,
             grpc_ip: Some(fleet.gateway.clone()),
             control_plane_args: timings.flags(),
             ..Default::default()
-        })
-        .await?;
+        };
         let hosts: Vec<String> = (1..=2).map(|i| format!("{tag}-host-{i}")).collect();
-        let agents = start_agents(&stack, &hosts, Some(fleet)).await?;
-        let watch = TaskWatch::start(&stack.etcd.endpoint(), "/berth").await?;
         let node = Node {
             fleet,
-            stack,
-            watch,
+            cluster: Cluster::start(options, hosts, Some(fleet)).await?,
             db: format!("{tag}-db"),
-            hosts,
-            _agents: agents,
         };
-        let spec =
-            json!({"database_name": "app", "nodes": [{"name": "n1", "host_ids": node.hosts}]});
-        let created = node
-            .stack
-            .post("/v1/databases", &json!({"id": node.db, "spec": spec}))
-            .await?;
-        node.wait_task(&task_id(&created)?).await?;
+        let nodes = json!([{"name": "n1", "host_ids": node.cluster.hosts}]);
+        let spec = json!({"database_name": "app", "nodes": nodes});
+        node.cluster.create(&node.db, &spec, LIMIT).await?;
         let (primary, replica) = node.roles_settled().await?;
         let (ok, out) = node
             .psql(
@@ -99,7 +86,8 @@ impl<'f> Node<'f> {
         if !ok {
             bail!("create the probe table on the primary: {out}");
         }
-        node.stack
+        node.cluster
+            .stack
             .wait_for("the probe table on the replica", LIMIT, || async {
                 node.psql(replica, &format!("SELECT count(*) FROM {TABLE}"))
                     .await
@@ -112,45 +100,28 @@ impl<'f> Node<'f> {
 
     /// Instance id of host `i`'s (0-based) instance.
     pub fn instance(&self, i: usize) -> String {
-        format!("{}-n1-{}", self.db, self.hosts[i])
+        format!("{}-n1-{}", self.db, self.cluster.hosts[i])
     }
 
     fn container(&self, i: usize) -> String {
-        format!("berth-{}-{}", self.hosts[i], self.instance(i))
+        format!("berth-{}-{}", self.cluster.hosts[i], self.instance(i))
     }
 
     /// psql in host `i`'s instance, on its host's engine: (succeeded, output).
     async fn psql(&self, i: usize, sql: &str) -> (bool, String) {
-        let engine = self.fleet.hosts[i].docker_host.clone();
-        let container = self.container(i);
-        let sql = sql.to_string();
-        tokio::task::spawn_blocking(move || {
-            test_support::psql::psql(Some(&engine), &container, "app", &sql)
-        })
+        psql(
+            Some(&self.fleet.hosts[i].docker_host),
+            &self.container(i),
+            sql,
+        )
         .await
-        .unwrap_or_else(|e| (false, e.to_string()))
-    }
-
-    /// Waits until the task ended; an error unless it completed. When it ended.
-    pub async fn wait_task(&self, task: &str) -> Result<Instant> {
-        self.watch
-            .wait_completed(&self.stack, &self.db, task, LIMIT)
-            .await
-    }
-
-    /// The task's log, each line at its offset in seconds from `from`.
-    pub async fn task_log(
-        &self,
-        task: &str,
-        from: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<String>> {
-        crate::tasks::task_log(&self.stack, &self.db, task, from).await
     }
 
     /// (primary, replica) by host index when the API shows both instances `available`, one the primary and
     /// one the replica (for Patroni 4 a replica is available only once it streams, ADR 016); None otherwise.
     async fn roles(&self) -> Option<(usize, usize)> {
         let d = self
+            .cluster
             .stack
             .get(&format!("/v1/databases/{}", self.db))
             .await
@@ -173,7 +144,8 @@ impl<'f> Node<'f> {
     /// and that the primary's `pg_stat_replication` shows streaming (Patroni names the connection after the
     /// member). (primary, replica).
     pub async fn roles_settled(&self) -> Result<(usize, usize)> {
-        self.stack
+        self.cluster
+            .stack
             .wait_for("a primary and a streaming replica", LIMIT, || async {
                 let (p, r) = self.roles().await?;
                 let recovering = self.psql(r, "SELECT pg_is_in_recovery()").await;
@@ -191,7 +163,7 @@ impl<'f> Node<'f> {
                 (recovering == t("t") && streaming == t("1")).then_some((p, r))
             })
             .await
-            .with_context(|| format!("database {}: {}", self.db, self.stack.log_tails(10)))
+            .with_context(|| format!("database {}: {}", self.db, self.cluster.stack.log_tails(10)))
     }
 
     /// [`Node::roles_settled`], then a row written on the primary is read on the replica: the replica replays
@@ -210,13 +182,14 @@ impl<'f> Node<'f> {
                 .await;
             if ok {
                 let sql = format!("SELECT count(*) FROM {TABLE} WHERE id = {id}");
-                self.stack
+                self.cluster
+                    .stack
                     .wait_for("the primary's row on the replica", LIMIT, || async {
                         (self.psql(r, &sql).await == (true, "1".to_string())).then_some(())
                     })
                     .await
                     .with_context(|| {
-                        format!("database {}: {}", self.db, self.stack.log_tails(10))
+                        format!("database {}: {}", self.db, self.cluster.stack.log_tails(10))
                     })?;
                 return Ok((p, r));
             }
@@ -284,7 +257,8 @@ impl<'f> Node<'f> {
     /// Starts watching the node's leader key in etcd (`/berth/patroni/{db}/n1/leader`): when it is deleted
     /// (its lease expired) and when it is next written (a member took it).
     pub async fn watch_leader_key(&self) -> Result<LeaderKeyWatch> {
-        let mut client = etcd_client::Client::connect([self.stack.etcd.endpoint()], None).await?;
+        let mut client =
+            etcd_client::Client::connect([self.cluster.stack.etcd.endpoint()], None).await?;
         let key = format!("/berth/patroni/{}/n1/leader", self.db);
         let mut stream = client.watch(key, None).await?;
         let seen: std::sync::Arc<std::sync::Mutex<LeaderKeyEvents>> = Default::default();
@@ -315,9 +289,10 @@ impl<'f> Node<'f> {
     /// fallbacks' 404 "no such resource" or 405).
     pub async fn post_if_routed(&self, path: &str, body: &Value) -> Result<Option<Value>> {
         let resp = self
+            .cluster
             .stack
             .http
-            .post(format!("{}{path}", self.stack.api))
+            .post(format!("{}{path}", self.cluster.stack.api))
             .json(body)
             .send()
             .await?;

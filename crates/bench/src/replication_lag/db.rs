@@ -10,9 +10,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use crate::cluster::{Cluster, query};
 use crate::engine_fleet::EngineFleet;
-use crate::procs::{Proc, Stack, StackOptions, start_agents};
-use crate::tasks::{TaskWatch, task_id};
+use crate::procs::StackOptions;
+use crate::tasks::task_id;
 
 /// How long creating the database or a row's arrival may take before the run is declared broken.
 pub const LIMIT: Duration = Duration::from_secs(300);
@@ -20,59 +21,45 @@ pub const LIMIT: Duration = Duration::from_secs(300);
 /// The fleet's database. Dropping it stops the agents and the stack; their containers go with the fleet.
 pub struct Db<'f> {
     fleet: &'f EngineFleet,
-    pub stack: Stack,
-    watch: TaskWatch,
-    /// The API's host ids, host-1.. of the fleet in order.
-    hosts: Vec<String>,
+    /// Its hosts are host-1.. of the fleet, in order.
+    pub cluster: Cluster,
     pub id: String,
     /// How many of the hosts have a node.
     nodes: usize,
     /// How long the create task took (the nodes made and replicating).
     pub created_in: Duration,
-    _agents: Vec<Proc>,
 }
 
 impl<'f> Db<'f> {
     /// Starts the stack and an agent in each of the fleet's hosts, creates the database with a node on each
     /// of the first `nodes` hosts, and waits for its task.
     pub async fn start(fleet: &'f EngineFleet, nodes: usize) -> Result<Db<'f>> {
-        let stack = Stack::start(StackOptions {
+        let options = StackOptions {
             reconcile: true,
             grpc_ip: Some(fleet.gateway.clone()),
             ..Default::default()
-        })
-        .await?;
+        };
         let hosts: Vec<String> = (1..=fleet.hosts.len())
             .map(|i| format!("lag-host-{i}"))
             .collect();
-        let agents = start_agents(&stack, &hosts, Some(fleet)).await?;
-        let watch = TaskWatch::start(&stack.etcd.endpoint(), "/berth").await?;
         let mut db = Db {
             fleet,
-            stack,
-            watch,
-            hosts,
+            cluster: Cluster::start(options, hosts, Some(fleet)).await?,
             id: "lag-db".into(),
             nodes,
             created_in: Duration::ZERO,
-            _agents: agents,
         };
         let started = Instant::now();
-        let created = db
-            .stack
-            .post(
-                "/v1/databases",
-                &json!({"id": db.id, "spec": db.spec(nodes, None)}),
-            )
+        db.cluster
+            .create(&db.id, &db.spec(nodes, None), LIMIT)
             .await?;
-        db.wait_task(&task_id(&created)?).await?;
         db.created_in = started.elapsed();
         Ok(db)
     }
 
     /// The spec with a node on each of the first `nodes` hosts, the last copied from `source` if given.
     fn spec(&self, nodes: usize, source: Option<&str>) -> serde_json::Value {
-        let mut list: Vec<_> = self.hosts[..nodes]
+        let mut list: Vec<_> = self.cluster.hosts[..nodes]
             .iter()
             .enumerate()
             .map(|(i, h)| json!({"name": node_name(i), "host_ids": [h]}))
@@ -91,11 +78,12 @@ impl<'f> Db<'f> {
     /// Adds a node on the next host, copied from `source` (`source_node`), and waits for the update's task.
     /// The task's id.
     pub async fn add_node(&mut self, source: &str) -> Result<String> {
-        if self.nodes == self.hosts.len() {
+        if self.nodes == self.cluster.hosts.len() {
             bail!("no host left for another node");
         }
         let spec = self.spec(self.nodes + 1, Some(source));
         let answer = self
+            .cluster
             .stack
             .post(
                 &format!("/v1/databases/{}", self.id),
@@ -103,58 +91,37 @@ impl<'f> Db<'f> {
             )
             .await?;
         let task = task_id(&answer)?;
-        self.wait_task(&task).await?;
+        self.cluster.wait_task(&self.id, &task, LIMIT).await?;
         self.nodes += 1;
         Ok(task)
     }
 
-    /// The task's log, each line at its offset in seconds from `from`.
-    pub async fn task_log(
-        &self,
-        task: &str,
-        from: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<String>> {
-        crate::tasks::task_log(&self.stack, &self.id, task, from).await
-    }
-
     fn container(&self, i: usize) -> String {
-        let host = &self.hosts[i];
+        let host = &self.cluster.hosts[i];
         format!("berth-{host}-{}-{}-{host}", self.id, node_name(i))
     }
 
     /// psql on node `i`'s (0-based) instance, over its local socket on its host's engine; the output, or an
     /// error with psql's.
     pub async fn psql(&self, i: usize, sql: &str) -> Result<String> {
-        let engine = self.fleet.hosts[i].docker_host.clone();
-        let container = self.container(i);
-        let sql = sql.to_string();
-        let (ok, out) = tokio::task::spawn_blocking(move || {
-            test_support::psql::psql(Some(&engine), &container, "app", &sql)
-        })
-        .await?;
-        if !ok {
-            bail!("psql on {}: {out}", node_name(i));
-        }
-        Ok(out)
+        query(
+            Some(&self.fleet.hosts[i].docker_host),
+            &self.container(i),
+            sql,
+        )
+        .await
     }
 
     /// Waits until `sql` on node `i` prints `want`.
     pub async fn wait_for_value(&self, i: usize, sql: &str, want: &str) -> Result<()> {
-        self.stack
+        self.cluster
+            .stack
             .wait_for(
                 &format!("{sql} = {want} on {}", node_name(i)),
                 LIMIT,
                 || async { (self.psql(i, sql).await.ok()? == want).then_some(()) },
             )
             .await
-    }
-
-    /// Waits until the task ended; an error unless it completed.
-    async fn wait_task(&self, task: &str) -> Result<()> {
-        self.watch
-            .wait_completed(&self.stack, &self.id, task, LIMIT)
-            .await
-            .map(|_| ())
     }
 
     /// Sends `statement(k)` for k = 0, 1, .. to one psql session on node `i`, `rate` a second on a fixed

@@ -119,7 +119,7 @@ pub async fn run(options: NodeJoinOptions) -> Result<NodeJoinReport> {
         task_in.as_secs_f64(),
         rows_in.as_secs_f64()
     );
-    let log = db.task_log(&task, asked_at).await?;
+    let log = db.cluster.task_log(&db.id, &task, asked_at).await?;
     Ok(NodeJoinReport {
         options,
         rows,
