@@ -5,6 +5,9 @@
 //!   takes writes again;
 //! - a new database created with `spec.restore_config` from another database's backups has
 //!   its data (renamed to its own database name) while the source keeps running;
+//! - a restore that fails in the container (a backup set that does not exist) fails its
+//!   task with pgBackRest's reason and leaves no half-restored node running; the node,
+//!   with no running instance, is then restored again;
 //! - a deleted database's backups stay in the repository, and a new database restores
 //!   from them.
 
@@ -233,6 +236,49 @@ async fn restores_in_place_to_a_time_and_into_new_databases() {
         "the source is untouched"
     );
     fleet.psql(&primary, "app", &insert(3001, 3001));
+
+    // A restore that fails inside the container (a backup set that does not exist, which
+    // only pgBackRest sees) fails its task with pgBackRest's reason, and the node's data
+    // directory is never started half restored. A restore of the node, which now has no
+    // running instance, then brings it back from its own backup.
+    backup(&fleet, &copy, "full").await;
+    let copy_restore = format!("/v1/databases/{copy}/restore");
+    let own_backup = |options: Value| {
+        json!({"restore_config": {"source_database_id": copy, "source_node_name": "n1",
+            "source_database_name": "shop", "repository": "main", "restore_options": options}})
+    };
+    let task = fleet
+        .post_ok(
+            &copy_restore,
+            &own_backup(json!({"set": "20200101-000000F"})),
+        )
+        .await;
+    let task_id = task["task"]["task_id"].as_str().unwrap().to_string();
+    let ended = fleet.wait_task(&copy, &task_id).await;
+    let log = fleet.task_log(&copy, &task_id).await;
+    assert_eq!(ended["status"], "failed", "{ended}\n{}", log.join("\n"));
+    let error = ended["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("pgbackrest restore exited") && error.contains("20200101-000000F"),
+        "the task says pgBackRest's reason: {error}"
+    );
+    let copy_now = fleet.database(&copy).await;
+    assert!(
+        copy_now["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] != "available"),
+        "nothing serves the half-restored node: {copy_now}"
+    );
+    let task = fleet.post_ok(&copy_restore, &own_backup(json!({}))).await;
+    let task_id = task["task"]["task_id"].as_str().unwrap().to_string();
+    let ended = fleet.wait_task(&copy, &task_id).await;
+    let log = fleet.task_log(&copy, &task_id).await;
+    assert_eq!(ended["status"], "completed", "{ended}\n{}", log.join("\n"));
+    let (copy_primary, _) = primary_and_replicas(&fleet, &copy, 1).await;
+    let got = rows(&fleet, &copy_primary, "shop");
+    assert_eq!(got, "211:2001", "the copy's own rows, all in its backup");
 
     // Deleting the source keeps its backups; a new database restores from them.
     let (status, answer) = fleet
