@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use spec::backup::BackupType;
@@ -32,20 +33,70 @@ pub struct BackupList {
     pub backups: Vec<pgbackrest::BackupInfo>,
 }
 
+/// How often a pgBackRest command that meets another's lock on the stanza is tried.
+const LOCK_ATTEMPTS: usize = 5;
+
+/// What the pgBackRest commands of one backup run with: where, the task log's fields,
+/// and the keys to mask in what they print.
+struct Target<'a> {
+    host_id: &'a str,
+    instance_id: &'a str,
+    log_fields: serde_json::Map<String, serde_json::Value>,
+    secrets: Vec<String>,
+}
+
 impl Reconciler {
-    /// [`Reconciler::exec_postgres`] of a pgBackRest command; its output as text.
+    /// [`Reconciler::exec_postgres`] of a pgBackRest command; its output as text. A command
+    /// that meets another pgBackRest command's lock on the stanza (the primary's
+    /// archive-push of the WAL it writes meanwhile, say) is tried again with the project's
+    /// backoff, up to [`LOCK_ATTEMPTS`] times, each retry said in the task's log. Errors
+    /// carry pgBackRest's words with the repository keys masked: an S3 error's response
+    /// names the access key.
     async fn pgbackrest(
         &self,
-        host_id: &str,
-        instance_id: &str,
+        pass: &Pass,
+        on: &Target<'_>,
         argv: Vec<String>,
         timeout: Duration,
         what: &str,
     ) -> Result<String, ReconcileError> {
-        let out = self
-            .exec_postgres(host_id, instance_id, argv, &[], timeout, what, &[])
-            .await?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        let mut delays = crate::retry::policy()
+            .with_max_times(LOCK_ATTEMPTS - 1)
+            .build();
+        let mut attempt = 1;
+        loop {
+            let outcome = self
+                .exec_postgres(
+                    on.host_id,
+                    on.instance_id,
+                    argv.clone(),
+                    &[],
+                    timeout,
+                    what,
+                    &on.secrets,
+                )
+                .await;
+            let why = match outcome {
+                Ok(out) => return Ok(String::from_utf8_lossy(&out).into_owned()),
+                Err(ReconcileError::Step(why)) if pgbackrest::is_lock_collision(&why) => why,
+                Err(e) => return Err(e),
+            };
+            let Some(delay) = delays.next() else {
+                return Err(ReconcileError::Step(why));
+            };
+            attempt += 1;
+            pass.log
+                .line(
+                    format!(
+                        "{what} met another pgBackRest command's lock on the stanza; trying \
+                         again in {:.1} s (attempt {attempt} of {LOCK_ATTEMPTS})",
+                        delay.as_secs_f64()
+                    ),
+                    on.log_fields.clone(),
+                )
+                .await?;
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// A backup of `node` of type `backup_type` on `primary` (on `host_id`).
@@ -73,17 +124,24 @@ impl Reconciler {
             )));
         }
         let conf = archiving::conf_path();
-        let log_fields = fields(&[("node", node), ("instance_id", primary)]);
+        let on = Target {
+            host_id,
+            instance_id: primary,
+            log_fields: fields(&[("node", node), ("instance_id", primary)]),
+            secrets: crate::desired::node_backup_conf(&pass.db.record.id, spec, node_spec)
+                .map(|c| pgbackrest::conf::secrets(&c))
+                .unwrap_or_default(),
+        };
         let out = self
             .pgbackrest(
-                host_id,
-                primary,
+                pass,
+                &on,
                 pgbackrest::stanza_create_argv(&conf),
                 STANZA_TIMEOUT,
                 "pgbackrest stanza-create",
             )
             .await?;
-        self.relay_lines(pass, &out, &log_fields).await?;
+        self.relay_lines(pass, &out, &on.log_fields).await?;
         for (number, repository) in repositories {
             pass.log
                 .line(
@@ -92,21 +150,21 @@ impl Reconciler {
                         backup_type.as_str(),
                         repository.id
                     ),
-                    log_fields.clone(),
+                    on.log_fields.clone(),
                 )
                 .await?;
             let out = self
                 .pgbackrest(
-                    host_id,
-                    primary,
+                    pass,
+                    &on,
                     pgbackrest::backup_argv(&conf, number, backup_type, annotations),
                     BACKUP_TIMEOUT,
                     "pgbackrest backup",
                 )
                 .await?;
-            self.relay_lines(pass, &out, &log_fields).await?;
+            self.relay_lines(pass, &out, &on.log_fields).await?;
         }
-        let list = self.list_backups(host_id, primary).await?;
+        let list = self.list_backups(pass, &on).await?;
         pass.log
             .line(
                 format!(
@@ -114,7 +172,7 @@ impl Reconciler {
                     list.backups.len(),
                     list.backups.last().map_or("none", |b| b.label.as_str())
                 ),
-                log_fields,
+                on.log_fields.clone(),
             )
             .await?;
         self.store
@@ -127,26 +185,34 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The stanza's backups as `pgbackrest info` lists them now on `instance_id`.
+    /// The stanza's backups as `pgbackrest info` lists them now on `on`; an error with
+    /// pgBackRest's words when it could not read a repository (an empty list would hide
+    /// it).
     async fn list_backups(
         &self,
-        host_id: &str,
-        instance_id: &str,
+        pass: &Pass,
+        on: &Target<'_>,
     ) -> Result<BackupList, ReconcileError> {
         let out = self
             .pgbackrest(
-                host_id,
-                instance_id,
+                pass,
+                on,
                 pgbackrest::info_argv(&archiving::conf_path()),
                 INFO_TIMEOUT,
                 "pgbackrest info",
             )
             .await?;
-        let backups =
-            pgbackrest::parse_info(&out).map_err(|e| ReconcileError::Step(e.to_string()))?;
+        let stanza =
+            pgbackrest::parse_stanza(&out).map_err(|e| ReconcileError::Step(e.to_string()))?;
+        if let Some(why) = stanza.unreadable() {
+            return Err(ReconcileError::Step(format!(
+                "pgBackRest cannot read the node's repository: {}",
+                super::exec::mask(why, &on.secrets)
+            )));
+        }
         Ok(BackupList {
             checked_at: Some(Utc::now()),
-            backups,
+            backups: stanza.backups,
         })
     }
 

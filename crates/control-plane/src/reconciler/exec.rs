@@ -42,13 +42,11 @@ impl Reconciler {
             let stdout = String::from_utf8_lossy(&out.stdout);
             // psql says why on stderr; pgBackRest on stdout (its console log), with
             // stderr empty.
-            let mut why = match stderr.trim() {
+            let why = match stderr.trim() {
                 "" => last_lines(&stdout, 5),
                 said => said.to_string(),
             };
-            for s in secrets.iter().filter(|s| !s.is_empty()) {
-                why = why.replace(s.as_str(), "***");
-            }
+            let why = mask(why, secrets);
             return Err(ReconcileError::Step(format!(
                 "{what} on {instance_id} exited {}: {why}",
                 out.exit_code
@@ -56,6 +54,14 @@ impl Reconciler {
         }
         Ok(out.stdout)
     }
+}
+
+/// `text` with each of `secrets` (the empty ones aside) replaced by `***`.
+pub(super) fn mask(text: String, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text, |text, s| text.replace(s.as_str(), "***"))
 }
 
 /// The last `n` non-empty lines of `text`, joined by " | ".
