@@ -66,6 +66,23 @@ async fn backup(fleet: &Fleet, db: &str, kind: &str) {
     assert_eq!(ended["status"], "completed", "{ended}");
 }
 
+/// The `node_backup` task that follows a restore (named in the log of the task that
+/// restored, `log`), once it ended: it must complete.
+async fn after_restore_backup(fleet: &Fleet, db: &str, log: &[String]) {
+    let line = log
+        .iter()
+        .find(|l| l.contains("follows as task"))
+        .unwrap_or_else(|| panic!("a backup follows the restore:\n{}", log.join("\n")));
+    let task_id = line
+        .split("follows as task ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .expect("a task id");
+    let ended = fleet.wait_task(db, task_id).await;
+    assert_eq!(ended["type"], "node_backup", "{ended}");
+    assert_eq!(ended["status"], "completed", "{ended}");
+}
+
 /// The rows of `t` as "count:max".
 fn rows(fleet: &Fleet, container: &str, database: &str) -> String {
     fleet.psql(
@@ -183,6 +200,7 @@ async fn restores_in_place_to_a_time_and_into_new_databases() {
     );
     let (primary, replicas) = primary_and_replicas(&fleet, &db, 2).await;
     assert_eq!(rows(&fleet, &primary, "app"), "200:200", "on the primary");
+    after_restore_backup(&fleet, &db, &log).await;
     for replica in &replicas {
         let (seen, took) = fleet
             .wait_for("the replica to replay the restored primary", || async {
@@ -204,7 +222,7 @@ async fn restores_in_place_to_a_time_and_into_new_databases() {
     let answer = fleet.database(&db).await.to_string();
     assert!(!answer.contains(&s3.secret_key) && !answer.contains(&s3.access_key));
 
-    // The restore ended with a full backup of the new timeline: the older incremental one
+    // A full backup of the new timeline followed the restore: the older incremental one
     // lies on the abandoned timeline, and pgBackRest would refuse to restore the latest
     // point of the new one from it.
     let list = fleet
@@ -220,9 +238,13 @@ async fn restores_in_place_to_a_time_and_into_new_databases() {
     let copy = fleet.db_id("restore-copy");
     let mut copy_spec = spec("shop", &hosts[..1], &s3);
     copy_spec["restore_config"] = restore_config(&db, json!({}));
-    fleet
+    let created = fleet
         .apply("/v1/databases", &json!({"id": copy, "spec": copy_spec}))
         .await;
+    let log = fleet
+        .task_log(&copy, created["task_id"].as_str().unwrap())
+        .await;
+    after_restore_backup(&fleet, &copy, &log).await;
     let (copy_primary, _) = primary_and_replicas(&fleet, &copy, 1).await;
     assert_eq!(
         rows(&fleet, &copy_primary, "shop"),

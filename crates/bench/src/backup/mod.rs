@@ -19,9 +19,8 @@
 //! 3. an incremental backup after appending a few rows, likewise;
 //! 4. a restore in place to the latest point (`POST .../restore`, the repository by id): until a probe first
 //!    wrote to the restored primary (the node available again), Patroni's bootstrap (pgBackRest's restore,
-//!    the WAL replay and the promotion) as the task log shows it, and until the task completed, which
-//!    includes the full backup a restore ends with (so that the new timeline can be restored); the rows are
-//!    checked.
+//!    the WAL replay and the promotion) as the task log shows it, and until the task completed (the full
+//!    backup of the new timeline follows as a `node_backup` task of its own, ADR 025); the rows are checked.
 //!
 //! Throughput is `pg_database_size` over the time, in MB/s (10^6 bytes). The outputs of every path go to
 //! the same disk; the database's files are in the page cache for all of them (the machine has the memory).
@@ -438,7 +437,7 @@ impl BackupReport {
             ]);
         }
         table.row(vec![
-            "restore: POST to task completed (includes the full backup a restore ends with)".into(),
+            "restore: POST to task completed (the full backup that follows is a task of its own)".into(),
             format!("{:.1}", self.restore.took.as_secs_f64()),
             self.mb_per_s(self.restore.took),
             ratio(self.restore.took),
@@ -456,8 +455,8 @@ impl BackupReport {
             self.archived_in.as_secs_f64()
         ));
         table.note(format!(
-            "pgBackRest's list: the full backup {} MB of database, `repository_size_bytes` {} MB; the incremental \
-             ({CHANGE_ROWS} rows appended to big) {} MB; `written` for the backups is what the bucket grew by \
+            "pgBackRest's list: the full backup {} MB of database, `repository_size_bytes` {} MB; the incremental's \
+             set ({CHANGE_ROWS} rows appended to big; the set counts the full it builds on) {} MB; `written` for the backups is what the bucket grew by \
              during each (its files and any WAL archived meanwhile); at the end the bucket holds {:.0} MB \
              (three full backups, the incremental and the archived WAL)",
             mb(self.full_entry["database_size_bytes"].as_u64()),

@@ -251,7 +251,7 @@ pub(crate) async fn backup(
                the node cannot restore from"),
               (status = 404, body = spec::ApiErrorBody),
               (status = 409, body = spec::ApiErrorBody, description = "another task is unfinished, \
-               the database has several nodes, or a node has no running instance")))]
+               the database has several nodes")))]
 #[tracing::instrument(skip_all, fields(database_id = %id))]
 pub(crate) async fn restore(
     State(app): State<AppState>,

@@ -455,17 +455,36 @@ impl Reconciler {
                 || pass.db.record.stopped_instances.contains(&r.instance_id)
         });
         let becomes_available = ready && pass.db.record.state != DatabaseState::Available;
-        self.backup_restored_nodes(&pass).await?;
+        let follow_up = super::restore::AfterRestoreBackup::of(&pass);
         if pass.log.task_id().is_some() || becomes_available {
             // Without a request's task, this line opens a reconcile task: the state moves,
             // and automation should see why.
             pass.log
                 .line(format!("database {id} is available"), Map::new())
                 .await?;
+            if let Some(f) = &follow_up {
+                pass.log
+                    .line(
+                        format!(
+                            "node {}: a full backup of the restored data follows as task {}, \
+                             so that its new timeline can be restored",
+                            f.node, f.task.task_id
+                        ),
+                        super::task_log::fields(&[("node", &f.node)]),
+                    )
+                    .await?;
+            }
             pass.log.end(TaskStatus::Completed, None).await?;
         }
-        if becomes_available {
-            set_state(&*self.store, &pass.db, DatabaseState::Available).await?;
+        match follow_up {
+            Some(f) => {
+                self.queue_after_restore_backup(&pass, f, becomes_available)
+                    .await?
+            }
+            None if becomes_available => {
+                set_state(&*self.store, &pass.db, DatabaseState::Available).await?
+            }
+            None => {}
         }
         Ok(Outcome::Done)
     }

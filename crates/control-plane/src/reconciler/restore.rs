@@ -15,13 +15,12 @@
 //!
 //! The plans that follow rebuild the node as a new one: its Patroni keys are forgotten, its
 //! first instance bootstraps with `pgbackrest restore` and promotes at the target, and the
-//! others are cloned from it. Once the database has converged, the task takes a full
-//! backup of each restored node that has a repository ([`Reconciler::backup_restored_nodes`]),
-//! then completes.
+//! others are cloned from it. Once the database has converged, the task completes, and a
+//! `node_backup` task of a full backup of the restored node follows it
+//! ([`AfterRestoreBackup`]).
 
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use spec::backup::{BackupType, RestoreConfig};
 use store::{DatabaseRecord, StoreError};
@@ -33,10 +32,6 @@ use crate::patroni::config::RUN_DIR;
 
 /// What `pgbackrest info` may take against a repository.
 const INFO_TIMEOUT: Duration = Duration::from_secs(120);
-/// How many times the full backup after a restore is tried when it meets another pgBackRest
-/// command's lock ([`pgbackrest::is_lock_collision`]), delays from [`crate::retry::policy`]
-/// between them.
-const LOCK_ATTEMPTS: usize = 5;
 
 impl Reconciler {
     /// Rebuilds `nodes` from `config`'s backup; returns the record to store, with the
@@ -196,12 +191,9 @@ impl Reconciler {
         // A repository that refused the keys or could not be reached lists no backup either:
         // said as pgBackRest says it, not as an empty repository.
         if let Some(why) = stanza.unreadable() {
-            let why = secrets
-                .iter()
-                .filter(|s| !s.is_empty())
-                .fold(why, |why, s| why.replace(s.as_str(), "***"));
             return Err(ReconcileError::Step(format!(
-                "pgBackRest cannot read the restore's repository: {why}; nothing was restored"
+                "pgBackRest cannot read the restore's repository: {}; nothing was restored",
+                super::exec::mask(why, &secrets)
             )));
         }
         let backups = stanza.backups;
@@ -236,111 +228,92 @@ impl Reconciler {
     }
 }
 
-impl Reconciler {
-    /// At the end of a `restore` task, or of the `create` task of a database that starts
-    /// from a backup: a full backup of each node that was restored and has a usable
-    /// repository, on its primary. Without it, the node's newest backups lie on the
-    /// timeline the restore abandoned (or, for a new database, there are none), and
-    /// pgBackRest cannot restore the new timeline's latest point from them. A backup that
-    /// meets another pgBackRest command's lock (the new primary's `archive-push`) is tried
-    /// again, up to [`LOCK_ATTEMPTS`] times, each retry said in the task's log. A backup that
-    /// fails otherwise, or still meets the lock, is said in the task's log and does not
-    /// fail the restore, which is done.
-    pub(super) async fn backup_restored_nodes(&self, pass: &Pass) -> Result<(), ReconcileError> {
-        let Some(task) = &pass.task else {
-            return Ok(());
-        };
+/// The full backup a restored node needs, queued as a `node_backup` task of its own when
+/// the `restore` task (or the `create` task of a database that starts from a backup)
+/// completes (ADR 025). Without it, the node's newest backups lie on the timeline the
+/// restore abandoned (or, for a new database, there are none), and pgBackRest cannot
+/// restore the new timeline's latest point from them. Its own task, rather than a step of
+/// the restore's, lets automation see the restore end as soon as the node is back, and a
+/// failed backup as a failed task rather than a line in a completed one.
+pub(super) struct AfterRestoreBackup {
+    pub node: String,
+    pub task: spec::Task,
+}
+
+impl AfterRestoreBackup {
+    /// The annotation that marks the backup (`GET .../backups` shows it).
+    pub const ANNOTATION: (&'static str, &'static str) = ("berth", "after-restore");
+
+    /// The backup the pass's task leaves to follow it: for a `restore` task, of the node it
+    /// restored; for a `create` task, of the node that started from a backup. None for
+    /// other tasks, and for a node with no repository berth can reach. A restore of several
+    /// nodes is refused (ADR 025), so there is at most one.
+    pub fn of(pass: &Pass) -> Option<Self> {
+        let task = pass.task.as_ref()?;
         let spec = &pass.db.spec;
-        let nodes: Vec<&str> = match task.task_type {
-            spec::TaskType::Restore => pass
-                .db
-                .record
-                .restored_nodes
-                .keys()
-                .map(String::as_str)
-                .collect(),
-            spec::TaskType::Create => spec
-                .nodes
-                .iter()
-                .filter(|n| crate::desired::node_restore(spec, n).is_some())
-                .map(|n| n.name.as_str())
-                .collect(),
-            _ => return Ok(()),
+        let restored = |n: &&spec::NodeSpec| match task.task_type {
+            spec::TaskType::Restore => pass.db.record.restored_nodes.contains_key(&n.name),
+            spec::TaskType::Create => crate::desired::node_restore(spec, n).is_some(),
+            _ => false,
         };
-        for node in nodes {
-            let Some(node_spec) = spec.nodes.iter().find(|n| n.name == node) else {
-                continue;
-            };
-            if crate::desired::node_backup_conf(&pass.db.record.id, spec, node_spec).is_none() {
-                continue;
+        let node =
+            spec.nodes.iter().filter(restored).find(|n| {
+                crate::desired::node_backup_conf(&pass.db.record.id, spec, n).is_some()
+            })?;
+        Some(Self {
+            node: node.name.clone(),
+            task: crate::tasks::new_task(&pass.db.record.id, spec::TaskType::NodeBackup),
+        })
+    }
+}
+
+impl Reconciler {
+    /// Stores `follow_up` as the database's next task, its backup as the operation, with
+    /// the database `available` when `available` (the converged pass's state). A newer
+    /// request that changed the database meanwhile wins: the backup is then not queued, and
+    /// the log of the task that asked for it says so.
+    pub(super) async fn queue_after_restore_backup(
+        &self,
+        pass: &Pass,
+        follow_up: AfterRestoreBackup,
+        available: bool,
+    ) -> Result<(), StoreError> {
+        let (key, value) = AfterRestoreBackup::ANNOTATION;
+        let record = DatabaseRecord {
+            state: if available {
+                spec::DatabaseState::Available
+            } else {
+                pass.db.record.state
+            },
+            current_task_id: Some(follow_up.task.task_id.clone()),
+            operation: Some(spec::operations::Operation::Backup {
+                node: follow_up.node.clone(),
+                backup_type: BackupType::Full,
+                annotations: [(key.to_string(), value.to_string())].into(),
+            }),
+            updated_at: Utc::now(),
+            ..pass.db.record.clone()
+        };
+        match self
+            .store
+            .update_database(
+                pass.db.spec_revision,
+                &record,
+                &pass.db.spec,
+                &follow_up.task,
+            )
+            .await
+        {
+            Err(StoreError::Conflict) => {
+                tracing::info!(
+                    database_id = %pass.db.record.id,
+                    node = %follow_up.node,
+                    "the database changed meanwhile: the backup after its restore is not queued"
+                );
+                Ok(())
             }
-            let log_fields = fields(&[("node", node)]);
-            let Some(primary) = pass.patroni.get(node).and_then(|n| n.leader.clone()) else {
-                continue;
-            };
-            let Some(host) = pass.records.get(&primary).map(|r| r.host_id.clone()) else {
-                continue;
-            };
-            pass.log
-                .line(
-                    format!(
-                        "node {node}: a full backup of the restored data, so that its new \
-                         timeline can be restored"
-                    ),
-                    log_fields.clone(),
-                )
-                .await?;
-            let annotations = [("berth".to_string(), "after-restore".to_string())].into();
-            let mut delays = crate::retry::policy()
-                .with_max_times(LOCK_ATTEMPTS - 1)
-                .build();
-            let mut attempt = 1;
-            let outcome = loop {
-                let outcome = self
-                    .backup(pass, node, &primary, &host, BackupType::Full, &annotations)
-                    .await;
-                // The restored primary archives its new timeline meanwhile: its archive-push
-                // may hold the stanza's lock when the backup asks for it, and is done soon.
-                let delay = match &outcome {
-                    Err(ReconcileError::Step(why)) if pgbackrest::is_lock_collision(why) => {
-                        delays.next().map(|delay| (delay, why))
-                    }
-                    _ => None,
-                };
-                let Some((delay, why)) = delay else {
-                    break outcome;
-                };
-                attempt += 1;
-                pass.log
-                    .line(
-                        format!(
-                            "node {node}: the full backup met another pgBackRest command's lock \
-                             ({why}); trying again in {:.1} s (attempt {attempt} of \
-                             {LOCK_ATTEMPTS})",
-                            delay.as_secs_f64()
-                        ),
-                        log_fields.clone(),
-                    )
-                    .await?;
-                tokio::time::sleep(delay).await;
-            };
-            match outcome {
-                Ok(()) => {}
-                Err(e @ ReconcileError::Store(_)) => return Err(e),
-                Err(e) => {
-                    pass.log
-                        .line(
-                            format!(
-                                "node {node}: the full backup after the restore failed: {e}; \
-                                 take one before relying on point-in-time restores"
-                            ),
-                            log_fields,
-                        )
-                        .await?;
-                }
-            }
+            other => other,
         }
-        Ok(())
     }
 }
 
