@@ -24,18 +24,9 @@ fn spec() -> DatabaseSpec {
 
 fn record(id: &str, generation: u64, task_id: &str) -> DatabaseRecord {
     DatabaseRecord {
-        id: id.into(),
         state: DatabaseState::Available,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        generation,
         current_task_id: Some(task_id.into()),
-        tenant_id: None,
-        forced_generation: 0,
-        operation: None,
-        stopped_instances: Default::default(),
-        stopped_primaries: Default::default(),
-        restored_nodes: Default::default(),
+        ..test_support::records::record(id, generation)
     }
 }
 

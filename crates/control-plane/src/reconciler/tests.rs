@@ -416,18 +416,8 @@ impl Harness {
     pub(super) async fn create(&self, spec: DatabaseSpec) -> Task {
         let task = new_task(DB, TaskType::Create);
         let record = DatabaseRecord {
-            id: DB.into(),
-            state: DatabaseState::Creating,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            generation: 1,
             current_task_id: Some(task.task_id.clone()),
-            tenant_id: None,
-            forced_generation: 0,
-            operation: None,
-            stopped_instances: Default::default(),
-            stopped_primaries: Default::default(),
-            restored_nodes: Default::default(),
+            ..test_support::records::record(DB, 1)
         };
         self.store
             .create_database(&record, &spec, &task)
