@@ -437,7 +437,8 @@ impl BackupReport {
             ]);
         }
         table.row(vec![
-            "restore: POST to task completed (the full backup that follows is a task of its own)".into(),
+            "restore: POST to task completed (the full backup that follows is a task of its own)"
+                .into(),
             format!("{:.1}", self.restore.took.as_secs_f64()),
             self.mb_per_s(self.restore.took),
             ratio(self.restore.took),
