@@ -292,4 +292,29 @@ async fn a_bad_backup_config_is_a_400_naming_the_field_and_stores_nothing() {
     );
     let (_, tasks) = cp.call("GET", "/v1/databases/a/tasks", None).await;
     assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(1), "{tasks}");
+
+    // What a posix repository would silently not do: schedules that never fire, and a
+    // database that starts empty instead of from its backup.
+    let mut posix_only = spec("host-1", 0, None);
+    posix_only["backup_config"] = json!({
+        "repositories": [{"id": "nfs", "type": "posix", "base_path": "/mnt/backups"}],
+        "schedules": [{"id": "nightly", "type": "full", "cron_expression": "0 0 * * *"}]
+    });
+    posix_only["restore_config"] = json!({"source_database_id": "old",
+        "source_node_name": "n1", "source_database_name": "app", "repository": "nfs"});
+    let (status, body) = cp
+        .call("POST", "/v1/databases", Some(&create("c", posix_only)))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let paths: Vec<String> = errors(&body).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.backup_config.schedules",
+            "spec.restore_config.repository"
+        ],
+        "{body}"
+    );
+    let (status, _) = cp.call("GET", "/v1/databases/c", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -385,6 +385,71 @@ pub fn check_restores(spec: &DatabaseSpec, creating: bool) -> Result<(), crate::
     }
 }
 
+/// Why berth refuses a `posix` repository where it would have to use one (ADR 021): a path
+/// on one host, which the fleet's other hosts, and the containers on them, cannot reach.
+pub const POSIX_UNREACHABLE: &str = "berth backs up to and restores from s3 repositories \
+    only for now: a posix repository is a path on one host, which the other hosts of the \
+    fleet cannot reach";
+
+/// Refuses, each at its path, what would silently not happen because its repository is
+/// `posix` (ADR 021): schedules of a node none of whose repositories is `s3` (they would
+/// never fire), and, when `creating`, a `restore_config` whose repository is `posix` (the
+/// node would start empty instead of from the backup). A node's own `restore_config` is
+/// checked on every write, as it applies when the node is created.
+pub fn check_repositories(spec: &DatabaseSpec, creating: bool) -> Result<(), crate::InvalidInput> {
+    let mut errors: Vec<crate::FieldError> = Vec::new();
+    let mut refuse = |path: String, why: &str| {
+        if !errors.iter().any(|e| e.path == path) {
+            errors.push(crate::FieldError::new(path, why));
+        }
+    };
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let scope = match node.backup_config {
+            Some(_) => format!("spec.nodes[{i}].backup_config"),
+            None => "spec.backup_config".to_string(),
+        };
+        let config = effective_backup_config(spec, node);
+        if let Some(c) = config
+            && !c.schedules.is_empty()
+            && c.repositories
+                .iter()
+                .all(|r| r.repository_type == RepositoryType::Posix)
+        {
+            refuse(
+                format!("{scope}.schedules"),
+                &format!("would never fire: {POSIX_UNREACHABLE}"),
+            );
+        }
+        let restores = [
+            (
+                format!("spec.nodes[{i}].restore_config"),
+                node.restore_config.as_ref(),
+            ),
+            (
+                "spec.restore_config".to_string(),
+                spec.restore_config.as_ref().filter(|_| creating && i == 0),
+            ),
+        ];
+        for (path, restore) in restores {
+            let Some(restore) = restore else { continue };
+            let repository_type = match &restore.repository {
+                RestoreRepository::Inline(r) => Some(r.repository_type),
+                RestoreRepository::Id(id) => config
+                    .and_then(|c| c.repositories.iter().find(|r| &r.id == id))
+                    .map(|r| r.repository_type),
+            };
+            if repository_type == Some(RepositoryType::Posix) {
+                refuse(format!("{path}.repository"), POSIX_UNREACHABLE);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::InvalidInput { errors })
+    }
+}
+
 /// Whether a key of a repository object holds a secret (`s3_key`, `s3_key_secret`): what
 /// the store seals with the predicate it seals service config secrets with.
 pub fn is_repository_secret_key(key: &str) -> bool {

@@ -189,6 +189,7 @@ pub(crate) async fn create(
     })
     .await?;
     spec::backup::check_restores(&request.spec, true).map_err(ApiError::InvalidInput)?;
+    spec::backup::check_repositories(&request.spec, true).map_err(ApiError::InvalidInput)?;
     check_limits(&app, &request.spec).await?;
     let id = request
         .id
@@ -424,6 +425,7 @@ pub(crate) async fn update(
     let spec = request.spec;
     super::operations::refuse_during_operation(&app, &current).await?;
     spec::backup::check_restores(&spec, false).map_err(ApiError::InvalidInput)?;
+    spec::backup::check_repositories(&spec, false).map_err(ApiError::InvalidInput)?;
     check_limits(&app, &spec).await?;
     ports::check_ports(&app, &id, &spec).await?;
     // Refused alike with dry_run: the plan it would show could not be carried out.

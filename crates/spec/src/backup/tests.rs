@@ -146,3 +146,58 @@ fn cron_expressions_are_read_as_vixie_cron_in_utc() {
     println!("never-due check took {:?}", started.elapsed());
     assert!(never.contains("never comes due"), "{never}");
 }
+
+#[test]
+fn posix_repositories_are_refused_where_nothing_would_happen() {
+    let posix = |id: &str| json!({"id": id, "type": "posix", "base_path": "/b"});
+    let restore = |repository: Value| {
+        json!({"source_database_id": "a", "source_node_name": "n1",
+               "source_database_name": "app", "repository": repository})
+    };
+    let schedule = json!([{"id": "daily", "type": "full", "cron_expression": "@daily"}]);
+    let spec: DatabaseSpec = serde_json::from_value(json!({
+        "database_name": "app",
+        "backup_config": {"repositories": [posix("p")], "schedules": schedule},
+        "restore_config": restore(json!("p")),
+        "nodes": [
+            {"name": "n1", "host_ids": ["h1"]},
+            {"name": "n2", "host_ids": ["h2"], "restore_config": restore(posix("q")),
+             "backup_config": {"repositories": [posix("p"), s3("s")], "schedules": schedule}}
+        ]
+    }))
+    .unwrap();
+    let paths = |creating| -> Vec<String> {
+        check_repositories(&spec, creating)
+            .map_err(|e| e.errors.into_iter().map(|e| e.path).collect())
+            .unwrap_err()
+    };
+    // n1 inherits the database's posix-only schedules (said once), and starts from its
+    // posix repository; n2 has an s3 repository for its schedules, and restores from an
+    // inline posix one.
+    assert_eq!(
+        paths(true),
+        [
+            "spec.backup_config.schedules",
+            "spec.restore_config.repository",
+            "spec.nodes[1].restore_config.repository"
+        ]
+    );
+    assert_eq!(
+        paths(false),
+        [
+            "spec.backup_config.schedules",
+            "spec.nodes[1].restore_config.repository"
+        ]
+    );
+    let refused = check_repositories(&spec, true).unwrap_err();
+    assert!(
+        refused.errors[0]
+            .message
+            .contains("would never fire: berth backs up")
+    );
+    let mut fine = spec.clone();
+    fine.backup_config = None;
+    fine.restore_config = None;
+    fine.nodes[1].restore_config = None;
+    assert!(check_repositories(&fine, true).is_ok());
+}
