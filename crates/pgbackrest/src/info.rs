@@ -140,9 +140,20 @@ pub struct StanzaInfo {
     pub status: Option<Status>,
     /// The status in each repository, in the config's order.
     pub repositories: Vec<RepositoryStatus>,
+    /// A backup (or expire) of the stanza holds its lock on the host `info` ran on
+    /// (`status.lock.backup.held`); false when pgBackRest did not say.
+    pub backup_running: bool,
 }
 
 impl StanzaInfo {
+    /// The newest backup in repository `repository` (its number in the config) annotated
+    /// `key=value`, if there is one.
+    pub fn annotated(&self, repository: u32, key: &str, value: &str) -> Option<&BackupInfo> {
+        self.backups.iter().rev().find(|b| {
+            b.repository == repository && b.annotations.get(key).map(String::as_str) == Some(value)
+        })
+    }
+
     /// Why pgBackRest could not read the stanza, in its own words: the messages of the
     /// repositories whose status is not [`StatusCode::was_read`] (prefixed with `repoN: `
     /// when several repositories were asked), or else the overall message when the overall
@@ -199,6 +210,8 @@ struct RawStatus {
     code: i64,
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    lock: serde_json::Value,
 }
 
 impl From<RawStatus> for Status {
@@ -236,8 +249,14 @@ pub fn parse_stanza(out: &str) -> Result<StanzaInfo, InfoError> {
         .ok_or(InfoError::NoStanza)?;
     let mut backups: Vec<BackupInfo> = stanza.backup.iter().map(one).collect::<Result<_, _>>()?;
     backups.sort_by(|a, b| (a.started_at, &a.label).cmp(&(b.started_at, &b.label)));
+    let backup_running = stanza
+        .status
+        .as_ref()
+        .and_then(|s| s.lock["backup"]["held"].as_bool())
+        .unwrap_or(false);
     Ok(StanzaInfo {
         backups,
+        backup_running,
         status: stanza.status.map(Status::from),
         repositories: stanza
             .repo
@@ -373,6 +392,26 @@ mod tests {
             assert_eq!(stanza.unreadable(), None, "{code}");
         }
         assert_eq!(parse_stanza(OUT).unwrap().unreadable(), None);
+    }
+
+    #[test]
+    fn a_backup_is_found_by_its_annotation_in_its_repository() {
+        let stanza = parse_stanza(OUT).unwrap();
+        let found = stanza.annotated(1, "reason", "nightly").unwrap();
+        assert_eq!(found.label, "20261201-031501F_20261201-031600I");
+        assert!(stanza.annotated(2, "reason", "nightly").is_none());
+        assert!(stanza.annotated(1, "reason", "weekly").is_none());
+        assert!(stanza.annotated(1, "why", "nightly").is_none());
+    }
+
+    #[test]
+    fn a_held_backup_lock_is_a_running_backup() {
+        assert!(!parse_stanza(REFUSED).unwrap().backup_running);
+        assert!(!parse_stanza(OUT).unwrap().backup_running);
+        // While the stanza's first backup copies files.
+        let running = r#"[{"backup":[],"name":"db","repo":[],
+          "status":{"code":2,"lock":{"backup":{"held":true}},"message":"no valid backups"}}]"#;
+        assert!(parse_stanza(running).unwrap().backup_running);
     }
 
     #[test]
