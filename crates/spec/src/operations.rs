@@ -55,7 +55,8 @@ pub struct BackupRequest {
     #[serde(rename = "type")]
     pub backup_type: crate::backup::BackupType,
     /// Kept with the backup and listed with it: at most 16, keys 1-64 and values 1-256
-    /// characters without control characters (they become `--annotation=key=value`).
+    /// characters without control characters (they become `--annotation=key=value`). Keys
+    /// starting `berth.` are berth's own ([`RESERVED_ANNOTATION_PREFIX`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -231,6 +232,10 @@ pub fn parse_no_body(body: &Value) -> Result<(), InvalidInput> {
 /// Annotations of a backup: what pgBackRest takes.
 pub const MAX_ANNOTATIONS: usize = 16;
 
+/// Backup annotation keys berth sets itself (`berth.task_id`, the task that took the
+/// backup): a request's annotations may not use them.
+pub const RESERVED_ANNOTATION_PREFIX: &str = "berth.";
+
 /// Reads a backup body: `type` required; `annotations` an object of strings. Errors: each
 /// offending field by JSON path.
 pub fn parse_backup(body: &Value) -> Result<BackupRequest, InvalidInput> {
@@ -258,6 +263,13 @@ pub fn parse_backup(body: &Value) -> Result<BackupRequest, InvalidInput> {
                 let key_ok = (1..=64).contains(&k.len())
                     && k.chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if k.starts_with(RESERVED_ANNOTATION_PREFIX) {
+                    errors.push(FieldError::new(
+                        path,
+                        format!("keys starting {RESERVED_ANNOTATION_PREFIX} are berth's own"),
+                    ));
+                    continue;
+                }
                 match v {
                     Value::String(s)
                         if key_ok
@@ -447,10 +459,19 @@ mod tests {
         .unwrap();
         assert_eq!(ok.backup_type, crate::backup::BackupType::Incr);
         assert_eq!(ok.annotations["why"], "before the upgrade");
-        let bad = parse_backup(&serde_json::json!({"type": "differential", "annotations": {"a b": "x", "ok": ""}, "repo": 1}))
+        let bad = parse_backup(&serde_json::json!({"type": "differential", "annotations": {"a b": "x", "berth.task_id": "t", "ok": ""}, "repo": 1}))
             .unwrap_err();
         let paths: Vec<&str> = bad.errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["repo", "type", "annotations.a b", "annotations.ok"]);
+        assert_eq!(
+            paths,
+            [
+                "repo",
+                "type",
+                "annotations.a b",
+                "annotations.berth.task_id",
+                "annotations.ok"
+            ]
+        );
         assert_eq!(
             parse_backup(&Value::Null).unwrap_err().errors[0].path,
             "type"

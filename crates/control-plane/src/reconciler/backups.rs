@@ -45,13 +45,67 @@ struct Target<'a> {
     secrets: Vec<String>,
 }
 
+/// The annotation berth gives each backup: the id of the task that took it. A task tried
+/// again (its leader died while pgBackRest copied, or the agent's stream broke and
+/// pgBackRest went on) finds the backup its earlier attempt took by it, and takes no second.
+pub const TASK_ANNOTATION: &str = "berth.task_id";
+
+/// How often a backup that waits for another backup of the stanza asks whether it ended.
+const RUNNING_POLL: Duration = Duration::from_secs(5);
+
+/// Lock collisions met so far by one pgBackRest command, and the delays left.
+struct LockRetries {
+    delays: backon::ExponentialBackoff,
+    attempt: usize,
+}
+
+impl LockRetries {
+    fn new() -> Self {
+        LockRetries {
+            delays: crate::retry::policy()
+                .with_max_times(LOCK_ATTEMPTS - 1)
+                .build(),
+            attempt: 1,
+        }
+    }
+}
+
 impl Reconciler {
+    /// Waits out a collision of `what` with another pgBackRest command's lock on the
+    /// stanza (the primary's archive-push of the WAL it writes meanwhile, say) with the
+    /// project's backoff, saying so in the task's log. Errors: `why` itself once
+    /// [`LOCK_ATTEMPTS`] attempts met the lock.
+    async fn wait_for_lock(
+        &self,
+        pass: &Pass,
+        on: &Target<'_>,
+        retries: &mut LockRetries,
+        what: &str,
+        why: String,
+    ) -> Result<(), ReconcileError> {
+        let Some(delay) = retries.delays.next() else {
+            return Err(ReconcileError::Step(why));
+        };
+        retries.attempt += 1;
+        pass.log
+            .line(
+                format!(
+                    "{what} met another pgBackRest command's lock on the stanza; trying again \
+                     in {:.1} s (attempt {} of {LOCK_ATTEMPTS})",
+                    delay.as_secs_f64(),
+                    retries.attempt
+                ),
+                on.log_fields.clone(),
+            )
+            .await?;
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
     /// [`Reconciler::exec_postgres`] of a pgBackRest command; its output as text. A command
-    /// that meets another pgBackRest command's lock on the stanza (the primary's
-    /// archive-push of the WAL it writes meanwhile, say) is tried again with the project's
-    /// backoff, up to [`LOCK_ATTEMPTS`] times, each retry said in the task's log. Errors
-    /// carry pgBackRest's words with the repository keys masked: an S3 error's response
-    /// names the access key.
+    /// that meets another's lock on the stanza is tried again ([`Reconciler::wait_for_lock`]).
+    /// Errors carry pgBackRest's words with the repository keys masked: an S3 error's
+    /// response names the access key.
     async fn pgbackrest(
         &self,
         pass: &Pass,
@@ -60,46 +114,45 @@ impl Reconciler {
         timeout: Duration,
         what: &str,
     ) -> Result<String, ReconcileError> {
-        let mut delays = crate::retry::policy()
-            .with_max_times(LOCK_ATTEMPTS - 1)
-            .build();
-        let mut attempt = 1;
+        let mut retries = LockRetries::new();
         loop {
-            let outcome = self
-                .exec_postgres(
-                    on.host_id,
-                    on.instance_id,
-                    argv.clone(),
-                    &[],
-                    timeout,
-                    what,
-                    &on.secrets,
-                )
-                .await;
-            let why = match outcome {
-                Ok(out) => return Ok(String::from_utf8_lossy(&out).into_owned()),
-                Err(ReconcileError::Step(why)) if pgbackrest::is_lock_collision(&why) => why,
-                Err(e) => return Err(e),
-            };
-            let Some(delay) = delays.next() else {
-                return Err(ReconcileError::Step(why));
-            };
-            attempt += 1;
-            pass.log
-                .line(
-                    format!(
-                        "{what} met another pgBackRest command's lock on the stanza; trying \
-                         again in {:.1} s (attempt {attempt} of {LOCK_ATTEMPTS})",
-                        delay.as_secs_f64()
-                    ),
-                    on.log_fields.clone(),
-                )
-                .await?;
-            tokio::time::sleep(delay).await;
+            match self.pgbackrest_once(on, argv.clone(), timeout, what).await {
+                Err(ReconcileError::Step(why)) if pgbackrest::is_lock_collision(&why) => {
+                    self.wait_for_lock(pass, on, &mut retries, what, why)
+                        .await?;
+                }
+                outcome => return outcome,
+            }
         }
     }
 
-    /// A backup of `node` of type `backup_type` on `primary` (on `host_id`).
+    /// One [`Reconciler::exec_postgres`] of a pgBackRest command, its output as text.
+    async fn pgbackrest_once(
+        &self,
+        on: &Target<'_>,
+        argv: Vec<String>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<String, ReconcileError> {
+        let out = self
+            .exec_postgres(
+                on.host_id,
+                on.instance_id,
+                argv,
+                &[],
+                timeout,
+                what,
+                &on.secrets,
+            )
+            .await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// A backup of `node` of type `backup_type` on `primary` (on `host_id`), into each of
+    /// the node's repositories, each backup annotated with `annotations` and
+    /// [`TASK_ANNOTATION`]. Taken at most once per repository and task: a repository that
+    /// already holds a backup of the pass's task keeps it, and a backup of the stanza still
+    /// running (an earlier attempt's) is waited for first ([`Reconciler::settled_stanza`]).
     pub(super) async fn backup(
         &self,
         pass: &Pass,
@@ -123,6 +176,11 @@ impl Reconciler {
                 "node {node} has no repository to back up to"
             )));
         }
+        let task_id = pass.task.as_ref().map(|t| t.task_id.as_str());
+        let mut annotations = annotations.clone();
+        if let Some(id) = task_id {
+            annotations.insert(TASK_ANNOTATION.to_string(), id.to_string());
+        }
         let conf = archiving::conf_path();
         let on = Target {
             host_id,
@@ -132,6 +190,8 @@ impl Reconciler {
                 .map(|c| pgbackrest::conf::secrets(&c))
                 .unwrap_or_default(),
         };
+        // stanza-create takes every lock of the stanza: it would meet a running backup's.
+        self.settled_stanza(pass, &on).await?;
         let out = self
             .pgbackrest(
                 pass,
@@ -143,26 +203,52 @@ impl Reconciler {
             .await?;
         self.relay_lines(pass, &out, &on.log_fields).await?;
         for (number, repository) in repositories {
-            pass.log
-                .line(
-                    format!(
-                        "{} backup of node {node} on {primary} into repository {} (repo{number})",
-                        backup_type.as_str(),
-                        repository.id
-                    ),
-                    on.log_fields.clone(),
-                )
-                .await?;
-            let out = self
-                .pgbackrest(
-                    pass,
-                    &on,
-                    pgbackrest::backup_argv(&conf, number, backup_type, annotations),
-                    BACKUP_TIMEOUT,
-                    "pgbackrest backup",
-                )
-                .await?;
-            self.relay_lines(pass, &out, &on.log_fields).await?;
+            let mut retries = LockRetries::new();
+            loop {
+                let stanza = self.settled_stanza(pass, &on).await?;
+                let taken = task_id.and_then(|id| {
+                    let number = u32::try_from(number).ok()?;
+                    stanza.annotated(number, TASK_ANNOTATION, id)
+                });
+                if let Some(taken) = taken {
+                    pass.log
+                        .line(
+                            format!(
+                                "repository {} (repo{number}) already holds backup {} of this \
+                                 task, taken by an earlier attempt",
+                                repository.id, taken.label
+                            ),
+                            on.log_fields.clone(),
+                        )
+                        .await?;
+                    break;
+                }
+                pass.log
+                    .line(
+                        format!(
+                            "{} backup of node {node} on {primary} into repository {} (repo{number})",
+                            backup_type.as_str(),
+                            repository.id
+                        ),
+                        on.log_fields.clone(),
+                    )
+                    .await?;
+                let what = "pgbackrest backup";
+                let argv = pgbackrest::backup_argv(&conf, number, backup_type, &annotations);
+                match self.pgbackrest_once(&on, argv, BACKUP_TIMEOUT, what).await {
+                    Ok(out) => {
+                        self.relay_lines(pass, &out, &on.log_fields).await?;
+                        break;
+                    }
+                    // Another backup may have taken the lock: ask again what the repository
+                    // holds before trying again.
+                    Err(ReconcileError::Step(why)) if pgbackrest::is_lock_collision(&why) => {
+                        self.wait_for_lock(pass, &on, &mut retries, what, why)
+                            .await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let list = self.list_backups(pass, &on).await?;
         pass.log
@@ -185,6 +271,50 @@ impl Reconciler {
         Ok(())
     }
 
+    /// What `info` says of the stanza on `on` once no backup of it runs there: a backup an
+    /// earlier attempt of the task started (its control plane died, or its exec's stream
+    /// broke, while pgBackRest went on) is waited for, for as long as a backup may take,
+    /// saying so in the task's log each minute. A repository `info` cannot read is not an
+    /// error here: the command that follows says why in its own words.
+    ///
+    /// Errors: `info` fails or prints what [`pgbackrest::parse_stanza`] cannot read, or a
+    /// backup still runs after [`BACKUP_TIMEOUT`].
+    async fn settled_stanza(
+        &self,
+        pass: &Pass,
+        on: &Target<'_>,
+    ) -> Result<pgbackrest::StanzaInfo, ReconcileError> {
+        let started = tokio::time::Instant::now();
+        let mut said: Option<tokio::time::Instant> = None;
+        loop {
+            let stanza = self.info(pass, on).await?;
+            if !stanza.backup_running {
+                return Ok(stanza);
+            }
+            if started.elapsed() > BACKUP_TIMEOUT {
+                return Err(ReconcileError::Step(format!(
+                    "another backup of the stanza still runs on {} after {} s",
+                    on.instance_id,
+                    BACKUP_TIMEOUT.as_secs()
+                )));
+            }
+            if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                said = Some(tokio::time::Instant::now());
+                pass.log
+                    .line(
+                        format!(
+                            "another backup of the stanza runs on {} (an earlier attempt of \
+                             this task, or of another); waiting for it to end",
+                            on.instance_id
+                        ),
+                        on.log_fields.clone(),
+                    )
+                    .await?;
+            }
+            tokio::time::sleep(RUNNING_POLL).await;
+        }
+    }
+
     /// The stanza's backups as `pgbackrest info` lists them now on `on`; an error with
     /// pgBackRest's words when it could not read a repository (an empty list would hide
     /// it).
@@ -193,17 +323,7 @@ impl Reconciler {
         pass: &Pass,
         on: &Target<'_>,
     ) -> Result<BackupList, ReconcileError> {
-        let out = self
-            .pgbackrest(
-                pass,
-                on,
-                pgbackrest::info_argv(&archiving::conf_path()),
-                INFO_TIMEOUT,
-                "pgbackrest info",
-            )
-            .await?;
-        let stanza =
-            pgbackrest::parse_stanza(&out).map_err(|e| ReconcileError::Step(e.to_string()))?;
+        let stanza = self.info(pass, on).await?;
         if let Some(why) = stanza.unreadable() {
             return Err(ReconcileError::Step(format!(
                 "pgBackRest cannot read the node's repository: {}",
@@ -214,6 +334,24 @@ impl Reconciler {
             checked_at: Some(Utc::now()),
             backups: stanza.backups,
         })
+    }
+
+    /// What `pgbackrest info` says of the stanza now on `on`.
+    async fn info(
+        &self,
+        pass: &Pass,
+        on: &Target<'_>,
+    ) -> Result<pgbackrest::StanzaInfo, ReconcileError> {
+        let out = self
+            .pgbackrest(
+                pass,
+                on,
+                pgbackrest::info_argv(&archiving::conf_path()),
+                INFO_TIMEOUT,
+                "pgbackrest info",
+            )
+            .await?;
+        pgbackrest::parse_stanza(&out).map_err(|e| ReconcileError::Step(e.to_string()))
     }
 
     /// pgBackRest's console lines (`P00   INFO: ...`) into the task's log, one entry each.
