@@ -86,15 +86,20 @@ async fn a_replica_on_another_engine_streams_from_the_primary_over_tls() {
     let primary = Fleet::container_name(&h1, &primary_id);
     let replica = Fleet::container_name(&h2, &replica_id);
     // The replica streams from host-1's address and published port, not an alias that
-    // host-2's engine could never resolve.
-    assert_eq!(
-        fleet.psql(
-            &replica,
-            "app",
-            "SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver"
-        ),
-        format!("{}:{primary_port}", address(&fleet, &h1))
-    );
+    // host-2's engine could never resolve. Patroni 3 calls a replica `running` (and the
+    // instance `available`) once its Postgres runs, before its WAL receiver connects.
+    let (sender, took) = fleet
+        .wait_for("the replica's WAL receiver", || async {
+            let sender = fleet.psql(
+                &replica,
+                "app",
+                "SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver",
+            );
+            (!sender.is_empty()).then_some(sender)
+        })
+        .await;
+    println!("the replica streamed {took:?} after the create task ended");
+    assert_eq!(sender, format!("{}:{primary_port}", address(&fleet, &h1)));
     fleet.psql(
         &primary,
         "app",
