@@ -721,6 +721,30 @@ impl Fleet {
         }
     }
 
+    /// Like [`Fleet::wait_for`], for a check that says what it saw when it is not satisfied
+    /// (`Err(seen)`): a timeout's panic ends with the last of those, so a failure in CI
+    /// says where the system stopped.
+    pub async fn wait_seen<T, F, Fut>(&self, what: &str, mut check: F) -> (T, Duration)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let bound = self.bound(what);
+        loop {
+            let seen = match check().await {
+                Ok(v) => return (v, bound.elapsed()),
+                Err(seen) => seen,
+            };
+            if bound.elapsed() > CONVERGE {
+                panic!(
+                    "timed out after {CONVERGE:?} waiting for {what}; logs in {}; last seen: {seen}",
+                    self.dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// A bound on a wait a test drives itself: [`Bound::check`] panics once [`CONVERGE`] has
     /// passed, so a broken system fails the test instead of hanging it.
     pub fn bound(&self, what: &str) -> Bound {

@@ -40,9 +40,12 @@ async fn a_leaked_replication_slot_degrades_the_instance_until_it_is_dropped() {
         .await;
     let c = Fleet::container_name(&h1, &format!("{db}-n1-{h1}"));
     let (_, took) = fleet
-        .wait_for("a first WAL report", || async {
+        .wait_seen("a first WAL report", || async {
             let i = postgres(&fleet.database(&db).await);
-            i["wal"]["pg_wal_bytes"].is_u64().then_some(())
+            i["wal"]["pg_wal_bytes"]
+                .is_u64()
+                .then_some(())
+                .ok_or_else(|| i.to_string())
         })
         .await;
     println!("first WAL report after {took:?}");
@@ -64,18 +67,22 @@ async fn a_leaked_replication_slot_degrades_the_instance_until_it_is_dropped() {
     fleet.psql(
         &c,
         "app",
-        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 800000) g",
+        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 1000000) g",
     );
     fleet.psql(&c, "app", "CHECKPOINT");
     let (i, took) = fleet
-        .wait_for("the instance degraded by the leaked slot", || async {
+        .wait_seen("the instance degraded by the leaked slot", || async {
             // pg_wal also holds segments from before the slot existed, so a check made
             // while the table is written can find pg_wal critical and the slot not yet:
             // wait for the slot's own warning, not for the first degraded state.
             let i = postgres(&fleet.database(&db).await);
             let slot_critical =
                 codes(&i).contains(&("inactive_replication_slot".into(), "critical".into()));
-            (i["state"] == "degraded" && slot_critical).then_some(i)
+            if i["state"] == "degraded" && slot_critical {
+                Ok(i)
+            } else {
+                Err(i.to_string())
+            }
         })
         .await;
     println!(
@@ -108,9 +115,13 @@ async fn a_leaked_replication_slot_degrades_the_instance_until_it_is_dropped() {
     fleet.psql(&c, "app", "SELECT pg_switch_wal()");
     fleet.psql(&c, "app", "CHECKPOINT");
     let (i, took) = fleet
-        .wait_for("the instance available again", || async {
+        .wait_seen("the instance available again", || async {
             let i = postgres(&fleet.database(&db).await);
-            (i["state"] == "available").then_some(i)
+            if i["state"] == "available" {
+                Ok(i)
+            } else {
+                Err(i.to_string())
+            }
         })
         .await;
     println!(

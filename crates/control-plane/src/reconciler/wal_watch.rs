@@ -145,91 +145,106 @@ impl Reconciler {
         }
     }
 
+    /// One round over every database. A database whose check fails (its records
+    /// unreadable, a write refused) is logged and the round goes on with the next: one
+    /// database must not leave the others' reports stale.
     async fn check_wal(&self) -> Result<(), ReconcileError> {
         let (reachable, _) = self.reachable_hosts().await?;
         for db in self.store.list_databases().await? {
-            let database_id = db.record.id;
-            let records = self.records(&database_id).await?;
-            // Every instance is read before any is written: a primary's subscriptions take
-            // their lag from the other nodes' primaries' reads of this round.
-            let mut reads: BTreeMap<String, (Option<WalReport>, Option<PglogicalRead>)> =
-                BTreeMap::new();
-            for (instance_id, record) in &records {
-                let running = matches!(record.kind, InstanceKind::Postgres { .. })
-                    && record.observed.phase == Phase::Running
-                    && reachable.contains(&record.host_id);
-                if !running {
-                    continue;
-                }
-                let wal = self
-                    .read_wal(&database_id, &record.host_id, instance_id)
-                    .await;
-                let pglogical = self
-                    .read_pglogical(
-                        &database_id,
-                        &record.host_id,
-                        instance_id,
-                        &db.spec.database_name,
-                    )
-                    .await;
-                reads.insert(instance_id.clone(), (wal, pglogical));
+            let database_id = db.record.id.clone();
+            if let Err(e) = self.check_database_wal(db, &reachable).await {
+                tracing::warn!(%database_id, error = %e, "WAL health check of the database failed");
             }
-            let checked_at = Utc::now();
-            let node_reads: BTreeMap<String, NodeRead> = reads
-                .iter()
-                .filter_map(|(id, (_, read))| {
-                    let node = records.get(id)?.kind.node()?;
-                    Some((
-                        id.clone(),
-                        NodeRead {
-                            node,
-                            read: read.as_ref()?,
-                        },
-                    ))
-                })
-                .collect();
-            let mut joined = subscription_watch::join(&node_reads);
-            let to_move: Vec<(String, String)> = slot_sync::primaries_to_move(&node_reads)
-                .into_iter()
-                .filter_map(|id| Some((id.clone(), records.get(&id)?.host_id.clone())))
-                .collect();
-            self.move_slots_for_replicas(&database_id, &db.spec.database_name, &to_move)
+        }
+        Ok(())
+    }
+
+    /// One database of a round: every running Postgres instance read, then the reports worth
+    /// writing written.
+    async fn check_database_wal(
+        &self,
+        db: store::StoredDatabase,
+        reachable: &std::collections::BTreeSet<String>,
+    ) -> Result<(), ReconcileError> {
+        let database_id = db.record.id;
+        let records = self.records(&database_id).await?;
+        // Every instance is read before any is written: a primary's subscriptions take
+        // their lag from the other nodes' primaries' reads of this round.
+        let mut reads: BTreeMap<String, (Option<WalReport>, Option<PglogicalRead>)> =
+            BTreeMap::new();
+        for (instance_id, record) in &records {
+            let running = matches!(record.kind, InstanceKind::Postgres { .. })
+                && record.observed.phase == Phase::Running
+                && reachable.contains(&record.host_id);
+            if !running {
+                continue;
+            }
+            let wal = self
+                .read_wal(&database_id, &record.host_id, instance_id)
                 .await;
-            for (instance_id, (wal, _)) in reads {
-                let Some(record) = records.get(&instance_id) else {
-                    continue;
-                };
-                let wal = wal.filter(|w| worth_writing(record.wal.as_ref(), w));
-                let subscriptions = joined
-                    .remove(&instance_id)
-                    .map(|subscriptions| SubscriptionReport {
-                        checked_at,
-                        subscriptions,
-                    })
-                    .filter(|s| {
-                        subscription_watch::worth_writing(record.subscriptions.as_ref(), s)
-                    });
-                if wal.is_none() && subscriptions.is_none() {
-                    continue;
-                }
-                if let Some(report) = &wal {
-                    for w in warnings(report) {
-                        tracing::warn!(%database_id, %instance_id, code = %w.code, level = ?w.level, "{}", w.message);
-                    }
-                }
-                if let Some(report) = &subscriptions {
-                    subscription_watch::log_warnings(&database_id, &instance_id, report);
-                }
-                // Only the reports change: the database's worker may rewrite the rest of
-                // the record meanwhile, and neither write undoes the other.
-                self.put_health(
+            let pglogical = self
+                .read_pglogical(
                     &database_id,
-                    &instance_id,
-                    wal.as_ref(),
-                    subscriptions.as_ref(),
+                    &record.host_id,
+                    instance_id,
+                    &db.spec.database_name,
                 )
-                .await?;
+                .await;
+            reads.insert(instance_id.clone(), (wal, pglogical));
+        }
+        let checked_at = Utc::now();
+        let node_reads: BTreeMap<String, NodeRead> = reads
+            .iter()
+            .filter_map(|(id, (_, read))| {
+                let node = records.get(id)?.kind.node()?;
+                Some((
+                    id.clone(),
+                    NodeRead {
+                        node,
+                        read: read.as_ref()?,
+                    },
+                ))
+            })
+            .collect();
+        let mut joined = subscription_watch::join(&node_reads);
+        let to_move: Vec<(String, String)> = slot_sync::primaries_to_move(&node_reads)
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), records.get(&id)?.host_id.clone())))
+            .collect();
+        self.move_slots_for_replicas(&database_id, &db.spec.database_name, &to_move)
+            .await;
+        for (instance_id, (wal, _)) in reads {
+            let Some(record) = records.get(&instance_id) else {
+                continue;
+            };
+            let wal = wal.filter(|w| worth_writing(record.wal.as_ref(), w));
+            let subscriptions = joined
+                .remove(&instance_id)
+                .map(|subscriptions| SubscriptionReport {
+                    checked_at,
+                    subscriptions,
+                })
+                .filter(|s| subscription_watch::worth_writing(record.subscriptions.as_ref(), s));
+            if wal.is_none() && subscriptions.is_none() {
+                continue;
             }
+            if let Some(report) = &wal {
+                for w in warnings(report) {
+                    tracing::warn!(%database_id, %instance_id, code = %w.code, level = ?w.level, "{}", w.message);
+                }
+            }
+            if let Some(report) = &subscriptions {
+                subscription_watch::log_warnings(&database_id, &instance_id, report);
+            }
+            // Only the reports change: the database's worker may rewrite the rest of
+            // the record meanwhile, and neither write undoes the other.
+            self.put_health(
+                &database_id,
+                &instance_id,
+                wal.as_ref(),
+                subscriptions.as_ref(),
+            )
+            .await?;
         }
         Ok(())
     }
