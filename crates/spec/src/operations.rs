@@ -233,7 +233,8 @@ pub fn parse_no_body(body: &Value) -> Result<(), InvalidInput> {
 pub const MAX_ANNOTATIONS: usize = 16;
 
 /// Backup annotation keys berth sets itself (`berth.task_id`, the task that took the
-/// backup): a request's annotations may not use them.
+/// backup): a request's annotations may not use them, in any case (`BERTH.` reads as
+/// berth's to a person).
 pub const RESERVED_ANNOTATION_PREFIX: &str = "berth.";
 
 /// Reads a backup body: `type` required; `annotations` an object of strings. Errors: each
@@ -263,7 +264,9 @@ pub fn parse_backup(body: &Value) -> Result<BackupRequest, InvalidInput> {
                 let key_ok = (1..=64).contains(&k.len())
                     && k.chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                if k.starts_with(RESERVED_ANNOTATION_PREFIX) {
+                if k.to_ascii_lowercase()
+                    .starts_with(RESERVED_ANNOTATION_PREFIX)
+                {
                     errors.push(FieldError::new(
                         path,
                         format!("keys starting {RESERVED_ANNOTATION_PREFIX} are berth's own"),
@@ -459,7 +462,7 @@ mod tests {
         .unwrap();
         assert_eq!(ok.backup_type, crate::backup::BackupType::Incr);
         assert_eq!(ok.annotations["why"], "before the upgrade");
-        let bad = parse_backup(&serde_json::json!({"type": "differential", "annotations": {"a b": "x", "berth.task_id": "t", "ok": ""}, "repo": 1}))
+        let bad = parse_backup(&serde_json::json!({"type": "differential", "annotations": {"a b": "x", "berth.task_id": "t", "Berth.x": "t", "ok": ""}, "repo": 1}))
             .unwrap_err();
         let paths: Vec<&str> = bad.errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
@@ -467,6 +470,7 @@ mod tests {
             [
                 "repo",
                 "type",
+                "annotations.Berth.x",
                 "annotations.a b",
                 "annotations.berth.task_id",
                 "annotations.ok"
