@@ -191,7 +191,9 @@ impl Reconciler {
                 .unwrap_or_default(),
         };
         // stanza-create takes every lock of the stanza: it would meet a running backup's.
-        self.settled_stanza(pass, &on).await?;
+        // What info said then holds until a command meets a lock again: stanza-create adds
+        // no backup, and a backup of this task adds one to its own repository only.
+        let mut stanza = self.settled_stanza(pass, &on).await?;
         let out = self
             .pgbackrest(
                 pass,
@@ -205,7 +207,6 @@ impl Reconciler {
         for (number, repository) in repositories {
             let mut retries = LockRetries::new();
             loop {
-                let stanza = self.settled_stanza(pass, &on).await?;
                 let taken = task_id.and_then(|id| {
                     let number = u32::try_from(number).ok()?;
                     stanza.annotated(number, TASK_ANNOTATION, id)
@@ -245,6 +246,7 @@ impl Reconciler {
                     Err(ReconcileError::Step(why)) if pgbackrest::is_lock_collision(&why) => {
                         self.wait_for_lock(pass, &on, &mut retries, what, why)
                             .await?;
+                        stanza = self.settled_stanza(pass, &on).await?;
                     }
                     Err(e) => return Err(e),
                 }

@@ -13,7 +13,7 @@
 //! or an idle primary between two `archive_timeout` switches) is not rewritten; a busy one
 //! is at most once per check, as every report is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,7 +164,7 @@ impl Reconciler {
     async fn check_database_wal(
         &self,
         db: store::StoredDatabase,
-        reachable: &std::collections::BTreeSet<String>,
+        reachable: &BTreeSet<String>,
     ) -> Result<(), ReconcileError> {
         let database_id = db.record.id;
         let records = self.records(&database_id).await?;
