@@ -917,6 +917,23 @@ impl Fleet {
         .to_string()
     }
 
+    /// [`Fleet::psql`] of `sql` until `accept` takes its output, bounded as
+    /// [`Fleet::wait_for`] is; the output and how long it took.
+    pub async fn wait_psql(
+        &self,
+        what: &str,
+        container: &str,
+        database: &str,
+        sql: &str,
+        accept: impl Fn(&str) -> bool,
+    ) -> (String, Duration) {
+        self.wait_for(what, || async {
+            let out = self.psql(container, database, sql);
+            accept(&out).then_some(out)
+        })
+        .await
+    }
+
     /// Like [`Fleet::psql`] for SQL that may fail: (succeeded, stdout and stderr).
     pub fn psql_status(&self, container: &str, database: &str, sql: &str) -> (bool, String) {
         let engine = self.engine_of_container(container);

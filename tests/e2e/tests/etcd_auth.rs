@@ -58,14 +58,13 @@ async fn patroni_logs_in_as_its_nodes_own_user_and_the_user_goes_with_the_databa
     let primary = Fleet::container_name(&h1, &first);
     // Patroni 3 calls a replica `running` once its Postgres runs, before it streams.
     let (senders, _) = fleet
-        .wait_for("the replica streaming", || async {
-            let senders = fleet.psql(
-                &primary,
-                "app",
-                "SELECT application_name || ':' || state FROM pg_stat_replication",
-            );
-            senders.ends_with(":streaming").then_some(senders)
-        })
+        .wait_psql(
+            "the replica streaming",
+            &primary,
+            "app",
+            "SELECT application_name || ':' || state FROM pg_stat_replication",
+            |senders| senders.ends_with(":streaming"),
+        )
         .await;
     assert_eq!(senders, format!("{second}:streaming"));
     fleet.psql(

@@ -89,14 +89,13 @@ async fn a_replica_on_another_engine_streams_from_the_primary_over_tls() {
     // host-2's engine could never resolve. Patroni 3 calls a replica `running` (and the
     // instance `available`) once its Postgres runs, before its WAL receiver connects.
     let (sender, took) = fleet
-        .wait_for("the replica's WAL receiver", || async {
-            let sender = fleet.psql(
-                &replica,
-                "app",
-                "SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver",
-            );
-            (!sender.is_empty()).then_some(sender)
-        })
+        .wait_psql(
+            "the replica's WAL receiver",
+            &replica,
+            "app",
+            "SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver",
+            |sender| !sender.is_empty(),
+        )
         .await;
     println!("the replica streamed {took:?} after the create task ended");
     assert_eq!(sender, format!("{}:{primary_port}", address(&fleet, &h1)));

@@ -238,14 +238,13 @@ async fn a_node_joins_a_live_database_and_leaves_no_slot_behind() {
             .await;
     }
     let (_, took) = fleet
-        .wait_for("n2's row on n1's new primary", || async {
-            let n = fleet.psql(
-                &replica,
-                "app",
-                "SELECT count(*) FROM kv WHERE id = 6000001",
-            );
-            (n == "1").then_some(())
-        })
+        .wait_psql(
+            "n2's row on n1's new primary",
+            &replica,
+            "app",
+            "SELECT count(*) FROM kv WHERE id = 6000001",
+            |n| n == "1",
+        )
         .await;
     println!(
         "replication went on both ways {:?} after the failover ({took:?} for n2's row)",
